@@ -1,0 +1,228 @@
+//! Engines (ISA paths): detection once per process, selection by name, and the per-engine
+//! micro-kernel table. `#[cfg(target_arch)]` only decides which files compile; the engine
+//! that runs is chosen at run time, so one wheel serves every CPU of an architecture.
+
+use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::OnceLock;
+
+use crate::error::{KernelError, Result};
+
+#[cfg(target_arch = "aarch64")]
+pub(crate) mod aarch64;
+pub(crate) mod generic;
+#[cfg(target_arch = "x86_64")]
+pub(crate) mod x86_64;
+
+/// An ISA path. The names are those of `ferroquant.backends.engine`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Engine {
+    Avx512Vnni,
+    AvxVnni,
+    Avx2,
+    NeonDotprod,
+    Neon,
+    Scalar,
+}
+
+/// Every engine, best first (the order `auto` tries them in).
+pub const ALL_ENGINES: [Engine; 6] = [
+    Engine::Avx512Vnni,
+    Engine::AvxVnni,
+    Engine::Avx2,
+    Engine::NeonDotprod,
+    Engine::Neon,
+    Engine::Scalar,
+];
+
+impl Engine {
+    pub fn name(self) -> &'static str {
+        match self {
+            Engine::Avx512Vnni => "avx512vnni",
+            Engine::AvxVnni => "avxvnni",
+            Engine::Avx2 => "avx2",
+            Engine::NeonDotprod => "neon_dotprod",
+            Engine::Neon => "neon",
+            Engine::Scalar => "scalar",
+        }
+    }
+
+    /// Parses an engine name (exactly as [`Engine::name`] prints it).
+    pub fn from_name(name: &str) -> Result<Engine> {
+        ALL_ENGINES
+            .iter()
+            .copied()
+            .find(|e| e.name() == name)
+            .ok_or_else(|| {
+                KernelError::KernelUnavailable(format!(
+                    "unknown engine {name:?}; choose \"auto\" or one of {}",
+                    ALL_ENGINES.map(|e| format!("{:?}", e.name())).join(", ")
+                ))
+            })
+    }
+
+    /// Whether this CPU can run the engine (detected once, then cached).
+    pub fn is_available(self) -> bool {
+        detected().contains(&self)
+    }
+
+    /// Index into [`ALL_ENGINES`].
+    fn index(self) -> u8 {
+        ALL_ENGINES.iter().position(|&e| e == self).unwrap_or(5) as u8
+    }
+}
+
+fn detect() -> Vec<Engine> {
+    let mut v = Vec::new();
+    #[cfg(target_arch = "x86_64")]
+    v.extend(x86_64::detect());
+    #[cfg(target_arch = "aarch64")]
+    v.extend(aarch64::detect());
+    v.push(Engine::Scalar);
+    v
+}
+
+fn detected() -> &'static [Engine] {
+    static DETECTED: OnceLock<Vec<Engine>> = OnceLock::new();
+    DETECTED.get_or_init(detect)
+}
+
+/// The engines this CPU supports, best first; `scalar` is always last.
+pub fn available_engines() -> Vec<Engine> {
+    detected().to_vec()
+}
+
+/// The engine `auto` resolves to.
+pub fn best_engine() -> Engine {
+    detected()[0]
+}
+
+/// 255 = auto; otherwise the index of the forced engine.
+static SELECTED: AtomicU8 = AtomicU8::new(AUTO);
+const AUTO: u8 = 255;
+
+/// Selects the engine used by later calls: `"auto"` or an engine name this CPU supports.
+pub fn set_engine(name: &str) -> Result<()> {
+    if name == "auto" {
+        SELECTED.store(AUTO, Ordering::Relaxed);
+        return Ok(());
+    }
+    let e = Engine::from_name(name)?;
+    if !e.is_available() {
+        return Err(KernelError::KernelUnavailable(format!(
+            "engine {:?} is not available on this CPU; available: {}",
+            name,
+            detected()
+                .iter()
+                .map(|e| format!("{:?}", e.name()))
+                .collect::<Vec<_>>()
+                .join(", ")
+        )));
+    }
+    SELECTED.store(e.index(), Ordering::Relaxed);
+    Ok(())
+}
+
+/// `"auto"` or the forced engine's name.
+pub fn engine_setting() -> &'static str {
+    match SELECTED.load(Ordering::Relaxed) {
+        AUTO => "auto",
+        i => ALL_ENGINES[i as usize].name(),
+    }
+}
+
+/// The engine calls run on now.
+pub fn current_engine() -> Engine {
+    match SELECTED.load(Ordering::Relaxed) {
+        AUTO => best_engine(),
+        i => ALL_ENGINES[i as usize],
+    }
+}
+
+/// `dot(a, kp, rows, w, csum, panels, out)`, see [`TileKernel`].
+pub(crate) type DotFn = fn(&[u8], usize, usize, &[i8], &[i32], usize, &mut [i32]);
+
+/// A micro-kernel: exact `u8 × s8 → i32` dot products of up to `mr` activation rows with up to
+/// `np` weight panels. Arguments of `dot`: `a` (rows of `kp` bytes), `kp`, `rows`, `w`
+/// (`panels` panels of `kp*16` bytes), `csum` (the panels' column sums, `panels*16` values,
+/// for kernels that shift activations to signed), `panels`, `out` (`rows × np*16`, row
+/// stride `np*16`); `out[r][c] = Σ_k a[r][k]·w[k][c]`.
+/// Each `dot` is safe: it checks the CPU feature and every length before any `unsafe`.
+#[derive(Clone, Copy)]
+pub(crate) struct TileKernel {
+    pub mr: usize,
+    pub np: usize,
+    pub dot: DotFn,
+}
+
+pub(crate) fn tile_kernel(engine: Engine) -> TileKernel {
+    match engine {
+        #[cfg(target_arch = "x86_64")]
+        Engine::Avx512Vnni => x86_64::avx512vnni::KERNEL,
+        #[cfg(target_arch = "x86_64")]
+        Engine::AvxVnni => x86_64::avxvnni::KERNEL,
+        #[cfg(target_arch = "x86_64")]
+        Engine::Avx2 => x86_64::avx2::KERNEL,
+        #[cfg(target_arch = "aarch64")]
+        Engine::NeonDotprod => aarch64::neon_dotprod::KERNEL,
+        #[cfg(target_arch = "aarch64")]
+        Engine::Neon => aarch64::neon::KERNEL,
+        _ => generic::KERNEL,
+    }
+}
+
+/// Runs `f` compiled with the float features of `engine` (FMA on x86 SIMD engines) so that
+/// inlined output stages use hardware FMA; results are the same either way.
+#[inline(always)]
+pub(crate) fn with_engine_features<R>(engine: Engine, f: impl FnOnce() -> R) -> R {
+    match engine {
+        #[cfg(target_arch = "x86_64")]
+        Engine::Avx512Vnni | Engine::AvxVnni | Engine::Avx2 => x86_64::with_avx2_fma(f),
+        _ => f(),
+    }
+}
+
+/// Checks the arguments every `dot` receives (shared by all ISA files).
+#[inline]
+pub(crate) fn check_dot_args(
+    k: &TileKernel,
+    a: &[u8],
+    kp: usize,
+    rows: usize,
+    w: &[i8],
+    panels: usize,
+    out: &[i32],
+) {
+    // (`is_multiple_of` needs Rust 1.87; the aarch64 build uses 1.85)
+    assert_eq!(kp % crate::packed::KR, 0, "kp must be a multiple of 4");
+    assert!((1..=k.mr).contains(&rows), "rows out of range");
+    assert!((1..=k.np).contains(&panels), "panels out of range");
+    assert!(a.len() >= rows * kp, "activation tile too short");
+    assert!(
+        w.len() >= panels * kp * crate::packed::NR,
+        "weight panels too short"
+    );
+    assert!(
+        out.len() >= rows * k.np * crate::packed::NR,
+        "output tile too short"
+    );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_round_trip() {
+        for e in ALL_ENGINES {
+            assert_eq!(Engine::from_name(e.name()).unwrap(), e);
+        }
+        assert!(Engine::from_name("avx3").is_err());
+    }
+
+    #[test]
+    fn scalar_is_always_available_and_last() {
+        let v = available_engines();
+        assert_eq!(*v.last().unwrap(), Engine::Scalar);
+        assert!(Engine::Scalar.is_available());
+    }
+}

@@ -1,0 +1,57 @@
+//! AVX-VNNI micro-kernel (CPUs with VEX-encoded `vpdpbusd` on ymm but no AVX-512):
+//! 6 rows × 16 columns per tile, two ymm per K group of a panel.
+
+use std::arch::x86_64::*;
+
+use super::super::{check_dot_args, TileKernel};
+use crate::packed::NR;
+
+pub(crate) const MR: usize = 6;
+pub(crate) const NP: usize = 1;
+pub(crate) const KERNEL: TileKernel = TileKernel {
+    mr: MR,
+    np: NP,
+    dot,
+};
+
+fn dot(a: &[u8], kp: usize, rows: usize, w: &[i8], _csum: &[i32], panels: usize, out: &mut [i32]) {
+    check_dot_args(&KERNEL, a, kp, rows, w, panels, out);
+    assert!(
+        super::has_avxvnni(),
+        "avxvnni kernel called on a CPU without AVX-VNNI"
+    );
+    // SAFETY: CPU features checked above; lengths checked by check_dot_args (panels == 1).
+    unsafe {
+        match rows {
+            1 => tile::<1>(a.as_ptr(), kp, w.as_ptr(), out.as_mut_ptr()),
+            2 => tile::<2>(a.as_ptr(), kp, w.as_ptr(), out.as_mut_ptr()),
+            3 => tile::<3>(a.as_ptr(), kp, w.as_ptr(), out.as_mut_ptr()),
+            4 => tile::<4>(a.as_ptr(), kp, w.as_ptr(), out.as_mut_ptr()),
+            5 => tile::<5>(a.as_ptr(), kp, w.as_ptr(), out.as_mut_ptr()),
+            _ => tile::<6>(a.as_ptr(), kp, w.as_ptr(), out.as_mut_ptr()),
+        }
+    }
+}
+
+/// # Safety
+/// The CPU supports AVX2 and AVX-VNNI; `a` points to `R*kp` bytes, `w` to `kp*16` bytes,
+/// `out` to `R*16` writable i32; `kp % 4 == 0`.
+#[target_feature(enable = "avx2,avxvnni")]
+unsafe fn tile<const R: usize>(a: *const u8, kp: usize, w: *const i8, out: *mut i32) {
+    let groups = kp / 4;
+    let mut lo = [_mm256_setzero_si256(); R];
+    let mut hi = [_mm256_setzero_si256(); R];
+    for g in 0..groups {
+        let w0 = _mm256_loadu_si256(w.add(g * 64) as *const _);
+        let w1 = _mm256_loadu_si256(w.add(g * 64 + 32) as *const _);
+        for r in 0..R {
+            let av = _mm256_set1_epi32((a.add(r * kp + g * 4) as *const i32).read_unaligned());
+            lo[r] = _mm256_dpbusd_avx_epi32(lo[r], av, w0);
+            hi[r] = _mm256_dpbusd_avx_epi32(hi[r], av, w1);
+        }
+    }
+    for r in 0..R {
+        _mm256_storeu_si256(out.add(r * NR) as *mut _, lo[r]);
+        _mm256_storeu_si256(out.add(r * NR + 8) as *mut _, hi[r]);
+    }
+}

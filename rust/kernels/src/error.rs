@@ -1,0 +1,62 @@
+//! One error type for every safe entry point of the kernels crate.
+
+use std::fmt;
+
+/// Everything that can go wrong in a kernel call because of its inputs.
+///
+/// Messages are written for the person calling ferroquant from Python: they say what
+/// was wrong and, where possible, how to fix it.
+#[derive(Debug, Clone, PartialEq)]
+pub enum KernelError {
+    /// Two lengths or shapes that must agree do not.
+    ShapeMismatch {
+        what: String,
+        expected: String,
+        got: String,
+    },
+    /// A scale, zero point or range is unusable (non-finite, non-positive, out of range).
+    InvalidQParams(String),
+    /// A dtype or scheme the operation does not support.
+    UnsupportedDtype(String),
+    /// A buffer is empty where data is required (e.g. empty weights).
+    Empty(String),
+    /// Non-finite input where finite values are required (NaN/Inf in dynamic quantization).
+    NonFinite(String),
+    /// The requested engine is unknown or this CPU lacks its instructions.
+    KernelUnavailable(String),
+}
+
+impl fmt::Display for KernelError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            KernelError::ShapeMismatch {
+                what,
+                expected,
+                got,
+            } => {
+                write!(f, "{what}: expected {expected}, got {got}")
+            }
+            KernelError::InvalidQParams(m)
+            | KernelError::UnsupportedDtype(m)
+            | KernelError::Empty(m)
+            | KernelError::NonFinite(m)
+            | KernelError::KernelUnavailable(m) => f.write_str(m),
+        }
+    }
+}
+
+impl std::error::Error for KernelError {}
+
+pub type Result<T> = std::result::Result<T, KernelError>;
+
+/// Shorthand for a length check that returns `ShapeMismatch`.
+pub(crate) fn check_len(what: &str, expected: usize, got: usize) -> Result<()> {
+    if expected != got {
+        return Err(KernelError::ShapeMismatch {
+            what: what.to_string(),
+            expected: format!("length {expected}"),
+            got: format!("length {got}"),
+        });
+    }
+    Ok(())
+}

@@ -1,0 +1,85 @@
+//! ferroquant-kernels: int8 quantization kernels for ferroquant, in pure Rust.
+//!
+//! - [`quantize`]: quantize / dequantize, per tensor and per channel (NUMERICS.md D3).
+//! - [`qparams`]: dtypes, ranges and FBGEMM's dynamic choose-qparams rule.
+//! - [`packed`]: the ISA-neutral packed weight layout (panels of 16 columns, K in groups of 4)
+//!   and packed activations.
+//! - [`requant`]: output stages (dequantize to f32, requantize to u8/i8), specified once.
+//! - [`gemm`]: the tiling/threading driver and the naive reference.
+//! - [`arch`]: engines (`avx512vnni`, `avxvnni`, `avx2`, `neon_dotprod`, `neon`, `scalar`),
+//!   detected once and selectable by name.
+//!
+//! Every engine computes bit-identical results, on any number of threads.
+
+// `is_multiple_of` needs Rust 1.87; this crate also builds for aarch64 with rustc 1.85.
+#![allow(clippy::manual_is_multiple_of)]
+
+// Micro-kernels index fixed-size register arrays by row and column on purpose.
+#[allow(clippy::needless_range_loop)]
+pub mod arch;
+pub mod error;
+pub mod gemm;
+pub mod packed;
+pub mod qparams;
+pub mod quantize;
+pub mod requant;
+mod threading;
+
+pub use arch::{
+    available_engines, best_engine, current_engine, engine_setting, set_engine, Engine,
+};
+pub use error::{KernelError, Result};
+pub use packed::{PackedA, PackedWeights};
+pub use qparams::{DynamicQParams, QDtype};
+pub use threading::PARALLEL_MIN_MACS;
+
+use quantize::QInt;
+use requant::{DequantF32, Requantize};
+
+/// Dynamic quantized linear (`nnqd.Linear`): quantizes `x` (`[m, k]`) per tensor over
+/// `0..=255` (or `0..=127` with `reduce_range`, torch's choice), runs the int8 GEMM with
+/// `w`, and writes `out = fma(acc, xs·ws[j], bias[j])` (`[m, n]`), with an optional ReLU.
+/// Returns the activation qparams it chose.
+#[allow(clippy::too_many_arguments)]
+pub fn linear_dynamic(
+    engine: Engine,
+    x: &[f32],
+    m: usize,
+    w: &PackedWeights,
+    bias: Option<&[f32]>,
+    reduce_range: bool,
+    relu: bool,
+    out: &mut [f32],
+    threads: usize,
+) -> Result<DynamicQParams> {
+    let qmax = if reduce_range { 127 } else { 255 };
+    let (a, qp) = PackedA::quantize_dynamic(x, m, w.k(), 0, qmax)?;
+    let stage = DequantF32::new(qp.scale, w, bias, relu)?;
+    gemm::gemm(engine, &a, w, &stage, out, threads)?;
+    Ok(qp)
+}
+
+/// Static quantized linear (`nnq.Linear` / `LinearReLU`): `a` is quint8 `[m, k]` with
+/// `(a_scale, a_zp)`; the output (quint8 or qint8, `[m, n]`) is requantized to
+/// `(out_scale, out_zp)` and clamped to `[qmin, qmax]` (D7), raised to `out_zp` with `relu`.
+#[allow(clippy::too_many_arguments)]
+pub fn linear_static<T: QInt>(
+    engine: Engine,
+    a: &[u8],
+    m: usize,
+    a_scale: f32,
+    a_zp: i32,
+    w: &PackedWeights,
+    bias: Option<&[f32]>,
+    out_scale: f32,
+    out_zp: i32,
+    qmin: i32,
+    qmax: i32,
+    relu: bool,
+    out: &mut [T],
+    threads: usize,
+) -> Result<()> {
+    let pa = PackedA::from_u8(a, m, w.k(), a_zp)?;
+    let stage = Requantize::<T>::new(a_scale, w, bias, out_scale, out_zp, qmin, qmax, relu)?;
+    gemm::gemm(engine, &pa, w, &stage, out, threads)
+}

@@ -1,0 +1,315 @@
+//! Packed operands: int8 weights re-laid for the micro-kernels, and u8 activations padded
+//! to whole K groups with their row sums.
+//!
+//! One layout serves every ISA (so switching engines never repacks): the N columns are cut
+//! into panels of [`NR`] = 16 columns, K is padded to a multiple of [`KR`] = 4, and inside a
+//! panel the bytes of group `g` (k = 4g..4g+3) are stored column after column:
+//! `panel[g*64 + c*4 + t] = W[col0 + c][4g + t]`. That is one zmm for `vpdpbusd`, two ymm for
+//! AVX-VNNI, four 16-byte rows for the AVX2 widening kernel and four q-registers for `sdot`.
+
+use crate::error::{check_len, KernelError, Result};
+use crate::qparams::{choose_qparams_dynamic, min_max, DynamicQParams};
+use crate::quantize::quantize_one_8bit;
+
+/// Columns per packed panel.
+pub const NR: usize = 16;
+/// K elements grouped together for one 4-way dot product.
+pub const KR: usize = 4;
+
+/// Rounds `k` up to a whole number of K groups.
+pub fn padded_k(k: usize) -> usize {
+    k.div_ceil(KR) * KR
+}
+
+/// Int8 weights of a Linear (`[N, K]`, row-major, as `nn.Linear.weight`) packed for the GEMM,
+/// with per-column scales, zero points and column sums. Derived data: never serialized.
+#[derive(Debug, Clone)]
+pub struct PackedWeights {
+    n: usize,
+    k: usize,
+    kp: usize,
+    data: Vec<i8>,
+    col_sums: Vec<i32>,
+    col_sums_padded: Vec<i32>,
+    zero_points: Vec<i32>,
+    scales: Vec<f32>,
+    per_channel: bool,
+    any_zero_point: bool,
+}
+
+impl PackedWeights {
+    /// Packs `w` (`n` rows of `k` int8 values). `scales` and `zero_points` have length 1
+    /// (per tensor) or `n` (per output channel).
+    pub fn new(w: &[i8], n: usize, k: usize, scales: &[f32], zero_points: &[i32]) -> Result<Self> {
+        if n == 0 || k == 0 {
+            return Err(KernelError::Empty(format!(
+                "weights must not be empty, got shape [{n}, {k}]; a Linear needs in_features > 0 and out_features > 0"
+            )));
+        }
+        check_len("weight", n * k, w.len())?;
+        let per_channel = scales.len() != 1 || zero_points.len() != 1;
+        if per_channel {
+            check_len("per-channel weight scales", n, scales.len())?;
+            check_len("per-channel weight zero points", n, zero_points.len())?;
+        }
+        for &s in scales {
+            crate::qparams::check_scale(s)?;
+        }
+        for &z in zero_points {
+            if !(-128..=127).contains(&z) {
+                return Err(KernelError::InvalidQParams(format!(
+                    "int8 weight zero point {z} is outside [-128, 127]"
+                )));
+            }
+        }
+        let kp = padded_k(k);
+        let panels = n.div_ceil(NR);
+        let mut data = vec![0i8; panels * kp * NR];
+        for (j, row) in w.chunks_exact(k).enumerate() {
+            let panel = &mut data[(j / NR) * kp * NR..(j / NR + 1) * kp * NR];
+            let c = j % NR;
+            for (kk, &v) in row.iter().enumerate() {
+                panel[(kk / KR) * NR * KR + c * KR + kk % KR] = v;
+            }
+        }
+        let col_sums: Vec<i32> = w
+            .chunks_exact(k)
+            .map(|row| row.iter().map(|&v| v as i32).sum())
+            .collect();
+        let mut col_sums_padded = col_sums.clone();
+        col_sums_padded.resize(panels * NR, 0);
+        let expand = |v: &[f32]| {
+            if v.len() == 1 {
+                vec![v[0]; n]
+            } else {
+                v.to_vec()
+            }
+        };
+        let zero_points: Vec<i32> = if zero_points.len() == 1 {
+            vec![zero_points[0]; n]
+        } else {
+            zero_points.to_vec()
+        };
+        let any_zero_point = zero_points.iter().any(|&z| z != 0);
+        Ok(PackedWeights {
+            n,
+            k,
+            kp,
+            data,
+            col_sums,
+            col_sums_padded,
+            zero_points,
+            scales: expand(scales),
+            per_channel,
+            any_zero_point,
+        })
+    }
+
+    pub fn n(&self) -> usize {
+        self.n
+    }
+    pub fn k(&self) -> usize {
+        self.k
+    }
+    /// K padded to a multiple of [`KR`].
+    pub fn kp(&self) -> usize {
+        self.kp
+    }
+    pub fn panels(&self) -> usize {
+        self.n.div_ceil(NR)
+    }
+    /// The bytes of panels `p0..p0+count`.
+    pub fn panel_data(&self, p0: usize, count: usize) -> &[i8] {
+        &self.data[p0 * self.kp * NR..(p0 + count) * self.kp * NR]
+    }
+    /// Column sums of panels `p0..p0+count`, zero for padding columns.
+    pub fn panel_col_sums(&self, p0: usize, count: usize) -> &[i32] {
+        &self.col_sums_padded[p0 * NR..(p0 + count) * NR]
+    }
+    pub fn col_sums(&self) -> &[i32] {
+        &self.col_sums
+    }
+    /// One zero point per output column (replicated for per-tensor weights).
+    pub fn zero_points(&self) -> &[i32] {
+        &self.zero_points
+    }
+    /// One scale per output column (replicated for per-tensor weights).
+    pub fn scales(&self) -> &[f32] {
+        &self.scales
+    }
+    pub fn is_per_channel(&self) -> bool {
+        self.per_channel
+    }
+    pub fn has_zero_points(&self) -> bool {
+        self.any_zero_point
+    }
+    /// Reconstructs the `[N, K]` int8 weights (for tests and unpacking).
+    pub fn unpack(&self) -> Vec<i8> {
+        let mut w = vec![0i8; self.n * self.k];
+        for j in 0..self.n {
+            let panel = self.panel_data(j / NR, 1);
+            for kk in 0..self.k {
+                w[j * self.k + kk] = panel[(kk / KR) * NR * KR + (j % NR) * KR + kk % KR];
+            }
+        }
+        w
+    }
+}
+
+/// u8 activations (`[M, K]`) copied into rows of `kp` bytes (zero padded), with row sums
+/// and the activation zero point. Building it from floats quantizes in the same pass.
+#[derive(Debug, Clone)]
+pub struct PackedA {
+    m: usize,
+    k: usize,
+    kp: usize,
+    data: Vec<u8>,
+    row_sums: Vec<i32>,
+    zero_point: i32,
+}
+
+impl PackedA {
+    /// Wraps already-quantized u8 activations with zero point `zero_point`.
+    pub fn from_u8(a: &[u8], m: usize, k: usize, zero_point: i32) -> Result<Self> {
+        check_len("activation", m * k, a.len())?;
+        if !(0..=255).contains(&zero_point) {
+            return Err(KernelError::InvalidQParams(format!(
+                "quint8 activation zero point {zero_point} is outside [0, 255]"
+            )));
+        }
+        let kp = padded_k(k);
+        let mut data = vec![0u8; m * kp];
+        let mut row_sums = vec![0i32; m];
+        if k > 0 {
+            for ((src, dst), rs) in a
+                .chunks_exact(k)
+                .zip(data.chunks_exact_mut(kp))
+                .zip(&mut row_sums)
+            {
+                dst[..k].copy_from_slice(src);
+                *rs = src.iter().map(|&v| v as i32).sum();
+            }
+        }
+        Ok(PackedA {
+            m,
+            k,
+            kp,
+            data,
+            row_sums,
+            zero_point,
+        })
+    }
+
+    /// Dynamic quantization fused with packing: chooses per-tensor qparams from the min and
+    /// max of `x` over `[qmin, qmax]` (FBGEMM's rule, NUMERICS §3.3), then quantizes (D3).
+    pub fn quantize_dynamic(
+        x: &[f32],
+        m: usize,
+        k: usize,
+        qmin: i32,
+        qmax: i32,
+    ) -> Result<(Self, DynamicQParams)> {
+        check_len("activation", m * k, x.len())?;
+        let (lo, hi) = min_max(x).unwrap_or((0.0, 0.0));
+        let qp = choose_qparams_dynamic(lo, hi, qmin, qmax)?;
+        let kp = padded_k(k);
+        let mut data = vec![0u8; m * kp];
+        let mut row_sums = vec![0i32; m];
+        if k > 0 {
+            let inv = 1.0f32 / qp.scale;
+            let zp = qp.zero_point;
+            let (flo, fhi) = ((0 - zp) as f32, (255 - zp) as f32);
+            for ((src, dst), rs) in x
+                .chunks_exact(k)
+                .zip(data.chunks_exact_mut(kp))
+                .zip(&mut row_sums)
+            {
+                let mut s = 0i32;
+                for (d, &v) in dst[..k].iter_mut().zip(src) {
+                    let q = quantize_one_8bit(v, inv, flo, fhi, zp);
+                    *d = q as u8;
+                    s += q;
+                }
+                *rs = s;
+            }
+        }
+        Ok((
+            PackedA {
+                m,
+                k,
+                kp,
+                data,
+                row_sums,
+                zero_point: qp.zero_point,
+            },
+            qp,
+        ))
+    }
+
+    pub fn m(&self) -> usize {
+        self.m
+    }
+    pub fn k(&self) -> usize {
+        self.k
+    }
+    pub fn kp(&self) -> usize {
+        self.kp
+    }
+    pub fn rows(&self, r0: usize, count: usize) -> &[u8] {
+        &self.data[r0 * self.kp..(r0 + count) * self.kp]
+    }
+    pub fn row_sums(&self) -> &[i32] {
+        &self.row_sums
+    }
+    pub fn zero_point(&self) -> i32 {
+        self.zero_point
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pack_unpack_round_trip_odd_sizes() {
+        for &(n, k) in &[(1, 1), (7, 3), (16, 4), (17, 5), (33, 65)] {
+            let w: Vec<i8> = (0..n * k)
+                .map(|i| ((i * 37 + 11) % 256) as u8 as i8)
+                .collect();
+            let p = PackedWeights::new(&w, n, k, &[0.5], &[0]).unwrap();
+            assert_eq!(p.unpack(), w);
+            assert_eq!(p.kp() % KR, 0);
+            assert_eq!(
+                p.col_sums()[0],
+                w[..k].iter().map(|&v| v as i32).sum::<i32>()
+            );
+            assert!(!p.is_per_channel());
+        }
+    }
+
+    #[test]
+    fn empty_or_mismatched_weights_are_errors() {
+        assert!(PackedWeights::new(&[], 0, 4, &[1.0], &[0]).is_err());
+        assert!(PackedWeights::new(&[1, 2, 3], 1, 4, &[1.0], &[0]).is_err());
+        assert!(PackedWeights::new(&[1, 2], 2, 1, &[1.0, 1.0, 1.0], &[0, 0, 0]).is_err());
+        assert!(PackedWeights::new(&[1, 2], 2, 1, &[0.0], &[0]).is_err());
+        assert!(PackedWeights::new(&[1, 2], 2, 1, &[1.0], &[200]).is_err());
+    }
+
+    #[test]
+    fn packed_a_pads_and_sums() {
+        let a: Vec<u8> = (0..10).collect();
+        let p = PackedA::from_u8(&a, 2, 5, 3).unwrap();
+        assert_eq!(p.kp(), 8);
+        assert_eq!(p.rows(1, 1), &[5, 6, 7, 8, 9, 0, 0, 0]);
+        assert_eq!(p.row_sums(), &[10, 35]);
+        assert!(PackedA::from_u8(&a, 2, 5, 256).is_err());
+    }
+
+    #[test]
+    fn dynamic_quantization_zero_rows() {
+        let (p, qp) = PackedA::quantize_dynamic(&[], 0, 8, 0, 255).unwrap();
+        assert_eq!(p.m(), 0);
+        assert_eq!(qp.scale, 0.1);
+    }
+}

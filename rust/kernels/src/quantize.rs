@@ -1,0 +1,371 @@
+//! Quantize and dequantize, per tensor and per channel (NUMERICS.md decision D3).
+//!
+//! One rule everywhere: `inv = fl(1/fl(scale))`, `q = clamp(rne(fl(x*inv)) + zp, qmin, qmax)`;
+//! NaN maps to `qmax` (as torch does). Dequantize is `fl(scale * fl(q - zp))`.
+//! The loops below are written once and are bit-identical on every ISA: they use only
+//! IEEE-exact operations (no FMA contraction happens in Rust).
+
+use crate::error::{check_len, KernelError, Result};
+use crate::qparams::{check_range, check_scale, QDtype};
+
+/// An integer type that quantized data is stored in.
+pub trait QInt: Copy + Send + Sync + Default + 'static {
+    const DTYPE: QDtype;
+    fn from_i32(v: i32) -> Self;
+    fn to_i32(self) -> i32;
+}
+
+impl QInt for u8 {
+    const DTYPE: QDtype = QDtype::QUInt8;
+    #[inline(always)]
+    fn from_i32(v: i32) -> Self {
+        v as u8
+    }
+    #[inline(always)]
+    fn to_i32(self) -> i32 {
+        self as i32
+    }
+}
+
+impl QInt for i8 {
+    const DTYPE: QDtype = QDtype::QInt8;
+    #[inline(always)]
+    fn from_i32(v: i32) -> Self {
+        v as i8
+    }
+    #[inline(always)]
+    fn to_i32(self) -> i32 {
+        self as i32
+    }
+}
+
+impl QInt for i32 {
+    const DTYPE: QDtype = QDtype::QInt32;
+    #[inline(always)]
+    fn from_i32(v: i32) -> Self {
+        v
+    }
+    #[inline(always)]
+    fn to_i32(self) -> i32 {
+        self
+    }
+}
+
+/// Round half to even for values already clamped to `|v| < 2^22`: adding and removing
+/// 1.5·2^23 leaves the float unit at 1, so the hardware's default rounding (RNE) does it.
+/// Portable and branch-free, so it vectorises on every ISA.
+#[inline(always)]
+pub(crate) fn rne_small(v: f32) -> f32 {
+    const MAGIC: f32 = 12_582_912.0; // 1.5 * 2^23
+    (v + MAGIC) - MAGIC
+}
+
+/// The quantize rule for 8-bit targets: returns `q` as i32 in `[qmin, qmax]`.
+/// `lo = qmin - zp` and `hi = qmax - zp` as floats (exact: |.| ≤ 510).
+#[inline(always)]
+pub(crate) fn quantize_one_8bit(x: f32, inv: f32, lo: f32, hi: f32, zp: i32) -> i32 {
+    let v = x * inv;
+    // Clamp before rounding keeps |v| small for rne_small; the second clamp is then exact.
+    let v = if v.is_nan() {
+        hi
+    } else {
+        v.max(lo - 1.0).min(hi + 1.0)
+    };
+    let r = rne_small(v).max(lo).min(hi);
+    r as i32 + zp
+}
+
+#[inline(always)]
+fn quantize_one_i32(x: f32, inv: f32, qmin: i64, qmax: i64, zp: i64) -> i32 {
+    let v = x * inv;
+    if v.is_nan() {
+        return qmax as i32;
+    }
+    let r = (v as f64).round_ties_even();
+    let r = r.clamp(-4.0e18, 4.0e18) as i64; // saturating, exact for |r| < 2^62
+    (r + zp).clamp(qmin, qmax) as i32
+}
+
+fn validate(scale: f32, zero_point: i32, qmin: i32, qmax: i32, dtype: QDtype) -> Result<()> {
+    check_scale(scale)?;
+    check_range(dtype, qmin as i64, qmax as i64, zero_point as i64)
+}
+
+/// Quantizes `x` into `out` with one scale and zero point, clamping to `[qmin, qmax]`.
+pub fn quantize_per_tensor<T: QInt>(
+    x: &[f32],
+    scale: f32,
+    zero_point: i32,
+    qmin: i32,
+    qmax: i32,
+    out: &mut [T],
+) -> Result<()> {
+    check_len("quantize output", x.len(), out.len())?;
+    validate(scale, zero_point, qmin, qmax, T::DTYPE)?;
+    quantize_per_tensor_unchecked(x, scale, zero_point, qmin, qmax, out);
+    Ok(())
+}
+
+/// The loop of [`quantize_per_tensor`]; arguments must already be validated.
+pub(crate) fn quantize_per_tensor_unchecked<T: QInt>(
+    x: &[f32],
+    scale: f32,
+    zero_point: i32,
+    qmin: i32,
+    qmax: i32,
+    out: &mut [T],
+) {
+    let inv = 1.0f32 / scale;
+    if T::DTYPE == QDtype::QInt32 {
+        for (o, &v) in out.iter_mut().zip(x) {
+            *o = T::from_i32(quantize_one_i32(
+                v,
+                inv,
+                qmin as i64,
+                qmax as i64,
+                zero_point as i64,
+            ));
+        }
+    } else {
+        let lo = (qmin - zero_point) as f32;
+        let hi = (qmax - zero_point) as f32;
+        for (o, &v) in out.iter_mut().zip(x) {
+            *o = T::from_i32(quantize_one_8bit(v, inv, lo, hi, zero_point));
+        }
+    }
+}
+
+/// A view of a tensor as `[outer, channels, inner]` for per-channel operations along `axis`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ChannelLayout {
+    pub outer: usize,
+    pub channels: usize,
+    pub inner: usize,
+}
+
+impl ChannelLayout {
+    /// Builds the layout of a contiguous tensor of `shape` split at `axis`.
+    pub fn from_shape(shape: &[usize], axis: usize) -> Result<Self> {
+        if axis >= shape.len() {
+            return Err(KernelError::ShapeMismatch {
+                what: "per-channel axis".into(),
+                expected: format!("an axis < {}", shape.len()),
+                got: format!("axis {axis}"),
+            });
+        }
+        Ok(ChannelLayout {
+            outer: shape[..axis].iter().product(),
+            channels: shape[axis],
+            inner: shape[axis + 1..].iter().product(),
+        })
+    }
+
+    pub fn numel(&self) -> usize {
+        self.outer * self.channels * self.inner
+    }
+}
+
+/// Quantizes `x` (laid out as `layout`) with one scale and zero point per channel.
+pub fn quantize_per_channel<T: QInt>(
+    x: &[f32],
+    layout: ChannelLayout,
+    scales: &[f32],
+    zero_points: &[i32],
+    qmin: i32,
+    qmax: i32,
+    out: &mut [T],
+) -> Result<()> {
+    check_len("quantize input", layout.numel(), x.len())?;
+    check_len("quantize output", x.len(), out.len())?;
+    check_len("per-channel scales", layout.channels, scales.len())?;
+    check_len(
+        "per-channel zero points",
+        layout.channels,
+        zero_points.len(),
+    )?;
+    for (&s, &z) in scales.iter().zip(zero_points) {
+        validate(s, z, qmin, qmax, T::DTYPE)?;
+    }
+    let block = layout.channels * layout.inner;
+    if block == 0 {
+        return Ok(());
+    }
+    for (xo, oo) in x.chunks_exact(block).zip(out.chunks_exact_mut(block)) {
+        for c in 0..layout.channels {
+            let r = c * layout.inner..(c + 1) * layout.inner;
+            quantize_per_tensor_unchecked(
+                &xo[r.clone()],
+                scales[c],
+                zero_points[c],
+                qmin,
+                qmax,
+                &mut oo[r],
+            );
+        }
+    }
+    Ok(())
+}
+
+#[inline(always)]
+fn dequantize_one<T: QInt>(q: T, scale: f32, zp: i32) -> f32 {
+    if T::DTYPE == QDtype::QInt32 {
+        ((q.to_i32() as i64 - zp as i64) as f32) * scale
+    } else {
+        ((q.to_i32() - zp) as f32) * scale
+    }
+}
+
+/// Dequantizes `q` into `out`: `fl(scale * fl(q - zp))`.
+pub fn dequantize_per_tensor<T: QInt>(
+    q: &[T],
+    scale: f32,
+    zero_point: i32,
+    out: &mut [f32],
+) -> Result<()> {
+    check_len("dequantize output", q.len(), out.len())?;
+    if !scale.is_finite() {
+        return Err(KernelError::InvalidQParams(format!(
+            "scale must be finite, got {scale}"
+        )));
+    }
+    for (o, &v) in out.iter_mut().zip(q) {
+        *o = dequantize_one(v, scale, zero_point);
+    }
+    Ok(())
+}
+
+/// Dequantizes per channel.
+pub fn dequantize_per_channel<T: QInt>(
+    q: &[T],
+    layout: ChannelLayout,
+    scales: &[f32],
+    zero_points: &[i32],
+    out: &mut [f32],
+) -> Result<()> {
+    check_len("dequantize input", layout.numel(), q.len())?;
+    check_len("dequantize output", q.len(), out.len())?;
+    check_len("per-channel scales", layout.channels, scales.len())?;
+    check_len(
+        "per-channel zero points",
+        layout.channels,
+        zero_points.len(),
+    )?;
+    let block = layout.channels * layout.inner;
+    if block == 0 {
+        return Ok(());
+    }
+    for (qo, oo) in q.chunks_exact(block).zip(out.chunks_exact_mut(block)) {
+        for c in 0..layout.channels {
+            let r = c * layout.inner..(c + 1) * layout.inner;
+            for (o, &v) in oo[r.clone()].iter_mut().zip(&qo[r]) {
+                *o = dequantize_one(v, scales[c], zero_points[c]);
+            }
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn reference(x: f32, scale: f32, zp: i32, qmin: i32, qmax: i32) -> i32 {
+        let inv = 1.0f32 / scale;
+        let v = x * inv;
+        if v.is_nan() {
+            return qmax;
+        }
+        let r = (v as f64).round_ties_even().clamp(-1e12, 1e12) as i64;
+        (r + zp as i64).clamp(qmin as i64, qmax as i64) as i32
+    }
+
+    #[test]
+    fn ties_round_to_even_and_zp_is_added_after() {
+        let mut out = [0u8; 4];
+        quantize_per_tensor(&[2.5, 3.5, -0.5, 0.5], 1.0, 1, 0, 255, &mut out).unwrap();
+        assert_eq!(out, [3, 5, 1, 1]);
+    }
+
+    #[test]
+    fn nan_and_inf_saturate_like_torch() {
+        let mut out = [0i8; 3];
+        quantize_per_tensor(
+            &[f32::NAN, f32::INFINITY, f32::NEG_INFINITY],
+            0.1,
+            0,
+            -128,
+            127,
+            &mut out,
+        )
+        .unwrap();
+        assert_eq!(out, [127, 127, -128]);
+    }
+
+    #[test]
+    fn bad_qparams_are_errors() {
+        let mut out = [0u8; 1];
+        assert!(quantize_per_tensor(&[1.0], 0.0, 0, 0, 255, &mut out).is_err());
+        assert!(quantize_per_tensor(&[1.0], 1.0, 300, 0, 255, &mut out).is_err());
+        assert!(quantize_per_tensor(&[1.0], 1.0, 0, 0, 256, &mut out).is_err());
+        let mut short = [0u8; 0];
+        assert!(quantize_per_tensor(&[1.0], 1.0, 0, 0, 255, &mut short).is_err());
+    }
+
+    #[test]
+    fn qint32_quantize() {
+        let mut out = [0i32; 3];
+        quantize_per_tensor(&[1e12, -2.5, 7.0], 0.5, 3, i32::MIN, i32::MAX, &mut out).unwrap();
+        assert_eq!(out, [i32::MAX, -2, 17]);
+    }
+
+    #[test]
+    fn per_channel_layout_and_values() {
+        let layout = ChannelLayout::from_shape(&[2, 3, 2], 1).unwrap();
+        let x: Vec<f32> = (0..12).map(|i| i as f32).collect();
+        let mut q = vec![0u8; 12];
+        quantize_per_channel(&x, layout, &[1.0, 2.0, 4.0], &[0, 1, 2], 0, 255, &mut q).unwrap();
+        assert_eq!(q, vec![0, 1, 2, 3, 3, 3, 6, 7, 5, 5, 4, 5]);
+        let mut d = vec![0f32; 12];
+        dequantize_per_channel(&q, layout, &[1.0, 2.0, 4.0], &[0, 1, 2], &mut d).unwrap();
+        assert_eq!(d[4], 4.0);
+        assert!(ChannelLayout::from_shape(&[2], 1).is_err());
+    }
+
+    proptest! {
+        #[test]
+        fn quantize_matches_reference(xs in proptest::collection::vec(-1000f32..1000f32, 0..300),
+                                      scale in 1e-3f32..10.0, zp in 0i32..=255) {
+            let mut out = vec![0u8; xs.len()];
+            quantize_per_tensor(&xs, scale, zp, 0, 255, &mut out).unwrap();
+            for (x, q) in xs.iter().zip(&out) {
+                prop_assert_eq!(*q as i32, reference(*x, scale, zp, 0, 255));
+            }
+        }
+
+        #[test]
+        fn round_trip_error_is_at_most_half_a_step(xs in proptest::collection::vec(-5f32..5f32, 1..200)) {
+            let scale = 10.0f32 / 255.0;
+            let zp = 128;
+            let mut q = vec![0u8; xs.len()];
+            quantize_per_tensor(&xs, scale, zp, 0, 255, &mut q).unwrap();
+            let mut d = vec![0f32; xs.len()];
+            dequantize_per_tensor(&q, scale, zp, &mut d).unwrap();
+            for (x, y) in xs.iter().zip(&d) {
+                if *x > -128.0 * scale && *x < 127.0 * scale {
+                    prop_assert!((x - y).abs() <= scale * 0.5 + 1e-6);
+                }
+            }
+        }
+
+        #[test]
+        fn quantize_i8_matches_reference(xs in proptest::collection::vec(-100f32..100f32, 0..100),
+                                         scale in 1e-2f32..1.0, zp in -128i32..=127) {
+            let mut out = vec![0i8; xs.len()];
+            quantize_per_tensor(&xs, scale, zp, -128, 127, &mut out).unwrap();
+            for (x, q) in xs.iter().zip(&out) {
+                prop_assert_eq!(*q as i32, reference(*x, scale, zp, -128, 127));
+            }
+        }
+    }
+}

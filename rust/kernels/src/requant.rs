@@ -1,0 +1,248 @@
+//! Output stages: what happens to the exact i32 accumulators of a GEMM tile.
+//!
+//! Specified once here (NUMERICS.md D2, D3, D8) and applied by the GEMM driver on each tile.
+//! Every engine runs these same scalar expressions (compiled with or without the ISA's
+//! target features), and they contain only IEEE-exact operations (`mul_add` is a correctly
+//! rounded FMA on every target), so all paths agree bit for bit.
+//!
+//! Zero-point correction: with activations `a` (zero point `za`) and weights `w` (zero point
+//! `zw[j]`), `acc = Σ a·w − za·colsum[j] − zw[j]·rowsum[i] + K·za·zw[j]`, computed with
+//! wrapping i32 arithmetic (exact whenever the true value fits in i32).
+
+use crate::error::{check_len, KernelError, Result};
+use crate::packed::{PackedA, PackedWeights};
+use crate::quantize::{rne_small, QInt};
+
+/// Per-call data for the zero-point correction of a tile.
+#[derive(Debug, Clone)]
+pub struct Correction<'a> {
+    /// `K·za·zw[j] − za·colsum[j]` per column.
+    col_term: Vec<i32>,
+    /// Weight zero point per column.
+    w_zp: &'a [i32],
+    /// Row sums of the activations.
+    row_sums: &'a [i32],
+    /// Whether any `zw[j] != 0` (else the row term vanishes).
+    has_w_zp: bool,
+}
+
+impl<'a> Correction<'a> {
+    pub fn new(a: &'a PackedA, w: &'a PackedWeights) -> Self {
+        let za = a.zero_point();
+        let k = a.k() as i32;
+        let col_term = w
+            .col_sums()
+            .iter()
+            .zip(w.zero_points())
+            .map(|(&cs, &zw)| {
+                k.wrapping_mul(za)
+                    .wrapping_mul(zw)
+                    .wrapping_sub(za.wrapping_mul(cs))
+            })
+            .collect();
+        Correction {
+            col_term,
+            w_zp: w.zero_points(),
+            row_sums: a.row_sums(),
+            has_w_zp: w.has_zero_points(),
+        }
+    }
+
+    #[inline(always)]
+    pub fn apply(&self, dot: i32, i: usize, j: usize) -> i32 {
+        let acc = dot.wrapping_add(self.col_term[j]);
+        if self.has_w_zp {
+            acc.wrapping_sub(self.w_zp[j].wrapping_mul(self.row_sums[i]))
+        } else {
+            acc
+        }
+    }
+}
+
+/// A tile of raw dot products: `rows × cols` values at `dots[r*ld + c]`, for output rows
+/// `row0..row0+rows` and columns `col0..col0+cols`.
+#[derive(Debug, Clone, Copy)]
+pub struct Tile<'t> {
+    pub dots: &'t [i32],
+    pub ld: usize,
+    pub row0: usize,
+    pub rows: usize,
+    pub col0: usize,
+    pub cols: usize,
+}
+
+/// An output stage: turns corrected accumulators of a tile into output elements.
+pub trait OutputStage: Sync {
+    type Out: Copy + Default + Send + Sync;
+    /// Writes the tile into `out` (row-major, row stride `ldo`, rows relative to `out_row0`).
+    fn store(
+        &self,
+        corr: &Correction<'_>,
+        tile: Tile<'_>,
+        out: &mut [Self::Out],
+        ldo: usize,
+        out_row0: usize,
+    );
+}
+
+/// Exact i32 accumulators (zero points corrected), no further processing.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct StoreI32;
+
+impl OutputStage for StoreI32 {
+    type Out = i32;
+    fn store(
+        &self,
+        corr: &Correction<'_>,
+        t: Tile<'_>,
+        out: &mut [i32],
+        ldo: usize,
+        out_row0: usize,
+    ) {
+        for r in 0..t.rows {
+            let i = t.row0 + r;
+            let o = &mut out[(i - out_row0) * ldo + t.col0..][..t.cols];
+            for (c, dst) in o.iter_mut().enumerate() {
+                *dst = corr.apply(t.dots[r * t.ld + c], i, t.col0 + c);
+            }
+        }
+    }
+}
+
+/// Dynamic-linear output (NUMERICS §3.3): `y = fma(float(acc), fl(xs·ws[j]), b[j])`,
+/// then `max(y, 0)` when `relu`.
+#[derive(Debug, Clone)]
+pub struct DequantF32 {
+    scale: Vec<f32>,
+    bias: Vec<f32>,
+    relu: bool,
+}
+
+impl DequantF32 {
+    pub fn new(a_scale: f32, w: &PackedWeights, bias: Option<&[f32]>, relu: bool) -> Result<Self> {
+        let n = w.n();
+        let scale = w.scales().iter().map(|&ws| a_scale * ws).collect();
+        let bias = match bias {
+            Some(b) => {
+                check_len("bias", n, b.len())?;
+                b.to_vec()
+            }
+            None => vec![0.0; n],
+        };
+        Ok(DequantF32 { scale, bias, relu })
+    }
+}
+
+impl OutputStage for DequantF32 {
+    type Out = f32;
+    #[allow(clippy::needless_range_loop)]
+    #[inline(always)]
+    fn store(
+        &self,
+        corr: &Correction<'_>,
+        t: Tile<'_>,
+        out: &mut [f32],
+        ldo: usize,
+        out_row0: usize,
+    ) {
+        for r in 0..t.rows {
+            let i = t.row0 + r;
+            let o = &mut out[(i - out_row0) * ldo + t.col0..][..t.cols];
+            let s = &self.scale[t.col0..t.col0 + t.cols];
+            let b = &self.bias[t.col0..t.col0 + t.cols];
+            for c in 0..t.cols {
+                let acc = corr.apply(t.dots[r * t.ld + c], i, t.col0 + c);
+                let y = (acc as f32).mul_add(s[c], b[c]);
+                o[c] = if self.relu { y.max(0.0) } else { y };
+            }
+        }
+    }
+}
+
+/// Static requantization (NUMERICS §3.1 / D2, D7): with `atws[j] = fl(xs·ws[j])`,
+/// `mult[j] = fl(atws[j]/os)` and `bq[j] = fl(b[j]/atws[j])`:
+/// `y = clamp(rne(fl(fl(float(acc) + bq[j]) · mult[j])) + oz, lo, hi)`.
+/// `lo`/`hi` are the output observer's range (D7); a fused ReLU raises `lo` to `oz`.
+#[derive(Debug, Clone)]
+pub struct Requantize<T: QInt> {
+    mult: Vec<f32>,
+    bias_q: Vec<f32>,
+    out_zp: i32,
+    lo: f32,
+    hi: f32,
+    _t: std::marker::PhantomData<T>,
+}
+
+impl<T: QInt> Requantize<T> {
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        a_scale: f32,
+        w: &PackedWeights,
+        bias: Option<&[f32]>,
+        out_scale: f32,
+        out_zp: i32,
+        qmin: i32,
+        qmax: i32,
+        relu: bool,
+    ) -> Result<Self> {
+        crate::qparams::check_scale(a_scale)?;
+        crate::qparams::check_scale(out_scale)?;
+        crate::qparams::check_range(T::DTYPE, qmin as i64, qmax as i64, out_zp as i64)?;
+        if T::DTYPE == crate::qparams::QDtype::QInt32 {
+            return Err(KernelError::UnsupportedDtype(
+                "requantize outputs quint8 or qint8, not qint32".into(),
+            ));
+        }
+        let n = w.n();
+        if let Some(b) = bias {
+            check_len("bias", n, b.len())?;
+        }
+        let atws: Vec<f32> = w.scales().iter().map(|&ws| a_scale * ws).collect();
+        let mult = atws.iter().map(|&s| s / out_scale).collect();
+        let bias_q = match bias {
+            Some(b) => b.iter().zip(&atws).map(|(&b, &s)| b / s).collect(),
+            None => vec![0.0; n],
+        };
+        let lo = if relu { qmin.max(out_zp) } else { qmin };
+        Ok(Requantize {
+            mult,
+            bias_q,
+            out_zp,
+            lo: (lo - out_zp) as f32,
+            hi: (qmax - out_zp) as f32,
+            _t: std::marker::PhantomData,
+        })
+    }
+}
+
+impl<T: QInt> OutputStage for Requantize<T> {
+    type Out = T;
+    #[allow(clippy::needless_range_loop)]
+    #[inline(always)]
+    fn store(
+        &self,
+        corr: &Correction<'_>,
+        t: Tile<'_>,
+        out: &mut [T],
+        ldo: usize,
+        out_row0: usize,
+    ) {
+        for r in 0..t.rows {
+            let i = t.row0 + r;
+            let o = &mut out[(i - out_row0) * ldo + t.col0..][..t.cols];
+            for c in 0..t.cols {
+                let j = t.col0 + c;
+                let acc = corr.apply(t.dots[r * t.ld + c], i, j);
+                let f = acc as f32 + self.bias_q[j];
+                let v = f * self.mult[j];
+                let v = if v.is_nan() {
+                    self.hi
+                } else {
+                    v.max(self.lo - 1.0).min(self.hi + 1.0)
+                };
+                let q = rne_small(v).max(self.lo).min(self.hi);
+                o[c] = T::from_i32(q as i32 + self.out_zp);
+            }
+        }
+    }
+}

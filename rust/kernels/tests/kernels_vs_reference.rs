@@ -1,0 +1,260 @@
+//! Every engine this CPU has must equal the naive reference bit for bit, on any thread count.
+
+// `is_multiple_of` needs Rust 1.87; these tests also build for aarch64 with rustc 1.85.
+#![allow(clippy::manual_is_multiple_of)]
+
+use ferroquant_kernels::gemm::{gemm, reference::reference_acc};
+use ferroquant_kernels::requant::{DequantF32, Requantize, StoreI32};
+use ferroquant_kernels::{available_engines, linear_dynamic, Engine, PackedA, PackedWeights};
+use proptest::prelude::*;
+
+/// A tiny deterministic generator (xorshift), so failures reproduce.
+struct Rng(u64);
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+    fn u8(&mut self) -> u8 {
+        self.next() as u8
+    }
+    fn i8(&mut self) -> i8 {
+        self.next() as u8 as i8
+    }
+    fn f32(&mut self) -> f32 {
+        (self.next() % 20001) as f32 / 10000.0 - 1.0
+    }
+}
+
+/// Sizes exercised everywhere; QEMU runs (aarch64 tests on x86) use the short list.
+fn sizes() -> &'static [usize] {
+    if cfg!(target_arch = "aarch64") {
+        &[1, 3, 4, 15, 16, 17, 33, 65]
+    } else {
+        &[1, 3, 4, 7, 15, 16, 17, 31, 63, 64, 65, 127, 129]
+    }
+}
+
+fn assert_same<T: PartialEq + std::fmt::Debug>(
+    got: &[T],
+    want: &[T],
+    e: Engine,
+    threads: usize,
+    what: &str,
+) {
+    if let Some(i) = got.iter().zip(want).position(|(a, b)| a != b) {
+        panic!(
+            "{what}: engine {} with {threads} threads differs at {i}: {:?} vs {:?}",
+            e.name(),
+            got[i],
+            want[i]
+        );
+    }
+}
+
+fn case(m: usize, k: usize, n: usize, za: i32, per_channel: bool, w_zp: bool, seed: u64) {
+    let mut r = Rng(seed | 1);
+    let a: Vec<u8> = (0..m * k).map(|_| r.u8()).collect();
+    let w: Vec<i8> = (0..n * k).map(|_| r.i8()).collect();
+    let zw: Vec<i32> = if per_channel {
+        (0..n)
+            .map(|_| if w_zp { r.i8() as i32 } else { 0 })
+            .collect()
+    } else {
+        vec![if w_zp { -3 } else { 0 }; n]
+    };
+    let scales: Vec<f32> = if per_channel {
+        (0..n).map(|_| 0.001 + r.f32().abs() * 0.01).collect()
+    } else {
+        vec![0.004]
+    };
+    let zps: Vec<i32> = if per_channel { zw.clone() } else { vec![zw[0]] };
+    let pw = PackedWeights::new(&w, n, k, &scales, &zps).unwrap();
+    let pa = PackedA::from_u8(&a, m, k, za).unwrap();
+    let expect = reference_acc(&a, m, k, za, &w, n, &zw);
+    let bias: Vec<f32> = (0..n).map(|_| r.f32() * 3.0).collect();
+    let mut base_u8: Option<Vec<u8>> = None;
+    let mut base_f32: Option<Vec<u32>> = None;
+    for e in available_engines() {
+        for threads in [1, 2] {
+            let mut acc = vec![0i32; m * n];
+            gemm(e, &pa, &pw, &StoreI32, &mut acc, threads).unwrap();
+            let acc64: Vec<i64> = acc.iter().map(|&v| v as i64).collect();
+            assert_same(
+                &acc64,
+                &expect,
+                e,
+                threads,
+                &format!("accumulators m={m} k={k} n={n} za={za}"),
+            );
+            let stage =
+                Requantize::<u8>::new(0.02, &pw, Some(&bias), 0.37, 77, 0, 255, seed % 5 == 0)
+                    .unwrap();
+            let mut q = vec![0u8; m * n];
+            gemm(e, &pa, &pw, &stage, &mut q, threads).unwrap();
+            match &base_u8 {
+                None => base_u8 = Some(q),
+                Some(b) => assert_same(&q, b, e, threads, "requantize"),
+            }
+            let stage = DequantF32::new(0.02, &pw, Some(&bias), false).unwrap();
+            let mut f = vec![0f32; m * n];
+            gemm(e, &pa, &pw, &stage, &mut f, threads).unwrap();
+            let bits: Vec<u32> = f.iter().map(|v| v.to_bits()).collect();
+            match &base_f32 {
+                None => base_f32 = Some(bits),
+                Some(b) => assert_same(&bits, b, e, threads, "dequantize"),
+            }
+        }
+    }
+}
+
+#[test]
+fn engines_order_puts_scalar_last() {
+    let v = available_engines();
+    assert_eq!(*v.last().unwrap(), Engine::Scalar);
+    let names: Vec<&str> = v.iter().map(|e| e.name()).collect();
+    eprintln!("engines: {names:?}");
+    // scripts/test-aarch64.sh sets this so a QEMU CPU model that hides a path fails loudly.
+    if let Ok(expect) = std::env::var("FERROQUANT_EXPECT_ENGINES") {
+        assert_eq!(
+            names.join(","),
+            expect,
+            "detected engines differ from the expected set"
+        );
+    }
+}
+
+#[test]
+fn edge_shapes_all_engines() {
+    let s = sizes();
+    let mut seed = 1u64;
+    for &m in &[1usize, 2, 3, 5, 8, 9, 17] {
+        for &k in s {
+            for &n in &[1usize, 15, 16, 17, 33] {
+                seed += 7;
+                case(
+                    m,
+                    k,
+                    n,
+                    [0, 128, 255, 3][(seed % 4) as usize],
+                    seed % 2 == 0,
+                    seed % 3 == 0,
+                    seed,
+                );
+            }
+        }
+    }
+    for &n in s {
+        seed += 7;
+        case(4, 37, n, 128, true, true, seed);
+    }
+}
+
+#[test]
+fn larger_shapes_split_across_threads() {
+    // Big enough to pass the parallel threshold, with both row- and column-split schedules.
+    let big = if cfg!(target_arch = "aarch64") {
+        129
+    } else {
+        300
+    };
+    case(big, big, 200, 17, true, true, 99);
+    case(2, 2000, big * 3, 200, false, false, 5);
+}
+
+#[test]
+fn worst_case_no_saturation_k4096() {
+    let (m, k, n) = (3, 4096, 17);
+    let a = vec![255u8; m * k];
+    let w = vec![-128i8; n * k];
+    let pw = PackedWeights::new(&w, n, k, &[1.0], &[0]).unwrap();
+    let pa = PackedA::from_u8(&a, m, k, 0).unwrap();
+    for e in available_engines() {
+        let mut acc = vec![0i32; m * n];
+        gemm(e, &pa, &pw, &StoreI32, &mut acc, 1).unwrap();
+        assert!(acc.iter().all(|&v| v == 255 * -128 * 4096), "{}", e.name());
+    }
+    let w = vec![127i8; n * k];
+    let pw = PackedWeights::new(&w, n, k, &[1.0], &[0]).unwrap();
+    for e in available_engines() {
+        let mut acc = vec![0i32; m * n];
+        gemm(e, &pa, &pw, &StoreI32, &mut acc, 1).unwrap();
+        assert!(acc.iter().all(|&v| v == 255 * 127 * 4096), "{}", e.name());
+    }
+}
+
+#[test]
+fn zero_rows_give_empty_output_and_bad_shapes_error() {
+    let pw = PackedWeights::new(&[1, 2, 3, 4], 2, 2, &[1.0], &[0]).unwrap();
+    let mut out: Vec<f32> = vec![];
+    linear_dynamic(Engine::Scalar, &[], 0, &pw, None, false, false, &mut out, 1).unwrap();
+    let mut out = vec![0f32; 2];
+    assert!(linear_dynamic(
+        Engine::Scalar,
+        &[1.0; 3],
+        1,
+        &pw,
+        None,
+        false,
+        false,
+        &mut out,
+        1
+    )
+    .is_err());
+    assert!(linear_dynamic(
+        Engine::Scalar,
+        &[f32::NAN, 1.0],
+        1,
+        &pw,
+        None,
+        false,
+        false,
+        &mut out,
+        1
+    )
+    .is_err());
+    assert!(linear_dynamic(
+        Engine::Scalar,
+        &[1.0, 1.0],
+        1,
+        &pw,
+        Some(&[1.0]),
+        false,
+        false,
+        &mut out,
+        1
+    )
+    .is_err());
+}
+
+#[test]
+fn dynamic_linear_matches_float_math() {
+    let (m, k, n) = (5, 33, 19);
+    let mut r = Rng(42);
+    let x: Vec<f32> = (0..m * k).map(|_| r.f32()).collect();
+    let w: Vec<i8> = (0..n * k).map(|_| r.i8()).collect();
+    let pw = PackedWeights::new(&w, n, k, &[0.01], &[0]).unwrap();
+    let mut out = vec![0f32; m * n];
+    let qp = linear_dynamic(Engine::Scalar, &x, m, &pw, None, false, false, &mut out, 1).unwrap();
+    for i in 0..m {
+        for j in 0..n {
+            let exact: f32 = (0..k)
+                .map(|kk| x[i * k + kk] * w[j * k + kk] as f32 * 0.01)
+                .sum();
+            assert!(
+                (exact - out[i * n + j]).abs() < qp.scale * 0.01 * 128.0 * k as f32 * 0.5 + 1e-3
+            );
+        }
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(if cfg!(target_arch = "aarch64") { 16 } else { 64 }))]
+    #[test]
+    fn random_shapes_all_engines(m in 1usize..40, k in 1usize..200, n in 1usize..70,
+                                 za in 0i32..=255, per_channel: bool, w_zp: bool, seed: u64) {
+        case(m, k, n, za, per_channel, w_zp, seed);
+    }
+}
