@@ -1,0 +1,236 @@
+"""Fake quantization for quantization-aware training.
+
+``FakeQuantize`` observes (while its observer is enabled), takes the observer's qparams and
+rounds values to the quantized grid in float: ``q = clamp(rne(x·inv) + zp, quant_min, quant_max)``,
+``out = (q − zp)·scale`` with a straight-through gradient (NUMERICS.md §4.1). Decision D6: the
+scale comes from the observer's formula — the same one ``convert`` uses — so what you train is
+what the int8 model computes. ``FusedMovingAvgObsFakeQuantize`` is the same module with moving
+average observers (torch fuses it into one op with a different scale rule; we do not).
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+import torch
+from torch import nn
+
+from ._dtypes import per_channel_symmetric, per_tensor_affine, per_tensor_symmetric, qint8, quint8, to_qscheme
+from .observer import (
+    FixedQParamsObserver,
+    MovingAverageMinMaxObserver,
+    MovingAveragePerChannelMinMaxObserver,
+    _with_args,
+    default_fixed_qparams_range_0to1_observer,
+    default_fixed_qparams_range_neg1to1_observer,
+)
+
+__all__ = [
+    "FakeQuantizeBase",
+    "FakeQuantize",
+    "FusedMovingAvgObsFakeQuantize",
+    "FixedQParamsFakeQuantize",
+    "default_fake_quant",
+    "default_weight_fake_quant",
+    "default_per_channel_weight_fake_quant",
+    "default_fused_act_fake_quant",
+    "default_fused_wt_fake_quant",
+    "default_fused_per_channel_wt_fake_quant",
+    "enable_fake_quant",
+    "disable_fake_quant",
+    "enable_observer",
+    "disable_observer",
+]
+
+
+class FakeQuantizeBase(nn.Module):
+    """Switches shared by every fake-quant module."""
+
+    fake_quant_enabled: torch.Tensor
+    observer_enabled: torch.Tensor
+    with_args = classmethod(_with_args)
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.register_buffer("fake_quant_enabled", torch.tensor([1], dtype=torch.uint8))
+        self.register_buffer("observer_enabled", torch.tensor([1], dtype=torch.uint8))
+
+    def enable_fake_quant(self, enabled: bool = True) -> None:
+        self.fake_quant_enabled[0] = 1 if enabled else 0
+
+    def disable_fake_quant(self) -> None:
+        self.enable_fake_quant(False)
+
+    def enable_observer(self, enabled: bool = True) -> None:
+        self.observer_enabled[0] = 1 if enabled else 0
+
+    def disable_observer(self) -> None:
+        self.enable_observer(False)
+
+
+class FakeQuantize(FakeQuantizeBase):
+    """Observer + fake quantization (per tensor or per channel)."""
+
+    scale: torch.Tensor
+    zero_point: torch.Tensor
+
+    def __init__(
+        self,
+        observer: Any = MovingAverageMinMaxObserver,
+        quant_min: int | None = None,
+        quant_max: int | None = None,
+        is_dynamic: bool = False,
+        **observer_kwargs: Any,
+    ) -> None:
+        super().__init__()
+        if quant_min is not None and quant_max is not None:
+            if quant_min >= quant_max:
+                raise ValueError(f"quant_min ({quant_min}) must be < quant_max ({quant_max})")
+            observer_kwargs["quant_min"] = quant_min
+            observer_kwargs["quant_max"] = quant_max
+        observer_kwargs["is_dynamic"] = is_dynamic
+        self.activation_post_process = observer(**observer_kwargs)
+        self.quant_min = self.activation_post_process.quant_min
+        self.quant_max = self.activation_post_process.quant_max
+        self.is_dynamic = self.activation_post_process.is_dynamic
+        self.register_buffer("scale", torch.tensor([1.0], dtype=torch.float))
+        self.register_buffer("zero_point", torch.tensor([0], dtype=torch.int))
+        self.dtype = self.activation_post_process.dtype
+        self.qscheme = self.activation_post_process.qscheme
+        self.ch_axis = getattr(self.activation_post_process, "ch_axis", -1)
+        scheme = to_qscheme(self.qscheme)
+        self.is_per_channel = scheme.per_channel
+        self.is_symmetric_quant = scheme.symmetric
+
+    def calculate_qparams(self) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.activation_post_process.calculate_qparams()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.observer_enabled[0] == 1:
+            self.activation_post_process(x.detach())
+            scale, zp = self.calculate_qparams()
+            scale, zp = scale.to(self.scale.device), zp.to(self.zero_point.device)
+            if self.scale.shape != scale.shape:
+                self.scale.resize_(scale.shape)
+                self.zero_point.resize_(zp.shape)
+            self.scale.copy_(scale)
+            self.zero_point.copy_(zp)
+        if self.fake_quant_enabled[0] == 1:
+            if self.is_per_channel:
+                x = torch.fake_quantize_per_channel_affine(
+                    x, self.scale, self.zero_point.to(torch.int32), self.ch_axis, self.quant_min, self.quant_max
+                )
+            else:
+                x = torch.fake_quantize_per_tensor_affine(
+                    x, self.scale, self.zero_point.to(torch.int32), self.quant_min, self.quant_max
+                )
+        return x
+
+    def extra_repr(self) -> str:
+        return (
+            f"fake_quant_enabled={self.fake_quant_enabled}, observer_enabled={self.observer_enabled}, "
+            f"quant_min={self.quant_min}, quant_max={self.quant_max}, dtype={self.dtype}, "
+            f"qscheme={self.qscheme}, ch_axis={self.ch_axis}, scale={self.scale}, zero_point={self.zero_point}"
+        )
+
+    def _load_from_state_dict(
+        self, state_dict: dict, prefix: str, local_metadata: dict, strict: bool, missing_keys: list,
+        unexpected_keys: list, error_msgs: list,
+    ) -> None:
+        for name in ("scale", "zero_point"):
+            key = prefix + name
+            if key in state_dict:
+                getattr(self, name).resize_(state_dict[key].shape)
+        super()._load_from_state_dict(
+            state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
+        )
+
+
+class FusedMovingAvgObsFakeQuantize(FakeQuantize):
+    """torch's fused QAT fake-quant, here as FakeQuantize with moving-average observers and the
+    observer's qparams formula (decision D6)."""
+
+    def __init__(
+        self,
+        observer: Any = MovingAverageMinMaxObserver,
+        quant_min: int = 0,
+        quant_max: int = 255,
+        **observer_kwargs: Any,
+    ) -> None:
+        super().__init__(observer, quant_min, quant_max, **observer_kwargs)
+
+
+class FixedQParamsFakeQuantize(FakeQuantize):
+    """Fake quantization with fixed qparams (sigmoid 1/256, tanh 2/256, ...)."""
+
+    def __init__(self, observer: Any) -> None:
+        super().__init__(observer=observer)
+        if not isinstance(self.activation_post_process, FixedQParamsObserver):
+            raise TypeError("FixedQParamsFakeQuantize needs a FixedQParamsObserver")
+        self.scale = self.activation_post_process.scale
+        self.zero_point = self.activation_post_process.zero_point
+
+    def calculate_qparams(self) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.scale, self.zero_point
+
+
+default_fake_quant = FakeQuantize.with_args(
+    observer=MovingAverageMinMaxObserver, quant_min=0, quant_max=255, dtype=quint8,
+    qscheme=per_tensor_affine, reduce_range=True,
+)
+default_weight_fake_quant = FakeQuantize.with_args(
+    observer=MovingAverageMinMaxObserver, quant_min=-128, quant_max=127, dtype=qint8,
+    qscheme=per_tensor_symmetric, reduce_range=False,
+)
+default_per_channel_weight_fake_quant = FakeQuantize.with_args(
+    observer=MovingAveragePerChannelMinMaxObserver, quant_min=-128, quant_max=127, dtype=qint8,
+    qscheme=per_channel_symmetric, reduce_range=False, ch_axis=0,
+)
+default_fused_act_fake_quant = FusedMovingAvgObsFakeQuantize.with_args(
+    observer=MovingAverageMinMaxObserver, quant_min=0, quant_max=255, dtype=quint8,
+)
+default_fused_wt_fake_quant = FusedMovingAvgObsFakeQuantize.with_args(
+    observer=MovingAverageMinMaxObserver, quant_min=-128, quant_max=127, dtype=qint8,
+    qscheme=per_tensor_symmetric,
+)
+default_fused_per_channel_wt_fake_quant = FusedMovingAvgObsFakeQuantize.with_args(
+    observer=MovingAveragePerChannelMinMaxObserver, quant_min=-128, quant_max=127, dtype=qint8,
+    qscheme=per_channel_symmetric,
+)
+default_fixed_qparams_range_neg1to1_fake_quant = FixedQParamsFakeQuantize.with_args(
+    observer=default_fixed_qparams_range_neg1to1_observer
+)
+default_fixed_qparams_range_0to1_fake_quant = FixedQParamsFakeQuantize.with_args(
+    observer=default_fixed_qparams_range_0to1_observer
+)
+
+_FQ_NAME = re.compile(r"FakeQuantize")
+
+
+def _is_fake_quant(mod: nn.Module) -> bool:
+    return isinstance(mod, FakeQuantizeBase) or bool(_FQ_NAME.search(type(mod).__name__))
+
+
+def enable_fake_quant(mod: nn.Module) -> None:
+    """``model.apply(enable_fake_quant)``"""
+    if _is_fake_quant(mod):
+        mod.enable_fake_quant()
+
+
+def disable_fake_quant(mod: nn.Module) -> None:
+    """``model.apply(disable_fake_quant)``"""
+    if _is_fake_quant(mod):
+        mod.disable_fake_quant()
+
+
+def enable_observer(mod: nn.Module) -> None:
+    """``model.apply(enable_observer)``"""
+    if _is_fake_quant(mod):
+        mod.enable_observer()
+
+
+def disable_observer(mod: nn.Module) -> None:
+    """``model.apply(disable_observer)``"""
+    if _is_fake_quant(mod):
+        mod.disable_observer()

@@ -1,0 +1,3 @@
+"""Quantized and quantization-ready modules, with torch.ao.nn's import paths."""
+
+from . import intrinsic, qat, quantized  # noqa: F401

@@ -1,0 +1,4 @@
+"""``torch.ao.nn.intrinsic.qat`` counterpart: planned with the static and QAT workflows;
+nothing is exported yet."""
+
+__all__: list[str] = []

@@ -1,0 +1,144 @@
+"""Dynamic quantized Linear: int8 weights, activations quantized on the fly per call.
+
+Forward: choose the activation's per-tensor qparams from its min and max (FBGEMM's rule),
+quantize, exact int8 GEMM, and ``y = fma(acc, xs·ws[j], b[j])`` in float32 — all in one kernel
+call. Activations use the full 0..255 range by default (decision D4); a qconfig whose
+activation range is 0..127 (``default_dynamic_qconfig_torch``) reproduces torch's results.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+from ...._core import PackedLinear
+from ...._dtypes import quint8, to_qdtype
+from ...._threads import get_num_threads
+from ....qtensor import QTensor
+from .._weights import WeightedQuantModule, quantize_weight
+
+__all__ = ["Linear"]
+
+
+def _activation_reduce_range(qconfig: Any) -> bool:
+    """True when the qconfig's dynamic activation range is torch's reduced 0..127."""
+    act = qconfig.activation()
+    dtype = getattr(act, "dtype", quint8)
+    if isinstance(dtype, torch.dtype) and dtype.is_floating_point:
+        raise NotImplementedError(
+            "float16 dynamic quantization is not available in ferroquant yet; use dtype=torch.qint8"
+        )
+    if to_qdtype(dtype) != quint8:
+        raise TypeError(f"dynamic Linear quantizes activations to quint8, the qconfig asks for {dtype}")
+    qmax = getattr(act, "quant_max", None)
+    return qmax is not None and qmax <= 127 or bool(getattr(act, "reduce_range", False))
+
+
+class Linear(WeightedQuantModule):
+    """``ferroquant.nn.quantized.dynamic.Linear`` (torch: ``nn.quantized.dynamic.Linear``)."""
+
+    _version = 1
+    _FLOAT_MODULE = nn.Linear
+
+    def __init__(self, in_features: int, out_features: int, bias_: bool = True, dtype: Any = torch.qint8) -> None:
+        super().__init__()
+        if to_qdtype(dtype).name != "qint8":
+            raise NotImplementedError(f"dynamic Linear supports qint8 weights, got {dtype}")
+        self.in_features = in_features
+        self.out_features = out_features
+        self.reduce_range = False
+        self._init_weight_storage((out_features, in_features), bias_)
+        self._rebuild()
+
+    def _rebuild(self) -> None:
+        self._packed = PackedLinear(
+            self._w.numpy(),
+            self._w_scale.numpy(),
+            self._w_zp.to(torch.int32).numpy(),
+        )
+        self._bias_np = None if self._bias is None else self._bias.numpy()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if torch.jit.is_scripting():
+            return torch.ops.ferroquant.linear_dynamic(
+                x, self._w, self._w_scale, self._w_zp, self._bias, self.reduce_range
+            )
+        return self._forward_eager(x)
+
+    @torch.jit.unused
+    def _forward_eager(self, x: torch.Tensor) -> torch.Tensor:
+        if not isinstance(x, torch.Tensor):
+            if isinstance(x, QTensor):
+                raise TypeError(
+                    "ferroquant.nn.quantized.dynamic.Linear takes float input (it quantizes activations "
+                    "itself) but got a QTensor; call .dequantize() on it or remove the QuantStub before it"
+                )
+            raise TypeError(f"dynamic Linear expects a float torch.Tensor, got {type(x).__name__}")
+        k = self.in_features
+        shape = x.shape
+        if x.dtype != torch.float32 or x.requires_grad or x.device.type != "cpu" or not x.is_contiguous():
+            x = self._prepare_input(x)
+        if not shape or shape[-1] != k:
+            raise ValueError(f"Linear expects input of shape [..., {k}] (in_features = {k}), got {list(shape)}")
+        out, _, _ = self._packed.linear_dynamic(
+            x.reshape(-1, k).numpy(), self._bias_np, self.reduce_range, False, get_num_threads()
+        )
+        y = torch.from_numpy(out)
+        return y if len(shape) == 2 else y.reshape(*shape[:-1], self.out_features)
+
+    def _prepare_input(self, x: torch.Tensor) -> torch.Tensor:
+        if not x.is_floating_point():
+            raise TypeError(f"dynamic Linear expects a floating point input, got {x.dtype}")
+        if x.device.type != "cpu":
+            raise ValueError(f"input is on {x.device}; ferroquant runs on the CPU, call .cpu() first")
+        return x.detach().to(torch.float32).contiguous()
+
+    def _get_name(self) -> str:
+        return "DynamicQuantizedLinear"
+
+    def extra_repr(self) -> str:
+        scheme = "per_tensor" if self._w_axis < 0 else "per_channel"
+        return (
+            f"in_features={self.in_features}, out_features={self.out_features}, dtype=qint8, "
+            f"qscheme={scheme}, reduce_range={self.reduce_range}"
+        )
+
+    def _save_to_state_dict(self, destination: dict, prefix: str, keep_vars: bool) -> None:
+        super()._save_to_state_dict(destination, prefix, keep_vars)
+        destination[prefix + "reduce_range"] = torch.tensor(self.reduce_range)
+
+    def _load_from_state_dict(
+        self, state_dict: dict, prefix: str, local_metadata: dict, strict: bool, missing_keys: list,
+        unexpected_keys: list, error_msgs: list,
+    ) -> None:
+        rr = state_dict.pop(prefix + "reduce_range", None)
+        if rr is not None:
+            self.reduce_range = bool(rr)
+        elif strict:
+            missing_keys.append(prefix + "reduce_range")
+        super()._load_from_state_dict(
+            state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
+        )
+
+    @classmethod
+    def from_float(cls, mod: nn.Module, use_precomputed_fake_quant: bool = False) -> Linear:
+        """Builds the dynamic Linear from a float ``nn.Linear`` that carries a ``qconfig``."""
+        if not isinstance(mod, nn.Linear):
+            raise TypeError(f"dynamic Linear.from_float expects an nn.Linear, got {type(mod).__name__}")
+        qconfig = getattr(mod, "qconfig", None)
+        if qconfig is None:
+            from ....qconfig import default_dynamic_qconfig
+
+            qconfig = default_dynamic_qconfig
+        reduce_range = _activation_reduce_range(qconfig)
+        if use_precomputed_fake_quant and hasattr(mod, "weight_fake_quant"):
+            observer = mod.weight_fake_quant
+        else:
+            observer = qconfig.weight()
+        qweight = quantize_weight(mod.weight, observer)
+        q = cls(mod.in_features, mod.out_features, bias_=mod.bias is not None)
+        q.reduce_range = reduce_range
+        q.set_weight_bias(qweight, None if mod.bias is None else mod.bias.detach())
+        return q
