@@ -5,8 +5,18 @@ The ``torch.ao.quantization`` workflow with the same names — change ``torch.qu
 ``ferroquant.nn.quantized``. Results are bit-identical on every CPU path and thread count.
 """
 
-from . import _ops  # noqa: F401  (registers torch.ops.ferroquant.*)
-from . import backends, fake_quantize, nn, observer, qconfig, qconfig_mapping, quantize, quantize_fx, stubs
+from . import (
+    _ops,  # noqa: F401  (registers torch.ops.ferroquant.*)
+    backends,
+    fake_quantize,
+    nn,
+    observer,
+    qconfig,
+    qconfig_mapping,
+    quantize,
+    quantize_fx,
+    stubs,
+)
 from ._core import __version__
 from ._dtypes import (
     per_channel_affine,

@@ -24,8 +24,15 @@ _CACHE_SIZE = 64
 
 def packed_linear_for(weight: torch.Tensor, scale: torch.Tensor, zero_point: torch.Tensor) -> _core.PackedLinear:
     """PackedLinear for an int8 weight tensor and its (1 or per-row) qparams, cached."""
-    key = (weight.data_ptr(), weight._version, tuple(weight.shape), scale.data_ptr(), scale._version,
-           zero_point.data_ptr(), zero_point._version)
+    key = (
+        weight.data_ptr(),
+        weight._version,
+        tuple(weight.shape),
+        scale.data_ptr(),
+        scale._version,
+        zero_point.data_ptr(),
+        zero_point._version,
+    )
     hit = _CACHE.get(key)
     if hit is not None:
         _CACHE.move_to_end(key)
@@ -42,10 +49,12 @@ def packed_linear_for(weight: torch.Tensor, scale: torch.Tensor, zero_point: tor
 
 
 @torch.library.custom_op("ferroquant::quantize_per_tensor", mutates_args=())
-def quantize_per_tensor_op(x: torch.Tensor, scale: float, zero_point: int, quant_min: int, quant_max: int,
-                           dtype: str) -> torch.Tensor:
-    data = _core.quantize_per_tensor(x.detach().to(torch.float32).contiguous().numpy(), scale, zero_point,
-                                     quant_min, quant_max, dtype)
+def quantize_per_tensor_op(
+    x: torch.Tensor, scale: float, zero_point: int, quant_min: int, quant_max: int, dtype: str
+) -> torch.Tensor:
+    data = _core.quantize_per_tensor(
+        x.detach().to(torch.float32).contiguous().numpy(), scale, zero_point, quant_min, quant_max, dtype
+    )
     return torch.from_numpy(data)
 
 
@@ -61,8 +70,12 @@ def dequantize_op(q: torch.Tensor, scale: torch.Tensor, zero_point: torch.Tensor
     if axis < 0:
         out = _core.dequantize_per_tensor(qn, float(scale.reshape(-1)[0]), int(zero_point.reshape(-1)[0]))
     else:
-        out = _core.dequantize_per_channel(qn, scale.to(torch.float32).contiguous().numpy(),
-                                           zero_point.to(torch.int32).contiguous().numpy(), axis)
+        out = _core.dequantize_per_channel(
+            qn,
+            scale.to(torch.float32).contiguous().numpy(),
+            zero_point.to(torch.int32).contiguous().numpy(),
+            axis,
+        )
     return torch.from_numpy(out)
 
 
@@ -72,8 +85,14 @@ def _(q: torch.Tensor, scale: torch.Tensor, zero_point: torch.Tensor, axis: int)
 
 
 @torch.library.custom_op("ferroquant::linear_dynamic", mutates_args=())
-def linear_dynamic_op(x: torch.Tensor, weight: torch.Tensor, weight_scale: torch.Tensor,
-                      weight_zero_point: torch.Tensor, bias: Optional[torch.Tensor], reduce_range: bool) -> torch.Tensor:
+def linear_dynamic_op(
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    weight_scale: torch.Tensor,
+    weight_zero_point: torch.Tensor,
+    bias: Optional[torch.Tensor],
+    reduce_range: bool,
+) -> torch.Tensor:
     packed = packed_linear_for(weight, weight_scale, weight_zero_point)
     k = weight.shape[1]
     x2 = x.detach().to(torch.float32).reshape(-1, k).contiguous()
@@ -83,6 +102,12 @@ def linear_dynamic_op(x: torch.Tensor, weight: torch.Tensor, weight_scale: torch
 
 
 @linear_dynamic_op.register_fake
-def _(x: torch.Tensor, weight: torch.Tensor, weight_scale: torch.Tensor, weight_zero_point: torch.Tensor,
-      bias: Optional[torch.Tensor], reduce_range: bool) -> torch.Tensor:
+def _(
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    weight_scale: torch.Tensor,
+    weight_zero_point: torch.Tensor,
+    bias: Optional[torch.Tensor],
+    reduce_range: bool,
+) -> torch.Tensor:
     return x.new_empty((*x.shape[:-1], weight.shape[0]), dtype=torch.float32)

@@ -26,9 +26,7 @@ def _set(name: str) -> None:
     if name != "auto" and name not in ENGINE_NAMES:
         raise ValueError(f"unknown engine {name!r}; choose 'auto' or one of {list(ENGINE_NAMES)}")
     if name != "auto" and name not in supported_engines:
-        raise RuntimeError(
-            f"engine {name!r} is not available on this CPU; available: {supported_engines} (or 'auto')"
-        )
+        raise RuntimeError(f"engine {name!r} is not available on this CPU; available: {supported_engines} (or 'auto')")
     _core.set_engine(name)
 
 
@@ -40,7 +38,7 @@ def current_engine() -> str:
 class _BackendsModule(types.ModuleType):
     @property
     def engine(self) -> str:
-        """"auto" or the forced engine name."""
+        """ "auto" or the forced engine name."""
         return _core.engine_setting()
 
     @engine.setter

@@ -12,6 +12,7 @@ import torch
 from torch import nn
 
 from . import backends
+from ._dtypes import qint8
 from ._threads import get_num_threads, set_num_threads
 from .quantize import quantize_dynamic
 
@@ -54,7 +55,7 @@ def run_demo(threads: int = 1, repeats: int = 50) -> None:
     set_num_threads(threads)
     model = DemoMLP().eval()
     x = torch.randn(32, 512)
-    qmodel = quantize_dynamic(copy.deepcopy(model), {nn.Linear}, dtype=torch.qint8)
+    qmodel = quantize_dynamic(copy.deepcopy(model), {nn.Linear}, dtype=qint8)
     with torch.no_grad():
         ref = model(x)
         out = qmodel(x)
@@ -70,7 +71,8 @@ def run_demo(threads: int = 1, repeats: int = 50) -> None:
     print("| metric | fp32 | int8 (ferroquant) |")
     print("|---|---|---|")
     print(f"| latency, median of {repeats} (ms) | {t_fp32:.3f} | {t_int8:.3f} ({t_fp32 / t_int8:.2f}x) |")
-    print(f"| state_dict size (MB) | {size_fp32 / 1e6:.2f} | {size_int8 / 1e6:.2f} ({size_fp32 / size_int8:.2f}x smaller) |")
+    ratio = size_fp32 / size_int8
+    print(f"| state_dict size (MB) | {size_fp32 / 1e6:.2f} | {size_int8 / 1e6:.2f} ({ratio:.2f}x smaller) |")
     print(f"| max abs error vs fp32 | - | {err:.4g} |")
     print(f"| cosine similarity vs fp32 | - | {cos:.6f} |")
     print(f"| top-1 agreement (%) | - | {top1:.1f} |")

@@ -27,6 +27,7 @@ from .observer import (
 )
 
 __all__ = [
+    "fake_quantize",
     "FakeQuantizeBase",
     "FakeQuantize",
     "FusedMovingAvgObsFakeQuantize",
@@ -42,6 +43,43 @@ __all__ = [
     "enable_observer",
     "disable_observer",
 ]
+
+
+class _FakeQuantFunction(torch.autograd.Function):
+    """``q = clamp(rne(x·fl(1/scale)) + zp)``, ``out = fl(fl(q − zp)·scale)``; the gradient
+    passes where the rounded, unclamped ``q`` lies inside ``[quant_min, quant_max]``."""
+
+    @staticmethod
+    def forward(
+        ctx: Any, x: torch.Tensor, scale: torch.Tensor, zp: torch.Tensor, qmin: int, qmax: int, axis: int
+    ) -> torch.Tensor:
+        shape = [1] * x.dim()
+        if axis >= 0:
+            shape[axis] = -1
+        s = scale.to(torch.float32).reshape(shape)
+        z = zp.to(torch.float32).reshape(shape)
+        q = torch.round(x * (1.0 / s)) + z
+        mask = (q >= qmin) & (q <= qmax)
+        ctx.save_for_backward(mask)
+        return (torch.clamp(q, qmin, qmax) - z) * s
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple:
+        (mask,) = ctx.saved_tensors
+        return grad * mask, None, None, None, None, None
+
+
+def fake_quantize(
+    x: torch.Tensor,
+    scale: torch.Tensor,
+    zero_point: torch.Tensor,
+    quant_min: int,
+    quant_max: int,
+    axis: int = -1,
+) -> torch.Tensor:
+    """Rounds ``x`` to the quantized grid in float (per tensor, or per channel along ``axis``),
+    with the kernels' rounding (decision D6) and a straight-through gradient."""
+    return _FakeQuantFunction.apply(x, scale, zero_point, quant_min, quant_max, axis)
 
 
 class FakeQuantizeBase(nn.Module):
@@ -117,14 +155,8 @@ class FakeQuantize(FakeQuantizeBase):
             self.scale.copy_(scale)
             self.zero_point.copy_(zp)
         if self.fake_quant_enabled[0] == 1:
-            if self.is_per_channel:
-                x = torch.fake_quantize_per_channel_affine(
-                    x, self.scale, self.zero_point.to(torch.int32), self.ch_axis, self.quant_min, self.quant_max
-                )
-            else:
-                x = torch.fake_quantize_per_tensor_affine(
-                    x, self.scale, self.zero_point.to(torch.int32), self.quant_min, self.quant_max
-                )
+            axis = self.ch_axis if self.is_per_channel else -1
+            x = fake_quantize(x, self.scale, self.zero_point, self.quant_min, self.quant_max, axis)
         return x
 
     def extra_repr(self) -> str:
@@ -135,8 +167,14 @@ class FakeQuantize(FakeQuantizeBase):
         )
 
     def _load_from_state_dict(
-        self, state_dict: dict, prefix: str, local_metadata: dict, strict: bool, missing_keys: list,
-        unexpected_keys: list, error_msgs: list,
+        self,
+        state_dict: dict,
+        prefix: str,
+        local_metadata: dict,
+        strict: bool,
+        missing_keys: list,
+        unexpected_keys: list,
+        error_msgs: list,
     ) -> None:
         for name in ("scale", "zero_point"):
             key = prefix + name
@@ -176,26 +214,48 @@ class FixedQParamsFakeQuantize(FakeQuantize):
 
 
 default_fake_quant = FakeQuantize.with_args(
-    observer=MovingAverageMinMaxObserver, quant_min=0, quant_max=255, dtype=quint8,
-    qscheme=per_tensor_affine, reduce_range=True,
+    observer=MovingAverageMinMaxObserver,
+    quant_min=0,
+    quant_max=255,
+    dtype=quint8,
+    qscheme=per_tensor_affine,
+    reduce_range=True,
 )
 default_weight_fake_quant = FakeQuantize.with_args(
-    observer=MovingAverageMinMaxObserver, quant_min=-128, quant_max=127, dtype=qint8,
-    qscheme=per_tensor_symmetric, reduce_range=False,
+    observer=MovingAverageMinMaxObserver,
+    quant_min=-128,
+    quant_max=127,
+    dtype=qint8,
+    qscheme=per_tensor_symmetric,
+    reduce_range=False,
 )
 default_per_channel_weight_fake_quant = FakeQuantize.with_args(
-    observer=MovingAveragePerChannelMinMaxObserver, quant_min=-128, quant_max=127, dtype=qint8,
-    qscheme=per_channel_symmetric, reduce_range=False, ch_axis=0,
+    observer=MovingAveragePerChannelMinMaxObserver,
+    quant_min=-128,
+    quant_max=127,
+    dtype=qint8,
+    qscheme=per_channel_symmetric,
+    reduce_range=False,
+    ch_axis=0,
 )
 default_fused_act_fake_quant = FusedMovingAvgObsFakeQuantize.with_args(
-    observer=MovingAverageMinMaxObserver, quant_min=0, quant_max=255, dtype=quint8,
+    observer=MovingAverageMinMaxObserver,
+    quant_min=0,
+    quant_max=255,
+    dtype=quint8,
 )
 default_fused_wt_fake_quant = FusedMovingAvgObsFakeQuantize.with_args(
-    observer=MovingAverageMinMaxObserver, quant_min=-128, quant_max=127, dtype=qint8,
+    observer=MovingAverageMinMaxObserver,
+    quant_min=-128,
+    quant_max=127,
+    dtype=qint8,
     qscheme=per_tensor_symmetric,
 )
 default_fused_per_channel_wt_fake_quant = FusedMovingAvgObsFakeQuantize.with_args(
-    observer=MovingAveragePerChannelMinMaxObserver, quant_min=-128, quant_max=127, dtype=qint8,
+    observer=MovingAveragePerChannelMinMaxObserver,
+    quant_min=-128,
+    quant_max=127,
+    dtype=qint8,
     qscheme=per_channel_symmetric,
 )
 default_fixed_qparams_range_neg1to1_fake_quant = FixedQParamsFakeQuantize.with_args(

@@ -94,7 +94,11 @@ def _with_args(cls_or_self: Any, **kwargs: Any) -> _PartialWrapper:
 
 
 def calculate_qmin_qmax(
-    quant_min: Optional[int], quant_max: Optional[int], has_customized_qrange: bool, dtype: Any, reduce_range: bool
+    quant_min: Optional[int],
+    quant_max: Optional[int],
+    has_customized_qrange: bool,
+    dtype: Any,
+    reduce_range: bool,
 ) -> tuple[int, int]:
     """The observer's integer range (NUMERICS.md §2.2)."""
     qd = to_qdtype(dtype)
@@ -189,8 +193,10 @@ class UniformQuantizationObserverBase(ObserverBase):
 
     def _calculate_qparams(self, min_val: torch.Tensor, max_val: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Scale and zero point from min/max (NUMERICS.md §2.1), as torch 2.13 computes them."""
-        if min_val.numel() == 0 or max_val.numel() == 0 or (
-            min_val.dim() == 0 and bool(min_val == float("inf")) and bool(max_val == float("-inf"))
+        if (
+            min_val.numel() == 0
+            or max_val.numel() == 0
+            or (min_val.dim() == 0 and bool(min_val == float("inf")) and bool(max_val == float("-inf")))
         ):
             raise CalibrationError(
                 f"{self._who()} has not observed any data, so it has no qparams; run calibration "
@@ -499,7 +505,7 @@ class HistogramObserver(UniformQuantizationObserverBase):
         self.register_buffer("histogram", torch.zeros(bins, **fk))
         self.register_buffer("min_val", torch.tensor(float("inf"), **fk))
         self.register_buffer("max_val", torch.tensor(float("-inf"), **fk))
-        self.dst_nbins = 2 ** self._qdtype.bits
+        self.dst_nbins = 2**self._qdtype.bits
         self.upsample_rate = 16
 
     # -- the L2 error of a candidate range -------------------------------------------------
@@ -564,7 +570,11 @@ class HistogramObserver(UniformQuantizationObserverBase):
 
     # -- merging histograms across batches ---------------------------------------------------
     def _upscale_histogram(
-        self, hist: torch.Tensor, orig_min: torch.Tensor, orig_max: torch.Tensor, new_min: torch.Tensor,
+        self,
+        hist: torch.Tensor,
+        orig_min: torch.Tensor,
+        orig_max: torch.Tensor,
+        new_min: torch.Tensor,
         new_max: torch.Tensor,
     ) -> torch.Tensor:
         rate = self.upsample_rate
@@ -578,8 +588,13 @@ class HistogramObserver(UniformQuantizationObserverBase):
         return torch.bincount(idx, weights=hist, minlength=self.bins)
 
     def _combine_histograms(
-        self, orig_hist: torch.Tensor, orig_min: torch.Tensor, orig_max: torch.Tensor, upd_hist: torch.Tensor,
-        new_min: torch.Tensor, new_max: torch.Tensor,
+        self,
+        orig_hist: torch.Tensor,
+        orig_min: torch.Tensor,
+        orig_max: torch.Tensor,
+        upd_hist: torch.Tensor,
+        new_min: torch.Tensor,
+        new_max: torch.Tensor,
     ) -> torch.Tensor:
         if bool(new_min == orig_min) and bool(new_max == orig_max):
             return orig_hist + upd_hist
@@ -742,9 +757,7 @@ weight_observer_range_neg_127_to_127 = MinMaxObserver.with_args(
     dtype=qint8, qscheme=per_tensor_symmetric, quant_min=-127, quant_max=127, eps=2**-12
 )
 default_histogram_observer = HistogramObserver.with_args(quant_min=0, quant_max=127)
-default_per_channel_weight_observer = PerChannelMinMaxObserver.with_args(
-    dtype=qint8, qscheme=per_channel_symmetric
-)
+default_per_channel_weight_observer = PerChannelMinMaxObserver.with_args(dtype=qint8, qscheme=per_channel_symmetric)
 per_channel_weight_observer_range_neg_127_to_127 = PerChannelMinMaxObserver.with_args(
     dtype=qint8, qscheme=per_channel_symmetric, quant_min=-127, quant_max=127, eps=2**-12
 )

@@ -20,6 +20,7 @@ from .fake_quantize import (
     FakeQuantize,
     FusedMovingAvgObsFakeQuantize,
     default_fake_quant,
+    default_fused_act_fake_quant,
     default_fused_per_channel_wt_fake_quant,
     default_fused_wt_fake_quant,
     default_per_channel_weight_fake_quant,
@@ -113,11 +114,7 @@ float_qparams_weight_only_qconfig_4bit = QConfig(
     activation=default_placeholder_observer, weight=default_float_qparams_observer_4bit
 )
 default_qat_qconfig = QConfig(activation=default_fake_quant, weight=default_weight_fake_quant)
-default_qat_qconfig_v2 = QConfig(
-    activation=FusedMovingAvgObsFakeQuantize.with_args(observer=MovingAverageMinMaxObserver, quant_min=0,
-                                                       quant_max=255, reduce_range=True),
-    weight=default_fused_wt_fake_quant,
-)
+default_qat_qconfig_v2 = QConfig(activation=default_fused_act_fake_quant, weight=default_fused_wt_fake_quant)
 default_weight_only_qconfig = QConfig(activation=nn.Identity, weight=default_weight_fake_quant)
 default_activation_only_qconfig = QConfig(activation=default_fake_quant, weight=nn.Identity)
 
@@ -133,13 +130,16 @@ def get_default_qconfig(backend: str = "x86", version: int = 0) -> QConfig:
     if version != 0:
         raise ValueError(f"get_default_qconfig supports version 0 only, got {version}")
     if backend in ("x86", "fbgemm"):
-        return QConfig(activation=HistogramObserver.with_args(reduce_range=True),
-                       weight=default_per_channel_weight_observer)
+        return QConfig(
+            activation=HistogramObserver.with_args(reduce_range=True),
+            weight=default_per_channel_weight_observer,
+        )
     if backend == "qnnpack":
         return QConfig(activation=HistogramObserver.with_args(reduce_range=False), weight=default_weight_observer)
     # onednn and native: full-range histogram activations, per-channel symmetric weights
-    return QConfig(activation=HistogramObserver.with_args(reduce_range=False),
-                   weight=default_per_channel_weight_observer)
+    return QConfig(
+        activation=HistogramObserver.with_args(reduce_range=False), weight=default_per_channel_weight_observer
+    )
 
 
 def get_default_qat_qconfig(backend: str = "x86", version: int = 1) -> QConfig:

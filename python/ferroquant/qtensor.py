@@ -213,8 +213,11 @@ class QTensor:
         """The TorchScript-friendly form ``(int_repr, scale, zero_point)`` (1-element or
         per-channel tensors)."""
         if self._axis is None:
-            return (self._data, torch.tensor([self._scale], dtype=torch.float64),
-                    torch.tensor([self._zero_point], dtype=torch.int64))
+            return (
+                self._data,
+                torch.tensor([self._scale], dtype=torch.float64),
+                torch.tensor([self._zero_point], dtype=torch.int64),
+            )
         assert self._scales is not None and self._zero_points is not None
         return self._data, self._scales, self._zero_points
 

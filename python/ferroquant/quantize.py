@@ -35,8 +35,11 @@ def _propagate(module: nn.Module, spec: dict, parent: Optional[QConfig], prefix:
         _propagate(child, spec, qconfig, f"{prefix}.{name}" if prefix else name)
 
 
-def propagate_qconfig_(module: nn.Module, qconfig_dict: Optional[dict[Any, Optional[QConfig]]] = None,
-                       prepare_custom_config_dict: Optional[dict] = None) -> None:
+def propagate_qconfig_(
+    module: nn.Module,
+    qconfig_dict: Optional[dict[Any, Optional[QConfig]]] = None,
+    prepare_custom_config_dict: Optional[dict] = None,
+) -> None:
     """Sets ``.qconfig`` on every submodule: a submodule's own ``qconfig`` wins, then its
     fully qualified name in ``qconfig_dict``, then its type, then its parent's qconfig."""
     _propagate(module, dict(qconfig_dict or {}), None, "")
@@ -60,7 +63,7 @@ def _swap_modules(module: nn.Module, mapping: dict[type, type]) -> None:
 def quantize_dynamic(
     model: nn.Module,
     qconfig_spec: QConfigSpec = None,
-    dtype: Any = torch.qint8,
+    dtype: Any = qint8,
     mapping: Optional[dict[type, type]] = None,
     inplace: bool = False,
 ) -> nn.Module:
@@ -98,5 +101,3 @@ def quantize_dynamic(
     _swap_modules(model, mapping)
     _remove_qconfig(model)
     return model
-
-

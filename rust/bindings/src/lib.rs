@@ -9,13 +9,23 @@ mod errors;
 
 use ferroquant_kernels as k;
 use ferroquant_kernels::quantize::{ChannelLayout, QInt};
-use numpy::{PyArray1, PyArrayDyn, PyArrayMethods, PyReadonlyArray1, PyReadonlyArrayDyn, PyUntypedArrayMethods};
+use numpy::{
+    PyArray1, PyArrayDyn, PyArrayMethods, PyReadonlyArray1, PyReadonlyArrayDyn,
+    PyUntypedArrayMethods,
+};
 use pyo3::prelude::*;
 
 use errors::{to_py, value_error};
 
-fn contiguous<'a, T: numpy::Element>(a: &'a PyReadonlyArrayDyn<'_, T>, what: &str) -> PyResult<&'a [T]> {
-    a.as_slice().map_err(|_| value_error(format!("{what} must be C-contiguous; call .contiguous() first")))
+fn contiguous<'a, T: numpy::Element>(
+    a: &'a PyReadonlyArrayDyn<'_, T>,
+    what: &str,
+) -> PyResult<&'a [T]> {
+    a.as_slice().map_err(|_| {
+        value_error(format!(
+            "{what} must be C-contiguous; call .contiguous() first"
+        ))
+    })
 }
 
 fn engine() -> k::Engine {
@@ -25,7 +35,10 @@ fn engine() -> k::Engine {
 /// Names of the engines this CPU supports, best first (always ends with "scalar").
 #[pyfunction]
 fn available_engines() -> Vec<&'static str> {
-    k::available_engines().into_iter().map(|e| e.name()).collect()
+    k::available_engines()
+        .into_iter()
+        .map(|e| e.name())
+        .collect()
 }
 
 /// The engine "auto" resolves to on this CPU.
@@ -75,7 +88,8 @@ fn quantize_into<'py, T: QInt + numpy::Element>(
     qmax: i32,
 ) -> PyResult<Bound<'py, PyAny>> {
     let mut out = vec![T::default(); x.len()];
-    py.detach(|| k::quantize::quantize_per_tensor(x, scale, zp, qmin, qmax, &mut out)).map_err(to_py)?;
+    py.detach(|| k::quantize::quantize_per_tensor(x, scale, zp, qmin, qmax, &mut out))
+        .map_err(to_py)?;
     Ok(PyArray1::from_vec(py, out).reshape(shape)?.into_any())
 }
 
@@ -115,7 +129,8 @@ fn quantize_pc_into<'py, T: QInt + numpy::Element>(
     qmax: i32,
 ) -> PyResult<Bound<'py, PyAny>> {
     let mut out = vec![T::default(); x.len()];
-    py.detach(|| k::quantize::quantize_per_channel(x, layout, scales, zps, qmin, qmax, &mut out)).map_err(to_py)?;
+    py.detach(|| k::quantize::quantize_per_channel(x, layout, scales, zps, qmin, qmax, &mut out))
+        .map_err(to_py)?;
     Ok(PyArray1::from_vec(py, out).reshape(shape)?.into_any())
 }
 
@@ -135,8 +150,12 @@ fn quantize_per_channel<'py>(
     let xs = contiguous(&x, "input")?;
     let shape = x.shape().to_vec();
     let layout = ChannelLayout::from_shape(&shape, axis).map_err(to_py)?;
-    let s = scales.as_slice().map_err(|_| value_error("scales must be contiguous"))?;
-    let z = zero_points.as_slice().map_err(|_| value_error("zero_points must be contiguous"))?;
+    let s = scales
+        .as_slice()
+        .map_err(|_| value_error("scales must be contiguous"))?;
+    let z = zero_points
+        .as_slice()
+        .map_err(|_| value_error("zero_points must be contiguous"))?;
     match dtype {
         "quint8" => quantize_pc_into::<u8>(py, xs, &shape, layout, s, z, qmin, qmax),
         "qint8" => quantize_pc_into::<i8>(py, xs, &shape, layout, s, z, qmin, qmax),
@@ -163,7 +182,8 @@ fn dequant_pt<T: QInt + numpy::Element>(
 ) -> PyResult<(Vec<f32>, Vec<usize>)> {
     let qs = contiguous(q, "quantized data")?;
     let mut out = vec![0f32; qs.len()];
-    py.detach(|| k::quantize::dequantize_per_tensor(qs, scale, zp, &mut out)).map_err(to_py)?;
+    py.detach(|| k::quantize::dequantize_per_tensor(qs, scale, zp, &mut out))
+        .map_err(to_py)?;
     Ok((out, q.shape().to_vec()))
 }
 
@@ -194,7 +214,8 @@ fn dequant_pc<T: QInt + numpy::Element>(
     let shape = q.shape().to_vec();
     let layout = ChannelLayout::from_shape(&shape, axis).map_err(to_py)?;
     let mut out = vec![0f32; qs.len()];
-    py.detach(|| k::quantize::dequantize_per_channel(qs, layout, scales, zps, &mut out)).map_err(to_py)?;
+    py.detach(|| k::quantize::dequantize_per_channel(qs, layout, scales, zps, &mut out))
+        .map_err(to_py)?;
     Ok((out, shape))
 }
 
@@ -207,8 +228,12 @@ fn dequantize_per_channel<'py>(
     zero_points: PyReadonlyArray1<'py, i32>,
     axis: usize,
 ) -> PyResult<Bound<'py, PyArrayDyn<f32>>> {
-    let s = scales.as_slice().map_err(|_| value_error("scales must be contiguous"))?;
-    let z = zero_points.as_slice().map_err(|_| value_error("zero_points must be contiguous"))?;
+    let s = scales
+        .as_slice()
+        .map_err(|_| value_error("scales must be contiguous"))?;
+    let z = zero_points
+        .as_slice()
+        .map_err(|_| value_error("zero_points must be contiguous"))?;
     let (out, shape) = match &q {
         IntArray::U8(a) => dequant_pc(py, a, s, z, axis)?,
         IntArray::I8(a) => dequant_pc(py, a, s, z, axis)?,
@@ -236,7 +261,10 @@ fn check_2d(shape: &[usize], k_expect: usize, what: &str) -> PyResult<usize> {
 fn bias_slice<'a>(b: &'a Option<PyReadonlyArray1<'_, f32>>) -> PyResult<Option<&'a [f32]>> {
     match b {
         None => Ok(None),
-        Some(b) => Ok(Some(b.as_slice().map_err(|_| value_error("bias must be contiguous"))?)),
+        Some(b) => Ok(Some(
+            b.as_slice()
+                .map_err(|_| value_error("bias must be contiguous"))?,
+        )),
     }
 }
 
@@ -253,12 +281,20 @@ impl PackedLinear {
     ) -> PyResult<Self> {
         let shape = weight.shape().to_vec();
         if shape.len() != 2 {
-            return Err(value_error(format!("weight must be 2-D [out_features, in_features], got shape {shape:?}")));
+            return Err(value_error(format!(
+                "weight must be 2-D [out_features, in_features], got shape {shape:?}"
+            )));
         }
         let w = contiguous(&weight, "weight")?;
-        let s = scales.as_slice().map_err(|_| value_error("scales must be contiguous"))?;
-        let z = zero_points.as_slice().map_err(|_| value_error("zero_points must be contiguous"))?;
-        let inner = py.detach(|| k::PackedWeights::new(w, shape[0], shape[1], s, z)).map_err(to_py)?;
+        let s = scales
+            .as_slice()
+            .map_err(|_| value_error("scales must be contiguous"))?;
+        let z = zero_points
+            .as_slice()
+            .map_err(|_| value_error("zero_points must be contiguous"))?;
+        let inner = py
+            .detach(|| k::PackedWeights::new(w, shape[0], shape[1], s, z))
+            .map_err(to_py)?;
         Ok(PackedLinear { inner })
     }
 
@@ -304,7 +340,11 @@ impl PackedLinear {
         let qp = py
             .detach(|| k::linear_dynamic(e, xs, m, w, b, reduce_range, relu, &mut out, threads))
             .map_err(to_py)?;
-        Ok((PyArray1::from_vec(py, out).reshape(vec![m, n])?, qp.scale_f64, qp.zero_point))
+        Ok((
+            PyArray1::from_vec(py, out).reshape(vec![m, n])?,
+            qp.scale_f64,
+            qp.zero_point,
+        ))
     }
 
     /// Static quantized linear: quint8 a [M, K] with (a_scale, a_zp) → out_dtype [M, N]
@@ -336,7 +376,10 @@ impl PackedLinear {
             "quint8" => {
                 let mut out = vec![0u8; m * n];
                 py.detach(|| {
-                    k::linear_static(e, av, m, a_scale, a_zp, w, b, out_scale, out_zp, qmin, qmax, relu, &mut out, threads)
+                    k::linear_static(
+                        e, av, m, a_scale, a_zp, w, b, out_scale, out_zp, qmin, qmax, relu,
+                        &mut out, threads,
+                    )
                 })
                 .map_err(to_py)?;
                 Ok(PyArray1::from_vec(py, out).reshape(vec![m, n])?.into_any())
@@ -344,7 +387,10 @@ impl PackedLinear {
             "qint8" => {
                 let mut out = vec![0i8; m * n];
                 py.detach(|| {
-                    k::linear_static(e, av, m, a_scale, a_zp, w, b, out_scale, out_zp, qmin, qmax, relu, &mut out, threads)
+                    k::linear_static(
+                        e, av, m, a_scale, a_zp, w, b, out_scale, out_zp, qmin, qmax, relu,
+                        &mut out, threads,
+                    )
                 })
                 .map_err(to_py)?;
                 Ok(PyArray1::from_vec(py, out).reshape(vec![m, n])?.into_any())

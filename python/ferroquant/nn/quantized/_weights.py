@@ -45,7 +45,9 @@ class WeightedQuantModule(nn.Module):
     state_dict scheme; subclasses rebuild their packed form in ``_rebuild``."""
 
     _version = 1
-    _weight_shape: tuple[int, ...]
+    # Not part of the scripted module: packed weights live outside TorchScript (the scripted
+    # forward calls torch.ops.ferroquant.*, which repacks from the int8 tensor on demand).
+    __jit_ignored_attributes__ = ["_packed", "_bias_np", "_weight_shape"]
 
     def _init_weight_storage(self, weight_shape: tuple[int, ...], has_bias: bool) -> None:
         self._weight_shape = tuple(weight_shape)
@@ -97,8 +99,14 @@ class WeightedQuantModule(nn.Module):
             destination[prefix + "bias"] = self._bias
 
     def _load_from_state_dict(
-        self, state_dict: dict, prefix: str, local_metadata: dict, strict: bool, missing_keys: list,
-        unexpected_keys: list, error_msgs: list,
+        self,
+        state_dict: dict,
+        prefix: str,
+        local_metadata: dict,
+        strict: bool,
+        missing_keys: list,
+        unexpected_keys: list,
+        error_msgs: list,
     ) -> None:
         present = {k: state_dict.pop(prefix + k) for k in (*_KEYS, "bias") if prefix + k in state_dict}
         super()._load_from_state_dict(
@@ -113,7 +121,9 @@ class WeightedQuantModule(nn.Module):
         w, scale, zp, axis = (present[k] for k in _KEYS)
         problems = []
         if w.dtype != torch.int8 or tuple(w.shape) != self._weight_shape:
-            problems.append(f"'{prefix}weight': expected int8 {list(self._weight_shape)}, got {w.dtype} {list(w.shape)}")
+            problems.append(
+                f"'{prefix}weight': expected int8 {list(self._weight_shape)}, got {w.dtype} {list(w.shape)}"
+            )
         axis_i = int(axis)
         channels = 1 if axis_i < 0 else (self._weight_shape[axis_i] if axis_i < len(self._weight_shape) else -1)
         for key, t in (("weight_scale", scale), ("weight_zero_point", zp)):

@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from ...._core import PackedLinear
-from ...._dtypes import quint8, to_qdtype
+from ...._dtypes import qint8, quint8, to_qdtype
 from ...._threads import get_num_threads
 from ....qtensor import QTensor
 from .._weights import WeightedQuantModule, quantize_weight
@@ -42,7 +42,7 @@ class Linear(WeightedQuantModule):
     _version = 1
     _FLOAT_MODULE = nn.Linear
 
-    def __init__(self, in_features: int, out_features: int, bias_: bool = True, dtype: Any = torch.qint8) -> None:
+    def __init__(self, in_features: int, out_features: int, bias_: bool = True, dtype: Any = qint8) -> None:
         super().__init__()
         if to_qdtype(dtype).name != "qint8":
             raise NotImplementedError(f"dynamic Linear supports qint8 weights, got {dtype}")
@@ -110,8 +110,14 @@ class Linear(WeightedQuantModule):
         destination[prefix + "reduce_range"] = torch.tensor(self.reduce_range)
 
     def _load_from_state_dict(
-        self, state_dict: dict, prefix: str, local_metadata: dict, strict: bool, missing_keys: list,
-        unexpected_keys: list, error_msgs: list,
+        self,
+        state_dict: dict,
+        prefix: str,
+        local_metadata: dict,
+        strict: bool,
+        missing_keys: list,
+        unexpected_keys: list,
+        error_msgs: list,
     ) -> None:
         rr = state_dict.pop(prefix + "reduce_range", None)
         if rr is not None:

@@ -1,0 +1,72 @@
+"""Type stubs for ferroquant._core (the PyO3 extension). Users import ferroquant, not this."""
+
+from typing import Optional
+
+import numpy as np
+import numpy.typing as npt
+
+__version__: str
+
+def available_engines() -> list[str]: ...
+def best_engine() -> str: ...
+def set_engine(name: str) -> None: ...
+def engine_setting() -> str: ...
+def current_engine() -> str: ...
+def parallel_min_macs() -> int: ...
+def choose_qparams_dynamic(min: float, max: float, qmin: int, qmax: int) -> tuple[float, int]: ...
+def quantize_per_tensor(
+    x: npt.NDArray[np.float32], scale: float, zero_point: int, qmin: int, qmax: int, dtype: str
+) -> npt.NDArray[np.generic]: ...
+def quantize_per_channel(
+    x: npt.NDArray[np.float32],
+    scales: npt.NDArray[np.float32],
+    zero_points: npt.NDArray[np.int32],
+    axis: int,
+    qmin: int,
+    qmax: int,
+    dtype: str,
+) -> npt.NDArray[np.generic]: ...
+def dequantize_per_tensor(q: npt.NDArray[np.generic], scale: float, zero_point: int) -> npt.NDArray[np.float32]: ...
+def dequantize_per_channel(
+    q: npt.NDArray[np.generic],
+    scales: npt.NDArray[np.float32],
+    zero_points: npt.NDArray[np.int32],
+    axis: int,
+) -> npt.NDArray[np.float32]: ...
+
+class PackedLinear:
+    def __init__(
+        self,
+        weight: npt.NDArray[np.int8],
+        scales: npt.NDArray[np.float32],
+        zero_points: npt.NDArray[np.int32],
+    ) -> None: ...
+    @property
+    def out_features(self) -> int: ...
+    @property
+    def in_features(self) -> int: ...
+    @property
+    def per_channel(self) -> bool: ...
+    def unpack(self) -> npt.NDArray[np.int8]: ...
+    def linear_dynamic(
+        self,
+        x: npt.NDArray[np.float32],
+        bias: Optional[npt.NDArray[np.float32]] = None,
+        reduce_range: bool = False,
+        relu: bool = False,
+        threads: int = 1,
+    ) -> tuple[npt.NDArray[np.float32], float, int]: ...
+    def linear_static(
+        self,
+        a: npt.NDArray[np.uint8],
+        a_scale: float,
+        a_zp: int,
+        bias: Optional[npt.NDArray[np.float32]],
+        out_scale: float,
+        out_zp: int,
+        qmin: int,
+        qmax: int,
+        relu: bool = False,
+        out_dtype: str = "quint8",
+        threads: int = 1,
+    ) -> npt.NDArray[np.generic]: ...

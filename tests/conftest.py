@@ -1,0 +1,29 @@
+"""Shared fixtures: torch.ao as the numerics reference, deterministic seeds, engine restore."""
+
+from __future__ import annotations
+
+import warnings
+
+import ferroquant as fq
+import pytest
+import torch
+from ferroquant._threads import _reset_num_threads
+
+# torch.ao is our reference in tests only (the package never imports it).
+with warnings.catch_warnings():
+    warnings.simplefilter("ignore")
+    import torch.ao.nn.quantized.dynamic as tnnqd  # noqa: F401
+    import torch.ao.quantization as tq  # noqa: F401
+
+
+@pytest.fixture(autouse=True)
+def _restore_global_state():
+    torch.manual_seed(0)
+    engine = fq.backends.engine
+    yield
+    fq.backends.engine = engine
+    _reset_num_threads()
+
+
+def engines() -> list[str]:
+    return list(fq.backends.supported_engines)

@@ -1,0 +1,74 @@
+"""Engine selection and thread settings."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import ferroquant as fq
+import pytest
+import torch
+
+NAMES = ["avx512vnni", "avxvnni", "avx2", "neon_dotprod", "neon", "scalar"]
+
+
+def test_supported_engines_are_api_names_and_end_with_scalar():
+    assert fq.backends.supported_engines[-1] == "scalar"
+    assert set(fq.backends.supported_engines) <= set(NAMES)
+    assert fq.backends.engine == "auto"
+    assert fq.backends.current_engine() == fq.backends.supported_engines[0]
+
+
+def test_set_engine_by_name_and_errors():
+    fq.backends.engine = "scalar"
+    assert fq.backends.engine == "scalar" and fq.backends.current_engine() == "scalar"
+    fq.backends.engine = "auto"
+    with pytest.raises(ValueError, match="unknown engine"):
+        fq.backends.engine = "sse9"
+    missing = [n for n in NAMES if n not in fq.backends.supported_engines]
+    for name in missing:
+        with pytest.raises(RuntimeError, match="not available on this CPU"):
+            fq.backends.engine = name
+
+
+def _run(env_engine: str) -> subprocess.CompletedProcess:
+    env = dict(os.environ, FERROQUANT_ENGINE=env_engine)
+    code = "import ferroquant as fq; print(fq.backends.engine, fq.backends.current_engine())"
+    return subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+
+
+def test_environment_variable_selects_engine():
+    r = _run("scalar")
+    assert r.returncode == 0 and r.stdout.split() == ["scalar", "scalar"], r.stderr
+    r = _run("no_such_engine")
+    assert r.returncode != 0 and "FERROQUANT_ENGINE" in r.stderr
+
+
+def test_threads_follow_torch_until_set():
+    old = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        assert fq.get_num_threads() == 1
+        fq.set_num_threads(2)
+        torch.set_num_threads(1)
+        assert fq.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(old)
+    for bad in (0, -1, 1.5, True):
+        with pytest.raises(ValueError):
+            fq.set_num_threads(bad)
+
+
+def test_torch_quantized_engine_plays_no_role():
+    q = fq.quantize_dynamic(torch.nn.Sequential(torch.nn.Linear(8, 8)))
+    x = torch.randn(2, 8)
+    a = q(x)
+    old = torch.backends.quantized.engine
+    try:
+        for e in torch.backends.quantized.supported_engines:
+            if e != "none":
+                torch.backends.quantized.engine = e
+                assert torch.equal(q(x), a)
+    finally:
+        torch.backends.quantized.engine = old
