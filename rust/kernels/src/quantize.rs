@@ -51,13 +51,14 @@ impl QInt for i32 {
     }
 }
 
-/// Round half to even for values already clamped to `|v| < 2^22`: adding and removing
-/// 1.5·2^23 leaves the float unit at 1, so the hardware's default rounding (RNE) does it.
-/// Portable and branch-free, so it vectorises on every ISA.
+/// Round half to even and convert to i32 in one step, for `|v| < 2^22`: after adding
+/// 1.5·2^23 the float's unit is 1, so the hardware's default rounding (RNE) rounds, and the low
+/// mantissa bits hold the integer (offset by the constant's bits). Branch-free and portable,
+/// so it vectorises on every ISA.
 #[inline(always)]
-pub(crate) fn rne_small(v: f32) -> f32 {
+pub(crate) fn rne_to_i32(v: f32) -> i32 {
     const MAGIC: f32 = 12_582_912.0; // 1.5 * 2^23
-    (v + MAGIC) - MAGIC
+    ((v + MAGIC).to_bits() as i32).wrapping_sub(MAGIC.to_bits() as i32)
 }
 
 /// The quantize rule for 8-bit targets: returns `q` as i32 in `[qmin, qmax]`.
@@ -65,14 +66,13 @@ pub(crate) fn rne_small(v: f32) -> f32 {
 #[inline(always)]
 pub(crate) fn quantize_one_8bit(x: f32, inv: f32, lo: f32, hi: f32, zp: i32) -> i32 {
     let v = x * inv;
-    // Clamp before rounding keeps |v| small for rne_small; the second clamp is then exact.
+    // Clamp before rounding keeps |v| small for the rounding trick; NaN maps to the top.
     let v = if v.is_nan() {
         hi
     } else {
         v.max(lo - 1.0).min(hi + 1.0)
     };
-    let r = rne_small(v).max(lo).min(hi);
-    r as i32 + zp
+    rne_to_i32(v).clamp(lo as i32, hi as i32) + zp
 }
 
 #[inline(always)]

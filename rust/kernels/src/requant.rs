@@ -11,7 +11,7 @@
 
 use crate::error::{check_len, KernelError, Result};
 use crate::packed::{PackedA, PackedWeights};
-use crate::quantize::{rne_small, QInt};
+use crate::quantize::{rne_to_i32, QInt};
 
 /// Per-call data for the zero-point correction of a tile.
 #[derive(Debug, Clone)]
@@ -57,7 +57,30 @@ impl<'a> Correction<'a> {
             acc
         }
     }
+
+    /// Corrected accumulators of row `i`, columns `col0..col0+dots.len()`, into `acc`.
+    /// Written as zipped slices so it vectorises.
+    #[inline(always)]
+    pub fn row(&self, dots: &[i32], i: usize, col0: usize, acc: &mut [i32]) {
+        let n = dots.len();
+        let ct = &self.col_term[col0..col0 + n];
+        let acc = &mut acc[..n];
+        if self.has_w_zp {
+            let rs = self.row_sums[i];
+            let wz = &self.w_zp[col0..col0 + n];
+            for (((a, &d), &c), &z) in acc.iter_mut().zip(dots).zip(ct).zip(wz) {
+                *a = d.wrapping_add(c).wrapping_sub(z.wrapping_mul(rs));
+            }
+        } else {
+            for ((a, &d), &c) in acc.iter_mut().zip(dots).zip(ct) {
+                *a = d.wrapping_add(c);
+            }
+        }
+    }
 }
+
+/// Most columns a tile may have (the widest micro-kernel's tile).
+pub const MAX_TILE_COLS: usize = 64;
 
 /// A tile of raw dot products: `rows × cols` values at `dots[r*ld + c]`, for output rows
 /// `row0..row0+rows` and columns `col0..col0+cols`.
@@ -102,9 +125,7 @@ impl OutputStage for StoreI32 {
         for r in 0..t.rows {
             let i = t.row0 + r;
             let o = &mut out[(i - out_row0) * ldo + t.col0..][..t.cols];
-            for (c, dst) in o.iter_mut().enumerate() {
-                *dst = corr.apply(t.dots[r * t.ld + c], i, t.col0 + c);
-            }
+            corr.row(&t.dots[r * t.ld..][..t.cols], i, t.col0, o);
         }
     }
 }
@@ -145,15 +166,21 @@ impl OutputStage for DequantF32 {
         ldo: usize,
         out_row0: usize,
     ) {
+        let s = &self.scale[t.col0..t.col0 + t.cols];
+        let b = &self.bias[t.col0..t.col0 + t.cols];
+        let mut acc = [0i32; MAX_TILE_COLS];
         for r in 0..t.rows {
             let i = t.row0 + r;
+            corr.row(&t.dots[r * t.ld..][..t.cols], i, t.col0, &mut acc);
             let o = &mut out[(i - out_row0) * ldo + t.col0..][..t.cols];
-            let s = &self.scale[t.col0..t.col0 + t.cols];
-            let b = &self.bias[t.col0..t.col0 + t.cols];
-            for c in 0..t.cols {
-                let acc = corr.apply(t.dots[r * t.ld + c], i, t.col0 + c);
-                let y = (acc as f32).mul_add(s[c], b[c]);
-                o[c] = if self.relu { y.max(0.0) } else { y };
+            if self.relu {
+                for (((o, &a), &s), &b) in o.iter_mut().zip(&acc[..t.cols]).zip(s).zip(b) {
+                    *o = (a as f32).mul_add(s, b).max(0.0);
+                }
+            } else {
+                for (((o, &a), &s), &b) in o.iter_mut().zip(&acc[..t.cols]).zip(s).zip(b) {
+                    *o = (a as f32).mul_add(s, b);
+                }
             }
         }
     }
@@ -227,21 +254,20 @@ impl<T: QInt> OutputStage for Requantize<T> {
         ldo: usize,
         out_row0: usize,
     ) {
+        let bq = &self.bias_q[t.col0..t.col0 + t.cols];
+        let mu = &self.mult[t.col0..t.col0 + t.cols];
+        let (lo, hi) = (self.lo - 1.0, self.hi + 1.0);
+        let (qlo, qhi) = (self.lo as i32 + self.out_zp, self.hi as i32 + self.out_zp);
+        let mut acc = [0i32; MAX_TILE_COLS];
         for r in 0..t.rows {
             let i = t.row0 + r;
+            corr.row(&t.dots[r * t.ld..][..t.cols], i, t.col0, &mut acc);
             let o = &mut out[(i - out_row0) * ldo + t.col0..][..t.cols];
-            for c in 0..t.cols {
-                let j = t.col0 + c;
-                let acc = corr.apply(t.dots[r * t.ld + c], i, j);
-                let f = acc as f32 + self.bias_q[j];
-                let v = f * self.mult[j];
-                let v = if v.is_nan() {
-                    self.hi
-                } else {
-                    v.max(self.lo - 1.0).min(self.hi + 1.0)
-                };
-                let q = rne_small(v).max(self.lo).min(self.hi);
-                o[c] = T::from_i32(q as i32 + self.out_zp);
+            for (((o, &a), &b), &m) in o.iter_mut().zip(&acc[..t.cols]).zip(bq).zip(mu) {
+                let v = ((a as f32) + b) * m;
+                // clamp first so the rounding trick is exact; NaN (only from a NaN bias) → lo
+                let q = rne_to_i32(v.max(lo).min(hi)) + self.out_zp;
+                *o = T::from_i32(q.clamp(qlo, qhi));
             }
         }
     }

@@ -11,7 +11,7 @@ use crate::error::{KernelError, Result};
 pub(crate) mod aarch64;
 pub(crate) mod generic;
 #[cfg(target_arch = "x86_64")]
-pub(crate) mod x86_64;
+pub mod x86_64;
 
 /// An ISA path. The names are those of `ferroquant.backends.engine`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
