@@ -10,8 +10,14 @@ fn main() {
         for (mix, name) in [
             (PeakMix::Vnni512, "AVX-512 VNNI vpdpbusd zmm"),
             (PeakMix::AvxVnni256, "AVX-VNNI vpdpbusd ymm"),
-            (PeakMix::Avx2Saturating, "AVX2 vpmaddubsw+vpmaddwd+vpaddd (saturating, torch)"),
-            (PeakMix::Avx2Exact, "AVX2 vpmaddwd+vpaddd on i16 (exact, ferroquant avx2)"),
+            (
+                PeakMix::Avx2Saturating,
+                "AVX2 vpmaddubsw+vpmaddwd+vpaddd (saturating, torch)",
+            ),
+            (
+                PeakMix::Avx2Exact,
+                "AVX2 vpmaddwd+vpaddd on i16 (exact, ferroquant avx2)",
+            ),
         ] {
             let iters = 20_000_000;
             let mut best = f64::INFINITY;

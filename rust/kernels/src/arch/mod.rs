@@ -170,14 +170,25 @@ pub(crate) fn tile_kernel(engine: Engine) -> TileKernel {
     }
 }
 
-/// Runs `f` compiled with the float features of `engine` (FMA on x86 SIMD engines) so that
-/// inlined output stages use hardware FMA; results are the same either way.
+/// Runs a block of GEMM tiles compiled with the float features of `engine` (FMA on the x86
+/// SIMD engines), so that output stages use hardware FMA; results are the same either way
+/// (`mul_add` is a correctly rounded FMA on every path).
 #[inline(always)]
-pub(crate) fn with_engine_features<R>(engine: Engine, f: impl FnOnce() -> R) -> R {
+pub(crate) fn run_block_for<S: crate::requant::OutputStage>(
+    engine: Engine,
+    job: &crate::gemm::Job<'_, S>,
+    rows: std::ops::Range<usize>,
+    gs: std::ops::Range<usize>,
+    out: &mut [S::Out],
+    ldo: usize,
+    out_row0: usize,
+) {
     match engine {
         #[cfg(target_arch = "x86_64")]
-        Engine::Avx512Vnni | Engine::AvxVnni | Engine::Avx2 => x86_64::with_avx2_fma(f),
-        _ => f(),
+        Engine::Avx512Vnni | Engine::AvxVnni | Engine::Avx2 => {
+            x86_64::run_block_fma(job, rows, gs, out, ldo, out_row0)
+        }
+        _ => crate::gemm::run_block(job, rows, gs, out, ldo, out_row0),
     }
 }
 

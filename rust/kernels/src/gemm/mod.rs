@@ -5,7 +5,7 @@ pub mod reference;
 
 use rayon::prelude::*;
 
-use crate::arch::{tile_kernel, with_engine_features, Engine, TileKernel};
+use crate::arch::{run_block_for, tile_kernel, Engine, TileKernel};
 use crate::error::{check_len, KernelError, Result};
 use crate::packed::{PackedA, PackedWeights, NR};
 use crate::requant::{Correction, OutputStage, Tile};
@@ -48,14 +48,17 @@ pub fn gemm<S: OutputStage>(
     } else {
         threads.max(1)
     };
+    let job = Job {
+        kern,
+        a,
+        w,
+        stage,
+        corr: &corr,
+    };
     let run = |rows: std::ops::Range<usize>,
                gs: std::ops::Range<usize>,
                o: &mut [S::Out],
-               row0: usize| {
-        with_engine_features(engine, || {
-            run_block(&kern, a, w, stage, &corr, rows, gs, o, n, row0)
-        })
-    };
+               row0: usize| { run_block_for(engine, &job, rows, gs, o, n, row0) };
     if threads == 1 {
         run(0..m, 0..groups, out, 0);
     } else if m >= kern.mr * threads * 2 {
@@ -99,21 +102,34 @@ pub fn gemm<S: OutputStage>(
     Ok(())
 }
 
+/// Everything a block of tiles needs besides its ranges.
+pub(crate) struct Job<'j, S: OutputStage> {
+    pub kern: TileKernel,
+    pub a: &'j PackedA,
+    pub w: &'j PackedWeights,
+    pub stage: &'j S,
+    pub corr: &'j Correction<'j>,
+}
+
 /// Computes rows `rows` × panel groups `gs` into `out` (row stride `ldo`, first row `out_row0`).
-#[allow(clippy::too_many_arguments)]
+/// `#[inline(always)]` so that the engine's wrapper (`arch::run_block_for`) compiles it, output
+/// stage included, with the engine's float features (FMA on x86).
 #[inline(always)]
-fn run_block<S: OutputStage>(
-    kern: &TileKernel,
-    a: &PackedA,
-    w: &PackedWeights,
-    stage: &S,
-    corr: &Correction<'_>,
+pub(crate) fn run_block<S: OutputStage>(
+    job: &Job<'_, S>,
     rows: std::ops::Range<usize>,
     gs: std::ops::Range<usize>,
     out: &mut [S::Out],
     ldo: usize,
     out_row0: usize,
 ) {
+    let Job {
+        kern,
+        a,
+        w,
+        stage,
+        corr,
+    } = *job;
     let n = w.n();
     let kp = a.kp();
     let ld = kern.np * NR;

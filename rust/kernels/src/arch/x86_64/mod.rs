@@ -1,6 +1,10 @@
 //! x86-64 engines: detection and the FMA wrapper for output stages.
 
+use std::ops::Range;
+
 use super::Engine;
+use crate::gemm::Job;
+use crate::requant::OutputStage;
 
 pub(crate) mod avx2;
 pub(crate) mod avx512vnni;
@@ -37,19 +41,35 @@ pub(crate) fn detect() -> Vec<Engine> {
     v
 }
 
+/// # Safety
+/// The CPU supports AVX2 and FMA.
 #[target_feature(enable = "avx2,fma")]
-unsafe fn call_avx2_fma<R>(f: impl FnOnce() -> R) -> R {
-    f()
+unsafe fn run_block_avx2_fma<S: OutputStage>(
+    job: &Job<'_, S>,
+    rows: Range<usize>,
+    gs: Range<usize>,
+    out: &mut [S::Out],
+    ldo: usize,
+    out_row0: usize,
+) {
+    crate::gemm::run_block(job, rows, gs, out, ldo, out_row0)
 }
 
-/// Runs `f` inside a function compiled for AVX2+FMA (falls back to a plain call when the
-/// CPU lacks them, which cannot happen for the engines that use this).
+/// A block of GEMM tiles compiled for AVX2+FMA (plain code when the CPU lacks them, which
+/// cannot happen for the engines that call this).
 #[inline(always)]
-pub(crate) fn with_avx2_fma<R>(f: impl FnOnce() -> R) -> R {
+pub(crate) fn run_block_fma<S: OutputStage>(
+    job: &Job<'_, S>,
+    rows: Range<usize>,
+    gs: Range<usize>,
+    out: &mut [S::Out],
+    ldo: usize,
+    out_row0: usize,
+) {
     if has_avx2_fma() {
         // SAFETY: the CPU supports AVX2 and FMA (checked just above).
-        unsafe { call_avx2_fma(f) }
+        unsafe { run_block_avx2_fma(job, rows, gs, out, ldo, out_row0) }
     } else {
-        f()
+        crate::gemm::run_block(job, rows, gs, out, ldo, out_row0)
     }
 }
