@@ -80,7 +80,7 @@ impl<'a> Correction<'a> {
 }
 
 /// Most columns a tile may have (the widest micro-kernel's tile).
-pub const MAX_TILE_COLS: usize = 64;
+pub const MAX_TILE_COLS: usize = 128;
 
 /// A tile of raw dot products: `rows × cols` values at `dots[r*ld + c]`, for output rows
 /// `row0..row0+rows` and columns `col0..col0+cols`.

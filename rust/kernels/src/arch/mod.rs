@@ -154,7 +154,14 @@ pub(crate) struct TileKernel {
     pub dot: DotFn,
 }
 
-pub(crate) fn tile_kernel(engine: Engine) -> TileKernel {
+/// The micro-kernel `engine` uses for a GEMM with `m` rows (a GEMV-shaped kernel for few rows
+/// where the engine has one).
+pub(crate) fn tile_kernel(engine: Engine, m: usize) -> TileKernel {
+    #[cfg(target_arch = "x86_64")]
+    if engine == Engine::Avx512Vnni && m <= x86_64::avx512vnni::GEMV.mr {
+        return x86_64::avx512vnni::GEMV;
+    }
+    let _ = m;
     match engine {
         #[cfg(target_arch = "x86_64")]
         Engine::Avx512Vnni => x86_64::avx512vnni::KERNEL,

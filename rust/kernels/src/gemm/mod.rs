@@ -40,7 +40,7 @@ pub fn gemm<S: OutputStage>(
         return Ok(());
     }
     let corr = Correction::new(a, w);
-    let kern = tile_kernel(engine);
+    let kern = tile_kernel(engine, m);
     let groups = w.panels().div_ceil(kern.np);
     let macs = m.saturating_mul(n).saturating_mul(a.kp());
     let threads = if macs < PARALLEL_MIN_MACS {
