@@ -53,7 +53,7 @@ pub fn linear_dynamic(
     threads: usize,
 ) -> Result<DynamicQParams> {
     let qmax = if reduce_range { 127 } else { 255 };
-    let (a, qp) = PackedA::quantize_dynamic(x, m, w.k(), 0, qmax)?;
+    let (a, qp) = PackedA::quantize_dynamic_on(engine, x, m, w.k(), 0, qmax)?;
     let stage = DequantF32::new(qp.scale, w, bias, relu)?;
     gemm::gemm(engine, &a, w, &stage, out, threads)?;
     Ok(qp)

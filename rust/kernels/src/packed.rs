@@ -7,8 +7,9 @@
 //! `panel[g*64 + c*4 + t] = W[col0 + c][4g + t]`. That is one zmm for `vpdpbusd`, two ymm for
 //! AVX-VNNI, four 16-byte rows for the AVX2 widening kernel and four q-registers for `sdot`.
 
+use crate::arch::{float_kernels, Engine};
 use crate::error::{check_len, KernelError, Result};
-use crate::qparams::{choose_qparams_dynamic, min_max, DynamicQParams};
+use crate::qparams::{choose_qparams_dynamic, DynamicQParams};
 use crate::quantize::quantize_one_8bit;
 
 /// Columns per packed panel.
@@ -209,29 +210,28 @@ impl PackedA {
         qmin: i32,
         qmax: i32,
     ) -> Result<(Self, DynamicQParams)> {
+        Self::quantize_dynamic_on(Engine::Scalar, x, m, k, qmin, qmax)
+    }
+
+    /// [`PackedA::quantize_dynamic`] with its float loops compiled for `engine`'s ISA
+    /// (results are identical on every engine: min/max is exact, quantize is elementwise).
+    pub fn quantize_dynamic_on(
+        engine: Engine,
+        x: &[f32],
+        m: usize,
+        k: usize,
+        qmin: i32,
+        qmax: i32,
+    ) -> Result<(Self, DynamicQParams)> {
         check_len("activation", m * k, x.len())?;
-        let (lo, hi) = min_max(x).unwrap_or((0.0, 0.0));
+        let fk = float_kernels(engine);
+        let (lo, hi) = (fk.min_max)(x).unwrap_or((0.0, 0.0));
         let qp = choose_qparams_dynamic(lo, hi, qmin, qmax)?;
         let kp = padded_k(k);
         let mut data = vec![0u8; m * kp];
         let mut row_sums = vec![0i32; m];
         if k > 0 {
-            let inv = 1.0f32 / qp.scale;
-            let zp = qp.zero_point;
-            let (flo, fhi) = ((0 - zp) as f32, (255 - zp) as f32);
-            for ((src, dst), rs) in x
-                .chunks_exact(k)
-                .zip(data.chunks_exact_mut(kp))
-                .zip(&mut row_sums)
-            {
-                let mut s = 0i32;
-                for (d, &v) in dst[..k].iter_mut().zip(src) {
-                    let q = quantize_one_8bit(v, inv, flo, fhi, zp);
-                    *d = q as u8;
-                    s += q;
-                }
-                *rs = s;
-            }
+            (fk.quantize_rows)(x, k, kp, qp.scale, qp.zero_point, &mut data, &mut row_sums);
         }
         Ok((
             PackedA {
@@ -263,6 +263,35 @@ impl PackedA {
     }
     pub fn zero_point(&self) -> i32 {
         self.zero_point
+    }
+}
+
+/// Quantizes rows of `k` floats into rows of `kp` bytes (zero padded) with their sums
+/// (decision D3 over 0..=255). Inlined into ISA-specific wrappers (`arch::FloatKernels`).
+#[inline(always)]
+pub(crate) fn quantize_rows_body(
+    x: &[f32],
+    k: usize,
+    kp: usize,
+    scale: f32,
+    zp: i32,
+    data: &mut [u8],
+    sums: &mut [i32],
+) {
+    let inv = 1.0f32 / scale;
+    let (flo, fhi) = ((0 - zp) as f32, (255 - zp) as f32);
+    for ((src, dst), rs) in x
+        .chunks_exact(k)
+        .zip(data.chunks_exact_mut(kp))
+        .zip(sums.iter_mut())
+    {
+        let mut s = 0i32;
+        for (d, &v) in dst[..k].iter_mut().zip(src) {
+            let q = quantize_one_8bit(v, inv, flo, fhi, zp);
+            *d = q as u8;
+            s += q;
+        }
+        *rs = s;
     }
 }
 

@@ -135,27 +135,37 @@ pub fn choose_qparams_dynamic(min: f32, max: f32, qmin: i32, qmax: i32) -> Resul
 /// Min and max of a float slice in one pass; `None` for an empty slice.
 /// Any NaN makes the result NaN (so callers can report it).
 pub fn min_max(x: &[f32]) -> Option<(f32, f32)> {
+    min_max_body(x)
+}
+
+/// The loop of [`min_max`], inlined into ISA-specific wrappers (`arch::FloatKernels`).
+#[inline(always)]
+pub(crate) fn min_max_body(x: &[f32]) -> Option<(f32, f32)> {
     if x.is_empty() {
         return None;
     }
-    let mut lo = [f32::INFINITY; 8];
-    let mut hi = [f32::NEG_INFINITY; 8];
-    let mut nan = false;
-    let chunks = x.chunks_exact(8);
+    // 16 lanes of running min/max; `if v < lo` (not f32::min) lowers to plain vminps/vmaxps.
+    // NaN never wins a comparison, so it is tracked on the side.
+    const L: usize = 16;
+    let mut lo = [f32::INFINITY; L];
+    let mut hi = [f32::NEG_INFINITY; L];
+    let mut nan = [false; L];
+    let chunks = x.chunks_exact(L);
     let rem = chunks.remainder();
     for c in chunks {
-        for i in 0..8 {
-            lo[i] = lo[i].min(c[i]);
-            hi[i] = hi[i].max(c[i]);
-            nan |= c[i].is_nan();
+        for i in 0..L {
+            let v = c[i];
+            lo[i] = if v < lo[i] { v } else { lo[i] };
+            hi[i] = if v > hi[i] { v } else { hi[i] };
+            nan[i] |= v.is_nan();
         }
     }
-    for &v in rem {
-        lo[0] = lo[0].min(v);
-        hi[0] = hi[0].max(v);
-        nan |= v.is_nan();
+    for (i, &v) in rem.iter().enumerate() {
+        lo[i] = if v < lo[i] { v } else { lo[i] };
+        hi[i] = if v > hi[i] { v } else { hi[i] };
+        nan[i] |= v.is_nan();
     }
-    if nan {
+    if nan.iter().any(|&b| b) {
         return Some((f32::NAN, f32::NAN));
     }
     let l = lo.iter().copied().fold(f32::INFINITY, f32::min);

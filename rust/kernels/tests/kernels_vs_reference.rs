@@ -258,3 +258,29 @@ proptest! {
         case(m, k, n, za, per_channel, w_zp, seed);
     }
 }
+
+#[test]
+fn dynamic_quantization_is_identical_on_every_engine() {
+    let mut r = Rng(77);
+    for &(m, k) in &[(1usize, 1usize), (3, 17), (5, 64), (2, 1000)] {
+        let mut x: Vec<f32> = (0..m * k).map(|_| r.f32() * 7.0).collect();
+        // exact ties of the chosen scale are the interesting inputs: a few multiples of 0.5
+        for (i, v) in x.iter_mut().enumerate().step_by(5) {
+            *v = (i % 9) as f32 * 0.5 - 2.0;
+        }
+        let (base, qp0) = PackedA::quantize_dynamic_on(Engine::Scalar, &x, m, k, 0, 255).unwrap();
+        for e in available_engines() {
+            for qmax in [127, 255] {
+                let (a, qp) = PackedA::quantize_dynamic_on(e, &x, m, k, 0, qmax).unwrap();
+                let (b, _) =
+                    PackedA::quantize_dynamic_on(Engine::Scalar, &x, m, k, 0, qmax).unwrap();
+                assert_eq!(a.rows(0, m), b.rows(0, m), "{}", e.name());
+                assert_eq!(a.row_sums(), b.row_sums());
+                if qmax == 255 {
+                    assert_eq!(qp, qp0);
+                    assert_eq!(a.rows(0, m), base.rows(0, m));
+                }
+            }
+        }
+    }
+}

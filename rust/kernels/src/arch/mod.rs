@@ -199,6 +199,29 @@ pub(crate) fn run_block_for<S: crate::requant::OutputStage>(
     }
 }
 
+/// `quantize_rows(x, k, kp, scale, zero_point, data, row_sums)`, see `packed::quantize_rows_body`.
+pub(crate) type QuantizeRowsFn = fn(&[f32], usize, usize, f32, i32, &mut [u8], &mut [i32]);
+
+/// Float loops of dynamic quantization (min/max, quantize + pack), compiled per ISA.
+#[derive(Clone, Copy)]
+pub(crate) struct FloatKernels {
+    pub min_max: fn(&[f32]) -> Option<(f32, f32)>,
+    pub quantize_rows: QuantizeRowsFn,
+}
+
+pub(crate) fn float_kernels(engine: Engine) -> FloatKernels {
+    match engine {
+        #[cfg(target_arch = "x86_64")]
+        Engine::Avx512Vnni | Engine::AvxVnni | Engine::Avx2 if x86_64::has_avx2_fma() => {
+            x86_64::FLOAT_KERNELS
+        }
+        _ => FloatKernels {
+            min_max: crate::qparams::min_max_body,
+            quantize_rows: crate::packed::quantize_rows_body,
+        },
+    }
+}
+
 /// Checks the arguments every `dot` receives (shared by all ISA files).
 #[inline]
 pub(crate) fn check_dot_args(

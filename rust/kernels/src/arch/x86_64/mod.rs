@@ -73,3 +73,49 @@ pub(crate) fn run_block_fma<S: OutputStage>(
         crate::gemm::run_block(job, rows, gs, out, ldo, out_row0)
     }
 }
+
+/// Dynamic-quantization float loops compiled for AVX2 (same results as the portable loops).
+pub(crate) const FLOAT_KERNELS: super::FloatKernels = super::FloatKernels {
+    min_max: min_max_avx2,
+    quantize_rows: quantize_rows_avx2,
+};
+
+fn min_max_avx2(x: &[f32]) -> Option<(f32, f32)> {
+    assert!(has_avx2_fma(), "AVX2 loops called on a CPU without AVX2");
+    /// # Safety
+    /// The CPU supports AVX2 and FMA.
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn inner(x: &[f32]) -> Option<(f32, f32)> {
+        crate::qparams::min_max_body(x)
+    }
+    // SAFETY: AVX2 and FMA checked above.
+    unsafe { inner(x) }
+}
+
+fn quantize_rows_avx2(
+    x: &[f32],
+    k: usize,
+    kp: usize,
+    scale: f32,
+    zp: i32,
+    data: &mut [u8],
+    sums: &mut [i32],
+) {
+    assert!(has_avx2_fma(), "AVX2 loops called on a CPU without AVX2");
+    /// # Safety
+    /// The CPU supports AVX2 and FMA.
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn inner(
+        x: &[f32],
+        k: usize,
+        kp: usize,
+        scale: f32,
+        zp: i32,
+        data: &mut [u8],
+        sums: &mut [i32],
+    ) {
+        crate::packed::quantize_rows_body(x, k, kp, scale, zp, data, sums)
+    }
+    // SAFETY: AVX2 and FMA checked above.
+    unsafe { inner(x, k, kp, scale, zp, data, sums) }
+}
