@@ -8,6 +8,8 @@
 //! AVX-VNNI, four 16-byte rows for the AVX2 widening kernel and four q-registers for `sdot`.
 
 use crate::arch::{float_kernels, Engine};
+use std::sync::OnceLock;
+
 use crate::error::{check_len, KernelError, Result};
 use crate::qparams::{choose_qparams_dynamic, DynamicQParams};
 use crate::quantize::quantize_one_8bit;
@@ -167,6 +169,9 @@ pub struct PackedA {
     data: Vec<u8>,
     row_sums: Vec<i32>,
     zero_point: i32,
+    /// The AVX2 family's form, built on first use: every K group's 4 values as i16, repeated
+    /// 4 times (32 bytes), so `vpmaddwd` can take activations straight from memory.
+    bcast16: OnceLock<Vec<i16>>,
 }
 
 impl PackedA {
@@ -198,6 +203,7 @@ impl PackedA {
             data,
             row_sums,
             zero_point,
+            bcast16: OnceLock::new(),
         })
     }
 
@@ -241,6 +247,7 @@ impl PackedA {
                 data,
                 row_sums,
                 zero_point: qp.zero_point,
+                bcast16: OnceLock::new(),
             },
             qp,
         ))
@@ -258,6 +265,20 @@ impl PackedA {
     pub fn rows(&self, r0: usize, count: usize) -> &[u8] {
         &self.data[r0 * self.kp..(r0 + count) * self.kp]
     }
+    /// Rows `r0..r0+count` in the broadcast i16 form (`kp/4` groups of 16 i16 per row).
+    pub fn rows_bcast16(&self, r0: usize, count: usize) -> &[i16] {
+        let b = self.bcast16.get_or_init(|| {
+            let mut v = Vec::with_capacity(self.data.len() * 4);
+            for g in self.data.chunks_exact(KR) {
+                for _ in 0..4 {
+                    v.extend(g.iter().map(|&x| x as i16));
+                }
+            }
+            v
+        });
+        &b[r0 * self.kp * 4..(r0 + count) * self.kp * 4]
+    }
+
     pub fn row_sums(&self) -> &[i32] {
         &self.row_sums
     }

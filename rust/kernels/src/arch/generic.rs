@@ -2,12 +2,22 @@
 //! It is the reference every SIMD kernel is tested against, bit for bit.
 
 use super::{check_dot_args, TileKernel};
-use crate::packed::{KR, NR};
+use crate::packed::{PackedA, PackedWeights, KR, NR};
 
 pub(crate) const KERNEL: TileKernel = TileKernel { mr: 4, np: 1, dot };
 
-fn dot(a: &[u8], kp: usize, rows: usize, w: &[i8], _csum: &[i32], panels: usize, out: &mut [i32]) {
-    check_dot_args(&KERNEL, a, kp, rows, w, panels, out);
+fn dot(
+    pa: &PackedA,
+    r0: usize,
+    rows: usize,
+    pw: &PackedWeights,
+    p0: usize,
+    panels: usize,
+    out: &mut [i32],
+) {
+    check_dot_args(&KERNEL, pa, r0, rows, pw, p0, panels, out);
+    let (kp, a) = (pa.kp(), pa.rows(r0, rows));
+    let w = pw.panel_data(p0, panels);
     let ld = KERNEL.np * NR;
     for r in 0..rows {
         let arow = &a[r * kp..(r + 1) * kp];

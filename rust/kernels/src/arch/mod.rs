@@ -6,6 +6,7 @@ use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::OnceLock;
 
 use crate::error::{KernelError, Result};
+use crate::packed::{PackedA, PackedWeights};
 
 #[cfg(target_arch = "aarch64")]
 pub(crate) mod aarch64;
@@ -138,14 +139,15 @@ pub fn current_engine() -> Engine {
     }
 }
 
-/// `dot(a, kp, rows, w, csum, panels, out)`, see [`TileKernel`].
-pub(crate) type DotFn = fn(&[u8], usize, usize, &[i8], &[i32], usize, &mut [i32]);
+/// `dot(a, r0, rows, w, p0, panels, out)`, see [`TileKernel`].
+pub(crate) type DotFn = fn(&PackedA, usize, usize, &PackedWeights, usize, usize, &mut [i32]);
 
 /// A micro-kernel: exact `u8 × s8 → i32` dot products of up to `mr` activation rows with up to
-/// `np` weight panels. Arguments of `dot`: `a` (rows of `kp` bytes), `kp`, `rows`, `w`
-/// (`panels` panels of `kp*16` bytes), `csum` (the panels' column sums, `panels*16` values,
-/// for kernels that shift activations to signed), `panels`, `out` (`rows × np*16`, row
-/// stride `np*16`); `out[r][c] = Σ_k a[r][k]·w[k][c]`.
+/// `np` weight panels. Arguments of `dot`: `a` and `r0`, `rows` (the activation rows
+/// `r0..r0+rows`; each kernel reads the form its ISA family uses), `w` (the
+/// packed weights: each kernel reads the panel form its ISA family uses, and column sums if it
+/// shifts activations to signed), `p0` and `panels` (the panels `p0..p0+panels`), `out`
+/// (`rows × np*16`, row stride `np*16`); `out[r][c] = Σ_k a[r][k]·w[k][c]`.
 /// Each `dot` is safe: it checks the CPU feature and every length before any `unsafe`.
 #[derive(Clone, Copy)]
 pub(crate) struct TileKernel {
@@ -224,24 +226,25 @@ pub(crate) fn float_kernels(engine: Engine) -> FloatKernels {
 
 /// Checks the arguments every `dot` receives (shared by all ISA files).
 #[inline]
+#[allow(clippy::too_many_arguments)]
 pub(crate) fn check_dot_args(
     k: &TileKernel,
-    a: &[u8],
-    kp: usize,
+    a: &PackedA,
+    r0: usize,
     rows: usize,
-    w: &[i8],
+    w: &PackedWeights,
+    p0: usize,
     panels: usize,
     out: &[i32],
 ) {
+    let kp = a.kp();
     // (`is_multiple_of` needs Rust 1.87; the aarch64 build uses 1.85)
     assert_eq!(kp % crate::packed::KR, 0, "kp must be a multiple of 4");
     assert!((1..=k.mr).contains(&rows), "rows out of range");
     assert!((1..=k.np).contains(&panels), "panels out of range");
-    assert!(a.len() >= rows * kp, "activation tile too short");
-    assert!(
-        w.len() >= panels * kp * crate::packed::NR,
-        "weight panels too short"
-    );
+    assert!(r0 + rows <= a.m(), "activation rows out of bounds");
+    assert_eq!(w.kp(), kp, "weights packed for another K");
+    assert!(p0 + panels <= w.panels(), "panel range out of bounds");
     assert!(
         out.len() >= rows * k.np * crate::packed::NR,
         "output tile too short"

@@ -131,27 +131,17 @@ pub(crate) fn run_block<S: OutputStage>(
         corr,
     } = *job;
     let n = w.n();
-    let kp = a.kp();
     let ld = kern.np * NR;
     let mut dots = vec![0i32; kern.mr * ld];
     for g in gs {
         let p0 = g * kern.np;
         let panels = kern.np.min(w.panels() - p0);
-        let wp = w.panel_data(p0, panels);
         let col0 = p0 * NR;
         let cols = (panels * NR).min(n - col0);
         let mut r0 = rows.start;
         while r0 < rows.end {
             let nr = kern.mr.min(rows.end - r0);
-            (kern.dot)(
-                a.rows(r0, nr),
-                kp,
-                nr,
-                wp,
-                w.panel_col_sums(p0, panels),
-                panels,
-                &mut dots,
-            );
+            (kern.dot)(a, r0, nr, w, p0, panels, &mut dots);
             stage.store(
                 corr,
                 Tile {

@@ -1,12 +1,17 @@
-//! AVX2 micro-kernel, exact for the full u8 range (decision D1): weights are sign-extended
-//! to i16 and activations zero-extended to i16, then `vpmaddwd` forms i32 sums of two
-//! products (at most 2·255·128, far from overflow). No `vpmaddubsw`, so no i16 saturation.
-//! 3 rows × 16 columns per tile.
+//! AVX2 micro-kernel, exact for the full u8 range (decision D1): `vpmaddwd` on i16 operands
+//! forms i32 sums of two u8×s8 products (at most 2·255·128, far from overflow) — no
+//! `vpmaddubsw`, so no i16 saturation and no `reduce_range` needed.
+//!
+//! The AVX2 family reads activations in their broadcast i16 form (`PackedA::rows_bcast16`:
+//! each K group's 4 values as i16, repeated to 32 bytes, built once per GEMM), so `vpmaddwd`
+//! takes them straight from memory; each 16-byte quarter of a weight group is sign-extended
+//! once (`vpmovsxbw`) and used for all rows. 3 rows × 16 columns per tile keep 12
+//! accumulators, one widened weight and one product in 14 ymm registers.
 
 use std::arch::x86_64::*;
 
 use super::super::{check_dot_args, TileKernel};
-use crate::packed::NR;
+use crate::packed::{PackedA, PackedWeights, NR};
 
 pub(crate) const MR: usize = 3;
 pub(crate) const NP: usize = 1;
@@ -16,13 +21,25 @@ pub(crate) const KERNEL: TileKernel = TileKernel {
     dot,
 };
 
-fn dot(a: &[u8], kp: usize, rows: usize, w: &[i8], _csum: &[i32], panels: usize, out: &mut [i32]) {
-    check_dot_args(&KERNEL, a, kp, rows, w, panels, out);
+fn dot(
+    pa: &PackedA,
+    r0: usize,
+    rows: usize,
+    pw: &PackedWeights,
+    p0: usize,
+    panels: usize,
+    out: &mut [i32],
+) {
+    check_dot_args(&KERNEL, pa, r0, rows, pw, p0, panels, out);
     assert!(
         super::has_avx2_fma(),
         "avx2 kernel called on a CPU without AVX2"
     );
-    // SAFETY: CPU features checked above; lengths checked by check_dot_args (panels == 1).
+    let kp = pa.kp();
+    let a = pa.rows_bcast16(r0, rows);
+    let w = pw.panel_data(p0, 1);
+    // SAFETY: CPU features checked above; `a` holds rows*(kp/4)*16 i16, `w` one panel of
+    // kp*16 bytes, and check_dot_args proved `out` holds rows*16 i32 (panels == 1).
     unsafe {
         match rows {
             1 => tile::<1>(a.as_ptr(), kp, w.as_ptr(), out.as_mut_ptr()),
@@ -33,29 +50,25 @@ fn dot(a: &[u8], kp: usize, rows: usize, w: &[i8], _csum: &[i32], panels: usize,
 }
 
 /// # Safety
-/// The CPU supports AVX2; `a` points to `R*kp` bytes, `w` to `kp*16` bytes, `out` to `R*16`
-/// writable i32; `kp % 4 == 0`.
+/// The CPU supports AVX2; `a` points to `R` rows of `kp*4` i16 (broadcast form), `w` to
+/// `kp*16` bytes, `out` to `R*16` writable i32; `kp % 4 == 0`.
 #[target_feature(enable = "avx2")]
-unsafe fn tile<const R: usize>(a: *const u8, kp: usize, w: *const i8, out: *mut i32) {
-    let groups = kp / 4;
-    // acc[r][q]: columns 4q..4q+3 of row r, as pairs (k0k1, k2k3) per column.
+unsafe fn tile<const R: usize>(a: *const i16, kp: usize, w: *const i8, out: *mut i32) {
+    // acc[r][q]: columns 4q..4q+3 of row r, as pairs (k0+k1, k2+k3) per column.
     let mut acc = [[_mm256_setzero_si256(); 4]; R];
-    for g in 0..groups {
-        let mut av = [_mm256_setzero_si256(); R];
-        for r in 0..R {
-            let four = (a.add(r * kp + g * 4) as *const i32).read_unaligned();
-            let a16 = _mm_cvtepu8_epi16(_mm_cvtsi32_si128(four));
-            av[r] = _mm256_broadcastq_epi64(a16);
-        }
+    let row = kp * 4;
+    for g in 0..kp / 4 {
         for q in 0..4 {
-            let w16 = _mm256_cvtepi8_epi16(_mm_loadu_si128(w.add(g * 64 + q * 16) as *const _));
+            let wq = _mm256_cvtepi8_epi16(_mm_loadu_si128(w.add(g * 64 + q * 16) as *const _));
             for r in 0..R {
-                acc[r][q] = _mm256_add_epi32(acc[r][q], _mm256_madd_epi16(w16, av[r]));
+                let av = _mm256_loadu_si256(a.add(r * row + g * 16) as *const _);
+                acc[r][q] = _mm256_add_epi32(acc[r][q], _mm256_madd_epi16(wq, av));
             }
         }
     }
     for r in 0..R {
         for q in 0..4 {
+            // add the (k0+k1, k2+k3) pairs of each column
             let mut lanes = [0i32; 8];
             _mm256_storeu_si256(lanes.as_mut_ptr() as *mut _, acc[r][q]);
             for c in 0..4 {

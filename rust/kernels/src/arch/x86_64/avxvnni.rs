@@ -4,7 +4,7 @@
 use std::arch::x86_64::*;
 
 use super::super::{check_dot_args, TileKernel};
-use crate::packed::NR;
+use crate::packed::{PackedA, PackedWeights, NR};
 
 pub(crate) const MR: usize = 6;
 pub(crate) const NP: usize = 1;
@@ -14,8 +14,18 @@ pub(crate) const KERNEL: TileKernel = TileKernel {
     dot,
 };
 
-fn dot(a: &[u8], kp: usize, rows: usize, w: &[i8], _csum: &[i32], panels: usize, out: &mut [i32]) {
-    check_dot_args(&KERNEL, a, kp, rows, w, panels, out);
+fn dot(
+    pa: &PackedA,
+    r0: usize,
+    rows: usize,
+    pw: &PackedWeights,
+    p0: usize,
+    panels: usize,
+    out: &mut [i32],
+) {
+    check_dot_args(&KERNEL, pa, r0, rows, pw, p0, panels, out);
+    let (kp, a) = (pa.kp(), pa.rows(r0, rows));
+    let w = pw.panel_data(p0, panels);
     assert!(
         super::has_avxvnni(),
         "avxvnni kernel called on a CPU without AVX-VNNI"
