@@ -41,9 +41,8 @@ def cpu_model() -> str:
 
 
 def machine_info() -> dict[str, Any]:
-    import torch
-
     import ferroquant as fq
+    import torch
 
     return {
         "cpu": cpu_model(),

@@ -13,10 +13,9 @@ import copy
 import sys
 import warnings
 
+import ferroquant as fq
 import torch
 from torch import nn
-
-import ferroquant as fq
 
 sys.path.insert(0, __file__.rsplit("/", 1)[0])
 from _common import machine_info, median_seconds, write_json  # noqa: E402
@@ -39,9 +38,15 @@ def bench_encoder(seq: int) -> dict:
         t_fp32 = median_seconds(lambda: model(x), min_time=2.0, repeats=9)
         t_torch = median_seconds(lambda: theirs(x), min_time=2.0, repeats=9)
         t_ours = median_seconds(lambda: ours(x), min_time=2.0, repeats=9)
-    return {"model": f"4-layer encoder d=768 T={seq} (dynamic)", "fp32_ms": t_fp32 * 1e3,
-            "torch_int8_ms": t_torch * 1e3, "ferroquant_ms": t_ours * 1e3, "ratio": t_torch / t_ours,
-            "max_abs_err_ferroquant": err_ours, "max_abs_err_torch": err_torch}
+    return {
+        "model": f"4-layer encoder d=768 T={seq} (dynamic)",
+        "fp32_ms": t_fp32 * 1e3,
+        "torch_int8_ms": t_torch * 1e3,
+        "ferroquant_ms": t_ours * 1e3,
+        "ratio": t_torch / t_ours,
+        "max_abs_err_ferroquant": err_ours,
+        "max_abs_err_torch": err_torch,
+    }
 
 
 def main() -> int:
@@ -54,14 +59,18 @@ def main() -> int:
     fq.set_num_threads(args.threads)
     info = machine_info()
     rows = [bench_encoder(args.seq)]
-    print(f"# models: ferroquant vs torch {info['torch']} int8, {args.threads} thread(s); CPU {info['cpu']}, "
-          f"engine {info['engine']}")
+    print(
+        f"# models: ferroquant vs torch {info['torch']} int8, {args.threads} thread(s); CPU {info['cpu']}, "
+        f"engine {info['engine']}"
+    )
     print()
     print("| model | fp32 ms | torch int8 ms | ferroquant ms | speedup vs torch int8 | max abs err (fq / torch) |")
     print("|---|---|---|---|---|---|")
     for r in rows:
-        print(f"| {r['model']} | {r['fp32_ms']:.2f} | {r['torch_int8_ms']:.2f} | {r['ferroquant_ms']:.2f} | "
-              f"{r['ratio']:.2f}x | {r['max_abs_err_ferroquant']:.3g} / {r['max_abs_err_torch']:.3g} |")
+        print(
+            f"| {r['model']} | {r['fp32_ms']:.2f} | {r['torch_int8_ms']:.2f} | {r['ferroquant_ms']:.2f} | "
+            f"{r['ratio']:.2f}x | {r['max_abs_err_ferroquant']:.3g} / {r['max_abs_err_torch']:.3g} |"
+        )
     if args.json:
         write_json(args.json, {"machine": info, "threads": args.threads, "rows": rows})
     return 0

@@ -13,11 +13,10 @@ import sys
 import warnings
 from typing import Any
 
-import torch
-from torch import nn
-
 import ferroquant as fq
+import torch
 from ferroquant import _core
+from torch import nn
 
 sys.path.insert(0, __file__.rsplit("/", 1)[0])
 from _common import machine_info, median_seconds, write_json  # noqa: E402
@@ -27,8 +26,15 @@ import torch.ao.nn.quantized as tnnq  # noqa: E402  (the reference engine, bench
 import torch.ao.quantization as tq  # noqa: E402
 
 SHAPES_STATIC = [(16, 768, 3072), (128, 768, 3072), (512, 1024, 1024), (128, 3072, 768), (512, 768, 768)]
-SHAPES_DYNAMIC = [(1, 768, 3072), (1, 1024, 1024), (1, 3072, 768), (4, 768, 3072), (16, 768, 3072),
-                  (128, 768, 3072), (512, 1024, 1024)]
+SHAPES_DYNAMIC = [
+    (1, 768, 3072),
+    (1, 1024, 1024),
+    (1, 3072, 768),
+    (4, 768, 3072),
+    (16, 768, 3072),
+    (128, 768, 3072),
+    (512, 1024, 1024),
+]
 QUICK_STATIC = [(128, 768, 3072)]
 QUICK_DYNAMIC = [(1, 768, 3072), (16, 768, 3072)]
 
@@ -47,8 +53,13 @@ def bench_dynamic(m: int, k: int, n: int) -> dict[str, Any]:
         t_fp32 = median_seconds(lambda: lin(x))
         t_torch = median_seconds(lambda: theirs(x))
         t_ours = median_seconds(lambda: ours(x))
-    return {"op": "dynamic linear", "shape": (m, k, n), "fp32": _gmacs(m, k, n, t_fp32),
-            "torch_int8": _gmacs(m, k, n, t_torch), "ferroquant": _gmacs(m, k, n, t_ours)}
+    return {
+        "op": "dynamic linear",
+        "shape": (m, k, n),
+        "fp32": _gmacs(m, k, n, t_fp32),
+        "torch_int8": _gmacs(m, k, n, t_torch),
+        "ferroquant": _gmacs(m, k, n, t_ours),
+    }
 
 
 def bench_static(m: int, k: int, n: int, threads: int) -> dict[str, Any]:
@@ -71,8 +82,13 @@ def bench_static(m: int, k: int, n: int, threads: int) -> dict[str, Any]:
         t_fp32 = median_seconds(lambda: lin(x))
     t_torch = median_seconds(lambda: ref(qx_t))
     t_ours = median_seconds(lambda: packed.linear_static(a, xs, xz, bn, os_, oz, 0, 255, False, "quint8", threads))
-    return {"op": "static linear", "shape": (m, k, n), "fp32": _gmacs(m, k, n, t_fp32),
-            "torch_int8": _gmacs(m, k, n, t_torch), "ferroquant": _gmacs(m, k, n, t_ours)}
+    return {
+        "op": "static linear",
+        "shape": (m, k, n),
+        "fp32": _gmacs(m, k, n, t_fp32),
+        "torch_int8": _gmacs(m, k, n, t_torch),
+        "ferroquant": _gmacs(m, k, n, t_ours),
+    }
 
 
 def bench_tiny() -> dict[str, Any]:
@@ -86,8 +102,13 @@ def bench_tiny() -> dict[str, Any]:
         t_fp32 = median_seconds(lambda: lin(x), repeats=15)
         t_torch = median_seconds(lambda: theirs(x), repeats=15)
         t_ours = median_seconds(lambda: ours(x), repeats=15)
-    return {"op": "docs 4x4 dynamic Linear (us/call)", "shape": (4, 4, 4), "fp32_us": t_fp32 * 1e6,
-            "torch_int8_us": t_torch * 1e6, "ferroquant_us": t_ours * 1e6}
+    return {
+        "op": "docs 4x4 dynamic Linear (us/call)",
+        "shape": (4, 4, 4),
+        "fp32_us": t_fp32 * 1e6,
+        "torch_int8_us": t_torch * 1e6,
+        "ferroquant_us": t_ours * 1e6,
+    }
 
 
 def main() -> int:
@@ -116,12 +137,16 @@ def main() -> int:
     for r in rows:
         r["ratio"] = r["ferroquant"] / r["torch_int8"]
         m, k, n = r["shape"]
-        print(f"| {r['op']} | {m}x{k}x{n} | {r['fp32']:.1f} | {r['torch_int8']:.1f} | {r['ferroquant']:.1f} "
-              f"| {r['ratio']:.2f}x |")
+        print(
+            f"| {r['op']} | {m}x{k}x{n} | {r['fp32']:.1f} | {r['torch_int8']:.1f} | {r['ferroquant']:.1f} "
+            f"| {r['ratio']:.2f}x |"
+        )
     tiny["speedup"] = tiny["torch_int8_us"] / tiny["ferroquant_us"]
     print()
-    print(f"docs 4x4 dynamic Linear, one call: fp32 {tiny['fp32_us']:.2f} us, torch int8 {tiny['torch_int8_us']:.2f} us, "
-          f"ferroquant {tiny['ferroquant_us']:.2f} us ({tiny['speedup']:.2f}x faster than torch int8)")
+    print(
+        f"docs 4x4 dynamic Linear, one call: fp32 {tiny['fp32_us']:.2f} us, torch int8 {tiny['torch_int8_us']:.2f} us, "
+        f"ferroquant {tiny['ferroquant_us']:.2f} us ({tiny['speedup']:.2f}x faster than torch int8)"
+    )
     if args.json:
         write_json(args.json, {"machine": info, "threads": args.threads, "rows": rows, "tiny": tiny})
     return 0
