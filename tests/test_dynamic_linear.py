@@ -210,3 +210,30 @@ def test_pytorch_docs_dynamic_example():
     res = model_int8(input_fp32)
     assert res.shape == (4, 4, 4, 4)
     assert torch.allclose(res, model_fp32(input_fp32), atol=0.05)
+
+
+def test_per_row_activation_quantization_option():
+    torch.manual_seed(2)
+    lin = nn.Linear(64, 32).eval()
+    # rows of very different magnitudes (tokens): per-row qparams keep small rows precise
+    x = torch.randn(8, 64) * torch.logspace(-2, 1, 8).unsqueeze(1)
+    per_row = fq.quantize_dynamic(nn.Sequential(copy.deepcopy(lin)), {nn.Linear: fq.per_row_dynamic_qconfig})
+    per_tensor = fq.quantize_dynamic(nn.Sequential(copy.deepcopy(lin)), {nn.Linear: fq.per_channel_dynamic_qconfig})
+    assert per_row[0].per_row_activations and "per_row_activations=True" in repr(per_row[0])
+    with torch.no_grad():
+        ref = lin(x)
+        e_row = (per_row(x) - ref).pow(2).mean().item()
+        e_tensor = (per_tensor(x) - ref).pow(2).mean().item()
+    assert e_row < e_tensor
+    # one row: identical to per-tensor
+    assert torch.equal(per_row(x[:1]), per_tensor(x[:1]))
+    # identical on every engine and through save/load and TorchScript
+    base = per_row(x)
+    for engine in engines():
+        fq.backends.engine = engine
+        assert torch.equal(per_row(x), base)
+    fq.backends.engine = "auto"
+    fresh = fq.quantize_dynamic(nn.Sequential(nn.Linear(64, 32)))
+    fresh.load_state_dict(per_row.state_dict())
+    assert fresh[0].per_row_activations and torch.equal(fresh(x), base)
+    assert torch.equal(torch.jit.script(per_row)(x), base)

@@ -55,7 +55,8 @@ class PackedLinear:
         reduce_range: bool = False,
         relu: bool = False,
         threads: int = 1,
-    ) -> tuple[npt.NDArray[np.float32], float, int]: ...
+        per_row: bool = False,
+    ) -> tuple[npt.NDArray[np.float32], list[float], list[int]]: ...
     def linear_static(
         self,
         a: npt.NDArray[np.uint8],

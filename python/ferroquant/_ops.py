@@ -92,12 +92,13 @@ def linear_dynamic_op(
     weight_zero_point: torch.Tensor,
     bias: Optional[torch.Tensor],
     reduce_range: bool,
+    per_row: bool = False,
 ) -> torch.Tensor:
     packed = packed_linear_for(weight, weight_scale, weight_zero_point)
     k = weight.shape[1]
     x2 = x.detach().to(torch.float32).reshape(-1, k).contiguous()
     b = None if bias is None else bias.detach().to(torch.float32).contiguous().numpy()
-    out, _, _ = packed.linear_dynamic(x2.numpy(), b, reduce_range, False, get_num_threads())
+    out, _, _ = packed.linear_dynamic(x2.numpy(), b, reduce_range, False, get_num_threads(), per_row)
     return torch.from_numpy(out).reshape(*x.shape[:-1], weight.shape[0])
 
 
@@ -109,5 +110,6 @@ def _(
     weight_zero_point: torch.Tensor,
     bias: Optional[torch.Tensor],
     reduce_range: bool,
+    per_row: bool = False,
 ) -> torch.Tensor:
     return x.new_empty((*x.shape[:-1], weight.shape[0]), dtype=torch.float32)

@@ -15,7 +15,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ._dtypes import quint8
+from ._dtypes import per_channel_affine, quint8
 from .fake_quantize import (
     FakeQuantize,
     FusedMovingAvgObsFakeQuantize,
@@ -53,6 +53,7 @@ __all__ = [
     "default_dynamic_qconfig",
     "default_dynamic_qconfig_torch",
     "per_channel_dynamic_qconfig",
+    "per_row_dynamic_qconfig",
     "float16_dynamic_qconfig",
     "float16_static_qconfig",
     "float_qparams_weight_only_qconfig",
@@ -98,6 +99,14 @@ default_dynamic_qconfig_torch = QConfig(
 )
 per_channel_dynamic_qconfig = QConfig(
     activation=default_dynamic_quant_observer, weight=default_per_channel_weight_observer
+)
+#: (+) Dynamic quantization with one activation scale per row (per token) and per-channel
+#: weights: the most accurate dynamic Linear when rows differ in magnitude.
+per_row_dynamic_qconfig = QConfig(
+    activation=PlaceholderObserver.with_args(
+        dtype=quint8, quant_min=0, quant_max=255, is_dynamic=True, qscheme=per_channel_affine
+    ),
+    weight=default_per_channel_weight_observer,
 )
 float16_dynamic_qconfig = QConfig(
     activation=PlaceholderObserver.with_args(dtype=torch.float16, is_dynamic=True),

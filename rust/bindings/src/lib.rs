@@ -318,9 +318,11 @@ impl PackedLinear {
         PyArray1::from_vec(py, self.inner.unpack()).reshape(vec![self.inner.n(), self.inner.k()])
     }
 
-    /// Dynamic quantized linear on float32 x [M, K] → float32 [M, N]. Returns (out, scale, zp)
-    /// where (scale, zp) are the activation qparams chosen for this call.
-    #[pyo3(signature = (x, bias=None, reduce_range=false, relu=false, threads=1))]
+    /// Dynamic quantized linear on float32 x [M, K] → float32 [M, N]. Returns
+    /// (out, scales, zero_points): the activation qparams chosen for this call (one entry, or one
+    /// per row with per_row=True).
+    #[pyo3(signature = (x, bias=None, reduce_range=false, relu=false, threads=1, per_row=false))]
+    #[allow(clippy::too_many_arguments, clippy::type_complexity)]
     fn linear_dynamic<'py>(
         &self,
         py: Python<'py>,
@@ -329,7 +331,8 @@ impl PackedLinear {
         reduce_range: bool,
         relu: bool,
         threads: usize,
-    ) -> PyResult<(Bound<'py, PyArrayDyn<f32>>, f64, i32)> {
+        per_row: bool,
+    ) -> PyResult<(Bound<'py, PyArrayDyn<f32>>, Vec<f64>, Vec<i32>)> {
         let m = check_2d(x.shape(), self.inner.k(), "input")?;
         let xs = contiguous(&x, "input")?;
         let b = bias_slice(&bias)?;
@@ -337,13 +340,18 @@ impl PackedLinear {
         let mut out = vec![0f32; m * n];
         let e = engine();
         let w = &self.inner;
-        let qp = py
-            .detach(|| k::linear_dynamic(e, xs, m, w, b, reduce_range, relu, &mut out, threads))
+        let opts = k::DynamicOptions {
+            reduce_range,
+            per_row,
+            relu,
+        };
+        let qps = py
+            .detach(|| k::linear_dynamic_with(e, xs, m, w, b, opts, &mut out, threads))
             .map_err(to_py)?;
         Ok((
             PyArray1::from_vec(py, out).reshape(vec![m, n])?,
-            qp.scale_f64,
-            qp.zero_point,
+            qps.iter().map(|q| q.scale_f64).collect(),
+            qps.iter().map(|q| q.zero_point).collect(),
         ))
     }
 

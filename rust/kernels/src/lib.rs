@@ -36,10 +36,54 @@ pub use threading::PARALLEL_MIN_MACS;
 use quantize::QInt;
 use requant::{DequantF32, Requantize};
 
-/// Dynamic quantized linear (`nnqd.Linear`): quantizes `x` (`[m, k]`) per tensor over
-/// `0..=255` (or `0..=127` with `reduce_range`, torch's choice), runs the int8 GEMM with
+/// How dynamic quantization picks activation qparams.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct DynamicOptions {
+    /// Activations over `0..=127` (torch's x86 choice) instead of `0..=255`.
+    pub reduce_range: bool,
+    /// One scale and zero point per row of `x` instead of one for the whole tensor.
+    pub per_row: bool,
+    /// `max(y, 0)` on the output.
+    pub relu: bool,
+}
+
+/// Dynamic quantized linear (`nnqd.Linear`): quantizes `x` (`[m, k]`) per tensor (or per row)
+/// over `0..=255` (or `0..=127` with `reduce_range`, torch's choice), runs the int8 GEMM with
 /// `w`, and writes `out = fma(acc, xs·ws[j], bias[j])` (`[m, n]`), with an optional ReLU.
-/// Returns the activation qparams it chose.
+/// Returns the activation qparams it chose (one entry, or one per row).
+pub fn linear_dynamic_with(
+    engine: Engine,
+    x: &[f32],
+    m: usize,
+    w: &PackedWeights,
+    bias: Option<&[f32]>,
+    opts: DynamicOptions,
+    out: &mut [f32],
+    threads: usize,
+) -> Result<Vec<DynamicQParams>> {
+    let qmax = if opts.reduce_range { 127 } else { 255 };
+    if !opts.per_row {
+        return linear_dynamic(
+            engine,
+            x,
+            m,
+            w,
+            bias,
+            opts.reduce_range,
+            opts.relu,
+            out,
+            threads,
+        )
+        .map(|q| vec![q]);
+    }
+    let (a, qps) = PackedA::quantize_dynamic_per_row_on(engine, x, m, w.k(), 0, qmax)?;
+    let scales: Vec<f32> = qps.iter().map(|q| q.scale).collect();
+    let stage = DequantF32::per_row(&scales, w, bias, opts.relu)?;
+    gemm::gemm(engine, &a, w, &stage, out, threads)?;
+    Ok(qps)
+}
+
+/// [`linear_dynamic_with`] for per-tensor activations; returns their qparams.
 #[allow(clippy::too_many_arguments)]
 pub fn linear_dynamic(
     engine: Engine,

@@ -169,6 +169,8 @@ pub struct PackedA {
     data: Vec<u8>,
     row_sums: Vec<i32>,
     zero_point: i32,
+    /// Per-row zero points when the rows were quantized with their own qparams.
+    row_zero_points: Option<Vec<i32>>,
     /// The AVX2 family's form, built on first use: every K group's 4 values as i16, repeated
     /// 4 times (32 bytes), so `vpmaddwd` can take activations straight from memory.
     bcast16: OnceLock<Vec<i16>>,
@@ -203,6 +205,7 @@ impl PackedA {
             data,
             row_sums,
             zero_point,
+            row_zero_points: None,
             bcast16: OnceLock::new(),
         })
     }
@@ -247,14 +250,67 @@ impl PackedA {
                 data,
                 row_sums,
                 zero_point: qp.zero_point,
+                row_zero_points: None,
                 bcast16: OnceLock::new(),
             },
             qp,
         ))
     }
 
+    /// Dynamic quantization with one scale and zero point per row (each row's own min/max,
+    /// FBGEMM's rule), fused with packing. Returns the qparams of every row.
+    pub fn quantize_dynamic_per_row_on(
+        engine: Engine,
+        x: &[f32],
+        m: usize,
+        k: usize,
+        qmin: i32,
+        qmax: i32,
+    ) -> Result<(Self, Vec<DynamicQParams>)> {
+        check_len("activation", m * k, x.len())?;
+        let fk = float_kernels(engine);
+        let kp = padded_k(k);
+        let mut data = vec![0u8; m * kp];
+        let mut row_sums = vec![0i32; m];
+        let mut qps = Vec::with_capacity(m);
+        for i in 0..m {
+            let row = &x[i * k..(i + 1) * k];
+            let (lo, hi) = (fk.min_max)(row).unwrap_or((0.0, 0.0));
+            let qp = choose_qparams_dynamic(lo, hi, qmin, qmax)?;
+            if k > 0 {
+                (fk.quantize_rows)(
+                    row,
+                    k,
+                    kp,
+                    qp.scale,
+                    qp.zero_point,
+                    &mut data[i * kp..(i + 1) * kp],
+                    &mut row_sums[i..i + 1],
+                );
+            }
+            qps.push(qp);
+        }
+        let zps = qps.iter().map(|q| q.zero_point).collect();
+        let a = PackedA {
+            m,
+            k,
+            kp,
+            data,
+            row_sums,
+            zero_point: 0,
+            row_zero_points: Some(zps),
+            bcast16: OnceLock::new(),
+        };
+        Ok((a, qps))
+    }
+
     pub fn m(&self) -> usize {
         self.m
+    }
+
+    /// Per-row zero points, when the rows were quantized per row.
+    pub fn row_zero_points(&self) -> Option<&[i32]> {
+        self.row_zero_points.as_deref()
     }
     pub fn k(&self) -> usize {
         self.k

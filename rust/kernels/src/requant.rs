@@ -16,8 +16,11 @@ use crate::quantize::{rne_to_i32, QInt};
 /// Per-call data for the zero-point correction of a tile.
 #[derive(Debug, Clone)]
 pub struct Correction<'a> {
-    /// `K·za·zw[j] − za·colsum[j]` per column.
+    /// Per-tensor activation zero point: `K·za·zw[j] − za·colsum[j]` per column.
+    /// Per-row zero points: `K·zw[j] − colsum[j]` per column, multiplied by `za[i]` per row.
     col_term: Vec<i32>,
+    /// The activations' per-row zero points, when they have them.
+    row_za: Option<&'a [i32]>,
     /// Weight zero point per column.
     w_zp: &'a [i32],
     /// Row sums of the activations.
@@ -28,7 +31,9 @@ pub struct Correction<'a> {
 
 impl<'a> Correction<'a> {
     pub fn new(a: &'a PackedA, w: &'a PackedWeights) -> Self {
-        let za = a.zero_point();
+        let row_za = a.row_zero_points();
+        // with per-row zero points the column term is computed for za = 1 and scaled per row
+        let za = if row_za.is_some() { 1 } else { a.zero_point() };
         let k = a.k() as i32;
         let col_term = w
             .col_sums()
@@ -42,6 +47,7 @@ impl<'a> Correction<'a> {
             .collect();
         Correction {
             col_term,
+            row_za,
             w_zp: w.zero_points(),
             row_sums: a.row_sums(),
             has_w_zp: w.has_zero_points(),
@@ -50,7 +56,11 @@ impl<'a> Correction<'a> {
 
     #[inline(always)]
     pub fn apply(&self, dot: i32, i: usize, j: usize) -> i32 {
-        let acc = dot.wrapping_add(self.col_term[j]);
+        let ct = match self.row_za {
+            Some(za) => self.col_term[j].wrapping_mul(za[i]),
+            None => self.col_term[j],
+        };
+        let acc = dot.wrapping_add(ct);
         if self.has_w_zp {
             acc.wrapping_sub(self.w_zp[j].wrapping_mul(self.row_sums[i]))
         } else {
@@ -65,7 +75,15 @@ impl<'a> Correction<'a> {
         let n = dots.len();
         let ct = &self.col_term[col0..col0 + n];
         let acc = &mut acc[..n];
-        if self.has_w_zp {
+        if let Some(za) = self.row_za {
+            let (za, rs) = (za[i], self.row_sums[i]);
+            let wz = &self.w_zp[col0..col0 + n];
+            for (((a, &d), &c), &z) in acc.iter_mut().zip(dots).zip(ct).zip(wz) {
+                *a = d
+                    .wrapping_add(c.wrapping_mul(za))
+                    .wrapping_sub(z.wrapping_mul(rs));
+            }
+        } else if self.has_w_zp {
             let rs = self.row_sums[i];
             let wz = &self.w_zp[col0..col0 + n];
             for (((a, &d), &c), &z) in acc.iter_mut().zip(dots).zip(ct).zip(wz) {
@@ -134,7 +152,11 @@ impl OutputStage for StoreI32 {
 /// then `max(y, 0)` when `relu`.
 #[derive(Debug, Clone)]
 pub struct DequantF32 {
+    /// `fl(xs·ws[j])` for per-tensor activations.
     scale: Vec<f32>,
+    /// Per-row activation scales (then the product `fl(xs[i]·ws[j])` is formed per row).
+    row_scales: Option<Vec<f32>>,
+    w_scales: Vec<f32>,
     bias: Vec<f32>,
     relu: bool,
 }
@@ -150,7 +172,25 @@ impl DequantF32 {
             }
             None => vec![0.0; n],
         };
-        Ok(DequantF32 { scale, bias, relu })
+        Ok(DequantF32 {
+            scale,
+            row_scales: None,
+            w_scales: w.scales().to_vec(),
+            bias,
+            relu,
+        })
+    }
+
+    /// The same stage for activations quantized per row with scales `row_scales`.
+    pub fn per_row(
+        row_scales: &[f32],
+        w: &PackedWeights,
+        bias: Option<&[f32]>,
+        relu: bool,
+    ) -> Result<Self> {
+        let mut s = Self::new(1.0, w, bias, relu)?;
+        s.row_scales = Some(row_scales.to_vec());
+        Ok(s)
     }
 }
 
@@ -166,13 +206,24 @@ impl OutputStage for DequantF32 {
         ldo: usize,
         out_row0: usize,
     ) {
-        let s = &self.scale[t.col0..t.col0 + t.cols];
         let b = &self.bias[t.col0..t.col0 + t.cols];
         let mut acc = [0i32; MAX_TILE_COLS];
+        let mut row_scale = [0f32; MAX_TILE_COLS];
         for r in 0..t.rows {
             let i = t.row0 + r;
             corr.row(&t.dots[r * t.ld..][..t.cols], i, t.col0, &mut acc);
             let o = &mut out[(i - out_row0) * ldo + t.col0..][..t.cols];
+            let s = match &self.row_scales {
+                None => &self.scale[t.col0..t.col0 + t.cols],
+                Some(xs) => {
+                    // fl(xs[i]·ws[j]): the same single rounding as the per-tensor product
+                    let ws = &self.w_scales[t.col0..t.col0 + t.cols];
+                    for (d, &w) in row_scale.iter_mut().zip(ws) {
+                        *d = xs[i] * w;
+                    }
+                    &row_scale[..t.cols]
+                }
+            };
             if self.relu {
                 for (((o, &a), &s), &b) in o.iter_mut().zip(&acc[..t.cols]).zip(s).zip(b) {
                     *o = (a as f32).mul_add(s, b).max(0.0);

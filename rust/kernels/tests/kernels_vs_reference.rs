@@ -284,3 +284,97 @@ fn dynamic_quantization_is_identical_on_every_engine() {
         }
     }
 }
+
+#[test]
+fn per_row_dynamic_quantization_all_engines() {
+    use ferroquant_kernels::{linear_dynamic_with, DynamicOptions};
+    let mut r = Rng(99);
+    for &(m, k, n) in &[(1usize, 5usize, 3usize), (7, 33, 17), (37, 100, 40)] {
+        // rows of very different magnitudes: where per-row qparams help
+        let x: Vec<f32> = (0..m * k)
+            .map(|i| r.f32() * (1.0 + (i / k) as f32 * 10.0))
+            .collect();
+        let w: Vec<i8> = (0..n * k).map(|_| r.i8()).collect();
+        let scales: Vec<f32> = (0..n).map(|_| 0.001 + r.f32().abs() * 0.01).collect();
+        let zps: Vec<i32> = (0..n).map(|j| (j as i32 % 5) - 2).collect();
+        let pw = PackedWeights::new(&w, n, k, &scales, &zps).unwrap();
+        let bias: Vec<f32> = (0..n).map(|_| r.f32()).collect();
+        let opts = DynamicOptions {
+            per_row: true,
+            ..Default::default()
+        };
+        let mut base = vec![0f32; m * n];
+        let qps = linear_dynamic_with(Engine::Scalar, &x, m, &pw, Some(&bias), opts, &mut base, 1)
+            .unwrap();
+        assert_eq!(qps.len(), m);
+        for e in available_engines() {
+            for t in [1, 2] {
+                let mut out = vec![0f32; m * n];
+                linear_dynamic_with(e, &x, m, &pw, Some(&bias), opts, &mut out, t).unwrap();
+                let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+                assert_same(&bits(&out), &bits(&base), e, t, "per-row dynamic");
+            }
+        }
+        // against exact float math: per-row error is no larger than per-tensor error
+        let exact: Vec<f64> = (0..m * n)
+            .map(|idx| {
+                let (i, j) = (idx / n, idx % n);
+                (0..k)
+                    .map(|kk| {
+                        x[i * k + kk] as f64
+                            * ((w[j * k + kk] as i32 - zps[j]) as f64 * scales[j] as f64)
+                    })
+                    .sum::<f64>()
+                    + bias[j] as f64
+            })
+            .collect();
+        let mut per_tensor = vec![0f32; m * n];
+        linear_dynamic(
+            Engine::Scalar,
+            &x,
+            m,
+            &pw,
+            Some(&bias),
+            false,
+            false,
+            &mut per_tensor,
+            1,
+        )
+        .unwrap();
+        let err = |v: &[f32]| {
+            v.iter()
+                .zip(&exact)
+                .map(|(a, b)| (*a as f64 - b).powi(2))
+                .sum::<f64>()
+        };
+        assert!(
+            err(&base) <= err(&per_tensor) * 1.0001 + 1e-9,
+            "{} vs {}",
+            err(&base),
+            err(&per_tensor)
+        );
+        if m == 1 {
+            assert_eq!(base, per_tensor, "one row: per-row equals per-tensor");
+        }
+    }
+}
+
+#[test]
+fn requantization_multiplier_above_one_works() {
+    // out_scale smaller than xs·ws: multiplier > 1 (QAT models hit this; torch's ARM engine rejects it)
+    let (m, k, n) = (4, 8, 5);
+    let a: Vec<u8> = (0..m * k).map(|i| (i % 7) as u8 + 100).collect();
+    let w: Vec<i8> = (0..n * k).map(|i| (i % 5) as i8 - 2).collect();
+    let pw = PackedWeights::new(&w, n, k, &[0.5], &[0]).unwrap();
+    let pa = PackedA::from_u8(&a, m, k, 100).unwrap();
+    let acc = reference_acc(&a, m, k, 100, &w, n, &vec![0; n]);
+    for e in available_engines() {
+        let stage = Requantize::<i8>::new(0.25, &pw, None, 0.01, 0, -128, 127, false).unwrap(); // mult 12.5
+        let mut q = vec![0i8; m * n];
+        gemm(e, &pa, &pw, &stage, &mut q, 1).unwrap();
+        for (got, &a) in q.iter().zip(&acc) {
+            let want = ((a as f32) * 12.5).round_ties_even().clamp(-128.0, 127.0) as i8;
+            assert_eq!(*got, want, "{}", e.name());
+        }
+    }
+}

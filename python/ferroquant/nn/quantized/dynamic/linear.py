@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from ...._core import PackedLinear
-from ...._dtypes import qint8, quint8, to_qdtype
+from ...._dtypes import per_tensor_affine, qint8, quint8, to_qdtype, to_qscheme
 from ...._threads import get_num_threads
 from ....qtensor import QTensor
 from .._weights import WeightedQuantModule, quantize_weight
@@ -22,8 +22,9 @@ from .._weights import WeightedQuantModule, quantize_weight
 __all__ = ["Linear"]
 
 
-def _activation_reduce_range(qconfig: Any) -> bool:
-    """True when the qconfig's dynamic activation range is torch's reduced 0..127."""
+def _activation_options(qconfig: Any) -> tuple[bool, bool]:
+    """(reduce_range, per_row) from the qconfig's dynamic activation observer: a range of
+    0..127 is torch's reduced range; a per-channel qscheme means one scale per row."""
     act = qconfig.activation()
     dtype = getattr(act, "dtype", quint8)
     if isinstance(dtype, torch.dtype) and dtype.is_floating_point:
@@ -33,7 +34,9 @@ def _activation_reduce_range(qconfig: Any) -> bool:
     if to_qdtype(dtype) != quint8:
         raise TypeError(f"dynamic Linear quantizes activations to quint8, the qconfig asks for {dtype}")
     qmax = getattr(act, "quant_max", None)
-    return qmax is not None and qmax <= 127 or bool(getattr(act, "reduce_range", False))
+    reduce_range = qmax is not None and qmax <= 127 or bool(getattr(act, "reduce_range", False))
+    per_row = to_qscheme(getattr(act, "qscheme", per_tensor_affine)).per_channel
+    return reduce_range, per_row
 
 
 class Linear(WeightedQuantModule):
@@ -49,6 +52,8 @@ class Linear(WeightedQuantModule):
         self.in_features = in_features
         self.out_features = out_features
         self.reduce_range = False
+        #: (+) quantize activations with one scale / zero point per row (per token)
+        self.per_row_activations = False
         self._init_weight_storage((out_features, in_features), bias_)
         self._rebuild()
 
@@ -63,7 +68,7 @@ class Linear(WeightedQuantModule):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if torch.jit.is_scripting():
             return torch.ops.ferroquant.linear_dynamic(
-                x, self._w, self._w_scale, self._w_zp, self._bias, self.reduce_range
+                x, self._w, self._w_scale, self._w_zp, self._bias, self.reduce_range, self.per_row_activations
             )
         return self._forward_eager(x)
 
@@ -83,7 +88,12 @@ class Linear(WeightedQuantModule):
         if not shape or shape[-1] != k:
             raise ValueError(f"Linear expects input of shape [..., {k}] (in_features = {k}), got {list(shape)}")
         out, _, _ = self._packed.linear_dynamic(
-            x.reshape(-1, k).numpy(), self._bias_np, self.reduce_range, False, get_num_threads()
+            x.reshape(-1, k).numpy(),
+            self._bias_np,
+            self.reduce_range,
+            False,
+            get_num_threads(),
+            self.per_row_activations,
         )
         y = torch.from_numpy(out)
         return y if len(shape) == 2 else y.reshape(*shape[:-1], self.out_features)
@@ -103,11 +113,13 @@ class Linear(WeightedQuantModule):
         return (
             f"in_features={self.in_features}, out_features={self.out_features}, dtype=qint8, "
             f"qscheme={scheme}, reduce_range={self.reduce_range}"
+            + (", per_row_activations=True" if self.per_row_activations else "")
         )
 
     def _save_to_state_dict(self, destination: dict, prefix: str, keep_vars: bool) -> None:
         super()._save_to_state_dict(destination, prefix, keep_vars)
         destination[prefix + "reduce_range"] = torch.tensor(self.reduce_range)
+        destination[prefix + "per_row_activations"] = torch.tensor(self.per_row_activations)
 
     def _load_from_state_dict(
         self,
@@ -119,6 +131,8 @@ class Linear(WeightedQuantModule):
         unexpected_keys: list,
         error_msgs: list,
     ) -> None:
+        pr = state_dict.pop(prefix + "per_row_activations", None)
+        self.per_row_activations = bool(pr) if pr is not None else False
         rr = state_dict.pop(prefix + "reduce_range", None)
         if rr is not None:
             self.reduce_range = bool(rr)
@@ -138,7 +152,7 @@ class Linear(WeightedQuantModule):
             from ....qconfig import default_dynamic_qconfig
 
             qconfig = default_dynamic_qconfig
-        reduce_range = _activation_reduce_range(qconfig)
+        reduce_range, per_row = _activation_options(qconfig)
         if use_precomputed_fake_quant and hasattr(mod, "weight_fake_quant"):
             observer = mod.weight_fake_quant
         else:
@@ -146,5 +160,6 @@ class Linear(WeightedQuantModule):
         qweight = quantize_weight(mod.weight, observer)
         q = cls(mod.in_features, mod.out_features, bias_=mod.bias is not None)
         q.reduce_range = reduce_range
+        q.per_row_activations = per_row
         q.set_weight_bias(qweight, None if mod.bias is None else mod.bias.detach())
         return q
