@@ -51,6 +51,7 @@ pub struct DynamicOptions {
 /// over `0..=255` (or `0..=127` with `reduce_range`, torch's choice), runs the int8 GEMM with
 /// `w`, and writes `out = fma(acc, xs·ws[j], bias[j])` (`[m, n]`), with an optional ReLU.
 /// Returns the activation qparams it chose (one entry, or one per row).
+#[allow(clippy::too_many_arguments)]
 pub fn linear_dynamic_with(
     engine: Engine,
     x: &[f32],
