@@ -10,10 +10,16 @@ top=$(cd "$(dirname "$0")/.." && pwd)
 R=$("$top/scripts/aarch64-env.sh")
 mode=${1:-test}
 
-mkdir -p "$R/src"
-mountpoint -q "$R/src" || mount --bind "$top" "$R/src"
+# each run mounts its own tree at its own place, so concurrent runs (two clones) do not mix
+S=/src/$$
+mkdir -p "$R$S"
+mount --bind "$top" "$R$S"
 mountpoint -q "$R/proc" || mount -t proc proc "$R/proc"
-cleanup() { umount "$R/src" 2>/dev/null || true; umount "$R/proc" 2>/dev/null || true; }
+cleanup() {
+  umount "$R$S" 2>/dev/null || true; rmdir "$R$S" 2>/dev/null || true
+  # /proc stays mounted while another run uses the chroot
+  if [ -z "$(ls -A "$R/src" 2>/dev/null)" ]; then umount "$R/proc" 2>/dev/null || true; fi
+}
 trap cleanup EXIT
 cp /etc/resolv.conf "$R/etc/resolv.conf"
 # The host's CA bundle (it may include a proxy's CA) lets cargo in the chroot reach crates.io.
@@ -22,17 +28,27 @@ cp /etc/ssl/certs/ca-certificates.crt "$R/etc/ssl/certs/ca-certificates.crt"
 in_chroot() {
   chroot "$R" env -i PATH=/usr/bin:/bin HOME=/root CARGO_HOME=/root/.cargo \
     CARGO_HTTP_CAINFO=/etc/ssl/certs/ca-certificates.crt ${HTTPS_PROXY:+HTTPS_PROXY=$HTTPS_PROXY} \
-    CARGO_TARGET_DIR=/src/target/aarch64-trixie \
+    CARGO_TARGET_DIR=$S/target/aarch64-trixie \
     CARGO_TARGET_AARCH64_UNKNOWN_LINUX_GNU_LINKER=aarch64-linux-gnu-gcc \
-    sh -c "cd /src && $1"
+    sh -c "cd $S && $1"
 }
 in_chroot 'rustc --version'
 if [ "$mode" = "--check" ]; then
   in_chroot 'cargo check --locked --ignore-rust-version --tests --target aarch64-unknown-linux-gnu -p ferroquant-kernels'
   exit 0
 fi
+# only the test harness binaries (cargo also reports examples it builds)
 in_chroot 'cargo test --locked --ignore-rust-version --no-run --target aarch64-unknown-linux-gnu -p ferroquant-kernels --message-format=json' \
-  | grep -o '"executable":"[^"]*"' | cut -d'"' -f4 | sed 's#^/src/##' > "$top/target/aarch64-trixie/test-bins.txt"
+  | python3 -c '
+import json, sys
+for line in sys.stdin:
+    try:
+        msg = json.loads(line)
+    except ValueError:
+        continue
+    if msg.get("reason") == "compiler-artifact" and msg.get("profile", {}).get("test") and msg.get("executable"):
+        print(msg["executable"].split("/", 3)[3])
+' > "$top/target/aarch64-trixie/test-bins.txt"
 status=0
 for spec in max:neon_dotprod,neon,scalar cortex-a72:neon,scalar; do
   cpu=${spec%%:*}; export FERROQUANT_EXPECT_ENGINES=${spec#*:}

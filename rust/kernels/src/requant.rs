@@ -112,18 +112,20 @@ pub struct Tile<'t> {
     pub cols: usize,
 }
 
+/// Where a block of output lives: row stride `ld`, and the global row and column of its first
+/// element (a thread may fill a private block of columns).
+#[derive(Debug, Clone, Copy)]
+pub struct OutAt {
+    pub ld: usize,
+    pub row0: usize,
+    pub col0: usize,
+}
+
 /// An output stage: turns corrected accumulators of a tile into output elements.
 pub trait OutputStage: Sync {
     type Out: Copy + Default + Send + Sync;
-    /// Writes the tile into `out` (row-major, row stride `ldo`, rows relative to `out_row0`).
-    fn store(
-        &self,
-        corr: &Correction<'_>,
-        tile: Tile<'_>,
-        out: &mut [Self::Out],
-        ldo: usize,
-        out_row0: usize,
-    );
+    /// Writes the tile into `out`, laid out as `at` says.
+    fn store(&self, corr: &Correction<'_>, tile: Tile<'_>, out: &mut [Self::Out], at: OutAt);
 }
 
 /// Exact i32 accumulators (zero points corrected), no further processing.
@@ -132,17 +134,10 @@ pub struct StoreI32;
 
 impl OutputStage for StoreI32 {
     type Out = i32;
-    fn store(
-        &self,
-        corr: &Correction<'_>,
-        t: Tile<'_>,
-        out: &mut [i32],
-        ldo: usize,
-        out_row0: usize,
-    ) {
+    fn store(&self, corr: &Correction<'_>, t: Tile<'_>, out: &mut [i32], at: OutAt) {
         for r in 0..t.rows {
             let i = t.row0 + r;
-            let o = &mut out[(i - out_row0) * ldo + t.col0..][..t.cols];
+            let o = &mut out[(i - at.row0) * at.ld + (t.col0 - at.col0)..][..t.cols];
             corr.row(&t.dots[r * t.ld..][..t.cols], i, t.col0, o);
         }
     }
@@ -198,21 +193,14 @@ impl OutputStage for DequantF32 {
     type Out = f32;
     #[allow(clippy::needless_range_loop)]
     #[inline(always)]
-    fn store(
-        &self,
-        corr: &Correction<'_>,
-        t: Tile<'_>,
-        out: &mut [f32],
-        ldo: usize,
-        out_row0: usize,
-    ) {
+    fn store(&self, corr: &Correction<'_>, t: Tile<'_>, out: &mut [f32], at: OutAt) {
         let b = &self.bias[t.col0..t.col0 + t.cols];
         let mut acc = [0i32; MAX_TILE_COLS];
         let mut row_scale = [0f32; MAX_TILE_COLS];
         for r in 0..t.rows {
             let i = t.row0 + r;
             corr.row(&t.dots[r * t.ld..][..t.cols], i, t.col0, &mut acc);
-            let o = &mut out[(i - out_row0) * ldo + t.col0..][..t.cols];
+            let o = &mut out[(i - at.row0) * at.ld + (t.col0 - at.col0)..][..t.cols];
             let s = match &self.row_scales {
                 None => &self.scale[t.col0..t.col0 + t.cols],
                 Some(xs) => {
@@ -297,14 +285,7 @@ impl<T: QInt> OutputStage for Requantize<T> {
     type Out = T;
     #[allow(clippy::needless_range_loop)]
     #[inline(always)]
-    fn store(
-        &self,
-        corr: &Correction<'_>,
-        t: Tile<'_>,
-        out: &mut [T],
-        ldo: usize,
-        out_row0: usize,
-    ) {
+    fn store(&self, corr: &Correction<'_>, t: Tile<'_>, out: &mut [T], at: OutAt) {
         let bq = &self.bias_q[t.col0..t.col0 + t.cols];
         let mu = &self.mult[t.col0..t.col0 + t.cols];
         let (lo, hi) = (self.lo - 1.0, self.hi + 1.0);
@@ -313,7 +294,7 @@ impl<T: QInt> OutputStage for Requantize<T> {
         for r in 0..t.rows {
             let i = t.row0 + r;
             corr.row(&t.dots[r * t.ld..][..t.cols], i, t.col0, &mut acc);
-            let o = &mut out[(i - out_row0) * ldo + t.col0..][..t.cols];
+            let o = &mut out[(i - at.row0) * at.ld + (t.col0 - at.col0)..][..t.cols];
             for (((o, &a), &b), &m) in o.iter_mut().zip(&acc[..t.cols]).zip(bq).zip(mu) {
                 let v = ((a as f32) + b) * m;
                 // clamp first so the rounding trick is exact; NaN (only from a NaN bias) → lo

@@ -189,15 +189,14 @@ pub(crate) fn run_block_for<S: crate::requant::OutputStage>(
     rows: std::ops::Range<usize>,
     gs: std::ops::Range<usize>,
     out: &mut [S::Out],
-    ldo: usize,
-    out_row0: usize,
+    at: crate::requant::OutAt,
 ) {
     match engine {
         #[cfg(target_arch = "x86_64")]
         Engine::Avx512Vnni | Engine::AvxVnni | Engine::Avx2 => {
-            x86_64::run_block_fma(job, rows, gs, out, ldo, out_row0)
+            x86_64::run_block_fma(job, rows, gs, out, at)
         }
-        _ => crate::gemm::run_block(job, rows, gs, out, ldo, out_row0),
+        _ => crate::gemm::run_block(job, rows, gs, out, at),
     }
 }
 

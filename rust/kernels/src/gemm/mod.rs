@@ -3,12 +3,12 @@
 
 pub mod reference;
 
-use rayon::prelude::*;
+use std::sync::Mutex;
 
 use crate::arch::{run_block_for, tile_kernel, Engine, TileKernel};
 use crate::error::{check_len, KernelError, Result};
 use crate::packed::{PackedA, PackedWeights, NR};
-use crate::requant::{Correction, OutputStage, Tile};
+use crate::requant::{Correction, OutAt, OutputStage, Tile};
 use crate::threading::{pool, PARALLEL_MIN_MACS};
 
 /// `out[M, N] = stage(A[M, K] · W[N, K]ᵀ)`, with exact i32 accumulation and zero-point
@@ -55,49 +55,79 @@ pub fn gemm<S: OutputStage>(
         stage,
         corr: &corr,
     };
-    let run = |rows: std::ops::Range<usize>,
-               gs: std::ops::Range<usize>,
-               o: &mut [S::Out],
-               row0: usize| { run_block_for(engine, &job, rows, gs, o, n, row0) };
+    let cols_per_group = kern.np * NR;
     if threads == 1 {
-        run(0..m, 0..groups, out, 0);
-    } else if m >= kern.mr * threads * 2 {
-        // Split rows: each task owns a contiguous band of output rows.
-        let row_blocks = m.div_ceil(kern.mr);
-        let per_task = row_blocks.div_ceil(threads * 4).max(1) * kern.mr;
-        pool(threads).install(|| {
-            out.par_chunks_mut(per_task * n)
-                .enumerate()
-                .for_each(|(t, chunk)| {
-                    let r0 = t * per_task;
-                    run(r0..(r0 + per_task).min(m), 0..groups, chunk, r0);
-                })
-        });
-    } else {
-        // Few rows: split the columns; each task fills a private buffer, copied back after.
-        let per_task = groups.div_ceil(threads * 2).max(1);
+        run_block_for(
+            engine,
+            &job,
+            0..m,
+            0..groups,
+            out,
+            OutAt {
+                ld: n,
+                row0: 0,
+                col0: 0,
+            },
+        );
+    } else if groups >= threads * 2 {
+        // Split the columns: each task keeps its weight panels hot in cache while it sweeps all
+        // rows, and fills a private block of its columns, copied into place afterwards.
+        let per_task = groups.div_ceil(threads * 2);
         let tasks: Vec<_> = (0..groups)
             .step_by(per_task)
             .map(|g0| g0..(g0 + per_task).min(groups))
             .collect();
-        let parts: Vec<(std::ops::Range<usize>, Vec<S::Out>)> = pool(threads).install(|| {
-            tasks
-                .into_par_iter()
-                .map(|gs| {
-                    let mut buf = vec![S::Out::default(); m * n];
-                    run(0..m, gs.clone(), &mut buf, 0);
-                    (gs, buf)
-                })
-                .collect()
-        });
-        let cols_per_group = kern.np * NR;
-        for (gs, buf) in parts {
+        let parts: Vec<Mutex<Vec<S::Out>>> = tasks.iter().map(|_| Mutex::new(Vec::new())).collect();
+        pool(threads).run(tasks.len(), &|t| {
+            let gs = tasks[t].clone();
             let c0 = gs.start * cols_per_group;
             let c1 = (gs.end * cols_per_group).min(n);
-            for i in 0..m {
-                out[i * n + c0..i * n + c1].copy_from_slice(&buf[i * n + c0..i * n + c1]);
+            let mut buf = vec![S::Out::default(); m * (c1 - c0)];
+            run_block_for(
+                engine,
+                &job,
+                0..m,
+                gs,
+                &mut buf,
+                OutAt {
+                    ld: c1 - c0,
+                    row0: 0,
+                    col0: c0,
+                },
+            );
+            *parts[t].lock().unwrap_or_else(|e| e.into_inner()) = buf;
+        });
+        for (gs, part) in tasks.iter().zip(parts) {
+            let buf = part.into_inner().unwrap_or_else(|e| e.into_inner());
+            let c0 = gs.start * cols_per_group;
+            let c1 = (gs.end * cols_per_group).min(n);
+            for (dst, src) in out.chunks_exact_mut(n).zip(buf.chunks_exact(c1 - c0)) {
+                dst[c0..c1].copy_from_slice(src);
             }
         }
+    } else {
+        // Few columns: split the rows; each task owns a contiguous band of output rows.
+        let row_blocks = m.div_ceil(kern.mr);
+        let per_task = row_blocks.div_ceil(threads * 2).max(1) * kern.mr;
+        let bands: Vec<Mutex<&mut [S::Out]>> =
+            out.chunks_mut(per_task * n).map(Mutex::new).collect();
+        pool(threads).run(bands.len(), &|t| {
+            let mut band = bands[t].lock().unwrap_or_else(|e| e.into_inner());
+            let r0 = t * per_task;
+            let rows = r0..(r0 + per_task).min(m);
+            run_block_for(
+                engine,
+                &job,
+                rows,
+                0..groups,
+                &mut band,
+                OutAt {
+                    ld: n,
+                    row0: r0,
+                    col0: 0,
+                },
+            );
+        });
     }
     Ok(())
 }
@@ -111,7 +141,7 @@ pub(crate) struct Job<'j, S: OutputStage> {
     pub corr: &'j Correction<'j>,
 }
 
-/// Computes rows `rows` × panel groups `gs` into `out` (row stride `ldo`, first row `out_row0`).
+/// Computes rows `rows` × panel groups `gs` into `out` (laid out as `at` says).
 /// `#[inline(always)]` so that the engine's wrapper (`arch::run_block_for`) compiles it, output
 /// stage included, with the engine's float features (FMA on x86).
 #[inline(always)]
@@ -120,8 +150,7 @@ pub(crate) fn run_block<S: OutputStage>(
     rows: std::ops::Range<usize>,
     gs: std::ops::Range<usize>,
     out: &mut [S::Out],
-    ldo: usize,
-    out_row0: usize,
+    at: OutAt,
 ) {
     let Job {
         kern,
@@ -153,8 +182,7 @@ pub(crate) fn run_block<S: OutputStage>(
                     cols,
                 },
                 out,
-                ldo,
-                out_row0,
+                at,
             );
             r0 += nr;
         }

@@ -49,10 +49,9 @@ unsafe fn run_block_avx2_fma<S: OutputStage>(
     rows: Range<usize>,
     gs: Range<usize>,
     out: &mut [S::Out],
-    ldo: usize,
-    out_row0: usize,
+    at: crate::requant::OutAt,
 ) {
-    crate::gemm::run_block(job, rows, gs, out, ldo, out_row0)
+    crate::gemm::run_block(job, rows, gs, out, at)
 }
 
 /// A block of GEMM tiles compiled for AVX2+FMA (plain code when the CPU lacks them, which
@@ -63,14 +62,13 @@ pub(crate) fn run_block_fma<S: OutputStage>(
     rows: Range<usize>,
     gs: Range<usize>,
     out: &mut [S::Out],
-    ldo: usize,
-    out_row0: usize,
+    at: crate::requant::OutAt,
 ) {
     if has_avx2_fma() {
         // SAFETY: the CPU supports AVX2 and FMA (checked just above).
-        unsafe { run_block_avx2_fma(job, rows, gs, out, ldo, out_row0) }
+        unsafe { run_block_avx2_fma(job, rows, gs, out, at) }
     } else {
-        crate::gemm::run_block(job, rows, gs, out, ldo, out_row0)
+        crate::gemm::run_block(job, rows, gs, out, at)
     }
 }
 
