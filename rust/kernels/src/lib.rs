@@ -31,7 +31,7 @@ pub use arch::{
 pub use error::{KernelError, Result};
 pub use packed::{PackedA, PackedWeights};
 pub use qparams::{DynamicQParams, QDtype};
-pub use threading::PARALLEL_MIN_MACS;
+pub use threading::{threads_for, MACS_PER_THREAD, PARALLEL_MIN_MACS};
 
 use quantize::QInt;
 use requant::{DequantF32, Requantize};

@@ -5,9 +5,14 @@
 //!
 //! Why not a sleeping pool: on virtual machines waking a parked thread can take milliseconds
 //! (measured ~2 ms on this project's 2-vCPU machines), longer than a whole GEMM. As OpenMP
-//! runtimes do, workers here spin for a while after each job (`FERROQUANT_SPIN_US`, default
-//! 5000 µs) before parking, and the calling thread takes tasks itself and spins, never sleeps,
-//! while the last tasks finish.
+//! runtimes do, workers here keep polling for a while after each job (`FERROQUANT_SPIN_US`,
+//! default 2000 µs) before parking, and the calling thread takes tasks itself and polls, never
+//! sleeps, while the last tasks finish. Polling yields the CPU (`sched_yield`) between checks,
+//! so a waiting worker gives its core to any other runnable thread (torch's own OpenMP threads
+//! between our calls) instead of fighting it.
+//!
+//! A call uses at most one thread per [`MACS_PER_THREAD`] multiply-accumulates, so small GEMMs
+//! do not pay for waking many threads.
 
 use std::collections::HashMap;
 use std::panic::{catch_unwind, AssertUnwindSafe};
@@ -16,7 +21,26 @@ use std::sync::{Arc, Condvar, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 /// Below this many multiply-accumulates a call stays on the calling thread.
-pub const PARALLEL_MIN_MACS: usize = 1 << 21;
+pub const PARALLEL_MIN_MACS: usize = 1 << 23;
+
+/// A call uses at most one thread per this many multiply-accumulates (~20 µs of work).
+pub const MACS_PER_THREAD: usize = 1 << 22;
+
+/// How many threads a call with `macs` multiply-accumulates uses, given the setting `threads`.
+pub fn threads_for(macs: usize, threads: usize) -> usize {
+    if macs < PARALLEL_MIN_MACS {
+        1
+    } else {
+        threads.clamp(1, (macs / MACS_PER_THREAD).max(1))
+    }
+}
+
+/// Waits politely: a spin hint, then the CPU goes to any other runnable thread.
+#[inline]
+fn pause() {
+    std::hint::spin_loop();
+    std::thread::yield_now();
+}
 
 /// One parallel call: `tasks` indices handed out one at a time.
 struct Job {
@@ -66,7 +90,7 @@ fn spin_duration() -> Duration {
     let us = std::env::var("FERROQUANT_SPIN_US")
         .ok()
         .and_then(|v| v.parse().ok())
-        .unwrap_or(5000u64);
+        .unwrap_or(2000u64);
     Duration::from_micros(us)
 }
 
@@ -76,7 +100,7 @@ fn worker(shared: Arc<Shared>) {
         // spin for new work, then park
         let start = Instant::now();
         while shared.generation.load(Ordering::Acquire) == seen && start.elapsed() < shared.spin {
-            std::hint::spin_loop();
+            pause();
         }
         let mut slot = shared.slot.lock().unwrap_or_else(|e| e.into_inner());
         while shared.generation.load(Ordering::Acquire) == seen {
@@ -147,7 +171,7 @@ impl Pool {
         }
         job.work();
         while job.done.load(Ordering::Acquire) < tasks {
-            std::hint::spin_loop();
+            pause();
         }
         let entered = {
             let mut slot = self.shared.slot.lock().unwrap_or_else(|e| e.into_inner());
@@ -155,7 +179,7 @@ impl Pool {
             job.entered.load(Ordering::Acquire)
         };
         while job.left.load(Ordering::Acquire) < entered {
-            std::hint::spin_loop();
+            pause();
         }
         if job.panicked.load(Ordering::Relaxed) {
             panic!("a ferroquant worker task panicked");

@@ -154,14 +154,19 @@ fn edge_shapes_all_engines() {
 
 #[test]
 fn larger_shapes_split_across_threads() {
-    // Big enough to pass the parallel threshold, with both row- and column-split schedules.
-    let big = if cfg!(target_arch = "aarch64") {
-        129
-    } else {
-        300
-    };
-    case(big, big, 200, 17, true, true, 99);
-    case(2, 2000, big * 3, 200, false, false, 5);
+    // Big enough for the parallel schedules: columns split (many panels), rows split (one
+    // panel group), and a two-row GEMV-shaped call split over columns.
+    for &(m, k, n) in &[
+        (300usize, 300usize, 200usize),
+        (1024, 512, 16),
+        (2, 4096, 1200),
+    ] {
+        assert!(
+            ferroquant_kernels::threads_for(m * n * k, 2) == 2,
+            "{m}x{k}x{n} must run on 2 threads"
+        );
+        case(m, k, n, 17, true, true, (m * 31 + n) as u64);
+    }
 }
 
 #[test]

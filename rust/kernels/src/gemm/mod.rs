@@ -9,7 +9,7 @@ use crate::arch::{run_block_for, tile_kernel, Engine, TileKernel};
 use crate::error::{check_len, KernelError, Result};
 use crate::packed::{PackedA, PackedWeights, NR};
 use crate::requant::{Correction, OutAt, OutputStage, Tile};
-use crate::threading::{pool, PARALLEL_MIN_MACS};
+use crate::threading::{pool, threads_for};
 
 /// `out[M, N] = stage(A[M, K] · W[N, K]ᵀ)`, with exact i32 accumulation and zero-point
 /// correction. `threads` is the most worker threads to use (small problems use one).
@@ -43,11 +43,9 @@ pub fn gemm<S: OutputStage>(
     let kern = tile_kernel(engine, m);
     let groups = w.panels().div_ceil(kern.np);
     let macs = m.saturating_mul(n).saturating_mul(a.kp());
-    let threads = if macs < PARALLEL_MIN_MACS {
-        1
-    } else {
-        threads.max(1)
-    };
+    // parallelism sized by the work; the pool is the one of the thread setting
+    let pool_threads = threads.max(1);
+    let threads = threads_for(macs, pool_threads);
     let job = Job {
         kern,
         a,
@@ -78,7 +76,7 @@ pub fn gemm<S: OutputStage>(
             .map(|g0| g0..(g0 + per_task).min(groups))
             .collect();
         let parts: Vec<Mutex<Vec<S::Out>>> = tasks.iter().map(|_| Mutex::new(Vec::new())).collect();
-        pool(threads).run(tasks.len(), &|t| {
+        pool(pool_threads).run(tasks.len(), &|t| {
             let gs = tasks[t].clone();
             let c0 = gs.start * cols_per_group;
             let c1 = (gs.end * cols_per_group).min(n);
@@ -111,7 +109,7 @@ pub fn gemm<S: OutputStage>(
         let per_task = row_blocks.div_ceil(threads * 2).max(1) * kern.mr;
         let bands: Vec<Mutex<&mut [S::Out]>> =
             out.chunks_mut(per_task * n).map(Mutex::new).collect();
-        pool(threads).run(bands.len(), &|t| {
+        pool(pool_threads).run(bands.len(), &|t| {
             let mut band = bands[t].lock().unwrap_or_else(|e| e.into_inner());
             let r0 = t * per_task;
             let rows = r0..(r0 + per_task).min(m);
