@@ -71,3 +71,33 @@ class PackedLinear:
         out_dtype: str = "quint8",
         threads: int = 1,
     ) -> npt.NDArray[np.generic]: ...
+
+class PackedConv:
+    def __init__(
+        self,
+        weight: npt.NDArray[np.int8],
+        scales: npt.NDArray[np.float32],
+        zero_points: npt.NDArray[np.int32],
+        stride: list[int],
+        padding: list[int],
+        dilation: list[int],
+        groups: int,
+    ) -> None: ...
+    @property
+    def in_channels(self) -> int: ...
+    @property
+    def out_channels(self) -> int: ...
+    def conv_static(
+        self,
+        x: npt.NDArray[np.uint8],
+        x_scale: float,
+        x_zp: int,
+        bias: Optional[npt.NDArray[np.float32]],
+        out_scale: float,
+        out_zp: int,
+        qmin: int,
+        qmax: int,
+        relu: bool = False,
+        out_dtype: str = "quint8",
+        threads: int = 1,
+    ) -> npt.NDArray[np.generic]: ...

@@ -419,6 +419,129 @@ impl PackedLinear {
     }
 }
 
+/// Conv weights (int8 `[cout, cin/groups, kd, kh, kw]`) packed per group for this machine.
+#[pyclass(module = "ferroquant._core", frozen)]
+struct PackedConv {
+    inner: k::conv::PackedConv,
+}
+
+fn triple(v: Vec<usize>, what: &str) -> PyResult<[usize; 3]> {
+    <[usize; 3]>::try_from(v).map_err(|v| {
+        value_error(format!(
+            "{what} must have 3 entries (d, h, w), got {}",
+            v.len()
+        ))
+    })
+}
+
+#[pymethods]
+impl PackedConv {
+    #[new]
+    #[pyo3(signature = (weight, scales, zero_points, stride, padding, dilation, groups))]
+    #[allow(clippy::too_many_arguments)]
+    fn new(
+        py: Python<'_>,
+        weight: PyReadonlyArrayDyn<'_, i8>,
+        scales: PyReadonlyArray1<'_, f32>,
+        zero_points: PyReadonlyArray1<'_, i32>,
+        stride: Vec<usize>,
+        padding: Vec<usize>,
+        dilation: Vec<usize>,
+        groups: usize,
+    ) -> PyResult<Self> {
+        let shape = weight.shape().to_vec();
+        if shape.len() != 5 {
+            return Err(value_error(format!(
+                "conv weight must be 5-D [out, in/groups, kd, kh, kw] (1d/2d weights unsqueezed), got shape {shape:?}"
+            )));
+        }
+        let geom = k::conv::ConvGeometry {
+            kernel: [shape[2], shape[3], shape[4]],
+            stride: triple(stride, "stride")?,
+            padding: triple(padding, "padding")?,
+            dilation: triple(dilation, "dilation")?,
+            groups,
+        };
+        let w = contiguous(&weight, "weight")?;
+        let s = scales
+            .as_slice()
+            .map_err(|_| value_error("scales must be contiguous"))?;
+        let z = zero_points
+            .as_slice()
+            .map_err(|_| value_error("zero_points must be contiguous"))?;
+        let cin = shape[1] * groups;
+        let inner = py
+            .detach(|| k::conv::PackedConv::new(w, shape[0], cin, geom, s, z))
+            .map_err(to_py)?;
+        Ok(PackedConv { inner })
+    }
+
+    /// Static quantized conv on a channels-last quint8 input [N, D, H, W, C] → [N, OD, OH, OW, Cout].
+    #[pyo3(signature = (x, x_scale, x_zp, bias, out_scale, out_zp, qmin, qmax, relu=false, out_dtype="quint8", threads=1))]
+    #[allow(clippy::too_many_arguments)]
+    fn conv_static<'py>(
+        &self,
+        py: Python<'py>,
+        x: PyReadonlyArrayDyn<'py, u8>,
+        x_scale: f32,
+        x_zp: i32,
+        bias: Option<PyReadonlyArray1<'py, f32>>,
+        out_scale: f32,
+        out_zp: i32,
+        qmin: i32,
+        qmax: i32,
+        relu: bool,
+        out_dtype: &str,
+        threads: usize,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        let shape = x.shape().to_vec();
+        if shape.len() != 5 || shape[4] != self.inner.in_channels() {
+            return Err(value_error(format!(
+                "conv input must be channels-last [N, D, H, W, {}], got {shape:?}",
+                self.inner.in_channels()
+            )));
+        }
+        let xs = contiguous(&x, "input")?;
+        let b = bias_slice(&bias)?;
+        let (n, sp) = (shape[0], [shape[1], shape[2], shape[3]]);
+        let e = engine();
+        let pc = &self.inner;
+        let cout = pc.out_channels();
+        macro_rules! run {
+            ($t:ty) => {{
+                let (out, osp) = py
+                    .detach(|| {
+                        k::conv::conv_static::<$t>(
+                            e, xs, n, sp, x_scale, x_zp, pc, b, out_scale, out_zp, qmin, qmax,
+                            relu, threads,
+                        )
+                    })
+                    .map_err(to_py)?;
+                Ok(PyArray1::from_vec(py, out)
+                    .reshape(vec![n, osp[0], osp[1], osp[2], cout])?
+                    .into_any())
+            }};
+        }
+        match out_dtype {
+            "quint8" => run!(u8),
+            "qint8" => run!(i8),
+            other => Err(pyo3::exceptions::PyTypeError::new_err(format!(
+                "unsupported output dtype {other:?}; use quint8 or qint8"
+            ))),
+        }
+    }
+
+    #[getter]
+    fn in_channels(&self) -> usize {
+        self.inner.in_channels()
+    }
+
+    #[getter]
+    fn out_channels(&self) -> usize {
+        self.inner.out_channels()
+    }
+}
+
 #[pymodule]
 fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(available_engines, m)?)?;
@@ -433,6 +556,7 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(dequantize_per_tensor, m)?)?;
     m.add_function(wrap_pyfunction!(dequantize_per_channel, m)?)?;
     m.add_class::<PackedLinear>()?;
+    m.add_class::<PackedConv>()?;
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     Ok(())
 }

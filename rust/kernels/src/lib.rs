@@ -17,6 +17,7 @@
 // Micro-kernels index fixed-size register arrays by row and column on purpose.
 #[allow(clippy::needless_range_loop)]
 pub mod arch;
+pub mod conv;
 pub mod error;
 pub mod gemm;
 pub mod packed;
