@@ -89,7 +89,8 @@ from .qconfig import (
 )
 from .qconfig_mapping import QConfigMapping, get_default_qat_qconfig_mapping, get_default_qconfig_mapping
 from .qtensor import QTensor, dequantize, quantize_per_channel, quantize_per_tensor
-from .quantize import propagate_qconfig_, quantize_dynamic
+from .fuse_modules import fuse_modules
+from .quantize import convert, prepare, propagate_qconfig_, quantize, quantize_dynamic
 from .stubs import DeQuantStub, QuantStub, QuantWrapper
 
 __all__ = [name for name in dir() if not name.startswith("_")]

@@ -4,13 +4,57 @@ from __future__ import annotations
 
 from torch import nn
 
+from .nn import intrinsic as nni
+from .nn import quantized as nnq
+from .nn.intrinsic import quantized as nniq
 from .nn.quantized import dynamic as nnqd
+from .stubs import DeQuantStub, QuantStub
 
 #: Float module type → dynamic quantized module type (quantize_dynamic's default mapping).
 DEFAULT_DYNAMIC_QUANT_MODULE_MAPPINGS: dict[type, type] = {
     nn.Linear: nnqd.Linear,
 }
 
+#: Float (or fused) module type → static quantized module type (convert's default mapping).
+DEFAULT_STATIC_QUANT_MODULE_MAPPINGS: dict[type, type] = {
+    QuantStub: nnq.Quantize,
+    DeQuantStub: nnq.DeQuantize,
+    nn.Linear: nnq.Linear,
+    nn.Conv1d: nnq.Conv1d,
+    nn.Conv2d: nnq.Conv2d,
+    nn.Conv3d: nnq.Conv3d,
+    nni.LinearReLU: nniq.LinearReLU,
+    nni.ConvReLU1d: nniq.ConvReLU1d,
+    nni.ConvReLU2d: nniq.ConvReLU2d,
+    nni.ConvReLU3d: nniq.ConvReLU3d,
+    nn.ReLU6: nnq.ReLU6,
+    nn.Hardswish: nnq.Hardswish,
+    nn.Dropout: nnq.Dropout,
+    nnq.FloatFunctional: nnq.QFunctional,
+}
+
+#: torch.ao's own stub / FloatFunctional classes, recognised by name so models written for
+#: torch.ao convert too (ferroquant never imports torch.ao).
+TORCH_AO_EQUIVALENTS: dict[str, type] = {
+    "torch.ao.quantization.stubs.QuantStub": QuantStub,
+    "torch.ao.quantization.stubs.DeQuantStub": DeQuantStub,
+    "torch.ao.nn.quantized.modules.functional_modules.FloatFunctional": nnq.FloatFunctional,
+}
+
+#: Modules whose outputs need no observer of their own (they keep their input's qparams, or
+#: leave the quantized world).
+NO_OUTPUT_OBSERVER: set[type] = {DeQuantStub, nn.Dropout, nn.ReLU6}
+
 
 def get_default_dynamic_quant_module_mappings() -> dict[type, type]:
     return dict(DEFAULT_DYNAMIC_QUANT_MODULE_MAPPINGS)
+
+
+def get_default_static_quant_module_mappings() -> dict[type, type]:
+    return dict(DEFAULT_STATIC_QUANT_MODULE_MAPPINGS)
+
+
+def canonical_type(mod: nn.Module) -> type:
+    """The module's type, with torch.ao's stubs mapped to ferroquant's."""
+    t = type(mod)
+    return TORCH_AO_EQUIVALENTS.get(f"{t.__module__}.{t.__qualname__}", t)

@@ -454,3 +454,45 @@ def dequantize(input: Union[QTensor, torch.Tensor]) -> torch.Tensor:
     if isinstance(input, torch.Tensor) and input.is_floating_point():
         return input
     raise TypeError(f"dequantize expects a ferroquant QTensor, got {type(input).__name__}")
+
+
+def _avg_pool(fn: Callable) -> Callable:
+    """Average pooling on the integers: ``rne(mean(q − zp)) + zp`` (NUMERICS §3.5, the
+    channels-last rule), qparams unchanged. Sums of 8-bit values are exact in float32."""
+
+    def pooled(x: QTensor, *args: Any, **kwargs: Any) -> QTensor:
+        x._need_per_tensor(fn.__name__)
+        d, z = x.int_repr(), x.q_zero_point()
+        mean = fn((d.to(torch.float32) - z), *args, **kwargs)
+        q = torch.clamp(torch.round(mean) + z, x.dtype.qmin, x.dtype.qmax)
+        return x._with_data(q.to(d.dtype))
+
+    return pooled
+
+
+for _f in (F.avg_pool1d, F.avg_pool2d, F.avg_pool3d, F.adaptive_avg_pool1d, F.adaptive_avg_pool2d,
+           F.adaptive_avg_pool3d, torch.avg_pool1d, torch.adaptive_avg_pool1d):
+    _HANDLED[_f] = _avg_pool(_f)
+_HANDLED[F.max_pool3d] = _float_pool(F.max_pool3d)
+
+
+@_handles(F.dropout, torch.dropout)
+def _dropout(x: QTensor, p: float = 0.5, training: bool = False, inplace: bool = False) -> QTensor:
+    if training:
+        raise TypeError("dropout in training mode is not supported on QTensors; call model.eval() first")
+    return x
+
+
+@_handles(F.relu6)
+def _relu6(x: QTensor, inplace: bool = False) -> QTensor:
+    x._need_per_tensor("relu6")
+    q6 = quantize_per_tensor(torch.tensor([6.0]), x.q_scale(), x.q_zero_point(), x.dtype).int_repr()[0].item()
+    return x._with_data(torch.clamp(x.int_repr(), min=x.q_zero_point(), max=q6))
+
+
+@_handles(F.hardtanh)
+def _hardtanh(x: QTensor, min_val: float = -1.0, max_val: float = 1.0, inplace: bool = False) -> QTensor:
+    x._need_per_tensor("hardtanh")
+    bounds = quantize_per_tensor(torch.tensor([min_val, max_val]), x.q_scale(), x.q_zero_point(), x.dtype)
+    lo, hi = bounds.int_repr().tolist()
+    return x._with_data(torch.clamp(x.int_repr(), min=lo, max=hi))

@@ -1,19 +1,25 @@
-"""The eager-mode workflow: ``propagate_qconfig_`` and ``quantize_dynamic`` (static
-``prepare`` / ``convert`` arrive with the eager static quantization work)."""
+"""The eager-mode workflow: ``propagate_qconfig_``, ``prepare``, ``convert``, ``quantize`` and
+``quantize_dynamic``, with torch.ao's names and arguments."""
 
 from __future__ import annotations
 
 import copy
-from typing import Any, Optional, Union
+import warnings
+from typing import Any, Callable, Optional, Union
 
 import torch
 from torch import nn
 
 from ._dtypes import qint8, to_qdtype
-from .mappings import get_default_dynamic_quant_module_mappings
+from .mappings import (
+    NO_OUTPUT_OBSERVER,
+    canonical_type,
+    get_default_dynamic_quant_module_mappings,
+    get_default_static_quant_module_mappings,
+)
 from .qconfig import QConfig, default_dynamic_qconfig
 
-__all__ = ["propagate_qconfig_", "quantize_dynamic"]
+__all__ = ["propagate_qconfig_", "prepare", "convert", "quantize", "quantize_dynamic"]
 
 QConfigSpec = Union[dict[Any, Optional[QConfig]], set, None]
 
@@ -100,4 +106,127 @@ def quantize_dynamic(
     propagate_qconfig_(model, spec)
     _swap_modules(model, mapping)
     _remove_qconfig(model)
+    return model
+
+
+_engine_warned = False
+
+
+def _warn_torch_engine() -> None:
+    """torch.backends.quantized.engine plays no role in ferroquant: say so once if it was set."""
+    global _engine_warned
+    engine = torch.backends.quantized.engine
+    default = "qnnpack" if "arm" in str(torch.backends.cpu.get_cpu_capability()).lower() else "x86"
+    if not _engine_warned and engine not in (default, "none"):
+        _engine_warned = True
+        warnings.warn(
+            f"torch.backends.quantized.engine = {engine!r} is ignored by ferroquant: results do not depend "
+            "on an engine. To pick an ISA path use ferroquant.backends.engine.",
+            UserWarning,
+            stacklevel=3,
+        )
+
+
+def _observer_hook(module: nn.Module, inputs: Any, output: Any) -> None:
+    module.activation_post_process(output)
+
+
+def _add_observers(module: nn.Module, mapping: dict[type, type], prefix: str,
+                   custom: dict[type, type]) -> None:
+    for name, child in list(module.named_children()):
+        full = f"{prefix}.{name}" if prefix else name
+        kind = canonical_type(child)
+        qconfig = getattr(child, "qconfig", None)
+        if kind in custom and qconfig is not None:
+            observed = custom[kind].from_float(child)
+            setattr(module, name, observed)
+            continue
+        if kind.__name__ == "FloatFunctional" and qconfig is not None:
+            obs = qconfig.activation()
+            obs._owner_name = full
+            child.activation_post_process = obs
+            continue
+        if kind in mapping and kind not in NO_OUTPUT_OBSERVER and qconfig is not None:
+            obs = qconfig.activation()
+            obs._owner_name = full
+            child.add_module("activation_post_process", obs)
+            child._fq_observer_hook = child.register_forward_hook(_observer_hook)
+            continue
+        _add_observers(child, mapping, full, custom)
+
+
+def prepare(model: nn.Module, inplace: bool = False, allow_list: Optional[set] = None,
+            observer_non_leaf_module_list: Optional[set] = None,
+            prepare_custom_config_dict: Optional[dict] = None) -> nn.Module:
+    """Attaches observers for static quantization: propagates ``model.qconfig`` (and per-module
+    qconfigs; ``qconfig = None`` keeps a submodule float), then gives every quantizable module
+    (QuantStub, Linear, Conv, fused modules, Hardswish, FloatFunctional, ...) an output observer.
+    Run calibration data through the result, then ``convert`` it."""
+    _warn_torch_engine()
+    if not inplace:
+        model = copy.deepcopy(model)
+    propagate_qconfig_(model)
+    mapping = get_default_static_quant_module_mappings()
+    if allow_list is not None:
+        mapping = {k: v for k, v in mapping.items() if k in allow_list}
+    custom = dict((prepare_custom_config_dict or {}).get("float_to_observed_custom_module_class", {}))
+    if not any(getattr(m, "qconfig", None) is not None for m in model.modules()):
+        warnings.warn("prepare: no module has a qconfig, so nothing will be observed; set model.qconfig",
+                      UserWarning, stacklevel=2)
+    _add_observers(model, mapping, "", custom)
+    return model
+
+
+def _strip_observers(module: nn.Module) -> None:
+    for m in module.modules():
+        hook = m.__dict__.pop("_fq_observer_hook", None)
+        if hook is not None:
+            hook.remove()
+        if "activation_post_process" in m._modules and not hasattr(type(m), "from_float"):
+            del m._modules["activation_post_process"]
+
+
+def _swap(module: nn.Module, mapping: dict[type, type], prefix: str, custom: dict[type, type]) -> None:
+    for name, child in list(module.named_children()):
+        full = f"{prefix}.{name}" if prefix else name
+        kind = type(child) if type(child) in custom else canonical_type(child)
+        target = custom.get(kind) or mapping.get(kind)
+        # only parts with a qconfig are quantized (qconfig = None keeps a submodule float)
+        if target is not None and getattr(child, "qconfig", None) is not None:
+            new = target.from_float(child)
+            new._fq_name = full
+            setattr(module, name, new)
+        else:
+            _swap(child, mapping, full, custom)
+
+
+def convert(module: nn.Module, mapping: Optional[dict[type, type]] = None, inplace: bool = False,
+            remove_qconfig: bool = True, is_reference: bool = False,
+            convert_custom_config_dict: Optional[dict] = None, use_precomputed_fake_quant: bool = False) -> nn.Module:
+    """Swaps observed modules for quantized ones: QuantStub → Quantize, DeQuantStub →
+    DeQuantize, Linear / Conv / fused modules → their quantized versions with the observed
+    output qparams and int8 weights. An observer that saw no data raises (decision D5)."""
+    if is_reference:
+        raise NotImplementedError("reference quantized modules are not available; use is_reference=False")
+    _warn_torch_engine()
+    if not inplace:
+        module = copy.deepcopy(module)
+    custom = dict((convert_custom_config_dict or {}).get("observed_to_quantized_custom_module_class", {}))
+    _swap(module, mapping or get_default_static_quant_module_mappings(), "", custom)
+    _strip_observers(module)
+    if remove_qconfig:
+        _remove_qconfig(module)
+    return module
+
+
+def quantize(model: nn.Module, run_fn: Callable[..., Any], run_args: Any, mapping: Optional[dict[type, type]] = None,
+             inplace: bool = False) -> nn.Module:
+    """Post-training static quantization in one call: prepare, ``run_fn(model, *run_args)`` to
+    calibrate, convert."""
+    if not inplace:
+        model = copy.deepcopy(model)
+    model.eval()
+    prepare(model, inplace=True)
+    run_fn(model, *(run_args if isinstance(run_args, (list, tuple)) else [run_args]))
+    convert(model, mapping, inplace=True)
     return model

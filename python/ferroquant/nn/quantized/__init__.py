@@ -1,5 +1,11 @@
 """Quantized modules (``torch.ao.nn.quantized``). Dynamic modules live in ``.dynamic``."""
 
 from . import dynamic  # noqa: F401
+from .activation import Hardswish, ReLU6
+from .conv import Conv1d, Conv2d, Conv3d
+from .functional_modules import FloatFunctional, QFunctional
+from .linear import Linear
+from .misc import DeQuantize, Dropout, Quantize
 
-__all__ = ["dynamic"]
+__all__ = ["dynamic", "Linear", "Conv1d", "Conv2d", "Conv3d", "ReLU6", "Hardswish", "FloatFunctional",
+           "QFunctional", "Quantize", "DeQuantize", "Dropout"]

@@ -1,4 +1,6 @@
-"""``torch.ao.nn.intrinsic.quantized`` counterpart: planned with the static and QAT workflows;
-nothing is exported yet."""
+"""Fused quantized modules (``torch.ao.nn.intrinsic.quantized``)."""
 
-__all__: list[str] = []
+from ...quantized.conv import ConvReLU1d, ConvReLU2d, ConvReLU3d
+from ...quantized.linear import LinearReLU
+
+__all__ = ["LinearReLU", "ConvReLU1d", "ConvReLU2d", "ConvReLU3d"]

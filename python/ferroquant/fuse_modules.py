@@ -1,0 +1,124 @@
+"""``fuse_modules``: fold BatchNorm into the conv / linear before it and merge a following ReLU,
+as torch.ao does in eval mode (BN folded with ``torch.nn.utils.fusion``: W·γ/√(var+ε), the
+rsqrt form of NUMERICS §4.4)."""
+
+from __future__ import annotations
+
+import copy
+from typing import Any, Callable, Optional, Sequence, Union
+
+from torch import nn
+from torch.nn.utils.fusion import fuse_conv_bn_eval, fuse_linear_bn_eval
+
+from .nn import intrinsic as nni
+
+__all__ = ["fuse_modules", "fuse_known_modules", "get_fuser_method"]
+
+_CONV = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
+_BN = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
+_CONV_RELU = {nn.Conv1d: nni.ConvReLU1d, nn.Conv2d: nni.ConvReLU2d, nn.Conv3d: nni.ConvReLU3d}
+_BN_RELU = {nn.BatchNorm2d: nni.BNReLU2d, nn.BatchNorm3d: nni.BNReLU3d}
+
+
+def _need_eval(*mods: nn.Module) -> None:
+    if any(m.training for m in mods):
+        raise ValueError(
+            "fuse_modules folds BatchNorm with its running statistics and needs the model in eval mode; call "
+            "model.eval() first (quantization-aware training fusion, fuse_modules_qat, is not available yet)"
+        )
+
+
+def _conv_bn(conv: nn.Module, bn: nn.Module) -> nn.Module:
+    _need_eval(conv, bn)
+    return fuse_conv_bn_eval(conv, bn)
+
+
+def _conv_bn_relu(conv: nn.Module, bn: nn.Module, relu: nn.Module) -> nn.Module:
+    return _CONV_RELU[type(conv)](_conv_bn(conv, bn), relu)
+
+
+def _conv_relu(conv: nn.Module, relu: nn.Module) -> nn.Module:
+    return _CONV_RELU[type(conv)](conv, relu)
+
+
+def _linear_relu(linear: nn.Module, relu: nn.Module) -> nn.Module:
+    return nni.LinearReLU(linear, relu)
+
+
+def _linear_bn(linear: nn.Module, bn: nn.Module) -> nn.Module:
+    _need_eval(linear, bn)
+    return fuse_linear_bn_eval(linear, bn)
+
+
+def _bn_relu(bn: nn.Module, relu: nn.Module) -> nn.Module:
+    if type(bn) not in _BN_RELU:
+        raise NotImplementedError(f"BN + ReLU fusion supports BatchNorm2d/3d, got {type(bn).__name__}")
+    return _BN_RELU[type(bn)](bn, relu)
+
+
+_FUSERS: dict[tuple[type, ...], Callable[..., nn.Module]] = {}
+for _c in _CONV:
+    for _b in _BN:
+        _FUSERS[(_c, _b)] = _conv_bn
+        _FUSERS[(_c, _b, nn.ReLU)] = _conv_bn_relu
+    _FUSERS[(_c, nn.ReLU)] = _conv_relu
+_FUSERS[(nn.Linear, nn.ReLU)] = _linear_relu
+for _b in _BN:
+    _FUSERS[(nn.Linear, _b)] = _linear_bn
+    _FUSERS[(_b, nn.ReLU)] = _bn_relu
+
+
+def get_fuser_method(op_list: tuple[type, ...], additional_fuser_method_mapping: Optional[dict] = None) -> Callable:
+    mapping = {**_FUSERS, **(additional_fuser_method_mapping or {})}
+    fuser = mapping.get(tuple(op_list))
+    if fuser is None:
+        supported = ", ".join("[" + ", ".join(t.__name__ for t in k) + "]" for k in _FUSERS)
+        raise NotImplementedError(f"cannot fuse {[t.__name__ for t in op_list]}; supported: {supported}")
+    return fuser
+
+
+def fuse_known_modules(mod_list: Sequence[nn.Module], is_qat: bool = False,
+                       additional_fuser_method_mapping: Optional[dict] = None) -> list[nn.Module]:
+    """The fused module first, then ``nn.Identity`` for the others (so forward stays valid)."""
+    if is_qat:
+        raise NotImplementedError("quantization-aware training fusion (fuse_modules_qat) is not available yet")
+    fuser = get_fuser_method(tuple(type(m) for m in mod_list), additional_fuser_method_mapping)
+    fused = fuser(*mod_list)
+    out: list[nn.Module] = [fused] + [nn.Identity() for _ in mod_list[1:]]
+    # keep hooks of the last module on the fused one, as torch does
+    for hook in mod_list[-1]._forward_hooks.values():
+        fused.register_forward_hook(hook)
+    return out
+
+
+def _get(model: nn.Module, name: str) -> nn.Module:
+    try:
+        return model.get_submodule(name)
+    except AttributeError:
+        raise AttributeError(f"fuse_modules: the model has no submodule named {name!r}") from None
+
+
+def _set(model: nn.Module, name: str, value: nn.Module) -> None:
+    parent, _, leaf = name.rpartition(".")
+    setattr(model.get_submodule(parent) if parent else model, leaf, value)
+
+
+def fuse_modules(model: nn.Module, modules_to_fuse: Union[Sequence[str], Sequence[Sequence[str]]],
+                 inplace: bool = False, fuser_func: Callable[..., list[nn.Module]] = fuse_known_modules,
+                 fuse_custom_config_dict: Optional[dict[str, Any]] = None) -> nn.Module:
+    """Fuses each list of submodule names (e.g. ``[["conv1", "bn1", "relu1"], ["fc", "relu"]]``,
+    nested names like ``"layer1.0.conv1"`` work): [Conv, BN], [Conv, BN, ReLU], [Conv, ReLU],
+    [Linear, ReLU], [Linear, BN], [BN, ReLU] (1d/2d/3d)."""
+    if not inplace:
+        model = copy.deepcopy(model)
+    groups = [modules_to_fuse] if modules_to_fuse and isinstance(modules_to_fuse[0], str) else modules_to_fuse
+    extra = (fuse_custom_config_dict or {}).get("additional_fuser_method_mapping")
+    for names in groups:
+        mods = [_get(model, n) for n in names]
+        if fuser_func is fuse_known_modules:
+            new = fuser_func(mods, additional_fuser_method_mapping=extra)
+        else:
+            new = fuser_func(mods)
+        for n, m in zip(names, new):
+            _set(model, n, m)
+    return model

@@ -1,0 +1,179 @@
+"""Static quantized convolutions (``torch.ao.nn.quantized.Conv1d/2d/3d``) and fused ReLU variants.
+
+Activations stay channels-last inside QTensor (a 4-D QTensor's data is ``channels_last``, a
+5-D one ``channels_last_3d``), so consecutive convs never transpose. Padding uses the input zero
+point. ``padding`` may be an int, a tuple, ``"valid"`` or ``"same"``; ``padding_mode="zeros"``.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Union
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..._core import PackedConv
+
+from ..._threads import get_num_threads
+from ...qtensor import QTensor
+from ._static import OutputQParams, output_qparams, require_qtensor
+from ._weights import WeightedQuantModule, quantize_weight
+
+__all__ = ["Conv1d", "Conv2d", "Conv3d", "ConvReLU1d", "ConvReLU2d", "ConvReLU3d"]
+
+
+def _tuple(v: Union[int, tuple, list], n: int) -> tuple[int, ...]:
+    return tuple(v) if isinstance(v, (tuple, list)) else (int(v),) * n
+
+
+class _ConvNd(OutputQParams, WeightedQuantModule):
+    _NDIM = 2
+    _FUSED_RELU = False
+    _FLOAT = nn.Conv2d
+    _version = 1
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size: Any, stride: Any = 1, padding: Any = 0,
+                 dilation: Any = 1, groups: int = 1, bias: bool = True, padding_mode: str = "zeros",
+                 device: Any = None, dtype: Any = None) -> None:
+        super().__init__()
+        n = self._NDIM
+        if padding_mode != "zeros":
+            raise NotImplementedError(f"quantized conv supports padding_mode='zeros', got {padding_mode!r}")
+        if in_channels % groups or out_channels % groups:
+            raise ValueError(f"in_channels ({in_channels}) and out_channels ({out_channels}) must be divisible by "
+                             f"groups ({groups})")
+        self.in_channels, self.out_channels, self.groups = in_channels, out_channels, groups
+        self.kernel_size = _tuple(kernel_size, n)
+        self.stride = _tuple(stride, n)
+        self.dilation = _tuple(dilation, n)
+        self.padding: Any = padding if isinstance(padding, str) else _tuple(padding, n)
+        if isinstance(padding, str) and padding not in ("same", "valid"):
+            raise ValueError(f"padding must be an int, a tuple, 'same' or 'valid', got {padding!r}")
+        if padding == "same" and any(s != 1 for s in self.stride):
+            raise ValueError("padding='same' needs stride 1 (as in torch)")
+        self.padding_mode = padding_mode
+        self._init_output()
+        self._init_weight_storage((out_channels, in_channels // groups, *self.kernel_size), bias)
+        self._rebuild()
+
+    def _pads(self) -> list[tuple[int, int]]:
+        """(before, after) padding per spatial dim."""
+        if self.padding == "valid":
+            return [(0, 0)] * self._NDIM
+        if self.padding == "same":
+            out = []
+            for k, d in zip(self.kernel_size, self.dilation):
+                total = d * (k - 1)
+                out.append((total // 2, total - total // 2))
+            return out
+        return [(p, p) for p in self.padding]
+
+    def _rebuild(self) -> None:
+        w5 = self._w.reshape(self.out_channels, self.in_channels // self.groups,
+                             *([1] * (3 - self._NDIM)), *self.kernel_size)
+        pads = [p for p, _ in self._pads()]
+        lift = lambda t: [1] * (3 - self._NDIM) + list(t)  # noqa: E731
+        self._packed = PackedConv(
+            w5.contiguous().numpy(), self._w_scale.numpy(), self._w_zp.to(torch.int32).numpy(),
+            lift(self.stride), [0] * (3 - self._NDIM) + pads, lift(self.dilation), self.groups,
+        )
+        self._bias_np = None if self._bias is None else self._bias.numpy()
+
+    def forward(self, x: QTensor) -> QTensor:
+        q = require_qtensor(self, x)
+        nd = self._NDIM
+        if q.dim() != nd + 2 or q.shape[1] != self.in_channels:
+            raise ValueError(f"{type(self).__name__} expects input [N, {self.in_channels}, {'x'.join('*' * nd)}], "
+                             f"got {list(q.shape)}")
+        d = q.int_repr()
+        if d.dtype != torch.uint8:
+            raise TypeError(f"{type(self).__name__} expects quint8 activations, got {q.dtype}")
+        zp = q.q_zero_point()
+        extra = [after - before for before, after in self._pads()]
+        if any(extra):  # asymmetric 'same' padding: pad the far side with the zero point
+            pad_arg: list[int] = []
+            for e in reversed(extra):
+                pad_arg += [0, e]
+            d = F.pad(d.float(), pad_arg, value=float(zp)).to(torch.uint8)
+        # channels-last view [N, D, H, W, C] (a no-copy view when the data is channels-last)
+        cl = d.movedim(1, -1)
+        spatial = list(cl.shape[1:-1])
+        x5 = cl.reshape(cl.shape[0], *([1] * (3 - nd)), *spatial, self.in_channels).contiguous()
+        out = self._packed.conv_static(
+            x5.numpy(), q.q_scale(), zp, self._bias_np, self.scale, self.zero_point, self.quant_min,
+            self.quant_max, self._FUSED_RELU, self._out_dtype.name, get_num_threads(),
+        )
+        y = torch.from_numpy(out)  # [N, OD, OH, OW, C]
+        y = y.reshape(y.shape[0], *y.shape[4 - nd:4], self.out_channels).movedim(-1, 1)
+        return QTensor(y, self.scale, self.zero_point, self._out_dtype)
+
+    def _get_name(self) -> str:
+        return f"Quantized{type(self).__name__}"
+
+    def extra_repr(self) -> str:
+        return (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, stride={self.stride}, "
+                f"{self._output_repr()}, padding={self.padding}, dilation={self.dilation}, groups={self.groups}")
+
+    def _save_to_state_dict(self, destination: dict, prefix: str, keep_vars: bool) -> None:
+        super()._save_to_state_dict(destination, prefix, keep_vars)
+        self._save_output(destination, prefix)
+
+    def _load_from_state_dict(self, state_dict: dict, prefix: str, local_metadata: dict, strict: bool,
+                              missing_keys: list, unexpected_keys: list, error_msgs: list) -> None:
+        self._load_output(state_dict, prefix, missing_keys)
+        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
+                                      error_msgs)
+
+    @classmethod
+    def from_float(cls, mod: nn.Module, use_precomputed_fake_quant: bool = False) -> _ConvNd:
+        """From an observed float conv (or fused ConvReLU) after calibration."""
+        observer = getattr(mod, "activation_post_process", None)
+        conv = mod[0] if isinstance(mod, nn.Sequential) else mod
+        if not isinstance(conv, cls._FLOAT):
+            raise TypeError(f"{cls.__name__}.from_float expects an {cls._FLOAT.__name__}, got {type(conv).__name__}")
+        qconfig = getattr(mod, "qconfig", None)
+        if qconfig is None:
+            raise ValueError(f"{type(mod).__name__} has no qconfig; run prepare() with a qconfig first")
+        scale, zp, qmin, qmax, dtype = output_qparams(observer, type(mod).__name__)
+        qweight = quantize_weight(conv.weight, qconfig.weight())
+        q = cls(conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding, conv.dilation,
+                conv.groups, conv.bias is not None, conv.padding_mode)
+        q._init_output(scale, zp, qmin, qmax, dtype)
+        q.set_weight_bias(qweight, None if conv.bias is None else conv.bias.detach())
+        return q
+
+
+class Conv1d(_ConvNd):
+    _NDIM = 1
+    _FLOAT = nn.Conv1d
+
+
+class Conv2d(_ConvNd):
+    _NDIM = 2
+    _FLOAT = nn.Conv2d
+
+
+class Conv3d(_ConvNd):
+    _NDIM = 3
+    _FLOAT = nn.Conv3d
+
+
+class ConvReLU1d(Conv1d):
+    """Conv1d with a fused ReLU (outputs clamp at the output zero point)."""
+
+    _FUSED_RELU = True
+
+
+class ConvReLU2d(Conv2d):
+    """Conv2d with a fused ReLU (outputs clamp at the output zero point)."""
+
+    _FUSED_RELU = True
+
+
+class ConvReLU3d(Conv3d):
+    """Conv3d with a fused ReLU (outputs clamp at the output zero point)."""
+
+    _FUSED_RELU = True
+
+

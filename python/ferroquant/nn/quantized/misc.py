@@ -1,0 +1,101 @@
+"""Quantize / DeQuantize (what QuantStub / DeQuantStub become) and Dropout (identity)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..._dtypes import quint8, to_qdtype
+from ...qtensor import QTensor, quantize_per_tensor
+from ._static import OutputQParams, output_qparams
+
+__all__ = ["Quantize", "DeQuantize", "Dropout"]
+
+
+class Quantize(OutputQParams, nn.Module):
+    """float → QTensor with fixed qparams (D3 rounding), clamped to the observer's range.
+    4-D / 5-D activations are stored channels-last."""
+
+    def __init__(self, scale: float = 1.0, zero_point: int = 0, dtype: Any = quint8, factory_kwargs: Any = None) -> None:
+        super().__init__()
+        self._init_output(scale, zero_point, to_qdtype(dtype).qmin, to_qdtype(dtype).qmax, dtype)
+        self.dtype = to_qdtype(dtype)
+
+    def forward(self, x: torch.Tensor) -> QTensor:
+        if isinstance(x, QTensor):
+            raise TypeError("Quantize received a QTensor that is already quantized; remove the extra QuantStub")
+        if not isinstance(x, torch.Tensor) or not x.is_floating_point():
+            raise TypeError(f"Quantize expects a float tensor, got {getattr(x, 'dtype', type(x).__name__)}")
+        if x.dim() == 4:
+            x = x.contiguous(memory_format=torch.channels_last)
+        elif x.dim() == 5:
+            x = x.contiguous(memory_format=torch.channels_last_3d)
+        q = quantize_per_tensor(x.movedim(1, -1) if x.dim() in (4, 5) else x, self.scale, self.zero_point, self.dtype)
+        data = q.int_repr()
+        if self.quant_min > self.dtype.qmin or self.quant_max < self.dtype.qmax:
+            data = torch.clamp(data, self.quant_min, self.quant_max)
+        if x.dim() in (4, 5):
+            data = data.movedim(-1, 1)  # logical NC..., memory channels-last
+        return QTensor(data, self.scale, self.zero_point, self.dtype)
+
+    def _get_name(self) -> str:
+        return "Quantize"
+
+    def extra_repr(self) -> str:
+        return f"{self._output_repr()}, dtype={self.dtype}"
+
+    def _save_to_state_dict(self, destination: dict, prefix: str, keep_vars: bool) -> None:
+        super()._save_to_state_dict(destination, prefix, keep_vars)
+        self._save_output(destination, prefix)
+
+    def _load_from_state_dict(self, state_dict: dict, prefix: str, local_metadata: dict, strict: bool,
+                              missing_keys: list, unexpected_keys: list, error_msgs: list) -> None:
+        self._load_output(state_dict, prefix, missing_keys)
+        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
+                                      error_msgs)
+
+    @classmethod
+    def from_float(cls, mod: nn.Module, use_precomputed_fake_quant: bool = False) -> Quantize:
+        scale, zp, qmin, qmax, dtype = output_qparams(getattr(mod, "activation_post_process", None), "QuantStub")
+        q = cls(scale, zp, dtype)
+        q._init_output(scale, zp, qmin, qmax, dtype)
+        return q
+
+
+class DeQuantize(nn.Module):
+    """QTensor → float32."""
+
+    def forward(self, x: Any) -> torch.Tensor:
+        if isinstance(x, QTensor):
+            return x.dequantize()
+        if isinstance(x, torch.Tensor):
+            raise TypeError("DeQuantize received a float tensor; remove the extra DeQuantStub or add a QuantStub "
+                            "before the quantized part")
+        raise TypeError(f"DeQuantize expects a QTensor, got {type(x).__name__}")
+
+    def _get_name(self) -> str:
+        return "DeQuantize"
+
+    @classmethod
+    def from_float(cls, mod: nn.Module, use_precomputed_fake_quant: bool = False) -> DeQuantize:
+        return cls()
+
+
+class Dropout(nn.Module):
+    """Identity on quantized activations (inference)."""
+
+    def __init__(self, p: float = 0.5, inplace: bool = False) -> None:
+        super().__init__()
+        self.p, self.inplace = p, inplace
+
+    def forward(self, x: Any) -> Any:
+        return x
+
+    def _get_name(self) -> str:
+        return "QuantizedDropout"
+
+    @classmethod
+    def from_float(cls, mod: nn.Module, use_precomputed_fake_quant: bool = False) -> Dropout:
+        return cls(getattr(mod, "p", 0.5), getattr(mod, "inplace", False))
