@@ -143,7 +143,16 @@ def test_top_level_reexports():
 def test_signatures_match_torch():
     import torch.ao.quantization as tq
 
-    for name in ["quantize_dynamic", "propagate_qconfig_", "get_default_qconfig", "get_default_qat_qconfig"]:
+    for name in [
+        "quantize_dynamic",
+        "propagate_qconfig_",
+        "get_default_qconfig",
+        "get_default_qat_qconfig",
+        "prepare",
+        "convert",
+        "quantize",
+        "fuse_modules",
+    ]:
         ours = list(inspect.signature(getattr(fq, name)).parameters)
         theirs = list(inspect.signature(getattr(tq, name)).parameters)
         assert ours == theirs, (name, ours, theirs)

@@ -6,13 +6,12 @@ import copy
 import io
 import warnings
 
+import ferroquant as fq
 import pytest
 import torch
 import torch.ao.nn.quantized as tnnq
 import torch.ao.quantization as tq
 from torch import nn
-
-import ferroquant as fq
 
 
 def _qconfigs(per_channel: bool = True, reduce_range: bool = False):
@@ -79,13 +78,30 @@ CASES = {
     "conv2d_groups_dilation": (lambda: nn.Conv2d(4, 6, 3, padding=2, dilation=2, groups=2), (2, 4, 10, 9), None),
     "conv3d": (lambda: nn.Conv3d(2, 4, 3, padding=1), (2, 2, 5, 6, 6), None),
     "conv_relu": (lambda: nn.Sequential(nn.Conv2d(3, 8, 3), nn.ReLU()), (4, 3, 10, 10), [["body.0", "body.1"]]),
-    "conv_bn_relu": (lambda: nn.Sequential(nn.Conv2d(3, 8, 3), nn.BatchNorm2d(8), nn.ReLU()), (4, 3, 10, 10),
-                     [["body.0", "body.1", "body.2"]]),
+    "conv_bn_relu": (
+        lambda: nn.Sequential(nn.Conv2d(3, 8, 3), nn.BatchNorm2d(8), nn.ReLU()),
+        (4, 3, 10, 10),
+        [["body.0", "body.1", "body.2"]],
+    ),
     "linear_bn": (lambda: nn.Sequential(nn.Linear(16, 8), nn.BatchNorm1d(8)), (32, 16), [["body.0", "body.1"]]),
-    "pools": (lambda: nn.Sequential(nn.Conv2d(3, 4, 3), nn.MaxPool2d(2), nn.AvgPool2d(2), nn.Conv2d(4, 4, 1),
-                                    nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 3)), (4, 3, 14, 14), None),
-    "relu6_hardswish": (lambda: nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU6(), nn.Conv2d(4, 4, 1), nn.Hardswish()),
-                        (4, 3, 10, 10), None),
+    "pools": (
+        lambda: nn.Sequential(
+            nn.Conv2d(3, 4, 3),
+            nn.MaxPool2d(2),
+            nn.AvgPool2d(2),
+            nn.Conv2d(4, 4, 1),
+            nn.AdaptiveAvgPool2d(1),
+            nn.Flatten(),
+            nn.Linear(4, 3),
+        ),
+        (4, 3, 14, 14),
+        None,
+    ),
+    "relu6_hardswish": (
+        lambda: nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU6(), nn.Conv2d(4, 4, 1), nn.Hardswish()),
+        (4, 3, 10, 10),
+        None,
+    ),
     "dropout": (lambda: nn.Sequential(nn.Linear(8, 8), nn.Dropout(0.3), nn.ReLU()), (16, 8), None),
 }
 
@@ -100,8 +116,10 @@ def test_modules_match_torch_within_one_lsb(case, per_channel):
     co, ct, a, b = _both(make, calib, test, per_channel=per_channel, fuse=fuse)
     _assert_within_one_lsb(a, b, _out_scale(ct))
     # int8 weights and qparams equal torch's
-    for mo, mt in zip([m for m in co.modules() if hasattr(m, "_w")],
-                      [m for m in ct.modules() if hasattr(m, "weight") and callable(m.weight)]):
+    for mo, mt in zip(
+        [m for m in co.modules() if hasattr(m, "_w")],
+        [m for m in ct.modules() if hasattr(m, "weight") and callable(m.weight)],
+    ):
         wt = mt.weight()
         assert torch.equal(mo.weight().int_repr(), wt.int_repr())
         assert mo.scale == pytest.approx(float(mt.scale), rel=0, abs=0)
@@ -298,8 +316,12 @@ def test_docs_static_example():
 
 def test_fuse_modules_folds_bn_like_torch_and_handles_nested_names():
     torch.manual_seed(0)
-    m = nn.Sequential(nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.ReLU()),
-                      nn.Sequential(nn.Linear(4, 4), nn.ReLU()), nn.BatchNorm2d(4), nn.ReLU())
+    m = nn.Sequential(
+        nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.ReLU()),
+        nn.Sequential(nn.Linear(4, 4), nn.ReLU()),
+        nn.BatchNorm2d(4),
+        nn.ReLU(),
+    )
     with torch.no_grad():
         m[0][1].running_mean.uniform_(-1, 1)
         m[0][1].running_var.uniform_(0.5, 2)

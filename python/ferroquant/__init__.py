@@ -13,7 +13,6 @@ from . import (
     observer,
     qconfig,
     qconfig_mapping,
-    quantize,
     quantize_fx,
     stubs,
 )
@@ -46,6 +45,7 @@ from .fake_quantize import (
     enable_fake_quant,
     enable_observer,
 )
+from .fuse_modules import fuse_modules
 from .observer import (
     CalibrationError,
     FixedQParamsObserver,
@@ -89,7 +89,8 @@ from .qconfig import (
 )
 from .qconfig_mapping import QConfigMapping, get_default_qat_qconfig_mapping, get_default_qconfig_mapping
 from .qtensor import QTensor, dequantize, quantize_per_channel, quantize_per_tensor
-from .fuse_modules import fuse_modules
+
+# as in torch.ao, the names quantize and fuse_modules are the functions (the modules stay importable)
 from .quantize import convert, prepare, propagate_qconfig_, quantize, quantize_dynamic
 from .stubs import DeQuantStub, QuantStub, QuantWrapper
 

@@ -77,8 +77,9 @@ def get_fuser_method(op_list: tuple[type, ...], additional_fuser_method_mapping:
     return fuser
 
 
-def fuse_known_modules(mod_list: Sequence[nn.Module], is_qat: bool = False,
-                       additional_fuser_method_mapping: Optional[dict] = None) -> list[nn.Module]:
+def fuse_known_modules(
+    mod_list: Sequence[nn.Module], is_qat: bool = False, additional_fuser_method_mapping: Optional[dict] = None
+) -> list[nn.Module]:
     """The fused module first, then ``nn.Identity`` for the others (so forward stays valid)."""
     if is_qat:
         raise NotImplementedError("quantization-aware training fusion (fuse_modules_qat) is not available yet")
@@ -103,9 +104,13 @@ def _set(model: nn.Module, name: str, value: nn.Module) -> None:
     setattr(model.get_submodule(parent) if parent else model, leaf, value)
 
 
-def fuse_modules(model: nn.Module, modules_to_fuse: Union[Sequence[str], Sequence[Sequence[str]]],
-                 inplace: bool = False, fuser_func: Callable[..., list[nn.Module]] = fuse_known_modules,
-                 fuse_custom_config_dict: Optional[dict[str, Any]] = None) -> nn.Module:
+def fuse_modules(
+    model: nn.Module,
+    modules_to_fuse: Union[Sequence[str], Sequence[Sequence[str]]],
+    inplace: bool = False,
+    fuser_func: Callable[..., list[nn.Module]] = fuse_known_modules,
+    fuse_custom_config_dict: Optional[dict[str, Any]] = None,
+) -> nn.Module:
     """Fuses each list of submodule names (e.g. ``[["conv1", "bn1", "relu1"], ["fc", "relu"]]``,
     nested names like ``"layer1.0.conv1"`` work): [Conv, BN], [Conv, BN, ReLU], [Conv, ReLU],
     [Linear, ReLU], [Linear, BN], [BN, ReLU] (1d/2d/3d)."""

@@ -470,8 +470,16 @@ def _avg_pool(fn: Callable) -> Callable:
     return pooled
 
 
-for _f in (F.avg_pool1d, F.avg_pool2d, F.avg_pool3d, F.adaptive_avg_pool1d, F.adaptive_avg_pool2d,
-           F.adaptive_avg_pool3d, torch.avg_pool1d, torch.adaptive_avg_pool1d):
+for _f in (
+    F.avg_pool1d,
+    F.avg_pool2d,
+    F.avg_pool3d,
+    F.adaptive_avg_pool1d,
+    F.adaptive_avg_pool2d,
+    F.adaptive_avg_pool3d,
+    torch.avg_pool1d,
+    torch.adaptive_avg_pool1d,
+):
     _HANDLED[_f] = _avg_pool(_f)
 _HANDLED[F.max_pool3d] = _float_pool(F.max_pool3d)
 

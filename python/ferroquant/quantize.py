@@ -131,8 +131,7 @@ def _observer_hook(module: nn.Module, inputs: Any, output: Any) -> None:
     module.activation_post_process(output)
 
 
-def _add_observers(module: nn.Module, mapping: dict[type, type], prefix: str,
-                   custom: dict[type, type]) -> None:
+def _add_observers(module: nn.Module, mapping: dict[type, type], prefix: str, custom: dict[type, type]) -> None:
     for name, child in list(module.named_children()):
         full = f"{prefix}.{name}" if prefix else name
         kind = canonical_type(child)
@@ -155,9 +154,13 @@ def _add_observers(module: nn.Module, mapping: dict[type, type], prefix: str,
         _add_observers(child, mapping, full, custom)
 
 
-def prepare(model: nn.Module, inplace: bool = False, allow_list: Optional[set] = None,
-            observer_non_leaf_module_list: Optional[set] = None,
-            prepare_custom_config_dict: Optional[dict] = None) -> nn.Module:
+def prepare(
+    model: nn.Module,
+    inplace: bool = False,
+    allow_list: Optional[set] = None,
+    observer_non_leaf_module_list: Optional[set] = None,
+    prepare_custom_config_dict: Optional[dict] = None,
+) -> nn.Module:
     """Attaches observers for static quantization: propagates ``model.qconfig`` (and per-module
     qconfigs; ``qconfig = None`` keeps a submodule float), then gives every quantizable module
     (QuantStub, Linear, Conv, fused modules, Hardswish, FloatFunctional, ...) an output observer.
@@ -171,8 +174,11 @@ def prepare(model: nn.Module, inplace: bool = False, allow_list: Optional[set] =
         mapping = {k: v for k, v in mapping.items() if k in allow_list}
     custom = dict((prepare_custom_config_dict or {}).get("float_to_observed_custom_module_class", {}))
     if not any(getattr(m, "qconfig", None) is not None for m in model.modules()):
-        warnings.warn("prepare: no module has a qconfig, so nothing will be observed; set model.qconfig",
-                      UserWarning, stacklevel=2)
+        warnings.warn(
+            "prepare: no module has a qconfig, so nothing will be observed; set model.qconfig",
+            UserWarning,
+            stacklevel=2,
+        )
     _add_observers(model, mapping, "", custom)
     return model
 
@@ -200,9 +206,15 @@ def _swap(module: nn.Module, mapping: dict[type, type], prefix: str, custom: dic
             _swap(child, mapping, full, custom)
 
 
-def convert(module: nn.Module, mapping: Optional[dict[type, type]] = None, inplace: bool = False,
-            remove_qconfig: bool = True, is_reference: bool = False,
-            convert_custom_config_dict: Optional[dict] = None, use_precomputed_fake_quant: bool = False) -> nn.Module:
+def convert(
+    module: nn.Module,
+    mapping: Optional[dict[type, type]] = None,
+    inplace: bool = False,
+    remove_qconfig: bool = True,
+    is_reference: bool = False,
+    convert_custom_config_dict: Optional[dict] = None,
+    use_precomputed_fake_quant: bool = False,
+) -> nn.Module:
     """Swaps observed modules for quantized ones: QuantStub → Quantize, DeQuantStub →
     DeQuantize, Linear / Conv / fused modules → their quantized versions with the observed
     output qparams and int8 weights. An observer that saw no data raises (decision D5)."""
@@ -219,8 +231,13 @@ def convert(module: nn.Module, mapping: Optional[dict[type, type]] = None, inpla
     return module
 
 
-def quantize(model: nn.Module, run_fn: Callable[..., Any], run_args: Any, mapping: Optional[dict[type, type]] = None,
-             inplace: bool = False) -> nn.Module:
+def quantize(
+    model: nn.Module,
+    run_fn: Callable[..., Any],
+    run_args: Any,
+    mapping: Optional[dict[type, type]] = None,
+    inplace: bool = False,
+) -> nn.Module:
     """Post-training static quantization in one call: prepare, ``run_fn(model, *run_args)`` to
     calibrate, convert."""
     if not inplace:

@@ -7,5 +7,17 @@ from .functional_modules import FloatFunctional, QFunctional
 from .linear import Linear
 from .misc import DeQuantize, Dropout, Quantize
 
-__all__ = ["dynamic", "Linear", "Conv1d", "Conv2d", "Conv3d", "ReLU6", "Hardswish", "FloatFunctional",
-           "QFunctional", "Quantize", "DeQuantize", "Dropout"]
+__all__ = [
+    "dynamic",
+    "Linear",
+    "Conv1d",
+    "Conv2d",
+    "Conv3d",
+    "ReLU6",
+    "Hardswish",
+    "FloatFunctional",
+    "QFunctional",
+    "Quantize",
+    "DeQuantize",
+    "Dropout",
+]

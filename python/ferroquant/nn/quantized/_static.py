@@ -55,8 +55,9 @@ class OutputQParams:
     quant_min: int
     quant_max: int
 
-    def _init_output(self, scale: float = 1.0, zero_point: int = 0, quant_min: int = 0, quant_max: int = 255,
-                     dtype: Any = quint8) -> None:
+    def _init_output(
+        self, scale: float = 1.0, zero_point: int = 0, quant_min: int = 0, quant_max: int = 255, dtype: Any = quint8
+    ) -> None:
         self.scale = float(scale)
         self.zero_point = int(zero_point)
         self.quant_min = int(quant_min)

@@ -88,6 +88,18 @@ class WeightedQuantModule(nn.Module):
     def _rebuild(self) -> None:  # pragma: no cover - abstract
         raise NotImplementedError
 
+    # Packed weights are machine-specific native objects: pickling (torch.save of a whole model,
+    # copy.deepcopy) keeps the canonical int8 data and rebuilds them on the way back.
+    def __getstate__(self) -> dict:
+        state = self.__dict__.copy()
+        state.pop("_packed", None)
+        state.pop("_bias_np", None)
+        return state
+
+    def __setstate__(self, state: dict) -> None:
+        super().__setstate__(state)
+        self._rebuild()
+
     # -- state_dict -------------------------------------------------------------------------------
     def _save_to_state_dict(self, destination: dict, prefix: str, keep_vars: bool) -> None:
         super()._save_to_state_dict(destination, prefix, keep_vars)

@@ -14,7 +14,6 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..._core import PackedConv
-
 from ..._threads import get_num_threads
 from ...qtensor import QTensor
 from ._static import OutputQParams, output_qparams, require_qtensor
@@ -33,16 +32,28 @@ class _ConvNd(OutputQParams, WeightedQuantModule):
     _FLOAT = nn.Conv2d
     _version = 1
 
-    def __init__(self, in_channels: int, out_channels: int, kernel_size: Any, stride: Any = 1, padding: Any = 0,
-                 dilation: Any = 1, groups: int = 1, bias: bool = True, padding_mode: str = "zeros",
-                 device: Any = None, dtype: Any = None) -> None:
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel_size: Any,
+        stride: Any = 1,
+        padding: Any = 0,
+        dilation: Any = 1,
+        groups: int = 1,
+        bias: bool = True,
+        padding_mode: str = "zeros",
+        device: Any = None,
+        dtype: Any = None,
+    ) -> None:
         super().__init__()
         n = self._NDIM
         if padding_mode != "zeros":
             raise NotImplementedError(f"quantized conv supports padding_mode='zeros', got {padding_mode!r}")
         if in_channels % groups or out_channels % groups:
-            raise ValueError(f"in_channels ({in_channels}) and out_channels ({out_channels}) must be divisible by "
-                             f"groups ({groups})")
+            raise ValueError(
+                f"in_channels ({in_channels}) and out_channels ({out_channels}) must be divisible by groups ({groups})"
+            )
         self.in_channels, self.out_channels, self.groups = in_channels, out_channels, groups
         self.kernel_size = _tuple(kernel_size, n)
         self.stride = _tuple(stride, n)
@@ -70,13 +81,19 @@ class _ConvNd(OutputQParams, WeightedQuantModule):
         return [(p, p) for p in self.padding]
 
     def _rebuild(self) -> None:
-        w5 = self._w.reshape(self.out_channels, self.in_channels // self.groups,
-                             *([1] * (3 - self._NDIM)), *self.kernel_size)
+        w5 = self._w.reshape(
+            self.out_channels, self.in_channels // self.groups, *([1] * (3 - self._NDIM)), *self.kernel_size
+        )
         pads = [p for p, _ in self._pads()]
         lift = lambda t: [1] * (3 - self._NDIM) + list(t)  # noqa: E731
         self._packed = PackedConv(
-            w5.contiguous().numpy(), self._w_scale.numpy(), self._w_zp.to(torch.int32).numpy(),
-            lift(self.stride), [0] * (3 - self._NDIM) + pads, lift(self.dilation), self.groups,
+            w5.contiguous().numpy(),
+            self._w_scale.numpy(),
+            self._w_zp.to(torch.int32).numpy(),
+            lift(self.stride),
+            [0] * (3 - self._NDIM) + pads,
+            lift(self.dilation),
+            self.groups,
         )
         self._bias_np = None if self._bias is None else self._bias.numpy()
 
@@ -84,8 +101,10 @@ class _ConvNd(OutputQParams, WeightedQuantModule):
         q = require_qtensor(self, x)
         nd = self._NDIM
         if q.dim() != nd + 2 or q.shape[1] != self.in_channels:
-            raise ValueError(f"{type(self).__name__} expects input [N, {self.in_channels}, {'x'.join('*' * nd)}], "
-                             f"got {list(q.shape)}")
+            raise ValueError(
+                f"{type(self).__name__} expects input [N, {self.in_channels}, {'x'.join('*' * nd)}], "
+                f"got {list(q.shape)}"
+            )
         d = q.int_repr()
         if d.dtype != torch.uint8:
             raise TypeError(f"{type(self).__name__} expects quint8 activations, got {q.dtype}")
@@ -101,29 +120,49 @@ class _ConvNd(OutputQParams, WeightedQuantModule):
         spatial = list(cl.shape[1:-1])
         x5 = cl.reshape(cl.shape[0], *([1] * (3 - nd)), *spatial, self.in_channels).contiguous()
         out = self._packed.conv_static(
-            x5.numpy(), q.q_scale(), zp, self._bias_np, self.scale, self.zero_point, self.quant_min,
-            self.quant_max, self._FUSED_RELU, self._out_dtype.name, get_num_threads(),
+            x5.numpy(),
+            q.q_scale(),
+            zp,
+            self._bias_np,
+            self.scale,
+            self.zero_point,
+            self.quant_min,
+            self.quant_max,
+            self._FUSED_RELU,
+            self._out_dtype.name,
+            get_num_threads(),
         )
         y = torch.from_numpy(out)  # [N, OD, OH, OW, C]
-        y = y.reshape(y.shape[0], *y.shape[4 - nd:4], self.out_channels).movedim(-1, 1)
+        y = y.reshape(y.shape[0], *y.shape[4 - nd : 4], self.out_channels).movedim(-1, 1)
         return QTensor(y, self.scale, self.zero_point, self._out_dtype)
 
     def _get_name(self) -> str:
         return f"Quantized{type(self).__name__}"
 
     def extra_repr(self) -> str:
-        return (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, stride={self.stride}, "
-                f"{self._output_repr()}, padding={self.padding}, dilation={self.dilation}, groups={self.groups}")
+        return (
+            f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, stride={self.stride}, "
+            f"{self._output_repr()}, padding={self.padding}, dilation={self.dilation}, groups={self.groups}"
+        )
 
     def _save_to_state_dict(self, destination: dict, prefix: str, keep_vars: bool) -> None:
         super()._save_to_state_dict(destination, prefix, keep_vars)
         self._save_output(destination, prefix)
 
-    def _load_from_state_dict(self, state_dict: dict, prefix: str, local_metadata: dict, strict: bool,
-                              missing_keys: list, unexpected_keys: list, error_msgs: list) -> None:
+    def _load_from_state_dict(
+        self,
+        state_dict: dict,
+        prefix: str,
+        local_metadata: dict,
+        strict: bool,
+        missing_keys: list,
+        unexpected_keys: list,
+        error_msgs: list,
+    ) -> None:
         self._load_output(state_dict, prefix, missing_keys)
-        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
-                                      error_msgs)
+        super()._load_from_state_dict(
+            state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
+        )
 
     @classmethod
     def from_float(cls, mod: nn.Module, use_precomputed_fake_quant: bool = False) -> _ConvNd:
@@ -137,8 +176,17 @@ class _ConvNd(OutputQParams, WeightedQuantModule):
             raise ValueError(f"{type(mod).__name__} has no qconfig; run prepare() with a qconfig first")
         scale, zp, qmin, qmax, dtype = output_qparams(observer, type(mod).__name__)
         qweight = quantize_weight(conv.weight, qconfig.weight())
-        q = cls(conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding, conv.dilation,
-                conv.groups, conv.bias is not None, conv.padding_mode)
+        q = cls(
+            conv.in_channels,
+            conv.out_channels,
+            conv.kernel_size,
+            conv.stride,
+            conv.padding,
+            conv.dilation,
+            conv.groups,
+            conv.bias is not None,
+            conv.padding_mode,
+        )
         q._init_output(scale, zp, qmin, qmax, dtype)
         q.set_weight_bias(qweight, None if conv.bias is None else conv.bias.detach())
         return q
@@ -175,5 +223,3 @@ class ConvReLU3d(Conv3d):
     """Conv3d with a fused ReLU (outputs clamp at the output zero point)."""
 
     _FUSED_RELU = True
-
-

@@ -12,7 +12,6 @@ from typing import Any, Sequence
 import torch
 from torch import nn
 
-
 from ...observer import CalibrationError
 from ...qtensor import QTensor, quantize_per_tensor
 from ._static import OutputQParams, output_qparams, require_qtensor
@@ -98,11 +97,11 @@ class QFunctional(OutputQParams, nn.Module):
 
     def cat(self, x: Sequence[QTensor], dim: int = 0) -> QTensor:
         qs = [require_qtensor(self, t) for t in x]
-        same = all(t.q_scale() == self.scale and t.q_zero_point() == self.zero_point and t.dtype == self._out_dtype
-                   for t in qs)
+        same = all(
+            t.q_scale() == self.scale and t.q_zero_point() == self.zero_point and t.dtype == self._out_dtype for t in qs
+        )
         if same:
-            return QTensor(torch.cat([t.int_repr() for t in qs], dim=dim), self.scale, self.zero_point,
-                           self._out_dtype)
+            return QTensor(torch.cat([t.int_repr() for t in qs], dim=dim), self.scale, self.zero_point, self._out_dtype)
         return self._out(torch.cat([t.dequantize() for t in qs], dim=dim))
 
     def add_scalar(self, x: QTensor, c: float) -> QTensor:
@@ -142,11 +141,20 @@ class QFunctional(OutputQParams, nn.Module):
         super()._save_to_state_dict(destination, prefix, keep_vars)
         self._save_output(destination, prefix)
 
-    def _load_from_state_dict(self, state_dict: dict, prefix: str, local_metadata: dict, strict: bool,
-                              missing_keys: list, unexpected_keys: list, error_msgs: list) -> None:
+    def _load_from_state_dict(
+        self,
+        state_dict: dict,
+        prefix: str,
+        local_metadata: dict,
+        strict: bool,
+        missing_keys: list,
+        unexpected_keys: list,
+        error_msgs: list,
+    ) -> None:
         self._load_output(state_dict, prefix, missing_keys)
-        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
-                                      error_msgs)
+        super()._load_from_state_dict(
+            state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
+        )
 
     @classmethod
     def from_float(cls, mod: nn.Module, use_precomputed_fake_quant: bool = False) -> QFunctional:
@@ -162,5 +170,3 @@ class QFunctional(OutputQParams, nn.Module):
                 return q
             q._init_output(scale, zp, qmin, qmax, dtype)
         return q
-
-

@@ -45,8 +45,16 @@ class Linear(OutputQParams, WeightedQuantModule):
         if data.dtype != torch.uint8:
             raise TypeError(f"{type(self).__name__} expects quint8 activations, got {q.dtype}")
         out = self._packed.linear_static(
-            data.reshape(-1, k).contiguous().numpy(), q.q_scale(), q.q_zero_point(), self._bias_np, self.scale,
-            self.zero_point, self.quant_min, self.quant_max, self._FUSED_RELU, self._out_dtype.name,
+            data.reshape(-1, k).contiguous().numpy(),
+            q.q_scale(),
+            q.q_zero_point(),
+            self._bias_np,
+            self.scale,
+            self.zero_point,
+            self.quant_min,
+            self.quant_max,
+            self._FUSED_RELU,
+            self._out_dtype.name,
             get_num_threads(),
         )
         y = torch.from_numpy(out).reshape(*shape[:-1], self.out_features)
@@ -57,18 +65,28 @@ class Linear(OutputQParams, WeightedQuantModule):
 
     def extra_repr(self) -> str:
         scheme = "per_tensor_affine" if self._w_axis < 0 else "per_channel_affine"
-        return (f"in_features={self.in_features}, out_features={self.out_features}, {self._output_repr()}, "
-                f"qscheme={scheme}")
+        return (
+            f"in_features={self.in_features}, out_features={self.out_features}, {self._output_repr()}, qscheme={scheme}"
+        )
 
     def _save_to_state_dict(self, destination: dict, prefix: str, keep_vars: bool) -> None:
         super()._save_to_state_dict(destination, prefix, keep_vars)
         self._save_output(destination, prefix)
 
-    def _load_from_state_dict(self, state_dict: dict, prefix: str, local_metadata: dict, strict: bool,
-                              missing_keys: list, unexpected_keys: list, error_msgs: list) -> None:
+    def _load_from_state_dict(
+        self,
+        state_dict: dict,
+        prefix: str,
+        local_metadata: dict,
+        strict: bool,
+        missing_keys: list,
+        unexpected_keys: list,
+        error_msgs: list,
+    ) -> None:
         self._load_output(state_dict, prefix, missing_keys)
-        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
-                                      error_msgs)
+        super()._load_from_state_dict(
+            state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
+        )
 
     @classmethod
     def from_float(cls, mod: nn.Module, use_precomputed_fake_quant: bool = False) -> Linear:
@@ -86,8 +104,6 @@ class Linear(OutputQParams, WeightedQuantModule):
         q._init_output(scale, zp, qmin, qmax, dtype)
         q.set_weight_bias(qweight, None if lin.bias is None else lin.bias.detach())
         return q
-
-
 
 
 class LinearReLU(Linear):

@@ -18,7 +18,9 @@ class Quantize(OutputQParams, nn.Module):
     """float → QTensor with fixed qparams (D3 rounding), clamped to the observer's range.
     4-D / 5-D activations are stored channels-last."""
 
-    def __init__(self, scale: float = 1.0, zero_point: int = 0, dtype: Any = quint8, factory_kwargs: Any = None) -> None:
+    def __init__(
+        self, scale: float = 1.0, zero_point: int = 0, dtype: Any = quint8, factory_kwargs: Any = None
+    ) -> None:
         super().__init__()
         self._init_output(scale, zero_point, to_qdtype(dtype).qmin, to_qdtype(dtype).qmax, dtype)
         self.dtype = to_qdtype(dtype)
@@ -50,11 +52,20 @@ class Quantize(OutputQParams, nn.Module):
         super()._save_to_state_dict(destination, prefix, keep_vars)
         self._save_output(destination, prefix)
 
-    def _load_from_state_dict(self, state_dict: dict, prefix: str, local_metadata: dict, strict: bool,
-                              missing_keys: list, unexpected_keys: list, error_msgs: list) -> None:
+    def _load_from_state_dict(
+        self,
+        state_dict: dict,
+        prefix: str,
+        local_metadata: dict,
+        strict: bool,
+        missing_keys: list,
+        unexpected_keys: list,
+        error_msgs: list,
+    ) -> None:
         self._load_output(state_dict, prefix, missing_keys)
-        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
-                                      error_msgs)
+        super()._load_from_state_dict(
+            state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
+        )
 
     @classmethod
     def from_float(cls, mod: nn.Module, use_precomputed_fake_quant: bool = False) -> Quantize:
@@ -71,8 +82,10 @@ class DeQuantize(nn.Module):
         if isinstance(x, QTensor):
             return x.dequantize()
         if isinstance(x, torch.Tensor):
-            raise TypeError("DeQuantize received a float tensor; remove the extra DeQuantStub or add a QuantStub "
-                            "before the quantized part")
+            raise TypeError(
+                "DeQuantize received a float tensor; remove the extra DeQuantStub or add a QuantStub "
+                "before the quantized part"
+            )
         raise TypeError(f"DeQuantize expects a QTensor, got {type(x).__name__}")
 
     def _get_name(self) -> str:
