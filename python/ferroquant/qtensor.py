@@ -457,14 +457,15 @@ def dequantize(input: Union[QTensor, torch.Tensor]) -> torch.Tensor:
 
 
 def _avg_pool(fn: Callable) -> Callable:
-    """Average pooling on the integers: ``rne(mean(q − zp)) + zp`` (NUMERICS §3.5, the
-    channels-last rule), qparams unchanged. Sums of 8-bit values are exact in float32."""
+    """Average pooling on the integers: ``rne(mean(q − zp) + zp)`` — torch's rule for its
+    (usual) NCHW tensors, zero point added before rounding (NUMERICS §3.5); padded taps count
+    as the zero point. qparams unchanged. Sums of 8-bit values are exact in float32."""
 
     def pooled(x: QTensor, *args: Any, **kwargs: Any) -> QTensor:
         x._need_per_tensor(fn.__name__)
         d, z = x.int_repr(), x.q_zero_point()
         mean = fn((d.to(torch.float32) - z), *args, **kwargs)
-        q = torch.clamp(torch.round(mean) + z, x.dtype.qmin, x.dtype.qmax)
+        q = torch.clamp(torch.round(mean + z), x.dtype.qmin, x.dtype.qmax)
         return x._with_data(q.to(d.dtype))
 
     return pooled
