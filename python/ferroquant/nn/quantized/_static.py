@@ -64,19 +64,34 @@ class OutputQParams:
         self.quant_max = int(quant_max)
         self._out_dtype = to_qdtype(dtype)
 
-    def _save_output(self, destination: dict, prefix: str) -> None:
+    # state_dict: the output keys, then whatever the module's other bases save (put this mixin
+    # first among the bases so these run before nn.Module's)
+    def _save_to_state_dict(self, destination: dict, prefix: str, keep_vars: bool) -> None:
+        super()._save_to_state_dict(destination, prefix, keep_vars)  # type: ignore[misc]
         destination[prefix + "scale"] = torch.tensor(self.scale, dtype=torch.float32)
         destination[prefix + "zero_point"] = torch.tensor(self.zero_point, dtype=torch.int64)
         destination[prefix + "quant_min"] = torch.tensor(self.quant_min, dtype=torch.int64)
         destination[prefix + "quant_max"] = torch.tensor(self.quant_max, dtype=torch.int64)
 
-    def _load_output(self, state_dict: dict, prefix: str, missing_keys: list) -> None:
+    def _load_from_state_dict(
+        self,
+        state_dict: dict,
+        prefix: str,
+        local_metadata: dict,
+        strict: bool,
+        missing_keys: list,
+        unexpected_keys: list,
+        error_msgs: list,
+    ) -> None:
         for key in ("scale", "zero_point", "quant_min", "quant_max"):
             v = state_dict.pop(prefix + key, None)
             if v is None:
                 missing_keys.append(prefix + key)
                 continue
             setattr(self, key, float(v) if key == "scale" else int(v))
+        super()._load_from_state_dict(  # type: ignore[misc]
+            state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
+        )
 
     def _output_repr(self) -> str:
         return f"scale={self.scale}, zero_point={self.zero_point}"

@@ -145,25 +145,6 @@ class _ConvNd(OutputQParams, WeightedQuantModule):
             f"{self._output_repr()}, padding={self.padding}, dilation={self.dilation}, groups={self.groups}"
         )
 
-    def _save_to_state_dict(self, destination: dict, prefix: str, keep_vars: bool) -> None:
-        super()._save_to_state_dict(destination, prefix, keep_vars)
-        self._save_output(destination, prefix)
-
-    def _load_from_state_dict(
-        self,
-        state_dict: dict,
-        prefix: str,
-        local_metadata: dict,
-        strict: bool,
-        missing_keys: list,
-        unexpected_keys: list,
-        error_msgs: list,
-    ) -> None:
-        self._load_output(state_dict, prefix, missing_keys)
-        super()._load_from_state_dict(
-            state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
-        )
-
     @classmethod
     def from_float(cls, mod: nn.Module, use_precomputed_fake_quant: bool = False) -> _ConvNd:
         """From an observed float conv (or fused ConvReLU) after calibration."""
