@@ -3,11 +3,12 @@
 //! Work is split over output tiles and K is never split, so each output element is computed by
 //! the same operations in the same order whatever the thread count.
 //!
-//! Why not a sleeping pool: on virtual machines waking a parked thread can take milliseconds
-//! (measured ~2 ms on this project's 2-vCPU machines), longer than a whole GEMM. As OpenMP
-//! runtimes do, workers here keep polling for a while after each job (`FERROQUANT_SPIN_US`,
-//! default 2000 µs) before parking, and the calling thread takes tasks itself and polls, never
-//! sleeps, while the last tasks finish. Polling yields the CPU (`sched_yield`) between checks,
+//! Why not a sleeping pool: waking a parked thread costs from microseconds to milliseconds (on a
+//! loaded VM the woken thread waits for a time slice; measured ~2 ms on this project's 2-vCPU
+//! machine while another process kept one vCPU busy), which can be longer than a whole GEMM.
+//! As OpenMP runtimes do, workers here keep polling for a while after each job
+//! (`FERROQUANT_SPIN_US`, default 2000 µs; 0 parks at once) before parking, and the calling
+//! thread takes tasks itself and polls, never sleeps, while the last tasks finish. Polling yields the CPU (`sched_yield`) between checks,
 //! so a waiting worker gives its core to any other runnable thread (torch's own OpenMP threads
 //! between our calls) instead of fighting it.
 //!
