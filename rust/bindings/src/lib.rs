@@ -380,29 +380,22 @@ impl PackedLinear {
         let n = self.inner.n();
         let e = engine();
         let w = &self.inner;
+        macro_rules! run {
+            ($t:ty) => {{
+                let mut out = vec![<$t>::default(); m * n];
+                py.detach(|| {
+                    k::linear_static(
+                        e, av, m, a_scale, a_zp, w, b, out_scale, out_zp, qmin, qmax, relu,
+                        &mut out, threads,
+                    )
+                })
+                .map_err(to_py)?;
+                Ok(PyArray1::from_vec(py, out).reshape(vec![m, n])?.into_any())
+            }};
+        }
         match out_dtype {
-            "quint8" => {
-                let mut out = vec![0u8; m * n];
-                py.detach(|| {
-                    k::linear_static(
-                        e, av, m, a_scale, a_zp, w, b, out_scale, out_zp, qmin, qmax, relu,
-                        &mut out, threads,
-                    )
-                })
-                .map_err(to_py)?;
-                Ok(PyArray1::from_vec(py, out).reshape(vec![m, n])?.into_any())
-            }
-            "qint8" => {
-                let mut out = vec![0i8; m * n];
-                py.detach(|| {
-                    k::linear_static(
-                        e, av, m, a_scale, a_zp, w, b, out_scale, out_zp, qmin, qmax, relu,
-                        &mut out, threads,
-                    )
-                })
-                .map_err(to_py)?;
-                Ok(PyArray1::from_vec(py, out).reshape(vec![m, n])?.into_any())
-            }
+            "quint8" => run!(u8),
+            "qint8" => run!(i8),
             other => Err(pyo3::exceptions::PyTypeError::new_err(format!(
                 "unsupported output dtype {other:?}; use quint8 or qint8"
             ))),

@@ -95,3 +95,16 @@ class OutputQParams:
 
     def _output_repr(self) -> str:
         return f"scale={self.scale}, zero_point={self.zero_point}"
+
+
+def observed_float_module(mod: nn.Module, float_type: type, cls_name: str) -> tuple[nn.Module, Any, tuple]:
+    """For ``from_float``: the float module inside ``mod`` (itself, or the first module of a
+    fused Sequential), its qconfig, and the output qparams of its observer."""
+    inner = mod[0] if isinstance(mod, nn.Sequential) else mod
+    if not isinstance(inner, float_type):
+        raise TypeError(f"{cls_name}.from_float expects an {float_type.__name__}, got {type(inner).__name__}")
+    qconfig = getattr(mod, "qconfig", None)
+    if qconfig is None:
+        raise ValueError(f"{type(mod).__name__} has no qconfig; run prepare() with a qconfig first")
+    out = output_qparams(getattr(mod, "activation_post_process", None), type(mod).__name__)
+    return inner, qconfig, out

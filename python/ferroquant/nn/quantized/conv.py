@@ -16,7 +16,7 @@ from torch import nn
 from ..._core import PackedConv
 from ..._threads import get_num_threads
 from ...qtensor import QTensor
-from ._static import OutputQParams, output_qparams, require_qtensor
+from ._static import OutputQParams, observed_float_module, require_qtensor
 from ._weights import WeightedQuantModule, quantize_weight
 
 __all__ = ["Conv1d", "Conv2d", "Conv3d", "ConvReLU1d", "ConvReLU2d", "ConvReLU3d"]
@@ -148,14 +148,7 @@ class _ConvNd(OutputQParams, WeightedQuantModule):
     @classmethod
     def from_float(cls, mod: nn.Module, use_precomputed_fake_quant: bool = False) -> _ConvNd:
         """From an observed float conv (or fused ConvReLU) after calibration."""
-        observer = getattr(mod, "activation_post_process", None)
-        conv = mod[0] if isinstance(mod, nn.Sequential) else mod
-        if not isinstance(conv, cls._FLOAT):
-            raise TypeError(f"{cls.__name__}.from_float expects an {cls._FLOAT.__name__}, got {type(conv).__name__}")
-        qconfig = getattr(mod, "qconfig", None)
-        if qconfig is None:
-            raise ValueError(f"{type(mod).__name__} has no qconfig; run prepare() with a qconfig first")
-        scale, zp, qmin, qmax, dtype = output_qparams(observer, type(mod).__name__)
+        conv, qconfig, (scale, zp, qmin, qmax, dtype) = observed_float_module(mod, cls._FLOAT, cls.__name__)
         qweight = quantize_weight(conv.weight, qconfig.weight())
         q = cls(
             conv.in_channels,

@@ -11,7 +11,7 @@ from ..._core import PackedLinear
 from ..._dtypes import qint8
 from ..._threads import get_num_threads
 from ...qtensor import QTensor
-from ._static import OutputQParams, output_qparams, require_qtensor
+from ._static import OutputQParams, observed_float_module, require_qtensor
 from ._weights import WeightedQuantModule, quantize_weight
 
 __all__ = ["Linear", "LinearReLU"]
@@ -72,14 +72,7 @@ class Linear(OutputQParams, WeightedQuantModule):
     @classmethod
     def from_float(cls, mod: nn.Module, use_precomputed_fake_quant: bool = False) -> Linear:
         """From an observed float ``nn.Linear`` (or a fused ``LinearReLU``) after calibration."""
-        observer = getattr(mod, "activation_post_process", None)
-        lin = mod[0] if isinstance(mod, nn.Sequential) else mod
-        if not isinstance(lin, nn.Linear):
-            raise TypeError(f"{cls.__name__}.from_float expects an nn.Linear, got {type(lin).__name__}")
-        qconfig = getattr(mod, "qconfig", None)
-        if qconfig is None:
-            raise ValueError(f"{type(mod).__name__} has no qconfig; run prepare() with a qconfig first")
-        scale, zp, qmin, qmax, dtype = output_qparams(observer, type(mod).__name__)
+        lin, qconfig, (scale, zp, qmin, qmax, dtype) = observed_float_module(mod, nn.Linear, cls.__name__)
         qweight = quantize_weight(lin.weight, qconfig.weight())
         q = cls(lin.in_features, lin.out_features, bias_=lin.bias is not None)
         q._init_output(scale, zp, qmin, qmax, dtype)
