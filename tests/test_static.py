@@ -402,3 +402,25 @@ def test_torch_quantized_engine_setting_warns_once():
             fq.prepare(m)  # only once
     finally:
         torch.backends.quantized.engine = old
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_random_conv_and_linear_shapes_match_torch(seed):
+    g = torch.Generator().manual_seed(100 + seed)
+
+    def pick(lo: int, hi: int) -> int:
+        return int(torch.randint(lo, hi + 1, (1,), generator=g))
+
+    groups = pick(1, 3)
+    cin, cout = groups * pick(1, 4), groups * pick(1, 4)
+    k, stride, pad, dil = pick(1, 3), pick(1, 2), pick(0, 2), pick(1, 2)
+    size = pick(k * dil + 1, 12)
+    conv = lambda: nn.Conv2d(cin, cout, k, stride=stride, padding=pad, dilation=dil, groups=groups)
+    shape = (pick(1, 3), cin, size, pick(k * dil + 1, 12))
+    calib = torch.randn(shape, generator=g)
+    _, ct, a, b = _both(conv, calib, calib * 0.9, per_channel=bool(seed % 2))
+    _assert_within_one_lsb(a, b, _out_scale(ct))
+    m, kk, n = pick(1, 40), pick(1, 70), pick(1, 40)
+    calib = torch.randn(m, kk, generator=g)
+    _, ct, a, b = _both(lambda: nn.Linear(kk, n), calib, calib * 0.9, per_channel=bool(seed % 2))
+    _assert_within_one_lsb(a, b, _out_scale(ct))
