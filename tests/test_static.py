@@ -415,7 +415,10 @@ def test_random_conv_and_linear_shapes_match_torch(seed):
     cin, cout = groups * pick(1, 4), groups * pick(1, 4)
     k, stride, pad, dil = pick(1, 3), pick(1, 2), pick(0, 2), pick(1, 2)
     size = pick(k * dil + 1, 12)
-    conv = lambda: nn.Conv2d(cin, cout, k, stride=stride, padding=pad, dilation=dil, groups=groups)
+
+    def conv() -> nn.Module:
+        return nn.Conv2d(cin, cout, k, stride=stride, padding=pad, dilation=dil, groups=groups)
+
     shape = (pick(1, 3), cin, size, pick(k * dil + 1, 12))
     calib = torch.randn(shape, generator=g)
     _, ct, a, b = _both(conv, calib, calib * 0.9, per_channel=bool(seed % 2))
