@@ -37,7 +37,9 @@ if [ "$mode" = "--check" ]; then
   in_chroot 'cargo check --locked --ignore-rust-version --tests --target aarch64-unknown-linux-gnu -p ferroquant-kernels'
   exit 0
 fi
-# only the test harness binaries (cargo also reports examples it builds)
+# only the test harness binaries (cargo also reports examples it builds); the list goes next
+# to the build, whose folder a fresh clone does not have yet
+mkdir -p "$top/target/aarch64-trixie"
 in_chroot 'cargo test --locked --ignore-rust-version --no-run --target aarch64-unknown-linux-gnu -p ferroquant-kernels --message-format=json' \
   | python3 -c '
 import json, sys

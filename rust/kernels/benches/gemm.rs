@@ -24,6 +24,8 @@ fn bench_linear(c: &mut Criterion) {
     ];
     for &(m, k, n) in &shapes {
         let (x, a, pw) = data(m, k, n);
+        // torch's x86 activation range (reduce_range): AVX2 runs its vpmaddubsw kernel
+        let a7: Vec<u8> = a.iter().map(|&v| v & 127).collect();
         let mut g = c.benchmark_group(format!("linear/{m}x{k}x{n}"));
         g.throughput(Throughput::Elements((m * k * n) as u64));
         g.sample_size(10);
@@ -40,6 +42,17 @@ fn bench_linear(c: &mut Criterion) {
                     )
                     .unwrap()
                 })
+            });
+            g.bench_function(BenchmarkId::new("static_0to127", e.name()), |b| {
+                b.iter(|| {
+                    linear_static(
+                        e, &a7, m, 0.02, 3, &pw, None, 0.5, 10, 0, 255, false, &mut out_q, 1,
+                    )
+                    .unwrap()
+                })
+            });
+            g.bench_function(BenchmarkId::new("dynamic_0to127", e.name()), |b| {
+                b.iter(|| linear_dynamic(e, &x, m, &pw, None, true, false, &mut out_f, 1).unwrap())
             });
         }
         g.finish();

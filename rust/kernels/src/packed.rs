@@ -171,6 +171,9 @@ pub struct PackedA {
     zero_point: i32,
     /// Per-row zero points when the rows were quantized with their own qparams.
     row_zero_points: Option<Vec<i32>>,
+    /// The largest activation value. At most 127, `u8 × s8` pair sums fit in i16
+    /// (2·127·128 = 32512), so AVX2's `vpmaddubsw` is exact on these activations.
+    max: u8,
     /// The AVX2 family's form, built on first use: every K group's 4 values as i16, repeated
     /// 4 times (32 bytes), so `vpmaddwd` can take activations straight from memory.
     bcast16: OnceLock<Vec<i16>>,
@@ -198,6 +201,7 @@ impl PackedA {
                 *rs = src.iter().map(|&v| v as i32).sum();
             }
         }
+        let max = max_u8(&data);
         Ok(PackedA {
             m,
             k,
@@ -206,6 +210,7 @@ impl PackedA {
             row_sums,
             zero_point,
             row_zero_points: None,
+            max,
             bcast16: OnceLock::new(),
         })
     }
@@ -242,6 +247,7 @@ impl PackedA {
         if k > 0 {
             (fk.quantize_rows)(x, k, kp, qp.scale, qp.zero_point, &mut data, &mut row_sums);
         }
+        let max = max_u8(&data);
         Ok((
             PackedA {
                 m,
@@ -251,6 +257,7 @@ impl PackedA {
                 row_sums,
                 zero_point: qp.zero_point,
                 row_zero_points: None,
+                max,
                 bcast16: OnceLock::new(),
             },
             qp,
@@ -291,6 +298,7 @@ impl PackedA {
             qps.push(qp);
         }
         let zps = qps.iter().map(|q| q.zero_point).collect();
+        let max = max_u8(&data);
         let a = PackedA {
             m,
             k,
@@ -299,6 +307,7 @@ impl PackedA {
             row_sums,
             zero_point: 0,
             row_zero_points: Some(zps),
+            max,
             bcast16: OnceLock::new(),
         };
         Ok((a, qps))
@@ -338,9 +347,22 @@ impl PackedA {
     pub fn row_sums(&self) -> &[i32] {
         &self.row_sums
     }
+    /// The largest activation value (0 for no rows).
+    pub fn max_value(&self) -> u8 {
+        self.max
+    }
+    /// Whether every activation is at most 127, so `u8 × s8` pair sums cannot leave i16.
+    pub fn fits_7bit(&self) -> bool {
+        self.max <= 127
+    }
     pub fn zero_point(&self) -> i32 {
         self.zero_point
     }
+}
+
+/// The largest byte (0 when empty); a plain fold the compiler vectorises.
+fn max_u8(data: &[u8]) -> u8 {
+    data.iter().fold(0u8, |m, &v| m.max(v))
 }
 
 /// Quantizes rows of `k` floats into rows of `kp` bytes (zero padded) with their sums

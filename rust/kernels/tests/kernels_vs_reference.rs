@@ -55,8 +55,25 @@ fn assert_same<T: PartialEq + std::fmt::Debug>(
 }
 
 fn case(m: usize, k: usize, n: usize, za: i32, per_channel: bool, w_zp: bool, seed: u64) {
+    case_range(m, k, n, za, per_channel, w_zp, seed, 255);
+}
+
+/// [`case`] with activations in `0..=amax` (at most 127 selects AVX2's `vpmaddubsw` kernel).
+#[allow(clippy::too_many_arguments)]
+fn case_range(
+    m: usize,
+    k: usize,
+    n: usize,
+    za: i32,
+    per_channel: bool,
+    w_zp: bool,
+    seed: u64,
+    amax: u8,
+) {
     let mut r = Rng(seed | 1);
-    let a: Vec<u8> = (0..m * k).map(|_| r.u8()).collect();
+    let a: Vec<u8> = (0..m * k)
+        .map(|_| (r.next() % (amax as u64 + 1)) as u8)
+        .collect();
     let w: Vec<i8> = (0..n * k).map(|_| r.i8()).collect();
     let zw: Vec<i32> = if per_channel {
         (0..n)
@@ -153,6 +170,24 @@ fn edge_shapes_all_engines() {
 }
 
 #[test]
+fn edge_shapes_7bit_activations_all_engines() {
+    // activations in 0..=127 (torch's reduced range): AVX2 runs its vpmaddubsw kernel
+    let s = sizes();
+    let mut seed = 5u64;
+    for &m in &[1usize, 2, 5, 6, 7, 13] {
+        for &k in s {
+            for &n in &[1usize, 16, 17, 33] {
+                seed += 11;
+                let za = [0, 64, 127, 3][(seed % 4) as usize];
+                case_range(m, k, n, za, seed % 2 == 0, seed % 3 == 0, seed, 127);
+            }
+        }
+    }
+    // one value of 128 anywhere sends the whole GEMM to the exact i16 kernel
+    case_range(7, 33, 17, 5, true, true, 99, 128);
+}
+
+#[test]
 fn larger_shapes_split_across_threads() {
     // Big enough for the parallel schedules: columns split (many panels), rows split (one
     // panel group), and a two-row GEMV-shaped call split over columns.
@@ -166,6 +201,7 @@ fn larger_shapes_split_across_threads() {
             "{m}x{k}x{n} must run on 2 threads"
         );
         case(m, k, n, 17, true, true, (m * 31 + n) as u64);
+        case_range(m, k, n, 17, true, true, (m * 37 + n) as u64, 127);
     }
 }
 
@@ -187,6 +223,26 @@ fn worst_case_no_saturation_k4096() {
         let mut acc = vec![0i32; m * n];
         gemm(e, &pa, &pw, &StoreI32, &mut acc, 1).unwrap();
         assert!(acc.iter().all(|&v| v == 255 * 127 * 4096), "{}", e.name());
+    }
+}
+
+#[test]
+fn worst_case_7bit_pairs_stay_exact() {
+    // 127 · ±128 per product, two per i16 pair: ±32512, the largest sums vpmaddubsw sees
+    let (m, k, n) = (7, 4096, 17);
+    let pa = PackedA::from_u8(&vec![127u8; m * k], m, k, 0).unwrap();
+    assert!(pa.fits_7bit());
+    for wv in [-128i8, 127] {
+        let pw = PackedWeights::new(&vec![wv; n * k], n, k, &[1.0], &[0]).unwrap();
+        for e in available_engines() {
+            let mut acc = vec![0i32; m * n];
+            gemm(e, &pa, &pw, &StoreI32, &mut acc, 1).unwrap();
+            assert!(
+                acc.iter().all(|&v| v == 127 * wv as i32 * 4096),
+                "{}",
+                e.name()
+            );
+        }
     }
 }
 
@@ -259,8 +315,9 @@ proptest! {
     #![proptest_config(ProptestConfig::with_cases(if cfg!(target_arch = "aarch64") { 16 } else { 64 }))]
     #[test]
     fn random_shapes_all_engines(m in 1usize..40, k in 1usize..200, n in 1usize..70,
-                                 za in 0i32..=255, per_channel: bool, w_zp: bool, seed: u64) {
-        case(m, k, n, za, per_channel, w_zp, seed);
+                                 za in 0i32..=255, per_channel: bool, w_zp: bool, seed: u64,
+                                 seven_bit: bool) {
+        case_range(m, k, n, za, per_channel, w_zp, seed, if seven_bit { 127 } else { 255 });
     }
 }
 

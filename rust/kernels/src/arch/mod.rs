@@ -156,14 +156,19 @@ pub(crate) struct TileKernel {
     pub dot: DotFn,
 }
 
-/// The micro-kernel `engine` uses for a GEMM with `m` rows (a GEMV-shaped kernel for few rows
-/// where the engine has one).
-pub(crate) fn tile_kernel(engine: Engine, m: usize) -> TileKernel {
+/// The micro-kernel `engine` uses for a GEMM with activations `a`: a GEMV-shaped kernel for
+/// few rows where the engine has one, and on AVX2 the `vpmaddubsw` kernel when every
+/// activation is at most 127 (exact there; both kernels give the same bits).
+pub(crate) fn tile_kernel(engine: Engine, a: &PackedA) -> TileKernel {
     #[cfg(target_arch = "x86_64")]
-    if engine == Engine::Avx512Vnni && m <= x86_64::avx512vnni::GEMV.mr {
+    if engine == Engine::Avx512Vnni && a.m() <= x86_64::avx512vnni::GEMV.mr {
         return x86_64::avx512vnni::GEMV;
     }
-    let _ = m;
+    #[cfg(target_arch = "x86_64")]
+    if engine == Engine::Avx2 && a.fits_7bit() {
+        return x86_64::avx2::KERNEL_7BIT;
+    }
+    let _ = a;
     match engine {
         #[cfg(target_arch = "x86_64")]
         Engine::Avx512Vnni => x86_64::avx512vnni::KERNEL,
@@ -260,6 +265,19 @@ mod tests {
             assert_eq!(Engine::from_name(e.name()).unwrap(), e);
         }
         assert!(Engine::from_name("avx3").is_err());
+    }
+
+    #[test]
+    #[cfg(target_arch = "x86_64")]
+    fn avx2_picks_the_vpmaddubsw_kernel_only_for_7bit_activations() {
+        let low = PackedA::from_u8(&[127, 0, 5, 64], 2, 2, 0).unwrap();
+        let high = PackedA::from_u8(&[127, 0, 128, 64], 2, 2, 0).unwrap();
+        assert_eq!(low.max_value(), 127);
+        assert_eq!(high.max_value(), 128);
+        let k7 = tile_kernel(Engine::Avx2, &low);
+        let k8 = tile_kernel(Engine::Avx2, &high);
+        assert_eq!(k7.dot as usize, x86_64::avx2::KERNEL_7BIT.dot as usize);
+        assert_eq!(k8.dot as usize, x86_64::avx2::KERNEL.dot as usize);
     }
 
     #[test]

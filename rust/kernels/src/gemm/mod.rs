@@ -40,7 +40,7 @@ pub fn gemm<S: OutputStage>(
         return Ok(());
     }
     let corr = Correction::new(a, w);
-    let kern = tile_kernel(engine, m);
+    let kern = tile_kernel(engine, a);
     let groups = w.panels().div_ceil(kern.np);
     let macs = m.saturating_mul(n).saturating_mul(a.kp());
     // parallelism sized by the work; the pool is the one of the thread setting
