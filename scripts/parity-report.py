@@ -50,8 +50,8 @@ def main() -> int:
           + (" (torch forced to AVX2)" if X.torch_forced_to_avx2() else ""))
     rng = "0..255" if exact else "0..127"
     print()
-    print(f"| case | layers vs float64: max LSB | torch compared at | elements | equal to torch "
-          f"| within 1 LSB | max LSB |")
+    print("| case | layers vs float64: max LSB | torch compared at | elements | equal to torch "
+          "| within 1 LSB | max LSB |")
     print("|---|---|---|---|---|---|---|")
     for name, (make, shape, fuse) in T.CASES.items():
         g = torch.Generator().manual_seed(1)
