@@ -218,7 +218,10 @@ def test_per_row_activation_quantization_option():
     # rows of very different magnitudes (tokens): per-row qparams keep small rows precise
     x = torch.randn(8, 64) * torch.logspace(-2, 1, 8).unsqueeze(1)
     per_row = fq.quantize_dynamic(nn.Sequential(copy.deepcopy(lin)), {nn.Linear: fq.per_row_dynamic_qconfig})
-    per_tensor = fq.quantize_dynamic(nn.Sequential(copy.deepcopy(lin)), {nn.Linear: fq.per_channel_dynamic_qconfig})
+    full_range = fq.QConfig(
+        activation=fq.full_range_dynamic_qconfig.activation, weight=fq.default_per_channel_weight_observer
+    )
+    per_tensor = fq.quantize_dynamic(nn.Sequential(copy.deepcopy(lin)), {nn.Linear: full_range})
     assert per_row[0].per_row_activations and "per_row_activations=True" in repr(per_row[0])
     with torch.no_grad():
         ref = lin(x)

@@ -53,8 +53,6 @@ def _same(ours, theirs) -> None:
 NAMED = [
     "default_qconfig",
     "default_per_channel_qconfig",
-    "default_dynamic_qconfig",
-    "per_channel_dynamic_qconfig",
     "float16_dynamic_qconfig",
     "float_qparams_weight_only_qconfig",
     "default_qat_qconfig",
@@ -96,6 +94,19 @@ def test_native_qconfig_is_full_range_histogram_and_per_channel_symmetric():
     assert not act.reduce_range
     assert isinstance(w, fq.PerChannelMinMaxObserver) and w.qscheme == torch.per_channel_symmetric
     assert w.dtype == fq.qint8
+
+
+@pytest.mark.parametrize("name", ["default_dynamic_qconfig", "per_channel_dynamic_qconfig"])
+def test_default_dynamic_qconfigs_use_per_row_0_to_127_activations(name):
+    # torch's weights; activations per row over 0..127, ferroquant's documented default
+    # (docs/migration.md): torch's own objects say 0..255 per tensor and run 0..127 per tensor
+    ours, theirs = getattr(fq, name), getattr(tq, name)
+    assert _describe(ours.weight) == _describe(theirs.weight)
+    act = ours.activation()
+    assert act.is_dynamic and (act.quant_min, act.quant_max) == (0, 127)
+    assert act.qscheme == fq.per_channel_affine
+    full = fq.full_range_dynamic_qconfig.activation()
+    assert (full.quant_min, full.quant_max, full.qscheme) == (0, 255, fq.per_tensor_affine)
 
 
 def test_dynamic_qconfig_torch_reproduces_torch_activation_range():

@@ -761,8 +761,11 @@ default_per_channel_weight_observer = PerChannelMinMaxObserver.with_args(dtype=q
 per_channel_weight_observer_range_neg_127_to_127 = PerChannelMinMaxObserver.with_args(
     dtype=qint8, qscheme=per_channel_symmetric, quant_min=-127, quant_max=127, eps=2**-12
 )
+#: Dynamic activations: one scale and zero point per row (per token) over 0..127. Every row's
+#: step is at most torch's per-tensor 0..127 step, so the error stays at or below torch's, and
+#: 0..127 keeps AVX2's fast ``vpmaddubsw`` exact (torch: per tensor, 0..255 → 0..127 at run time).
 default_dynamic_quant_observer = PlaceholderObserver.with_args(
-    dtype=quint8, quant_min=0, quant_max=255, is_dynamic=True
+    dtype=quint8, quant_min=0, quant_max=127, is_dynamic=True, qscheme=per_channel_affine
 )
 default_float_qparams_observer = PerChannelMinMaxObserver.with_args(
     dtype=quint8, qscheme=per_channel_affine_float_qparams, ch_axis=0

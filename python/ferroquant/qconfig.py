@@ -54,6 +54,7 @@ __all__ = [
     "default_dynamic_qconfig_torch",
     "per_channel_dynamic_qconfig",
     "per_row_dynamic_qconfig",
+    "full_range_dynamic_qconfig",
     "float16_dynamic_qconfig",
     "float16_static_qconfig",
     "float_qparams_weight_only_qconfig",
@@ -90,8 +91,16 @@ QConfigAny = "QConfig | None"
 default_qconfig = QConfig(activation=default_observer, weight=default_weight_observer)
 default_debug_qconfig = QConfig(activation=default_debug_observer, weight=default_weight_observer)
 default_per_channel_qconfig = QConfig(activation=default_observer, weight=default_per_channel_weight_observer)
-#: Dynamic quantization, full 8-bit activation range (decision D4): more accurate than torch.
+#: Dynamic quantization: activations per row over 0..127 (``default_dynamic_quant_observer``),
+#: more accurate than torch's per-tensor 0..127 and as fast on every x86 CPU (docs/migration.md).
 default_dynamic_qconfig = QConfig(activation=default_dynamic_quant_observer, weight=default_weight_observer)
+#: (+) Dynamic activations per tensor over the full 0..255 range (ferroquant's default before 0.2):
+#: more accurate than 0..127 when rows have similar ranges, but AVX2-only CPUs (no VNNI) must run
+#: it on their slower exact kernel.
+full_range_dynamic_qconfig = QConfig(
+    activation=PlaceholderObserver.with_args(dtype=quint8, quant_min=0, quant_max=255, is_dynamic=True),
+    weight=default_weight_observer,
+)
 #: (+) Reproduces torch's dynamic activations (0..127, reduce_range) bit for bit.
 default_dynamic_qconfig_torch = QConfig(
     activation=PlaceholderObserver.with_args(dtype=quint8, quant_min=0, quant_max=127, is_dynamic=True),

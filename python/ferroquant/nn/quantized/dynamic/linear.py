@@ -1,9 +1,12 @@
 """Dynamic quantized Linear: int8 weights, activations quantized on the fly per call.
 
-Forward: choose the activation's per-tensor qparams from its min and max (FBGEMM's rule),
-quantize, exact int8 GEMM, and ``y = fma(acc, xs·ws[j], b[j])`` in float32 — all in one kernel
-call. Activations use the full 0..255 range by default (decision D4); a qconfig whose
-activation range is 0..127 (``default_dynamic_qconfig_torch``) reproduces torch's results.
+Forward: choose the activation's qparams from its min and max (FBGEMM's rule), quantize, exact
+int8 GEMM, and ``y = fma(acc, xs·ws[j], b[j])`` in float32 — all in one kernel call. By default
+each row (token) gets its own qparams over 0..127: never less accurate than torch's per-tensor
+0..127, and fast on every x86 CPU (docs/migration.md, "dynamic activations"). The qconfig's
+activation observer selects the scheme: ``default_dynamic_qconfig_torch`` (per tensor, 0..127)
+reproduces torch's results, ``full_range_dynamic_qconfig`` is per tensor over 0..255 and
+``per_row_dynamic_qconfig`` per row over 0..255.
 """
 
 from __future__ import annotations
@@ -51,9 +54,10 @@ class Linear(WeightedQuantModule):
             raise NotImplementedError(f"dynamic Linear supports qint8 weights, got {dtype}")
         self.in_features = in_features
         self.out_features = out_features
-        self.reduce_range = False
-        #: (+) quantize activations with one scale / zero point per row (per token)
-        self.per_row_activations = False
+        #: activations over 0..127 (True, the default) or 0..255
+        self.reduce_range = True
+        #: (+) quantize activations with one scale / zero point per row (per token; the default)
+        self.per_row_activations = True
         self._init_weight_storage((out_features, in_features), bias_)
         self._rebuild()
 
@@ -132,6 +136,7 @@ class Linear(WeightedQuantModule):
         error_msgs: list,
     ) -> None:
         pr = state_dict.pop(prefix + "per_row_activations", None)
+        # saved before per-row activations existed: per tensor
         self.per_row_activations = bool(pr) if pr is not None else False
         rr = state_dict.pop(prefix + "reduce_range", None)
         if rr is not None:
