@@ -22,7 +22,7 @@ import torch.nn.functional as F
 TORCH_AVX2_ENV = "FBGEMM_ENABLE_INSTRUCTIONS"
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def torch_full_range_exact() -> bool:
     """Whether torch's int8 Linear is exact for activations in 0..255 on this process's CPU path.
 

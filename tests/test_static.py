@@ -11,9 +11,8 @@ import pytest
 import torch
 import torch.ao.nn.quantized as tnnq
 import torch.ao.quantization as tq
-from torch import nn
-
 from _exactness import assert_layers_match_float64, torch_forced_to_avx2, torch_full_range_exact
+from torch import nn
 
 
 def _qconfigs(per_channel: bool = True, reduce_range: bool = False):

@@ -82,11 +82,11 @@ from .qconfig import (
     float16_static_qconfig,
     float_qparams_weight_only_qconfig,
     float_qparams_weight_only_qconfig_4bit,
+    full_range_dynamic_qconfig,
     get_default_qat_qconfig,
     get_default_qconfig,
     per_channel_dynamic_qconfig,
     per_row_dynamic_qconfig,
-    full_range_dynamic_qconfig,
 )
 from .qconfig_mapping import QConfigMapping, get_default_qat_qconfig_mapping, get_default_qconfig_mapping
 from .qtensor import QTensor, dequantize, quantize_per_channel, quantize_per_tensor
