@@ -1,9 +1,11 @@
 """Whole models: ferroquant vs torch's int8 engine (and fp32), same process, one thread.
 
-    python benches/bench_models.py [--threads 1] [--seq 128] [--json out.json]
+    python benches/bench_models.py [--threads 1] [--seq 128] [--engine auto] [--torch-avx2] [--json out.json]
 
 Models from shared/design/ANCHORS.md: the 4-layer BERT-base-size encoder (dynamic
-quantization of every nn.Linear), T=128, batch 1. Reports median ms and ratios.
+quantization of every nn.Linear, each library's default dynamic qconfig), T=128, batch 1. Reports
+median ms, ratios and the largest error vs fp32. The AVX2-only view on any x86 machine:
+``--engine avx2 --torch-avx2``.
 """
 
 from __future__ import annotations
@@ -18,7 +20,14 @@ import torch
 from torch import nn
 
 sys.path.insert(0, __file__.rsplit("/", 1)[0])
-from _common import machine_info, median_seconds, write_json  # noqa: E402
+from _common import (  # noqa: E402
+    add_torch_avx2_flag,
+    apply_torch_avx2_flag,
+    describe,
+    machine_info,
+    median_seconds,
+    write_json,
+)
 from models import Encoder  # noqa: E402
 
 warnings.filterwarnings("ignore")
@@ -53,16 +62,18 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--seq", type=int, default=128)
+    ap.add_argument("--engine", default="auto", help="ferroquant engine (auto or a name)")
     ap.add_argument("--json")
+    add_torch_avx2_flag(ap)
     args = ap.parse_args()
+    apply_torch_avx2_flag(args)
     torch.set_num_threads(args.threads)
     fq.set_num_threads(args.threads)
+    fq.backends.engine = args.engine
     info = machine_info()
     rows = [bench_encoder(args.seq)]
-    print(
-        f"# models: ferroquant vs torch {info['torch']} int8, {args.threads} thread(s); CPU {info['cpu']}, "
-        f"engine {info['engine']}"
-    )
+    print(f"# models: ferroquant vs torch {info['torch']} int8, {args.threads} thread(s)")
+    print(describe(info))
     print()
     print("| model | fp32 ms | torch int8 ms | ferroquant ms | speedup vs torch int8 | max abs err (fq / torch) |")
     print("|---|---|---|---|---|---|")

@@ -1,9 +1,14 @@
 """ferroquant vs torch's int8 engine (and fp32) on the same Linear shapes, one process.
 
-    python benches/bench_ops.py [--threads 1] [--engine auto] [--quick] [--json out.json]
+    python benches/bench_ops.py [--threads 1] [--engine auto] [--torch-avx2] [--quick] [--json out.json]
 
 Prints a Markdown table of GMAC/s per op and the ratio ferroquant / torch int8, measured in the
 same run (shapes from shared/design/ANCHORS.md). Speed goals live here, never in timed tests.
+The AVX2-only view on any x86 machine: ``--engine avx2 --torch-avx2``.
+
+Static Linear runs twice per shape: activations in 0..127 (torch's x86 qconfigs, reduce_range)
+and in 0..255. Dynamic Linear: each library's per-channel dynamic qconfig (torch: per tensor
+0..127; ferroquant: per row 0..127).
 """
 
 from __future__ import annotations
@@ -19,7 +24,14 @@ from ferroquant import _core
 from torch import nn
 
 sys.path.insert(0, __file__.rsplit("/", 1)[0])
-from _common import machine_info, median_seconds, write_json  # noqa: E402
+from _common import (  # noqa: E402
+    add_torch_avx2_flag,
+    apply_torch_avx2_flag,
+    describe,
+    machine_info,
+    median_seconds,
+    write_json,
+)
 
 warnings.filterwarnings("ignore")
 import torch.ao.nn.quantized as tnnq  # noqa: E402  (the reference engine, benchmarks only)
@@ -54,7 +66,7 @@ def bench_dynamic(m: int, k: int, n: int) -> dict[str, Any]:
         t_torch = median_seconds(lambda: theirs(x))
         t_ours = median_seconds(lambda: ours(x))
     return {
-        "op": "dynamic linear",
+        "op": "dynamic linear (per-channel qconfigs)",
         "shape": (m, k, n),
         "fp32": _gmacs(m, k, n, t_fp32),
         "torch_int8": _gmacs(m, k, n, t_torch),
@@ -62,12 +74,12 @@ def bench_dynamic(m: int, k: int, n: int) -> dict[str, Any]:
     }
 
 
-def bench_static(m: int, k: int, n: int, threads: int) -> dict[str, Any]:
+def bench_static(m: int, k: int, n: int, threads: int, qmax: int = 255) -> dict[str, Any]:
     torch.manual_seed(0)
     w = torch.randn(n, k) * 0.05
     b = torch.randn(n)
     x = torch.rand(m, k) * 4
-    xs, xz, os_, oz = 4 / 255, 0, 0.5, 64
+    xs, xz, os_, oz = 4 / qmax, 0, 0.5, 64
     ws = (w.abs().amax(1) / 127.5).float()
     qw_t = torch.quantize_per_channel(w, ws.double(), torch.zeros(n, dtype=torch.long), 0, torch.qint8)
     ref = tnnq.Linear(k, n)
@@ -83,7 +95,7 @@ def bench_static(m: int, k: int, n: int, threads: int) -> dict[str, Any]:
     t_torch = median_seconds(lambda: ref(qx_t))
     t_ours = median_seconds(lambda: packed.linear_static(a, xs, xz, bn, os_, oz, 0, 255, False, "quint8", threads))
     return {
-        "op": "static linear",
+        "op": f"static linear, activations 0..{qmax}",
         "shape": (m, k, n),
         "fp32": _gmacs(m, k, n, t_fp32),
         "torch_int8": _gmacs(m, k, n, t_torch),
@@ -117,20 +129,23 @@ def main() -> int:
     ap.add_argument("--engine", default="auto", help="ferroquant engine (auto or a name)")
     ap.add_argument("--quick", action="store_true", help="a few shapes only (CI smoke run)")
     ap.add_argument("--json", help="also write the results to this JSON file")
+    add_torch_avx2_flag(ap)
     args = ap.parse_args()
+    apply_torch_avx2_flag(args)
     torch.set_num_threads(args.threads)
     fq.set_num_threads(args.threads)
     fq.backends.engine = args.engine
     torch.backends.quantized.engine = "x86"
     info = machine_info()
     rows = []
-    for s in QUICK_STATIC if args.quick else SHAPES_STATIC:
-        rows.append(bench_static(*s, threads=args.threads))
+    for qmax in (127, 255):
+        for s in QUICK_STATIC if args.quick else SHAPES_STATIC:
+            rows.append(bench_static(*s, threads=args.threads, qmax=qmax))
     for s in QUICK_DYNAMIC if args.quick else SHAPES_DYNAMIC:
         rows.append(bench_dynamic(*s))
     tiny = bench_tiny()
     print(f"# ferroquant ops vs torch {info['torch']} int8 (x86 engine), {args.threads} thread(s)")
-    print(f"CPU: {info['cpu']}; ferroquant engine: {info['engine']} (available: {', '.join(info['engines'])})")
+    print(describe(info))
     print()
     print("| op | M x K x N | fp32 GMAC/s | torch int8 GMAC/s | ferroquant GMAC/s | ratio vs torch int8 |")
     print("|---|---|---|---|---|---|")
