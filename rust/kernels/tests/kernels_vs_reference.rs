@@ -17,8 +17,9 @@ impl Rng {
         self.0 ^= self.0 << 17;
         self.0
     }
-    fn u8(&mut self) -> u8 {
-        self.next() as u8
+    /// A value in `0..=max`.
+    fn u8_upto(&mut self, max: u8) -> u8 {
+        (self.next() % (max as u64 + 1)) as u8
     }
     fn i8(&mut self) -> i8 {
         self.next() as u8 as i8
@@ -71,9 +72,7 @@ fn case_range(
     amax: u8,
 ) {
     let mut r = Rng(seed | 1);
-    let a: Vec<u8> = (0..m * k)
-        .map(|_| (r.next() % (amax as u64 + 1)) as u8)
-        .collect();
+    let a: Vec<u8> = (0..m * k).map(|_| r.u8_upto(amax)).collect();
     let w: Vec<i8> = (0..n * k).map(|_| r.i8()).collect();
     let zw: Vec<i32> = if per_channel {
         (0..n)

@@ -5,15 +5,14 @@
 //! The AVX2 family reads activations in their broadcast i16 form (`PackedA::rows_bcast16`:
 //! each K group's 4 values as i16, repeated to 32 bytes, built once per GEMM), so `vpmaddwd`
 //! takes them straight from memory; each 16-byte quarter of a weight group is sign-extended
-//! once (`vpmovsxbw`) and used for all rows. 3 rows × 16 columns per tile keep 12
-//! accumulators, one widened weight and one product in 14 ymm registers.
+//! once (`vpmovsxbw`) and used for all rows of a tile (6 rows, one half-panel at a time).
 
 use std::arch::x86_64::*;
 
 use super::super::{check_dot_args, TileKernel};
 use crate::packed::{PackedA, PackedWeights, NR};
 
-pub(crate) const MR: usize = 3;
+pub(crate) const MR: usize = 6;
 pub(crate) const NP: usize = 1;
 pub(crate) const KERNEL: TileKernel = TileKernel {
     mr: MR,
@@ -41,38 +40,81 @@ fn dot(
     // SAFETY: CPU features checked above; `a` holds rows*(kp/4)*16 i16, `w` one panel of
     // kp*16 bytes, and check_dot_args proved `out` holds rows*16 i32 (panels == 1).
     unsafe {
+        let (a, w, o) = (a.as_ptr(), w.as_ptr(), out.as_mut_ptr());
         match rows {
-            1 => tile::<1>(a.as_ptr(), kp, w.as_ptr(), out.as_mut_ptr()),
-            2 => tile::<2>(a.as_ptr(), kp, w.as_ptr(), out.as_mut_ptr()),
-            _ => tile::<3>(a.as_ptr(), kp, w.as_ptr(), out.as_mut_ptr()),
+            // few rows (GEMV-like, weight-bandwidth bound): all 16 columns in one pass
+            1 => tile::<1, 4>(a, kp, w, o, 0),
+            2 => tile::<2, 4>(a, kp, w, o, 0),
+            3 => tile::<3, 4>(a, kp, w, o, 0),
+            // more rows: two passes of 8 columns, 6 rows sharing each widened weight
+            _ => {
+                for q0 in [0, 2] {
+                    match rows {
+                        4 => tile::<4, 2>(a, kp, w, o, q0),
+                        5 => tile::<5, 2>(a, kp, w, o, q0),
+                        _ => tile::<6, 2>(a, kp, w, o, q0),
+                    }
+                }
+            }
         }
     }
 }
 
+/// Column quarters `q0 .. q0+Q` (4 columns each) of an `R`-row tile: per K group, each
+/// 16-byte quarter of the weight group is sign-extended once (`vpmovsxbw`) and used for all
+/// `R` rows, whose broadcast i16 activations `vpmaddwd` takes straight from memory. `R·Q ≤ 12`
+/// accumulators, the widened quarter and a product fit the 16 ymm registers; with 6 rows × 2
+/// quarters there is one `vpmovsxbw` per 6 `vpmaddwd` (3 rows × 4 quarters: one per 3).
+///
 /// # Safety
 /// The CPU supports AVX2; `a` points to `R` rows of `kp*4` i16 (broadcast form), `w` to
-/// `kp*16` bytes, `out` to `R*16` writable i32; `kp % 4 == 0`.
+/// `kp*16` bytes, `out` to `R*16` writable i32; `kp % 4 == 0`; `q0 + Q <= 4`.
 #[target_feature(enable = "avx2")]
-unsafe fn tile<const R: usize>(a: *const i16, kp: usize, w: *const i8, out: *mut i32) {
-    // acc[r][q]: columns 4q..4q+3 of row r, as pairs (k0+k1, k2+k3) per column.
-    let mut acc = [[_mm256_setzero_si256(); 4]; R];
+unsafe fn tile<const R: usize, const Q: usize>(
+    a: *const i16,
+    kp: usize,
+    w: *const i8,
+    out: *mut i32,
+    q0: usize,
+) {
+    // acc[r][q]: columns 4(q0+q) .. +3 of row r, as pairs (k0+k1, k2+k3) per column.
+    let mut acc = [[_mm256_setzero_si256(); Q]; R];
     let row = kp * 4;
     for g in 0..kp / 4 {
-        for q in 0..4 {
-            let wq = _mm256_cvtepi8_epi16(_mm_loadu_si128(w.add(g * 64 + q * 16) as *const _));
+        if Q == 4 {
+            // up to 3 rows: one quarter at a time, activations re-read from L1 per quarter
+            for q in 0..Q {
+                let wq = _mm256_cvtepi8_epi16(_mm_loadu_si128(
+                    w.add(g * 64 + (q0 + q) * 16) as *const _
+                ));
+                for r in 0..R {
+                    let av = _mm256_loadu_si256(a.add(r * row + g * 16) as *const _);
+                    acc[r][q] = _mm256_add_epi32(acc[r][q], _mm256_madd_epi16(wq, av));
+                }
+            }
+        } else {
+            // 4-6 rows: both quarters widened first, each row's activations loaded once
+            let mut wq = [_mm256_setzero_si256(); Q];
+            for (q, v) in wq.iter_mut().enumerate() {
+                *v = _mm256_cvtepi8_epi16(_mm_loadu_si128(
+                    w.add(g * 64 + (q0 + q) * 16) as *const _
+                ));
+            }
             for r in 0..R {
                 let av = _mm256_loadu_si256(a.add(r * row + g * 16) as *const _);
-                acc[r][q] = _mm256_add_epi32(acc[r][q], _mm256_madd_epi16(wq, av));
+                for q in 0..Q {
+                    acc[r][q] = _mm256_add_epi32(acc[r][q], _mm256_madd_epi16(wq[q], av));
+                }
             }
         }
     }
     for r in 0..R {
-        for q in 0..4 {
+        for q in 0..Q {
             // add the (k0+k1, k2+k3) pairs of each column
             let mut lanes = [0i32; 8];
             _mm256_storeu_si256(lanes.as_mut_ptr() as *mut _, acc[r][q]);
             for c in 0..4 {
-                *out.add(r * NR + q * 4 + c) = lanes[2 * c].wrapping_add(lanes[2 * c + 1]);
+                *out.add(r * NR + (q0 + q) * 4 + c) = lanes[2 * c].wrapping_add(lanes[2 * c + 1]);
             }
         }
     }
