@@ -25,22 +25,6 @@ import _exactness as X  # noqa: E402
 import test_static as T  # noqa: E402
 
 
-def _layers_max_lsb(model, x) -> tuple[int, int]:
-    """(layers checked, largest |ours - float64 reference| in LSB over all of them)."""
-    seen = []
-    hooks = [m.register_forward_hook(lambda mod, a, o: seen.append((mod, a[0], o)))
-             for m in model.modules() if isinstance(m, X.WEIGHTED)]
-    with torch.no_grad():
-        model(x)
-    for h in hooks:
-        h.remove()
-    worst = 0
-    for mod, qx, qy in seen:
-        ref = X.float64_reference(mod, qx)
-        worst = max(worst, int((qy.int_repr().to(torch.int64) - ref).abs().max()))
-    return len(seen), worst
-
-
 def main() -> int:
     import ferroquant as fq
 
@@ -58,7 +42,8 @@ def main() -> int:
         calib = torch.randn(shape, generator=g)
         test = torch.randn(shape, generator=g) * 0.9
         co, ct, a, b = T._both(make, calib, test, fuse=fuse)
-        layers, worst = _layers_max_lsb(co, test)
+        errors = X.layer_lsb_errors(co, test)
+        layers, worst = len(errors), max(d for _, d in errors)
         if not exact:
             _, ct, a, b = T._both(make, calib, calib, fuse=fuse, reduce_range=True)
         lsb = (a - b).abs() / T._out_scale(ct)

@@ -78,10 +78,9 @@ def float64_reference(module, qx) -> torch.Tensor:
 WEIGHTED = (fq.nn.quantized.Linear, fq.nn.quantized.Conv1d, fq.nn.quantized.Conv2d, fq.nn.quantized.Conv3d)
 
 
-def assert_layers_match_float64(model, *inputs) -> int:
-    """Runs ``model`` and checks every weighted quantized layer's output against
-    :func:`float64_reference` of its own input: within 1 LSB on every element. Returns the
-    number of layers checked (so callers can assert that something was checked)."""
+def layer_lsb_errors(model, *inputs) -> list[tuple[str, int]]:
+    """Runs ``model`` and returns, for every weighted quantized layer it ran, its class name and
+    the largest |output − :func:`float64_reference` of its own input| in LSB."""
     seen = []
     hooks = [
         m.register_forward_hook(lambda mod, args, out: seen.append((mod, args[0], out)))
@@ -94,10 +93,20 @@ def assert_layers_match_float64(model, *inputs) -> int:
     finally:
         for h in hooks:
             h.remove()
+    errors = []
     for mod, qx, qy in seen:
         ref = float64_reference(mod, qx)
         got = qy.int_repr().to(torch.int64)
         assert got.shape == ref.shape, (type(mod).__name__, got.shape, ref.shape)
-        diff = (got - ref).abs().max().item() if got.numel() else 0
-        assert diff <= 1, f"{type(mod).__name__}: {diff} LSB from the float64 reference"
-    return len(seen)
+        errors.append((type(mod).__name__, int((got - ref).abs().max()) if got.numel() else 0))
+    return errors
+
+
+def assert_layers_match_float64(model, *inputs) -> int:
+    """Every weighted quantized layer of ``model`` within 1 LSB of the float64 reference of its
+    own input, on every element. Returns the number of layers checked (so callers can assert
+    that something was checked)."""
+    errors = layer_lsb_errors(model, *inputs)
+    for name, diff in errors:
+        assert diff <= 1, f"{name}: {diff} LSB from the float64 reference"
+    return len(errors)
