@@ -25,5 +25,21 @@ def _restore_global_state():
     _reset_num_threads()
 
 
+@pytest.fixture
+def parallel_kernels():
+    """Runs even small kernel calls on several threads (results never depend on it); yields a
+    function returning how many multi-threaded calls ran since the fixture started."""
+    from ferroquant import _core
+
+    if _core.max_threads() < 2:
+        pytest.skip("needs a machine with 2+ CPUs")
+    old = _core.set_parallel_min_macs(0)
+    start = _core.parallel_jobs()
+    try:
+        yield lambda: _core.parallel_jobs() - start
+    finally:
+        _core.set_parallel_min_macs(old)
+
+
 def engines() -> list[str]:
     return list(fq.backends.supported_engines)

@@ -7,6 +7,7 @@ import subprocess
 import sys
 
 import ferroquant as fq
+from ferroquant import _core
 import pytest
 import torch
 
@@ -52,12 +53,28 @@ def test_threads_follow_torch_until_set():
         assert fq.get_num_threads() == 1
         fq.set_num_threads(2)
         torch.set_num_threads(1)
-        assert fq.get_num_threads() == 2
+        assert fq.get_num_threads() == min(2, _core.max_threads())
     finally:
         torch.set_num_threads(old)
-    for bad in (0, -1, 1.5, True):
-        with pytest.raises(ValueError):
+    for bad in (0, -1):
+        with pytest.raises(ValueError, match="int >= 1"):
             fq.set_num_threads(bad)
+    for bad in (1.5, True, "2"):
+        with pytest.raises(TypeError, match="int >= 1"):
+            fq.set_num_threads(bad)
+
+
+def test_thread_setting_is_bounded_by_the_machine():
+    fq.set_num_threads(100000)
+    assert fq.get_num_threads() == _core.max_threads()
+    q = fq.quantize_dynamic(torch.nn.Sequential(torch.nn.Linear(512, 512)))
+    x = torch.randn(256, 512)
+    fq.set_num_threads(1)
+    base = q(x)
+    fq.set_num_threads(10**30)
+    assert torch.equal(q(x), base)
+    # one pool, never more workers than CPUs - 1, whatever was asked
+    assert _core.pool_workers() <= _core.max_threads() - 1
 
 
 def test_torch_quantized_engine_plays_no_role():

@@ -81,28 +81,47 @@ def test_the_checker_catches_violations(tmp_path):
     assert len(_violations(f)) == 3
 
 
-@pytest.mark.parametrize(
-    "mod",
-    [
-        "observer",
-        "fake_quantize",
-        "qconfig",
-        "qconfig_mapping",
-        "stubs",
-        "quantize",
-        "quantize_fx",
-        "backends",
-        "nn.quantized",
-        "nn.quantized.dynamic",
-        "nn.quantized.functional",
-        "nn.intrinsic",
-        "nn.intrinsic.qat",
-        "nn.intrinsic.quantized",
-        "nn.qat",
-    ],
-)
+# Modules that exist today, each with names it must export (and torch.ao's counterpart has).
+IMPLEMENTED = {
+    "observer": ["MinMaxObserver", "MovingAverageMinMaxObserver", "PerChannelMinMaxObserver", "HistogramObserver"],
+    "fake_quantize": ["FakeQuantize"],
+    "qconfig": ["QConfig", "get_default_qconfig", "default_dynamic_qconfig"],
+    "qconfig_mapping": ["QConfigMapping"],
+    "stubs": ["QuantStub", "DeQuantStub", "QuantWrapper"],
+    "quantize": ["quantize_dynamic", "prepare", "convert", "propagate_qconfig_"],
+    "nn.quantized": ["Linear", "Conv1d", "Conv2d", "Conv3d", "Quantize", "DeQuantize", "FloatFunctional", "QFunctional"],
+    "nn.quantized.dynamic": ["Linear"],
+    "nn.intrinsic": ["LinearReLU", "ConvReLU1d", "ConvReLU2d", "ConvReLU3d"],
+    "nn.intrinsic.quantized": ["LinearReLU", "ConvReLU1d", "ConvReLU2d", "ConvReLU3d"],
+}
+# Modules whose content is planned work: they exist so that imports mirror torch.ao, export
+# nothing, and say so.
+PLANNED = ["quantize_fx", "nn.quantized.functional", "nn.intrinsic.qat", "nn.qat"]
+TORCH_AO = {
+    "nn.quantized": "torch.ao.nn.quantized",
+    "nn.quantized.dynamic": "torch.ao.nn.quantized.dynamic",
+    "nn.intrinsic": "torch.ao.nn.intrinsic",
+    "nn.intrinsic.quantized": "torch.ao.nn.intrinsic.quantized",
+}
+
+
+@pytest.mark.parametrize("mod", sorted(IMPLEMENTED))
 def test_import_paths_mirror_torch_ao(mod):
-    importlib.import_module(f"ferroquant.{mod}")
+    m = importlib.import_module(f"ferroquant.{mod}")
+    missing = [n for n in IMPLEMENTED[mod] if not hasattr(m, n)]
+    assert not missing, f"ferroquant.{mod} lacks {missing}"
+    ref = importlib.import_module(TORCH_AO.get(mod, f"torch.ao.quantization.{mod}"))
+    assert not [n for n in IMPLEMENTED[mod] if not hasattr(ref, n)], "names must be torch.ao's"
+    for name in getattr(m, "__all__", []):
+        assert hasattr(m, name), f"ferroquant.{mod}.__all__ names {name!r}, which does not exist"
+
+
+@pytest.mark.parametrize("mod", PLANNED)
+def test_planned_modules_export_nothing_and_say_so(mod):
+    m = importlib.import_module(f"ferroquant.{mod}")
+    public = [n for n in dir(m) if not n.startswith("_") and not isinstance(getattr(m, n), type(importlib))]
+    assert m.__all__ == [] and not public, f"ferroquant.{mod} exports {public}: move it to IMPLEMENTED"
+    assert m.__doc__ and ("planned" in m.__doc__ or "not available" in m.__doc__.lower())
 
 
 def test_no_quantization_subpackage():

@@ -1,27 +1,35 @@
 """Thread count for ferroquant's kernels.
 
 Until :func:`set_num_threads` is called, ferroquant follows ``torch.get_num_threads()``.
-Results are identical for every thread count (work is split over output tiles only).
+Results are identical for every thread count (work is split over output tiles only). The
+kernels use one process-wide pool, bounded by the CPUs this process may run on
+(``_core.max_threads()``): asking for more threads than that uses that many.
 """
 
 from __future__ import annotations
 
 import torch
 
+from . import _core
+
 _num_threads: int | None = None
 
 
 def set_num_threads(n: int) -> None:
-    """Sets the number of threads ferroquant's kernels use (``n >= 1``)."""
+    """Sets the number of threads ferroquant's kernels use (``n >= 1``; values above the number
+    of CPUs this process may use are capped to it)."""
     global _num_threads
-    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
-        raise ValueError(f"set_num_threads expects an integer >= 1, got {n!r}")
-    _num_threads = n
+    if isinstance(n, bool) or not isinstance(n, int):
+        raise TypeError(f"set_num_threads expects an int >= 1, got {type(n).__name__} {n!r}")
+    if n < 1:
+        raise ValueError(f"set_num_threads expects an int >= 1, got {n}")
+    _num_threads = min(n, _core.max_threads())
 
 
 def get_num_threads() -> int:
-    """The number of threads ferroquant's kernels use."""
-    return _num_threads if _num_threads is not None else torch.get_num_threads()
+    """The number of threads ferroquant's kernels use (at most the CPUs this process may use)."""
+    n = _num_threads if _num_threads is not None else torch.get_num_threads()
+    return max(1, min(n, _core.max_threads()))
 
 
 def _reset_num_threads() -> None:

@@ -1,7 +1,7 @@
 //! Kernel errors → Python exceptions (ValueError / TypeError / RuntimeError).
 
 use ferroquant_kernels::KernelError;
-use pyo3::exceptions::{PyRuntimeError, PyTypeError, PyValueError};
+use pyo3::exceptions::{PyMemoryError, PyRuntimeError, PyTypeError, PyValueError};
 use pyo3::PyErr;
 
 pub fn to_py(e: KernelError) -> PyErr {
@@ -12,7 +12,9 @@ pub fn to_py(e: KernelError) -> PyErr {
         KernelError::ShapeMismatch { .. }
         | KernelError::InvalidQParams(_)
         | KernelError::Empty(_)
-        | KernelError::NonFinite(_) => PyValueError::new_err(msg),
+        | KernelError::NonFinite(_)
+        | KernelError::TooLarge(_) => PyValueError::new_err(msg),
+        KernelError::OutOfMemory(_) => PyMemoryError::new_err(msg),
     }
 }
 

@@ -1,8 +1,14 @@
 //! `ferroquant._core`: a thin PyO3 layer over ferroquant-kernels.
 //!
-//! Every function validates its arguments (dtype through the numpy types, contiguity,
-//! shapes, lengths, qparams) and turns problems into Python exceptions; compute runs with
-//! the GIL released. Users never import this module: `ferroquant` wraps it.
+//! Every function validates its arguments (dtype through the numpy types, shapes, lengths,
+//! qparams) and turns problems into Python exceptions; it never panics.
+//!
+//! **Memory Python can touch is read only with the GIL held.** Array arguments are copied into
+//! Rust-owned buffers (in C order, whatever their strides: Fortran-ordered, sliced, negative
+//! or zero strides) before the GIL is released; compute then runs GIL-free on memory no Python
+//! thread can reach, and outputs are Rust vectors handed to numpy afterwards. Another thread
+//! resizing or writing an argument during a call therefore cannot crash it or mix old and new
+//! values. Users never import this module: `ferroquant` wraps it.
 #![deny(unsafe_code)]
 
 mod errors;
@@ -17,15 +23,79 @@ use pyo3::prelude::*;
 
 use errors::{to_py, value_error};
 
-fn contiguous<'a, T: numpy::Element>(
-    a: &'a PyReadonlyArrayDyn<'_, T>,
+/// What `o` is, for error messages: "float64 array of shape [2, 3]" or its Python type.
+fn describe(o: &Bound<'_, PyAny>) -> String {
+    match o.cast::<numpy::PyUntypedArray>() {
+        Ok(a) => format!("a {} array of shape {:?}", a.dtype(), a.shape()),
+        Err(_) => o
+            .get_type()
+            .name()
+            .map(|n| format!("a {n}"))
+            .unwrap_or_else(|_| "an object".into()),
+    }
+}
+
+/// `o` as a numpy array of `T`, or a TypeError naming the argument, the dtype it needs and
+/// what it got.
+fn arr<'py, T: numpy::Element>(
+    o: &Bound<'py, PyAny>,
     what: &str,
-) -> PyResult<&'a [T]> {
-    a.as_slice().map_err(|_| {
-        value_error(format!(
-            "{what} must be C-contiguous; call .contiguous() first"
+) -> PyResult<PyReadonlyArrayDyn<'py, T>> {
+    o.extract::<PyReadonlyArrayDyn<'py, T>>().map_err(|_| {
+        pyo3::exceptions::PyTypeError::new_err(format!(
+            "{what} must be a numpy array of dtype {}, got {}",
+            T::get_dtype(o.py()),
+            describe(o)
         ))
     })
+}
+
+/// [`arr`] for 1-D arrays.
+fn arr1<'py, T: numpy::Element>(
+    o: &Bound<'py, PyAny>,
+    what: &str,
+) -> PyResult<PyReadonlyArray1<'py, T>> {
+    o.extract::<PyReadonlyArray1<'py, T>>().map_err(|_| {
+        pyo3::exceptions::PyTypeError::new_err(format!(
+            "{what} must be a 1-D numpy array of dtype {}, got {}",
+            T::get_dtype(o.py()),
+            describe(o)
+        ))
+    })
+}
+
+/// A C-order copy of any numpy array (any strides), taken with the GIL held.
+fn owned<T: numpy::Element + Copy>(a: &PyReadonlyArrayDyn<'_, T>, what: &str) -> PyResult<Vec<T>> {
+    let v = a.as_array();
+    let mut out = Vec::new();
+    out.try_reserve_exact(v.len()).map_err(|_| {
+        pyo3::exceptions::PyMemoryError::new_err(format!(
+            "cannot allocate a copy of {what} ({} elements)",
+            v.len()
+        ))
+    })?;
+    match v.as_slice() {
+        Some(s) => out.extend_from_slice(s),
+        None => out.extend(v.iter().copied()),
+    }
+    Ok(out)
+}
+
+/// [`owned`] for 1-D arrays.
+fn owned1<T: numpy::Element + Copy>(a: &PyReadonlyArray1<'_, T>, what: &str) -> PyResult<Vec<T>> {
+    let v = a.as_array();
+    let mut out = Vec::new();
+    out.try_reserve_exact(v.len()).map_err(|_| {
+        pyo3::exceptions::PyMemoryError::new_err(format!("cannot allocate a copy of {what}"))
+    })?;
+    out.extend(v.iter().copied());
+    Ok(out)
+}
+
+/// A zero-filled output buffer of `shape`, or MemoryError / ValueError (never an abort).
+fn output<T: Clone + Default>(shape: &[usize], what: &str) -> PyResult<Vec<T>> {
+    let n = k::error::checked_numel(shape, what).map_err(to_py)?;
+    k::error::try_vec(n, T::default(), what).map_err(to_py)
 }
 
 fn engine() -> k::Engine {
@@ -68,7 +138,32 @@ fn current_engine() -> &'static str {
 /// Multiply-accumulates below which a GEMM stays on one thread.
 #[pyfunction]
 fn parallel_min_macs() -> usize {
-    k::PARALLEL_MIN_MACS
+    k::parallel_min_macs()
+}
+
+/// Sets the multiply-accumulates below which a GEMM stays on one thread (tests lower it to run
+/// small problems on several threads; results never depend on it). Returns the previous value.
+#[pyfunction]
+fn set_parallel_min_macs(macs: usize) -> usize {
+    k::set_parallel_min_macs(macs)
+}
+
+/// The most threads a kernel call can use here (the CPUs this process may run on).
+#[pyfunction]
+fn max_threads() -> usize {
+    k::max_threads()
+}
+
+/// Kernel calls that ran on more than one thread so far.
+#[pyfunction]
+fn parallel_jobs() -> usize {
+    k::parallel_jobs()
+}
+
+/// Worker threads the pool has started so far (never more than max_threads() - 1).
+#[pyfunction]
+fn pool_workers() -> usize {
+    k::pool_workers()
 }
 
 /// FBGEMM's dynamic choose-qparams: returns (scale as double, zero_point).
@@ -80,32 +175,34 @@ fn choose_qparams_dynamic(min: f32, max: f32, qmin: i32, qmax: i32) -> PyResult<
 
 fn quantize_into<'py, T: QInt + numpy::Element>(
     py: Python<'py>,
-    x: &[f32],
+    x: Vec<f32>,
     shape: &[usize],
     scale: f32,
     zp: i32,
     qmin: i32,
     qmax: i32,
 ) -> PyResult<Bound<'py, PyAny>> {
-    let mut out = vec![T::default(); x.len()];
-    py.detach(|| k::quantize::quantize_per_tensor(x, scale, zp, qmin, qmax, &mut out))
+    let mut out = output::<T>(shape, "the quantized output")?;
+    py.detach(|| k::quantize::quantize_per_tensor(&x, scale, zp, qmin, qmax, &mut out))
         .map_err(to_py)?;
     Ok(PyArray1::from_vec(py, out).reshape(shape)?.into_any())
 }
 
-/// Quantizes a contiguous float32 array per tensor (decision D3). dtype: quint8 | qint8 | qint32.
+/// Quantizes a contiguous float32 array per tensor: zero point added after rounding half to even
+/// (docs/numerics.md D3). dtype: quint8 | qint8 | qint32.
 #[pyfunction]
 #[allow(clippy::too_many_arguments)]
 fn quantize_per_tensor<'py>(
     py: Python<'py>,
-    x: PyReadonlyArrayDyn<'py, f32>,
+    x: &Bound<'py, PyAny>,
     scale: f32,
     zero_point: i32,
     qmin: i32,
     qmax: i32,
     dtype: &str,
 ) -> PyResult<Bound<'py, PyAny>> {
-    let xs = contiguous(&x, "input")?;
+    let x = arr::<f32>(x, "input")?;
+    let xs = owned(&x, "input")?;
     let shape = x.shape().to_vec();
     match dtype {
         "quint8" => quantize_into::<u8>(py, xs, &shape, scale, zero_point, qmin, qmax),
@@ -120,17 +217,19 @@ fn quantize_per_tensor<'py>(
 #[allow(clippy::too_many_arguments)]
 fn quantize_pc_into<'py, T: QInt + numpy::Element>(
     py: Python<'py>,
-    x: &[f32],
+    x: Vec<f32>,
     shape: &[usize],
     layout: ChannelLayout,
-    scales: &[f32],
-    zps: &[i32],
+    scales: Vec<f32>,
+    zps: Vec<i32>,
     qmin: i32,
     qmax: i32,
 ) -> PyResult<Bound<'py, PyAny>> {
-    let mut out = vec![T::default(); x.len()];
-    py.detach(|| k::quantize::quantize_per_channel(x, layout, scales, zps, qmin, qmax, &mut out))
-        .map_err(to_py)?;
+    let mut out = output::<T>(shape, "the quantized output")?;
+    py.detach(|| {
+        k::quantize::quantize_per_channel(&x, layout, &scales, &zps, qmin, qmax, &mut out)
+    })
+    .map_err(to_py)?;
     Ok(PyArray1::from_vec(py, out).reshape(shape)?.into_any())
 }
 
@@ -139,23 +238,22 @@ fn quantize_pc_into<'py, T: QInt + numpy::Element>(
 #[allow(clippy::too_many_arguments)]
 fn quantize_per_channel<'py>(
     py: Python<'py>,
-    x: PyReadonlyArrayDyn<'py, f32>,
-    scales: PyReadonlyArray1<'py, f32>,
-    zero_points: PyReadonlyArray1<'py, i32>,
+    x: &Bound<'py, PyAny>,
+    scales: &Bound<'py, PyAny>,
+    zero_points: &Bound<'py, PyAny>,
     axis: usize,
     qmin: i32,
     qmax: i32,
     dtype: &str,
 ) -> PyResult<Bound<'py, PyAny>> {
-    let xs = contiguous(&x, "input")?;
+    let x = arr::<f32>(x, "input")?;
+    let scales = arr1::<f32>(scales, "scales")?;
+    let zero_points = arr1::<i32>(zero_points, "zero_points")?;
     let shape = x.shape().to_vec();
     let layout = ChannelLayout::from_shape(&shape, axis).map_err(to_py)?;
-    let s = scales
-        .as_slice()
-        .map_err(|_| value_error("scales must be contiguous"))?;
-    let z = zero_points
-        .as_slice()
-        .map_err(|_| value_error("zero_points must be contiguous"))?;
+    let xs = owned(&x, "input")?;
+    let s = owned1(&scales, "scales")?;
+    let z = owned1(&zero_points, "zero_points")?;
     match dtype {
         "quint8" => quantize_pc_into::<u8>(py, xs, &shape, layout, s, z, qmin, qmax),
         "qint8" => quantize_pc_into::<i8>(py, xs, &shape, layout, s, z, qmin, qmax),
@@ -167,11 +265,26 @@ fn quantize_per_channel<'py>(
 }
 
 /// The integer arrays `dequantize_*` accept.
-#[derive(FromPyObject)]
 enum IntArray<'py> {
     U8(PyReadonlyArrayDyn<'py, u8>),
     I8(PyReadonlyArrayDyn<'py, i8>),
     I32(PyReadonlyArrayDyn<'py, i32>),
+}
+
+fn int_array<'py>(o: &Bound<'py, PyAny>, what: &str) -> PyResult<IntArray<'py>> {
+    if let Ok(a) = o.extract() {
+        return Ok(IntArray::U8(a));
+    }
+    if let Ok(a) = o.extract() {
+        return Ok(IntArray::I8(a));
+    }
+    if let Ok(a) = o.extract() {
+        return Ok(IntArray::I32(a));
+    }
+    Err(pyo3::exceptions::PyTypeError::new_err(format!(
+        "{what} must be a numpy array of dtype uint8, int8 or int32, got {}",
+        describe(o)
+    )))
 }
 
 fn dequant_pt<T: QInt + numpy::Element>(
@@ -180,9 +293,9 @@ fn dequant_pt<T: QInt + numpy::Element>(
     scale: f32,
     zp: i32,
 ) -> PyResult<(Vec<f32>, Vec<usize>)> {
-    let qs = contiguous(q, "quantized data")?;
-    let mut out = vec![0f32; qs.len()];
-    py.detach(|| k::quantize::dequantize_per_tensor(qs, scale, zp, &mut out))
+    let qs = owned(q, "quantized data")?;
+    let mut out = output::<f32>(q.shape(), "the dequantized output")?;
+    py.detach(|| k::quantize::dequantize_per_tensor(&qs, scale, zp, &mut out))
         .map_err(to_py)?;
     Ok((out, q.shape().to_vec()))
 }
@@ -191,10 +304,11 @@ fn dequant_pt<T: QInt + numpy::Element>(
 #[pyfunction]
 fn dequantize_per_tensor<'py>(
     py: Python<'py>,
-    q: IntArray<'py>,
+    q: &Bound<'py, PyAny>,
     scale: f32,
     zero_point: i32,
 ) -> PyResult<Bound<'py, PyArrayDyn<f32>>> {
+    let q = int_array(q, "quantized data")?;
     let (out, shape) = match &q {
         IntArray::U8(a) => dequant_pt(py, a, scale, zero_point)?,
         IntArray::I8(a) => dequant_pt(py, a, scale, zero_point)?,
@@ -210,11 +324,11 @@ fn dequant_pc<T: QInt + numpy::Element>(
     zps: &[i32],
     axis: usize,
 ) -> PyResult<(Vec<f32>, Vec<usize>)> {
-    let qs = contiguous(q, "quantized data")?;
     let shape = q.shape().to_vec();
     let layout = ChannelLayout::from_shape(&shape, axis).map_err(to_py)?;
-    let mut out = vec![0f32; qs.len()];
-    py.detach(|| k::quantize::dequantize_per_channel(qs, layout, scales, zps, &mut out))
+    let qs = owned(q, "quantized data")?;
+    let mut out = output::<f32>(&shape, "the dequantized output")?;
+    py.detach(|| k::quantize::dequantize_per_channel(&qs, layout, scales, zps, &mut out))
         .map_err(to_py)?;
     Ok((out, shape))
 }
@@ -223,21 +337,20 @@ fn dequant_pc<T: QInt + numpy::Element>(
 #[pyfunction]
 fn dequantize_per_channel<'py>(
     py: Python<'py>,
-    q: IntArray<'py>,
-    scales: PyReadonlyArray1<'py, f32>,
-    zero_points: PyReadonlyArray1<'py, i32>,
+    q: &Bound<'py, PyAny>,
+    scales: &Bound<'py, PyAny>,
+    zero_points: &Bound<'py, PyAny>,
     axis: usize,
 ) -> PyResult<Bound<'py, PyArrayDyn<f32>>> {
-    let s = scales
-        .as_slice()
-        .map_err(|_| value_error("scales must be contiguous"))?;
-    let z = zero_points
-        .as_slice()
-        .map_err(|_| value_error("zero_points must be contiguous"))?;
+    let q = int_array(q, "quantized data")?;
+    let scales = arr1::<f32>(scales, "scales")?;
+    let zero_points = arr1::<i32>(zero_points, "zero_points")?;
+    let s = owned1(&scales, "scales")?;
+    let z = owned1(&zero_points, "zero_points")?;
     let (out, shape) = match &q {
-        IntArray::U8(a) => dequant_pc(py, a, s, z, axis)?,
-        IntArray::I8(a) => dequant_pc(py, a, s, z, axis)?,
-        IntArray::I32(a) => dequant_pc(py, a, s, z, axis)?,
+        IntArray::U8(a) => dequant_pc(py, a, &s, &z, axis)?,
+        IntArray::I8(a) => dequant_pc(py, a, &s, &z, axis)?,
+        IntArray::I32(a) => dequant_pc(py, a, &s, &z, axis)?,
     };
     PyArray1::from_vec(py, out).reshape(shape)
 }
@@ -258,14 +371,9 @@ fn check_2d(shape: &[usize], k_expect: usize, what: &str) -> PyResult<usize> {
     Ok(shape[0])
 }
 
-fn bias_slice<'a>(b: &'a Option<PyReadonlyArray1<'_, f32>>) -> PyResult<Option<&'a [f32]>> {
-    match b {
-        None => Ok(None),
-        Some(b) => Ok(Some(
-            b.as_slice()
-                .map_err(|_| value_error("bias must be contiguous"))?,
-        )),
-    }
+fn owned_bias(b: Option<&Bound<'_, PyAny>>) -> PyResult<Option<Vec<f32>>> {
+    b.map(|b| owned1(&arr1::<f32>(b, "bias")?, "bias"))
+        .transpose()
 }
 
 #[pymethods]
@@ -275,25 +383,24 @@ impl PackedLinear {
     #[new]
     fn new(
         py: Python<'_>,
-        weight: PyReadonlyArrayDyn<'_, i8>,
-        scales: PyReadonlyArray1<'_, f32>,
-        zero_points: PyReadonlyArray1<'_, i32>,
+        weight: &Bound<'_, PyAny>,
+        scales: &Bound<'_, PyAny>,
+        zero_points: &Bound<'_, PyAny>,
     ) -> PyResult<Self> {
+        let weight = arr::<i8>(weight, "weight")?;
+        let scales = arr1::<f32>(scales, "scales")?;
+        let zero_points = arr1::<i32>(zero_points, "zero_points")?;
         let shape = weight.shape().to_vec();
         if shape.len() != 2 {
             return Err(value_error(format!(
                 "weight must be 2-D [out_features, in_features], got shape {shape:?}"
             )));
         }
-        let w = contiguous(&weight, "weight")?;
-        let s = scales
-            .as_slice()
-            .map_err(|_| value_error("scales must be contiguous"))?;
-        let z = zero_points
-            .as_slice()
-            .map_err(|_| value_error("zero_points must be contiguous"))?;
+        let w = owned(&weight, "weight")?;
+        let s = owned1(&scales, "scales")?;
+        let z = owned1(&zero_points, "zero_points")?;
         let inner = py
-            .detach(|| k::PackedWeights::new(w, shape[0], shape[1], s, z))
+            .detach(|| k::PackedWeights::new(&w, shape[0], shape[1], &s, &z))
             .map_err(to_py)?;
         Ok(PackedLinear { inner })
     }
@@ -326,18 +433,19 @@ impl PackedLinear {
     fn linear_dynamic<'py>(
         &self,
         py: Python<'py>,
-        x: PyReadonlyArrayDyn<'py, f32>,
-        bias: Option<PyReadonlyArray1<'py, f32>>,
+        x: &Bound<'py, PyAny>,
+        bias: Option<&Bound<'py, PyAny>>,
         reduce_range: bool,
         relu: bool,
         threads: usize,
         per_row: bool,
     ) -> PyResult<(Bound<'py, PyArrayDyn<f32>>, Vec<f64>, Vec<i32>)> {
+        let x = arr::<f32>(x, "input")?;
         let m = check_2d(x.shape(), self.inner.k(), "input")?;
-        let xs = contiguous(&x, "input")?;
-        let b = bias_slice(&bias)?;
+        let xs = owned(&x, "input")?;
+        let b = owned_bias(bias)?;
         let n = self.inner.n();
-        let mut out = vec![0f32; m * n];
+        let mut out = output::<f32>(&[m, n], "the linear output")?;
         let e = engine();
         let w = &self.inner;
         let opts = k::DynamicOptions {
@@ -346,7 +454,7 @@ impl PackedLinear {
             relu,
         };
         let qps = py
-            .detach(|| k::linear_dynamic_with(e, xs, m, w, b, opts, &mut out, threads))
+            .detach(|| k::linear_dynamic_with(e, &xs, m, w, b.as_deref(), opts, &mut out, threads))
             .map_err(to_py)?;
         Ok((
             PyArray1::from_vec(py, out).reshape(vec![m, n])?,
@@ -362,10 +470,10 @@ impl PackedLinear {
     fn linear_static<'py>(
         &self,
         py: Python<'py>,
-        a: PyReadonlyArrayDyn<'py, u8>,
+        a: &Bound<'py, PyAny>,
         a_scale: f32,
         a_zp: i32,
-        bias: Option<PyReadonlyArray1<'py, f32>>,
+        bias: Option<&Bound<'py, PyAny>>,
         out_scale: f32,
         out_zp: i32,
         qmin: i32,
@@ -374,19 +482,32 @@ impl PackedLinear {
         out_dtype: &str,
         threads: usize,
     ) -> PyResult<Bound<'py, PyAny>> {
+        let a = arr::<u8>(a, "input")?;
         let m = check_2d(a.shape(), self.inner.k(), "input")?;
-        let av = contiguous(&a, "input")?;
-        let b = bias_slice(&bias)?;
+        let av = owned(&a, "input")?;
+        let b = owned_bias(bias)?;
         let n = self.inner.n();
         let e = engine();
         let w = &self.inner;
         macro_rules! run {
             ($t:ty) => {{
-                let mut out = vec![<$t>::default(); m * n];
+                let mut out = output::<$t>(&[m, n], "the linear output")?;
                 py.detach(|| {
                     k::linear_static(
-                        e, av, m, a_scale, a_zp, w, b, out_scale, out_zp, qmin, qmax, relu,
-                        &mut out, threads,
+                        e,
+                        &av,
+                        m,
+                        a_scale,
+                        a_zp,
+                        w,
+                        b.as_deref(),
+                        out_scale,
+                        out_zp,
+                        qmin,
+                        qmax,
+                        relu,
+                        &mut out,
+                        threads,
                     )
                 })
                 .map_err(to_py)?;
@@ -434,14 +555,17 @@ impl PackedConv {
     #[allow(clippy::too_many_arguments)]
     fn new(
         py: Python<'_>,
-        weight: PyReadonlyArrayDyn<'_, i8>,
-        scales: PyReadonlyArray1<'_, f32>,
-        zero_points: PyReadonlyArray1<'_, i32>,
+        weight: &Bound<'_, PyAny>,
+        scales: &Bound<'_, PyAny>,
+        zero_points: &Bound<'_, PyAny>,
         stride: Vec<usize>,
         padding: Vec<usize>,
         dilation: Vec<usize>,
         groups: usize,
     ) -> PyResult<Self> {
+        let weight = arr::<i8>(weight, "weight")?;
+        let scales = arr1::<f32>(scales, "scales")?;
+        let zero_points = arr1::<i32>(zero_points, "zero_points")?;
         let shape = weight.shape().to_vec();
         if shape.len() != 5 {
             return Err(value_error(format!(
@@ -455,16 +579,16 @@ impl PackedConv {
             dilation: triple(dilation, "dilation")?,
             groups,
         };
-        let w = contiguous(&weight, "weight")?;
-        let s = scales
-            .as_slice()
-            .map_err(|_| value_error("scales must be contiguous"))?;
-        let z = zero_points
-            .as_slice()
-            .map_err(|_| value_error("zero_points must be contiguous"))?;
-        let cin = shape[1] * groups;
+        let w = owned(&weight, "weight")?;
+        let s = owned1(&scales, "scales")?;
+        let z = owned1(&zero_points, "zero_points")?;
+        let cin = shape[1].checked_mul(groups).ok_or_else(|| {
+            value_error(format!(
+                "groups = {groups} is too large for a weight of shape {shape:?}"
+            ))
+        })?;
         let inner = py
-            .detach(|| k::conv::PackedConv::new(w, shape[0], cin, geom, s, z))
+            .detach(|| k::conv::PackedConv::new(&w, shape[0], cin, geom, &s, &z))
             .map_err(to_py)?;
         Ok(PackedConv { inner })
     }
@@ -475,10 +599,10 @@ impl PackedConv {
     fn conv_static<'py>(
         &self,
         py: Python<'py>,
-        x: PyReadonlyArrayDyn<'py, u8>,
+        x: &Bound<'py, PyAny>,
         x_scale: f32,
         x_zp: i32,
-        bias: Option<PyReadonlyArray1<'py, f32>>,
+        bias: Option<&Bound<'py, PyAny>>,
         out_scale: f32,
         out_zp: i32,
         qmin: i32,
@@ -487,6 +611,7 @@ impl PackedConv {
         out_dtype: &str,
         threads: usize,
     ) -> PyResult<Bound<'py, PyAny>> {
+        let x = arr::<u8>(x, "input")?;
         let shape = x.shape().to_vec();
         if shape.len() != 5 || shape[4] != self.inner.in_channels() {
             return Err(value_error(format!(
@@ -494,8 +619,8 @@ impl PackedConv {
                 self.inner.in_channels()
             )));
         }
-        let xs = contiguous(&x, "input")?;
-        let b = bias_slice(&bias)?;
+        let xs = owned(&x, "input")?;
+        let b = owned_bias(bias)?;
         let (n, sp) = (shape[0], [shape[1], shape[2], shape[3]]);
         let e = engine();
         let pc = &self.inner;
@@ -505,8 +630,20 @@ impl PackedConv {
                 let (out, osp) = py
                     .detach(|| {
                         k::conv::conv_static::<$t>(
-                            e, xs, n, sp, x_scale, x_zp, pc, b, out_scale, out_zp, qmin, qmax,
-                            relu, threads,
+                            e,
+                            &xs,
+                            n,
+                            sp,
+                            x_scale,
+                            x_zp,
+                            pc,
+                            b.as_deref(),
+                            out_scale,
+                            out_zp,
+                            qmin,
+                            qmax,
+                            relu,
+                            threads,
                         )
                     })
                     .map_err(to_py)?;
@@ -543,6 +680,10 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(engine_setting, m)?)?;
     m.add_function(wrap_pyfunction!(current_engine, m)?)?;
     m.add_function(wrap_pyfunction!(parallel_min_macs, m)?)?;
+    m.add_function(wrap_pyfunction!(set_parallel_min_macs, m)?)?;
+    m.add_function(wrap_pyfunction!(max_threads, m)?)?;
+    m.add_function(wrap_pyfunction!(pool_workers, m)?)?;
+    m.add_function(wrap_pyfunction!(parallel_jobs, m)?)?;
     m.add_function(wrap_pyfunction!(choose_qparams_dynamic, m)?)?;
     m.add_function(wrap_pyfunction!(quantize_per_tensor, m)?)?;
     m.add_function(wrap_pyfunction!(quantize_per_channel, m)?)?;

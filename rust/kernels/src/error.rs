@@ -24,6 +24,11 @@ pub enum KernelError {
     NonFinite(String),
     /// The requested engine is unknown or this CPU lacks its instructions.
     KernelUnavailable(String),
+    /// A size does not fit the arithmetic (element counts overflow `usize`, or int32
+    /// accumulation could overflow for these weights).
+    TooLarge(String),
+    /// A buffer could not be allocated.
+    OutOfMemory(String),
 }
 
 impl fmt::Display for KernelError {
@@ -40,7 +45,9 @@ impl fmt::Display for KernelError {
             | KernelError::UnsupportedDtype(m)
             | KernelError::Empty(m)
             | KernelError::NonFinite(m)
-            | KernelError::KernelUnavailable(m) => f.write_str(m),
+            | KernelError::KernelUnavailable(m)
+            | KernelError::TooLarge(m)
+            | KernelError::OutOfMemory(m) => f.write_str(m),
         }
     }
 }
@@ -59,4 +66,30 @@ pub(crate) fn check_len(what: &str, expected: usize, got: usize) -> Result<()> {
         });
     }
     Ok(())
+}
+
+/// The product of `dims` (element count of a shape), or `TooLarge` when it overflows.
+pub fn checked_numel(dims: &[usize], what: &str) -> Result<usize> {
+    dims.iter()
+        .try_fold(1usize, |acc, &d| acc.checked_mul(d))
+        .ok_or_else(|| {
+            KernelError::TooLarge(format!(
+                "{what} of shape {dims:?} has more elements than this machine can address"
+            ))
+        })
+}
+
+/// A vector of `len` copies of `value`, or `OutOfMemory` (never an abort) when the allocation
+/// fails.
+pub fn try_vec<T: Clone>(len: usize, value: T, what: &str) -> Result<Vec<T>> {
+    let mut v = Vec::new();
+    v.try_reserve_exact(len).map_err(|_| {
+        KernelError::OutOfMemory(format!(
+            "cannot allocate {what}: {len} elements of {} bytes ({:.1} GiB)",
+            std::mem::size_of::<T>(),
+            len as f64 * std::mem::size_of::<T>() as f64 / (1u64 << 30) as f64
+        ))
+    })?;
+    v.resize(len, value);
+    Ok(v)
 }

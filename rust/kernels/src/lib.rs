@@ -1,6 +1,6 @@
 //! ferroquant-kernels: int8 quantization kernels for ferroquant, in pure Rust.
 //!
-//! - [`quantize`]: quantize / dequantize, per tensor and per channel (NUMERICS.md D3).
+//! - [`quantize`]: quantize / dequantize, per tensor and per channel (docs/numerics.md D3).
 //! - [`qparams`]: dtypes, ranges and FBGEMM's dynamic choose-qparams rule.
 //! - [`packed`]: the ISA-neutral packed weight layout (panels of 16 columns, K in groups of 4)
 //!   and packed activations.
@@ -32,7 +32,10 @@ pub use arch::{
 pub use error::{KernelError, Result};
 pub use packed::{PackedA, PackedWeights};
 pub use qparams::{DynamicQParams, QDtype};
-pub use threading::{threads_for, MACS_PER_THREAD, PARALLEL_MIN_MACS};
+pub use threading::{
+    max_threads, parallel_jobs, parallel_min_macs, pool_workers, set_parallel_min_macs,
+    threads_for, MACS_PER_THREAD, MAX_THREADS_LIMIT, PARALLEL_MIN_MACS,
+};
 
 use quantize::QInt;
 use requant::{DequantF32, Requantize};
@@ -107,7 +110,8 @@ pub fn linear_dynamic(
 
 /// Static quantized linear (`nnq.Linear` / `LinearReLU`): `a` is quint8 `[m, k]` with
 /// `(a_scale, a_zp)`; the output (quint8 or qint8, `[m, n]`) is requantized to
-/// `(out_scale, out_zp)` and clamped to `[qmin, qmax]` (D7), raised to `out_zp` with `relu`.
+/// `(out_scale, out_zp)` and clamped to `[qmin, qmax]` (docs/numerics.md D7), raised to `out_zp`
+/// with `relu`.
 #[allow(clippy::too_many_arguments)]
 pub fn linear_static<T: QInt>(
     engine: Engine,

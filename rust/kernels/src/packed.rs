@@ -10,7 +10,7 @@
 use crate::arch::{float_kernels, Engine};
 use std::sync::OnceLock;
 
-use crate::error::{check_len, KernelError, Result};
+use crate::error::{check_len, checked_numel, try_vec, KernelError, Result};
 use crate::qparams::{choose_qparams_dynamic, DynamicQParams};
 use crate::quantize::quantize_one_8bit;
 
@@ -18,6 +18,14 @@ use crate::quantize::quantize_one_8bit;
 pub const NR: usize = 16;
 /// K elements grouped together for one 4-way dot product.
 pub const KR: usize = 4;
+
+/// The largest `Σ_k |w[j][k] − zw[j]|` a weight column may have. A GEMM accumulates in int32
+/// (with wrapping adds, exact modulo 2³² whatever the order); its true result
+/// `Σ_k (a − za)(w − zw)` has `|a − za| ≤ 255`, so it fits in int32 — and every engine returns it
+/// exactly — when the column's sum stays within `(2³¹ − 1) / 255`. With all weights at −128 and
+/// zero point 0 that is K ≤ 65793; typical weights allow far larger K. Packing rejects columns
+/// beyond it instead of returning wrapped numbers.
+pub const MAX_COLUMN_ABS_SUM: i64 = i32::MAX as i64 / 255;
 
 /// Rounds `k` up to a whole number of K groups.
 pub fn padded_k(k: usize) -> usize {
@@ -49,7 +57,7 @@ impl PackedWeights {
                 "weights must not be empty, got shape [{n}, {k}]; a Linear needs in_features > 0 and out_features > 0"
             )));
         }
-        check_len("weight", n * k, w.len())?;
+        check_len("weight", checked_numel(&[n, k], "weight")?, w.len())?;
         let per_channel = scales.len() != 1 || zero_points.len() != 1;
         if per_channel {
             check_len("per-channel weight scales", n, scales.len())?;
@@ -65,9 +73,26 @@ impl PackedWeights {
                 )));
             }
         }
+        for (j, row) in w.chunks_exact(k).enumerate() {
+            let zw = zero_points[if zero_points.len() == 1 { 0 } else { j }] as i64;
+            let l1: i64 = row.iter().map(|&v| (v as i64 - zw).abs()).sum();
+            if l1 > MAX_COLUMN_ABS_SUM {
+                return Err(KernelError::TooLarge(format!(
+                    "output channel {j} of this [{n}, {k}] int8 weight has sum |w - zero_point| = {l1}, \
+                     above {MAX_COLUMN_ABS_SUM}: its int32 accumulator could overflow for some uint8 \
+                     inputs (exact for any weights up to K = 65793 inputs per output). Split the \
+                     layer along its input features (e.g. two Linears whose outputs are added in \
+                     float) or keep it in floating point"
+                )));
+            }
+        }
         let kp = padded_k(k);
         let panels = n.div_ceil(NR);
-        let mut data = vec![0i8; panels * kp * NR];
+        let mut data = try_vec(
+            checked_numel(&[panels, kp, NR], "packed weight")?,
+            0i8,
+            "packed weights",
+        )?;
         for (j, row) in w.chunks_exact(k).enumerate() {
             let panel = &mut data[(j / NR) * kp * NR..(j / NR + 1) * kp * NR];
             let c = j % NR;
@@ -159,6 +184,15 @@ impl PackedWeights {
     }
 }
 
+/// Appends each K group of `data` as i16, repeated 4 times (the AVX2 broadcast form).
+fn extend_bcast16(data: &[u8], v: &mut Vec<i16>) {
+    for g in data.chunks_exact(KR) {
+        for _ in 0..4 {
+            v.extend(g.iter().map(|&x| x as i16));
+        }
+    }
+}
+
 /// u8 activations (`[M, K]`) copied into rows of `kp` bytes (zero padded), with row sums
 /// and the activation zero point. Building it from floats quantizes in the same pass.
 #[derive(Debug, Clone)]
@@ -182,15 +216,19 @@ pub struct PackedA {
 impl PackedA {
     /// Wraps already-quantized u8 activations with zero point `zero_point`.
     pub fn from_u8(a: &[u8], m: usize, k: usize, zero_point: i32) -> Result<Self> {
-        check_len("activation", m * k, a.len())?;
+        check_len("activation", checked_numel(&[m, k], "activation")?, a.len())?;
         if !(0..=255).contains(&zero_point) {
             return Err(KernelError::InvalidQParams(format!(
                 "quint8 activation zero point {zero_point} is outside [0, 255]"
             )));
         }
         let kp = padded_k(k);
-        let mut data = vec![0u8; m * kp];
-        let mut row_sums = vec![0i32; m];
+        let mut data = try_vec(
+            checked_numel(&[m, kp], "packed activations")?,
+            0u8,
+            "packed activations",
+        )?;
+        let mut row_sums = try_vec(m, 0i32, "activation row sums")?;
         if k > 0 {
             for ((src, dst), rs) in a
                 .chunks_exact(k)
@@ -216,7 +254,8 @@ impl PackedA {
     }
 
     /// Dynamic quantization fused with packing: chooses per-tensor qparams from the min and
-    /// max of `x` over `[qmin, qmax]` (FBGEMM's rule, NUMERICS §3.3), then quantizes (D3).
+    /// max of `x` over `[qmin, qmax]` (FBGEMM's rule, docs/numerics.md "Dynamic activation
+    /// qparams"), then quantizes (D3).
     pub fn quantize_dynamic(
         x: &[f32],
         m: usize,
@@ -237,13 +276,17 @@ impl PackedA {
         qmin: i32,
         qmax: i32,
     ) -> Result<(Self, DynamicQParams)> {
-        check_len("activation", m * k, x.len())?;
+        check_len("activation", checked_numel(&[m, k], "activation")?, x.len())?;
         let fk = float_kernels(engine);
         let (lo, hi) = (fk.min_max)(x).unwrap_or((0.0, 0.0));
         let qp = choose_qparams_dynamic(lo, hi, qmin, qmax)?;
         let kp = padded_k(k);
-        let mut data = vec![0u8; m * kp];
-        let mut row_sums = vec![0i32; m];
+        let mut data = try_vec(
+            checked_numel(&[m, kp], "packed activations")?,
+            0u8,
+            "packed activations",
+        )?;
+        let mut row_sums = try_vec(m, 0i32, "activation row sums")?;
         if k > 0 {
             (fk.quantize_rows)(x, k, kp, qp.scale, qp.zero_point, &mut data, &mut row_sums);
         }
@@ -274,11 +317,15 @@ impl PackedA {
         qmin: i32,
         qmax: i32,
     ) -> Result<(Self, Vec<DynamicQParams>)> {
-        check_len("activation", m * k, x.len())?;
+        check_len("activation", checked_numel(&[m, k], "activation")?, x.len())?;
         let fk = float_kernels(engine);
         let kp = padded_k(k);
-        let mut data = vec![0u8; m * kp];
-        let mut row_sums = vec![0i32; m];
+        let mut data = try_vec(
+            checked_numel(&[m, kp], "packed activations")?,
+            0u8,
+            "packed activations",
+        )?;
+        let mut row_sums = try_vec(m, 0i32, "activation row sums")?;
         let mut qps = Vec::with_capacity(m);
         for i in 0..m {
             let row = &x[i * k..(i + 1) * k];
@@ -330,15 +377,29 @@ impl PackedA {
     pub fn rows(&self, r0: usize, count: usize) -> &[u8] {
         &self.data[r0 * self.kp..(r0 + count) * self.kp]
     }
-    /// Rows `r0..r0+count` in the broadcast i16 form (`kp/4` groups of 16 i16 per row).
+    /// Builds the broadcast i16 form ([`PackedA::rows_bcast16`]) now, reporting a failed
+    /// allocation (it is 8× the packed activations).
+    pub fn prepare_bcast16(&self) -> Result<()> {
+        if self.bcast16.get().is_none() {
+            let len = checked_numel(&[self.data.len(), 4], "broadcast activations")?;
+            let mut v = try_vec(0, 0i16, "broadcast activations")?;
+            v.try_reserve_exact(len).map_err(|_| {
+                KernelError::OutOfMemory(format!(
+                    "cannot allocate the AVX2 broadcast form of the activations ({len} int16 values)"
+                ))
+            })?;
+            extend_bcast16(&self.data, &mut v);
+            let _ = self.bcast16.set(v);
+        }
+        Ok(())
+    }
+
+    /// Rows `r0..r0+count` in the broadcast i16 form (`kp/4` groups of 16 i16 per row); built
+    /// on first use unless [`PackedA::prepare_bcast16`] ran.
     pub fn rows_bcast16(&self, r0: usize, count: usize) -> &[i16] {
         let b = self.bcast16.get_or_init(|| {
             let mut v = Vec::with_capacity(self.data.len() * 4);
-            for g in self.data.chunks_exact(KR) {
-                for _ in 0..4 {
-                    v.extend(g.iter().map(|&x| x as i16));
-                }
-            }
+            extend_bcast16(&self.data, &mut v);
             v
         });
         &b[r0 * self.kp * 4..(r0 + count) * self.kp * 4]
@@ -366,7 +427,7 @@ fn max_u8(data: &[u8]) -> u8 {
 }
 
 /// Quantizes rows of `k` floats into rows of `kp` bytes (zero padded) with their sums
-/// (decision D3 over 0..=255). Inlined into ISA-specific wrappers (`arch::FloatKernels`).
+/// (docs/numerics.md decision D3, over 0..=255). Inlined into ISA-specific wrappers (`arch::FloatKernels`).
 #[inline(always)]
 pub(crate) fn quantize_rows_body(
     x: &[f32],

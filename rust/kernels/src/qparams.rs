@@ -1,4 +1,4 @@
-//! Quantization dtypes, schemes and the choose-qparams rules of NUMERICS.md.
+//! Quantization dtypes, schemes and the choose-qparams rules of docs/numerics.md.
 
 use crate::error::{KernelError, Result};
 
@@ -73,7 +73,8 @@ pub struct DynamicQParams {
 /// The smallest scale `ChooseQuantizationParams` lets through (FBGEMM's `SMALL_SCALE_THRESHOLD`).
 const SMALL_SCALE_THRESHOLD: f32 = 6.1e-5;
 
-/// FBGEMM's `ChooseQuantizationParams` (NUMERICS §3.3), used by dynamic quantization.
+/// FBGEMM's `ChooseQuantizationParams` (docs/numerics.md "Dynamic activation qparams"), used by
+/// dynamic quantization.
 ///
 /// `min`/`max` are the tensor's extremes; `qmin..qmax` the integer range (0..255, or 0..127
 /// with `reduce_range`). Widens the interval to contain 0, computes the scale in double,

@@ -1,4 +1,4 @@
-//! Quantize and dequantize, per tensor and per channel (NUMERICS.md decision D3).
+//! Quantize and dequantize, per tensor and per channel (docs/numerics.md decision D3).
 //!
 //! One rule everywhere: `inv = fl(1/fl(scale))`, `q = clamp(rne(fl(x*inv)) + zp, qmin, qmax)`;
 //! NaN maps to `qmax` (as torch does). Dequantize is `fl(scale * fl(q - zp))`.

@@ -1,6 +1,6 @@
 //! Output stages: what happens to the exact i32 accumulators of a GEMM tile.
 //!
-//! Specified once here (NUMERICS.md D2, D3, D8) and applied by the GEMM driver on each tile.
+//! Specified once here (docs/numerics.md D2, D3, D8) and applied by the GEMM driver on each tile.
 //! Every engine runs these same scalar expressions (compiled with or without the ISA's
 //! target features), and they contain only IEEE-exact operations (`mul_add` is a correctly
 //! rounded FMA on every target), so all paths agree bit for bit.
@@ -143,7 +143,8 @@ impl OutputStage for StoreI32 {
     }
 }
 
-/// Dynamic-linear output (NUMERICS §3.3): `y = fma(float(acc), fl(xs·ws[j]), b[j])`,
+/// Dynamic-linear output (docs/numerics.md "Dynamic activation qparams"):
+/// `y = fma(float(acc), fl(xs·ws[j]), b[j])`,
 /// then `max(y, 0)` when `relu`.
 #[derive(Debug, Clone)]
 pub struct DequantF32 {
@@ -225,7 +226,7 @@ impl OutputStage for DequantF32 {
     }
 }
 
-/// Static requantization (NUMERICS §3.1 / D2, D7): with `atws[j] = fl(xs·ws[j])`,
+/// Static requantization (docs/numerics.md "Requantization" / D2, D7): with `atws[j] = fl(xs·ws[j])`,
 /// `mult[j] = fl(atws[j]/os)` and `bq[j] = fl(b[j]/atws[j])`:
 /// `y = clamp(rne(fl(fl(float(acc) + bq[j]) · mult[j])) + oz, lo, hi)`.
 /// `lo`/`hi` are the output observer's range (D7); a fused ReLU raises `lo` to `oz`.

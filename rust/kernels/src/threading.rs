@@ -1,39 +1,86 @@
-//! ferroquant's worker threads.
+//! ferroquant's worker threads: one process-wide pool, bounded by the machine's CPUs.
 //!
 //! Work is split over output tiles and K is never split, so each output element is computed by
 //! the same operations in the same order whatever the thread count.
 //!
-//! Why not a sleeping pool: waking a parked thread costs from microseconds to milliseconds (on a
-//! loaded VM the woken thread waits for a time slice; measured ~2 ms on this project's 2-vCPU
-//! machine while another process kept one vCPU busy), which can be longer than a whole GEMM.
-//! As OpenMP runtimes do, workers here keep polling for a while after each job
-//! (`FERROQUANT_SPIN_US`, default 2000 µs; 0 parks at once) before parking, and the calling
-//! thread takes tasks itself and polls, never sleeps, while the last tasks finish. Polling yields the CPU (`sched_yield`) between checks,
-//! so a waiting worker gives its core to any other runnable thread (torch's own OpenMP threads
-//! between our calls) instead of fighting it.
-//!
-//! A call uses at most one thread per [`MACS_PER_THREAD`] multiply-accumulates, so small GEMMs
-//! do not pay for waking many threads.
+//! - **One pool.** Created on first parallel call; workers are started lazily up to what calls
+//!   ask for, never more than the CPUs this process may run on minus one (the caller works
+//!   too). A worker that fails to start is not an error: the call runs on fewer threads.
+//! - **Sized per call by the work**: at most one thread per [`MACS_PER_THREAD`]
+//!   multiply-accumulates, none below [`parallel_min_macs`]; the job tells the workers how many
+//!   of them may join, the others go back to waiting.
+//! - **Re-entrant and concurrent calls run inline.** A parallel call made from inside a pool
+//!   task, or while another thread's call holds the pool, runs its tasks on the calling thread:
+//!   no deadlock, no waiting, no oversubscription (several Python threads each get one core's
+//!   worth instead of queueing).
+//! - **Waiting.** Waking a parked thread costs from microseconds to milliseconds (on a loaded
+//!   VM the woken thread waits for a time slice), which can be longer than a whole GEMM. As
+//!   OpenMP runtimes do, workers poll for a while after each job before parking. The poll lasts
+//!   twice the last job's duration, between 50 µs and `FERROQUANT_SPIN_US` (default 2000 µs;
+//!   0 parks at once): short calls do not leave cores spinning for long, which matters when
+//!   torch's own threads run between our calls. Polling yields the CPU (`sched_yield`) between
+//!   checks, so a waiting worker gives its core to any other runnable thread.
 
-use std::collections::HashMap;
+use std::cell::Cell;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Condvar, Mutex, OnceLock};
+use std::sync::{Arc, Condvar, Mutex, OnceLock, TryLockError};
 use std::time::{Duration, Instant};
 
-/// Below this many multiply-accumulates a call stays on the calling thread.
+/// Default of [`parallel_min_macs`]: below this many multiply-accumulates a call stays on the
+/// calling thread.
 pub const PARALLEL_MIN_MACS: usize = 1 << 23;
 
-/// A call uses at most one thread per this many multiply-accumulates (~20 µs of work).
-pub const MACS_PER_THREAD: usize = 1 << 22;
+/// A call uses at most one thread per this many multiply-accumulates (~20 µs of work) by
+/// default: half of [`parallel_min_macs`].
+pub const MACS_PER_THREAD: usize = PARALLEL_MIN_MACS / 2;
+
+/// Most threads any call may use, whatever is asked: the hard upper bound of the pool.
+pub const MAX_THREADS_LIMIT: usize = 512;
+
+static PARALLEL_MIN: AtomicUsize = AtomicUsize::new(PARALLEL_MIN_MACS);
+
+/// The multiply-accumulates below which a call stays on one thread.
+pub fn parallel_min_macs() -> usize {
+    PARALLEL_MIN.load(Ordering::Relaxed)
+}
+
+/// Changes [`parallel_min_macs`] (and with it the work per thread, half of it; tests use 0 to
+/// run small problems on several threads; results do not depend on it). Returns the previous
+/// value.
+pub fn set_parallel_min_macs(macs: usize) -> usize {
+    PARALLEL_MIN.swap(macs, Ordering::Relaxed)
+}
+
+/// The most threads a call can use on this machine: the CPUs this process may run on
+/// (`std::thread::available_parallelism`, which follows the affinity mask and cgroup quota),
+/// at most [`MAX_THREADS_LIMIT`].
+pub fn max_threads() -> usize {
+    static MAX: OnceLock<usize> = OnceLock::new();
+    *MAX.get_or_init(|| {
+        std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1)
+            .clamp(1, MAX_THREADS_LIMIT)
+    })
+}
 
 /// How many threads a call with `macs` multiply-accumulates uses, given the setting `threads`.
 pub fn threads_for(macs: usize, threads: usize) -> usize {
-    if macs < PARALLEL_MIN_MACS {
+    let min = parallel_min_macs();
+    if macs < min {
         1
     } else {
-        threads.clamp(1, (macs / MACS_PER_THREAD).max(1))
+        let per_thread = (min / 2).max(1);
+        threads
+            .clamp(1, max_threads())
+            .min((macs / per_thread).max(1))
     }
+}
+
+thread_local! {
+    /// Set while this thread runs a pool task (workers always; the caller during its job).
+    static IN_TASK: Cell<bool> = const { Cell::new(false) };
 }
 
 /// Waits politely: a spin hint, then the CPU goes to any other runnable thread.
@@ -49,6 +96,8 @@ struct Job {
     /// not return before every worker that entered the job has left it (see `run`).
     f: &'static (dyn Fn(usize) + Sync),
     tasks: usize,
+    /// How many workers may join (the call's thread count minus the caller).
+    helpers: usize,
     next: AtomicUsize,
     done: AtomicUsize,
     entered: AtomicUsize,
@@ -76,18 +125,24 @@ struct Shared {
     slot: Mutex<Option<Arc<Job>>>,
     generation: AtomicU64,
     wake: Condvar,
-    spin: Duration,
+    /// How long workers poll after a job, in nanoseconds (set per job by the caller).
+    spin_ns: AtomicU64,
 }
 
-/// `threads - 1` workers plus the calling thread.
-pub(crate) struct Pool {
-    threads: usize,
+/// The process-wide pool: up to `max_threads() - 1` workers plus the calling thread.
+struct Pool {
     shared: Arc<Shared>,
-    /// One parallel call at a time per pool.
+    /// Workers started so far.
+    workers: Mutex<usize>,
+    /// Set when the OS refused a thread: no further attempts.
+    spawn_failed: AtomicBool,
+    /// One parallel call at a time; others run inline.
     busy: Mutex<()>,
+    /// Upper bound of the poll after a job.
+    max_spin: Duration,
 }
 
-fn spin_duration() -> Duration {
+fn max_spin() -> Duration {
     let us = std::env::var("FERROQUANT_SPIN_US")
         .ok()
         .and_then(|v| v.parse().ok())
@@ -96,11 +151,13 @@ fn spin_duration() -> Duration {
 }
 
 fn worker(shared: Arc<Shared>) {
+    IN_TASK.with(|c| c.set(true));
     let mut seen = shared.generation.load(Ordering::Acquire);
     loop {
-        // spin for new work, then park
+        // poll for new work, then park
         let start = Instant::now();
-        while shared.generation.load(Ordering::Acquire) == seen && start.elapsed() < shared.spin {
+        let spin = Duration::from_nanos(shared.spin_ns.load(Ordering::Relaxed));
+        while shared.generation.load(Ordering::Acquire) == seen && start.elapsed() < spin {
             pause();
         }
         let mut slot = shared.slot.lock().unwrap_or_else(|e| e.into_inner());
@@ -109,48 +166,58 @@ fn worker(shared: Arc<Shared>) {
         }
         seen = shared.generation.load(Ordering::Acquire);
         let job = slot.clone();
-        if let Some(j) = &job {
-            // counted while the slot is locked: once `run` has emptied the slot, no worker can
-            // enter the job any more
-            j.entered.fetch_add(1, Ordering::AcqRel);
-        }
+        // counted while the slot is locked: once `run` has emptied the slot, no worker can
+        // enter the job any more
+        let ticket = job
+            .as_ref()
+            .map(|j| j.entered.fetch_add(1, Ordering::AcqRel));
         drop(slot);
-        if let Some(j) = job {
-            j.work();
+        if let (Some(j), Some(ticket)) = (job, ticket) {
+            if ticket < j.helpers {
+                j.work();
+            }
             j.left.fetch_add(1, Ordering::AcqRel);
         }
     }
 }
 
 impl Pool {
-    fn new(threads: usize) -> Pool {
-        let shared = Arc::new(Shared {
-            slot: Mutex::new(None),
-            generation: AtomicU64::new(0),
-            wake: Condvar::new(),
-            spin: spin_duration(),
-        });
-        for i in 1..threads {
-            let s = shared.clone();
-            std::thread::Builder::new()
-                .name(format!("ferroquant-{i}"))
-                .spawn(move || worker(s))
-                .expect("failed to start a ferroquant worker thread");
-        }
+    fn new() -> Pool {
+        let max_spin = max_spin();
         Pool {
-            threads,
-            shared,
+            shared: Arc::new(Shared {
+                slot: Mutex::new(None),
+                generation: AtomicU64::new(0),
+                wake: Condvar::new(),
+                spin_ns: AtomicU64::new(max_spin.as_nanos() as u64),
+            }),
+            workers: Mutex::new(0),
+            spawn_failed: AtomicBool::new(false),
             busy: Mutex::new(()),
+            max_spin,
         }
     }
 
-    /// Runs `f(0)`, …, `f(tasks - 1)` on this thread and the workers; returns when all are done.
-    pub(crate) fn run(&self, tasks: usize, f: &(dyn Fn(usize) + Sync)) {
-        if self.threads <= 1 || tasks <= 1 {
-            (0..tasks).for_each(f);
-            return;
+    /// Starts workers until there are `want` (at most `max_threads() - 1`); returns how many
+    /// there are. A refused thread stops the growth for good; the pool works with what it has.
+    fn ensure_workers(&self, want: usize) -> usize {
+        let want = want.min(max_threads() - 1);
+        let mut have = self.workers.lock().unwrap_or_else(|e| e.into_inner());
+        while *have < want && !self.spawn_failed.load(Ordering::Relaxed) {
+            let s = self.shared.clone();
+            let started = std::thread::Builder::new()
+                .name(format!("ferroquant-{}", *have + 1))
+                .spawn(move || worker(s));
+            match started {
+                Ok(_) => *have += 1,
+                Err(_) => self.spawn_failed.store(true, Ordering::Relaxed),
+            }
         }
-        let _one_at_a_time = self.busy.lock().unwrap_or_else(|e| e.into_inner());
+        *have
+    }
+
+    /// Runs the tasks on this thread and up to `helpers` workers.
+    fn run(&self, helpers: usize, tasks: usize, f: &(dyn Fn(usize) + Sync)) {
         // SAFETY: only the lifetime is extended. Workers reach `f` only through the job while it
         // is in the slot or after entering it; before returning, this function empties the slot
         // and waits until every worker that entered has left, so no use of `f` outlives this call.
@@ -158,19 +225,23 @@ impl Pool {
         let job = Arc::new(Job {
             f: f_static,
             tasks,
+            helpers,
             next: AtomicUsize::new(0),
             done: AtomicUsize::new(0),
             entered: AtomicUsize::new(0),
             left: AtomicUsize::new(0),
             panicked: AtomicBool::new(false),
         });
+        let start = Instant::now();
         {
             let mut slot = self.shared.slot.lock().unwrap_or_else(|e| e.into_inner());
             *slot = Some(job.clone());
             self.shared.generation.fetch_add(1, Ordering::AcqRel);
             self.shared.wake.notify_all();
         }
+        let was = IN_TASK.with(|c| c.replace(true));
         job.work();
+        IN_TASK.with(|c| c.set(was));
         while job.done.load(Ordering::Acquire) < tasks {
             pause();
         }
@@ -182,20 +253,55 @@ impl Pool {
         while job.left.load(Ordering::Acquire) < entered {
             pause();
         }
+        let spin = (start.elapsed() * 2).clamp(Duration::from_micros(50), self.max_spin);
+        self.shared
+            .spin_ns
+            .store(spin.min(self.max_spin).as_nanos() as u64, Ordering::Relaxed);
         if job.panicked.load(Ordering::Relaxed) {
             panic!("a ferroquant worker task panicked");
         }
     }
 }
 
-/// The pool for `threads` threads (built on first use and kept).
-pub(crate) fn pool(threads: usize) -> Arc<Pool> {
-    static POOLS: OnceLock<Mutex<HashMap<usize, Arc<Pool>>>> = OnceLock::new();
-    let map = POOLS.get_or_init(|| Mutex::new(HashMap::new()));
-    let mut map = map.lock().unwrap_or_else(|e| e.into_inner());
-    map.entry(threads)
-        .or_insert_with(|| Arc::new(Pool::new(threads)))
-        .clone()
+fn the_pool() -> &'static Pool {
+    static POOL: OnceLock<Pool> = OnceLock::new();
+    POOL.get_or_init(Pool::new)
+}
+
+/// Runs `f(0)`, …, `f(tasks - 1)` on up to `threads` threads (this one included) and returns
+/// when all are done. Runs them on this thread alone when `threads` or `tasks` is 1, when
+/// called from inside a task, when another call holds the pool, or when no worker could be
+/// started. A panicking task is re-raised here after the others finish.
+pub(crate) fn parallel_for(threads: usize, tasks: usize, f: &(dyn Fn(usize) + Sync)) {
+    let inline = || (0..tasks).for_each(f);
+    if threads <= 1 || tasks <= 1 || IN_TASK.with(|c| c.get()) {
+        return inline();
+    }
+    let pool = the_pool();
+    let _guard = match pool.busy.try_lock() {
+        Ok(g) => g,
+        Err(TryLockError::Poisoned(e)) => e.into_inner(),
+        Err(TryLockError::WouldBlock) => return inline(),
+    };
+    let helpers = pool.ensure_workers(threads.min(tasks) - 1).min(threads - 1);
+    if helpers == 0 {
+        return inline();
+    }
+    JOBS.fetch_add(1, Ordering::Relaxed);
+    pool.run(helpers, tasks, f);
+}
+
+static JOBS: AtomicUsize = AtomicUsize::new(0);
+
+/// Calls that ran on more than one thread since the process started (for tests: proves that a
+/// "several threads" test really used several).
+pub fn parallel_jobs() -> usize {
+    JOBS.load(Ordering::Relaxed)
+}
+
+/// Workers started so far (for tests and diagnostics).
+pub fn pool_workers() -> usize {
+    *the_pool().workers.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 #[cfg(test)]
@@ -204,28 +310,68 @@ mod tests {
 
     #[test]
     fn every_task_runs_once() {
-        for threads in [1, 2, 3] {
-            let p = pool(threads);
+        for threads in [1, 2, 3, 64] {
             for tasks in [0, 1, 2, 7, 100] {
                 let hits: Vec<AtomicUsize> = (0..tasks).map(|_| AtomicUsize::new(0)).collect();
-                p.run(tasks, &|t| {
+                parallel_for(threads, tasks, &|t| {
                     hits[t].fetch_add(1, Ordering::Relaxed);
                 });
                 assert!(hits.iter().all(|h| h.load(Ordering::Relaxed) == 1));
             }
         }
+        // bounded by the machine, whatever was asked
+        assert!(pool_workers() < max_threads().max(2));
     }
 
     #[test]
     fn a_panicking_task_is_reported_to_the_caller() {
-        let p = pool(2);
-        let r = catch_unwind(AssertUnwindSafe(|| p.run(8, &|t| assert!(t != 5))));
+        let r = catch_unwind(AssertUnwindSafe(|| {
+            parallel_for(2, 8, &|t| assert!(t != 5))
+        }));
         assert!(r.is_err());
         // the pool still works afterwards
         let n = AtomicUsize::new(0);
-        p.run(8, &|_| {
+        parallel_for(2, 8, &|_| {
             n.fetch_add(1, Ordering::Relaxed);
         });
         assert_eq!(n.load(Ordering::Relaxed), 8);
+    }
+
+    #[test]
+    fn nested_calls_run_inline_instead_of_deadlocking() {
+        let n = AtomicUsize::new(0);
+        parallel_for(4, 6, &|_| {
+            parallel_for(4, 5, &|_| {
+                parallel_for(4, 3, &|_| {
+                    n.fetch_add(1, Ordering::Relaxed);
+                });
+            });
+        });
+        assert_eq!(n.load(Ordering::Relaxed), 90);
+    }
+
+    #[test]
+    fn concurrent_callers_all_finish() {
+        let total = AtomicUsize::new(0);
+        std::thread::scope(|s| {
+            for _ in 0..8 {
+                s.spawn(|| {
+                    for _ in 0..50 {
+                        parallel_for(4, 16, &|_| {
+                            total.fetch_add(1, Ordering::Relaxed);
+                        });
+                    }
+                });
+            }
+        });
+        assert_eq!(total.load(Ordering::Relaxed), 8 * 50 * 16);
+    }
+
+    #[test]
+    fn threads_are_bounded_by_the_machine_and_the_work() {
+        assert_eq!(threads_for(1, 64), 1);
+        let big = usize::MAX / 2;
+        assert_eq!(threads_for(big, 1_000_000), max_threads());
+        assert_eq!(threads_for(PARALLEL_MIN_MACS, 64), 2.min(max_threads()));
     }
 }

@@ -439,3 +439,51 @@ fn requantization_multiplier_above_one_works() {
         }
     }
 }
+
+/// Accumulators of every engine (1 and 2 threads) for constant operands, as i64.
+fn constant_case(m: usize, k: usize, n: usize, a: u8, w: i8, zw: i32) -> Vec<Vec<i64>> {
+    let pw = PackedWeights::new(&vec![w; n * k], n, k, &[1.0], &[zw]).unwrap();
+    let pa = PackedA::from_u8(&vec![a; m * k], m, k, 0).unwrap();
+    let mut all = Vec::new();
+    for e in available_engines() {
+        for threads in [1, 2] {
+            let mut acc = vec![0i32; m * n];
+            gemm(e, &pa, &pw, &StoreI32, &mut acc, threads).unwrap();
+            all.push(acc.iter().map(|&v| v as i64).collect());
+        }
+    }
+    all
+}
+
+#[test]
+fn k_at_the_int32_limit_is_exact_and_beyond_it_is_rejected() {
+    use ferroquant_kernels::packed::MAX_COLUMN_ABS_SUM;
+    use ferroquant_kernels::KernelError;
+    // zero point 0, all weights -128: exact up to K = 65793
+    let k = 65793;
+    assert_eq!(128 * k as i64, 8421504);
+    assert!(128 * k as i64 <= MAX_COLUMN_ABS_SUM);
+    for acc in constant_case(2, k, 3, 255, -128, 0) {
+        assert!(acc.iter().all(|&v| v == -255 * 128 * k as i64));
+    }
+    let r = PackedWeights::new(&vec![-128i8; 65794], 1, 65794, &[1.0], &[0]);
+    assert!(matches!(r, Err(KernelError::TooLarge(_))), "{r:?}");
+    // zero point -128 and weights 127: |w - zw| = 255, exact up to K = 33025
+    for acc in constant_case(1, 33025, 2, 255, 127, -128) {
+        assert!(acc.iter().all(|&v| v == 255 * 255 * 33025));
+    }
+    let r = PackedWeights::new(&vec![127i8; 33026], 1, 33026, &[1.0], &[-128]);
+    assert!(matches!(r, Err(KernelError::TooLarge(_))), "{r:?}");
+    // large K with small weights is accepted and exact (the i32 raw sums wrap, the result not)
+    for acc in constant_case(1, 200_000, 2, 255, 1, 0) {
+        assert!(acc.iter().all(|&v| v == 255 * 200_000));
+    }
+    for acc in constant_case(1, 100_000, 2, 255, 100, 100) {
+        assert!(acc.iter().all(|&v| v == 0));
+    }
+    // the dynamic path: the bug report's K = 70000, a = 255, w = -128 is refused, not wrapped
+    let r = PackedWeights::new(&vec![-128i8; 70000], 1, 70000, &[1.0], &[0]);
+    assert!(
+        matches!(r, Err(KernelError::TooLarge(msg)) if msg.contains("split the layer") || msg.contains("Split the layer"))
+    );
+}

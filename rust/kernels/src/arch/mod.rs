@@ -184,6 +184,12 @@ pub(crate) fn tile_kernel(engine: Engine, a: &PackedA) -> TileKernel {
     }
 }
 
+/// Whether the kernel [`tile_kernel`] picks reads `PackedA::rows_bcast16` (AVX2's exact
+/// kernel), whose buffer the driver then builds up front, where its allocation can fail cleanly.
+pub(crate) fn needs_bcast16(engine: Engine, a: &PackedA) -> bool {
+    engine == Engine::Avx2 && !a.fits_7bit()
+}
+
 /// Runs a block of GEMM tiles compiled with the float features of `engine` (FMA on the x86
 /// SIMD engines), so that output stages use hardware FMA; results are the same either way
 /// (`mul_add` is a correctly rounded FMA on every path).

@@ -4,15 +4,17 @@
 //! torch's layout `[Cout, Cin/groups, kd, kh, kw]` and are packed once per group as a GEMM
 //! `[Cout/groups, kd·kh·kw·Cin/groups]` with K ordered (kd, kh, kw, c) — the order im2col
 //! writes a patch of the channels-last input. Padding uses the input zero point, so padded taps
-//! contribute exactly `(zp − zp)·w = 0` (NUMERICS §1.4). Output stages are the GEMM's.
+//! contribute exactly `(zp − zp)·w = 0` (docs/numerics.md "Zero is exact"). Output stages are the GEMM's.
 //! (A faster direct depthwise kernel and implicit GEMM come with the conv performance work.)
 
 use crate::arch::Engine;
-use crate::error::{check_len, KernelError, Result};
+use crate::error::{check_len, checked_numel, try_vec, KernelError, Result};
 use crate::gemm::gemm;
 use crate::packed::{PackedA, PackedWeights};
 use crate::quantize::QInt;
 use crate::requant::Requantize;
+use crate::threading::{parallel_for, threads_for};
+use std::sync::Mutex;
 
 /// Geometry of a convolution (spatial dims as (d, h, w); unused dims are 1 / 0).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -25,12 +27,30 @@ pub struct ConvGeometry {
 }
 
 impl ConvGeometry {
-    /// Output spatial size for an input of spatial size `input`.
+    /// Output spatial size for an input of spatial size `input`, with overflow-safe
+    /// arithmetic: geometry whose padded input or kernel span does not fit is an error.
     pub fn output_size(&self, input: [usize; 3]) -> Result<[usize; 3]> {
+        self.check()?;
+        let too_large = |i: usize| {
+            KernelError::TooLarge(format!(
+                "convolution geometry overflows in dimension {i}: input {}, padding {}, \
+                 kernel {}, dilation {}; use padding and dilation that keep the padded input \
+                 and the kernel span below 2^62",
+                input[i], self.padding[i], self.kernel[i], self.dilation[i]
+            ))
+        };
         let mut out = [0; 3];
         for i in 0..3 {
-            let span = self.dilation[i] * (self.kernel[i] - 1) + 1;
-            let padded = input[i] + 2 * self.padding[i];
+            let span = self.dilation[i]
+                .checked_mul(self.kernel[i] - 1)
+                .and_then(|v| v.checked_add(1))
+                .filter(|&v| v <= MAX_EXTENT)
+                .ok_or_else(|| too_large(i))?;
+            let padded = self.padding[i]
+                .checked_mul(2)
+                .and_then(|v| v.checked_add(input[i]))
+                .filter(|&v| v <= MAX_EXTENT)
+                .ok_or_else(|| too_large(i))?;
             if padded < span {
                 return Err(KernelError::ShapeMismatch {
                     what: "convolution input".into(),
@@ -57,6 +77,10 @@ impl ConvGeometry {
     }
 }
 
+/// Largest padded input or kernel span along one dimension (keeps index arithmetic, done in
+/// `isize`, far from overflow).
+const MAX_EXTENT: usize = 1 << 62;
+
 /// Conv weights packed per group for this machine's GEMM kernels.
 #[derive(Debug, Clone)]
 pub struct PackedConv {
@@ -77,6 +101,12 @@ impl PackedConv {
         zero_points: &[i32],
     ) -> Result<Self> {
         geom.check()?;
+        if geom.kernel.iter().any(|&k| k > MAX_EXTENT) {
+            return Err(KernelError::TooLarge(format!(
+                "convolution kernel {:?} is too large",
+                geom.kernel
+            )));
+        }
         let g = geom.groups;
         if cin % g != 0 || cout % g != 0 || cin == 0 || cout == 0 {
             return Err(KernelError::ShapeMismatch {
@@ -86,9 +116,13 @@ impl PackedConv {
             });
         }
         let (cin_g, cout_g) = (cin / g, cout / g);
-        let taps: usize = geom.kernel.iter().product();
-        let k = taps * cin_g;
-        check_len("convolution weight", cout * k, w.len())?;
+        let taps = checked_numel(&geom.kernel, "convolution kernel")?;
+        let k = checked_numel(&[taps, cin_g], "convolution patch")?;
+        check_len(
+            "convolution weight",
+            checked_numel(&[cout, k], "convolution weight")?,
+            w.len(),
+        )?;
         let per_channel = scales.len() != 1 || zero_points.len() != 1;
         if per_channel {
             check_len("per-channel weight scales", cout, scales.len())?;
@@ -97,7 +131,7 @@ impl PackedConv {
         let mut groups = Vec::with_capacity(g);
         for gi in 0..g {
             // re-lay [cout_g, cin_g, taps] as [cout_g, taps, cin_g]
-            let mut wg = vec![0i8; cout_g * k];
+            let mut wg = try_vec(cout_g * k, 0i8, "convolution weights of a group")?;
             for o in 0..cout_g {
                 let src = &w[(gi * cout_g + o) * k..(gi * cout_g + o + 1) * k];
                 for c in 0..cin_g {
@@ -135,67 +169,81 @@ impl PackedConv {
     }
 }
 
-#[allow(clippy::too_many_arguments)]
-/// im2col of group `gi` of a channels-last input: one row per output pixel, `taps·cin_g` bytes.
-fn im2col(
-    x: &[u8],
-    n: usize,
+/// The input of a conv call, channels-last, with its geometry.
+struct ConvInput<'a> {
+    x: &'a [u8],
     sp: [usize; 3],
     c: usize,
-    gi: usize,
-    cin_g: usize,
-    geom: &ConvGeometry,
+    geom: ConvGeometry,
     osp: [usize; 3],
     zp: u8,
-) -> Vec<u8> {
-    let taps: usize = geom.kernel.iter().product();
-    let k = taps * cin_g;
-    let rows = n * osp[0] * osp[1] * osp[2];
-    let mut cols = vec![zp; rows * k];
-    let mut r = 0;
-    for b in 0..n {
-        for od in 0..osp[0] {
-            for oh in 0..osp[1] {
-                for ow in 0..osp[2] {
-                    let row = &mut cols[r * k..(r + 1) * k];
-                    let mut t = 0;
-                    for kd in 0..geom.kernel[0] {
-                        let id = (od * geom.stride[0] + kd * geom.dilation[0]) as isize
-                            - geom.padding[0] as isize;
-                        for kh in 0..geom.kernel[1] {
-                            let ih = (oh * geom.stride[1] + kh * geom.dilation[1]) as isize
-                                - geom.padding[1] as isize;
-                            for kw in 0..geom.kernel[2] {
-                                let iw = (ow * geom.stride[2] + kw * geom.dilation[2]) as isize
-                                    - geom.padding[2] as isize;
-                                let inside = id >= 0
-                                    && ih >= 0
-                                    && iw >= 0
-                                    && (id as usize) < sp[0]
-                                    && (ih as usize) < sp[1]
-                                    && (iw as usize) < sp[2];
-                                if inside {
-                                    let pix = ((b * sp[0] + id as usize) * sp[1] + ih as usize)
-                                        * sp[2]
-                                        + iw as usize;
-                                    let src = &x[pix * c + gi * cin_g..pix * c + (gi + 1) * cin_g];
-                                    row[t * cin_g..(t + 1) * cin_g].copy_from_slice(src);
-                                }
-                                t += 1;
-                            }
+}
+
+impl ConvInput<'_> {
+    /// im2col of output pixels `rows` (flattened over `[n, od, oh, ow]`) for group `gi`
+    /// (`cin_g` channels): one row of `taps·cin_g` bytes per pixel, K ordered (kd, kh, kw, c),
+    /// padded taps at the zero point. Writes `cols[..rows.len() * k]`.
+    fn im2col(&self, gi: usize, cin_g: usize, rows: std::ops::Range<usize>, cols: &mut [u8]) {
+        let (geom, sp, osp) = (&self.geom, self.sp, self.osp);
+        let taps: usize = geom.kernel.iter().product();
+        let k = taps * cin_g;
+        let cols = &mut cols[..rows.len() * k];
+        cols.fill(self.zp);
+        for (row, r) in cols.chunks_exact_mut(k).zip(rows) {
+            let ow = r % osp[2];
+            let oh = (r / osp[2]) % osp[1];
+            let od = (r / (osp[2] * osp[1])) % osp[0];
+            let b = r / (osp[2] * osp[1] * osp[0]);
+            let mut t = 0;
+            for kd in 0..geom.kernel[0] {
+                let id = (od * geom.stride[0] + kd * geom.dilation[0]) as isize
+                    - geom.padding[0] as isize;
+                for kh in 0..geom.kernel[1] {
+                    let ih = (oh * geom.stride[1] + kh * geom.dilation[1]) as isize
+                        - geom.padding[1] as isize;
+                    for kw in 0..geom.kernel[2] {
+                        let iw = (ow * geom.stride[2] + kw * geom.dilation[2]) as isize
+                            - geom.padding[2] as isize;
+                        let inside = id >= 0
+                            && ih >= 0
+                            && iw >= 0
+                            && (id as usize) < sp[0]
+                            && (ih as usize) < sp[1]
+                            && (iw as usize) < sp[2];
+                        if inside {
+                            let pix = ((b * sp[0] + id as usize) * sp[1] + ih as usize) * sp[2]
+                                + iw as usize;
+                            let src =
+                                &self.x[pix * self.c + gi * cin_g..pix * self.c + (gi + 1) * cin_g];
+                            row[t * cin_g..(t + 1) * cin_g].copy_from_slice(src);
                         }
+                        t += 1;
                     }
-                    r += 1;
                 }
             }
         }
     }
-    cols
 }
 
-/// Static quantized convolution: `x` u8 `[n, d, h, w, cin]` with `(x_scale, x_zp)` → `out`
+/// Bytes of im2col a block of output pixels may take: the conv never materialises the whole
+/// im2col matrix, only one block per thread (L2-sized).
+const BLOCK_BYTES: usize = 256 << 10;
+
+/// Output pixels per block for patches of `k` bytes: about [`BLOCK_BYTES`], a multiple of 24
+/// (every micro-kernel's row count divides it), at least 24.
+fn block_rows(k: usize) -> usize {
+    (BLOCK_BYTES / k.max(1)).max(24) / 24 * 24
+}
+
+/// Static quantized convolution: `x` u8 `[n, d, h, w, cin]` with `(x_scale, x_zp)` → out
 /// `[n, od, oh, ow, cout]` requantized to `(out_scale, out_zp)`, clamped to `[qmin, qmax]`
-/// (raised to `out_zp` with `relu`). Returns the output spatial size.
+/// (raised to `out_zp` with `relu`). Returns the output and its spatial size.
+///
+/// Output pixels are processed in blocks: each block's im2col rows are built, packed and
+/// multiplied, so the extra memory of a call is a few blocks per thread plus the output, not
+/// the im2col matrix. Many blocks run in parallel (one thread each); few blocks run one after
+/// another with the GEMM itself threaded. K is never split: results do not depend on blocks or
+/// threads.
 #[allow(clippy::too_many_arguments)]
 pub fn conv_static<T: QInt>(
     engine: Engine,
@@ -213,42 +261,138 @@ pub fn conv_static<T: QInt>(
     relu: bool,
     threads: usize,
 ) -> Result<(Vec<T>, [usize; 3])> {
+    let args = ConvArgs {
+        x_scale,
+        x_zp,
+        bias,
+        out_scale,
+        out_zp,
+        qmin,
+        qmax,
+        relu,
+    };
+    conv_static_blocked(engine, x, n, spatial, pc, &args, threads, None)
+}
+
+/// The scalar arguments of a conv call.
+struct ConvArgs<'a> {
+    x_scale: f32,
+    x_zp: i32,
+    bias: Option<&'a [f32]>,
+    out_scale: f32,
+    out_zp: i32,
+    qmin: i32,
+    qmax: i32,
+    relu: bool,
+}
+
+/// [`conv_static`] with the block size chosen by the caller (tests use tiny blocks).
+#[allow(clippy::too_many_arguments)]
+fn conv_static_blocked<T: QInt>(
+    engine: Engine,
+    x: &[u8],
+    n: usize,
+    spatial: [usize; 3],
+    pc: &PackedConv,
+    args: &ConvArgs<'_>,
+    threads: usize,
+    block: Option<usize>,
+) -> Result<(Vec<T>, [usize; 3])> {
     let geom = pc.geom;
     let (cin, cout, g) = (pc.cin, pc.cout, geom.groups);
-    check_len(
+    let in_numel = checked_numel(
+        &[n, spatial[0], spatial[1], spatial[2], cin],
         "convolution input",
-        n * spatial.iter().product::<usize>() * cin,
-        x.len(),
     )?;
-    if !(0..=255).contains(&x_zp) {
+    check_len("convolution input", in_numel, x.len())?;
+    if !(0..=255).contains(&args.x_zp) {
         return Err(KernelError::InvalidQParams(format!(
-            "quint8 input zero point {x_zp} is outside [0, 255]"
+            "quint8 input zero point {} is outside [0, 255]",
+            args.x_zp
         )));
     }
-    if let Some(b) = bias {
+    if let Some(b) = args.bias {
         check_len("bias", cout, b.len())?;
     }
     let osp = geom.output_size(spatial)?;
-    let pixels = n * osp[0] * osp[1] * osp[2];
+    let pixels = checked_numel(&[n, osp[0], osp[1], osp[2]], "convolution output")?;
+    let out_numel = checked_numel(&[pixels, cout], "convolution output")?;
     let (cin_g, cout_g) = (cin / g, cout / g);
-    let mut out = vec![T::default(); pixels * cout];
-    let mut tmp = if g > 1 {
-        vec![T::default(); pixels * cout_g]
-    } else {
-        Vec::new()
+    // every group's stage is built (and validated) before any work
+    let stages = pc
+        .groups
+        .iter()
+        .enumerate()
+        .map(|(gi, pw)| {
+            let b = args.bias.map(|b| &b[gi * cout_g..(gi + 1) * cout_g]);
+            Requantize::<T>::new(
+                args.x_scale,
+                pw,
+                b,
+                args.out_scale,
+                args.out_zp,
+                args.qmin,
+                args.qmax,
+                args.relu,
+            )
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let mut out = try_vec(out_numel, T::default(), "the convolution output")?;
+    if pixels == 0 {
+        return Ok((out, osp));
+    }
+    let input = ConvInput {
+        x,
+        sp: spatial,
+        c: cin,
+        geom,
+        osp,
+        zp: args.x_zp as u8,
     };
-    for (gi, pw) in pc.groups.iter().enumerate() {
-        let cols = im2col(x, n, spatial, cin, gi, cin_g, &geom, osp, x_zp as u8);
-        let a = PackedA::from_u8(&cols, pixels, pw.k(), x_zp)?;
-        let b = bias.map(|b| &b[gi * cout_g..(gi + 1) * cout_g]);
-        let stage = Requantize::<T>::new(x_scale, pw, b, out_scale, out_zp, qmin, qmax, relu)?;
-        if g == 1 {
-            gemm(engine, &a, pw, &stage, &mut out, threads)?;
+    let k = pc.groups[0].k();
+    let rows = block.unwrap_or_else(|| block_rows(k)).clamp(1, pixels);
+    let blocks = pixels.div_ceil(rows);
+    let macs = pixels.saturating_mul(cout).saturating_mul(k);
+    let threads = threads_for(macs, threads);
+    // one block: im2col, pack, GEMM (threaded with `gemm_threads`) into `dst`
+    // (`[block pixels, cout]`), group by group
+    let run_block = |bi: usize, dst: &mut [T], gemm_threads: usize| -> Result<()> {
+        let r = bi * rows..((bi + 1) * rows).min(pixels);
+        let m = r.len();
+        let mut cols = try_vec(m * k, 0u8, "a convolution im2col block")?;
+        let mut tmp = if g > 1 {
+            try_vec(m * cout_g, T::default(), "a grouped convolution block")?
         } else {
-            gemm(engine, &a, pw, &stage, &mut tmp, threads)?;
-            for (dst, src) in out.chunks_exact_mut(cout).zip(tmp.chunks_exact(cout_g)) {
-                dst[gi * cout_g..(gi + 1) * cout_g].copy_from_slice(src);
+            Vec::new()
+        };
+        for (gi, (pw, stage)) in pc.groups.iter().zip(&stages).enumerate() {
+            input.im2col(gi, cin_g, r.clone(), &mut cols);
+            let a = PackedA::from_u8(&cols, m, k, args.x_zp)?;
+            if g == 1 {
+                gemm(engine, &a, pw, stage, dst, gemm_threads)?;
+            } else {
+                gemm(engine, &a, pw, stage, &mut tmp, gemm_threads)?;
+                for (d, s) in dst.chunks_exact_mut(cout).zip(tmp.chunks_exact(cout_g)) {
+                    d[gi * cout_g..(gi + 1) * cout_g].copy_from_slice(s);
+                }
             }
+        }
+        Ok(())
+    };
+    if threads <= 1 || blocks < 2 * threads {
+        for (bi, dst) in out.chunks_mut(rows * cout).enumerate() {
+            run_block(bi, dst, threads)?;
+        }
+    } else {
+        let dsts: Vec<Mutex<&mut [T]>> = out.chunks_mut(rows * cout).map(Mutex::new).collect();
+        let results: Vec<Mutex<Result<()>>> = (0..blocks).map(|_| Mutex::new(Ok(()))).collect();
+        parallel_for(threads, blocks, &|bi| {
+            let mut dst = dsts[bi].lock().unwrap_or_else(|e| e.into_inner());
+            let r = run_block(bi, &mut dst, 1);
+            *results[bi].lock().unwrap_or_else(|e| e.into_inner()) = r;
+        });
+        for r in results {
+            r.into_inner().unwrap_or_else(|e| e.into_inner())?;
         }
     }
     Ok((out, osp))
@@ -408,27 +552,161 @@ mod tests {
                 .collect();
             let pc = PackedConv::new(&w, cout, cin, geom, &[1.0], &[0]).unwrap();
             let want = reference(&x, n, sp, cin, &w, cout, &geom, 9);
-            let mut base: Option<Vec<i8>> = None;
+            // A power-of-two output scale makes acc / scale exact in f32, so the expected
+            // value is exact; it is chosen so that outputs spread over the range unclamped.
+            let amax = want.iter().map(|v| v.abs()).max().unwrap().max(1) as f64;
+            let out_scale = (amax / 100.0).log2().ceil().exp2().max(1.0) as f32;
+            let expect: Vec<i8> = want
+                .iter()
+                .map(|&v| {
+                    ((v as f64) / out_scale as f64)
+                        .round_ties_even()
+                        .clamp(-128.0, 127.0) as i8
+                })
+                .collect();
+            let clamped = expect.iter().filter(|&&v| v == -128 || v == 127).count();
+            assert!(
+                clamped * 10 <= expect.len(),
+                "case {ci}: too many outputs clamped"
+            );
+            let distinct: std::collections::HashSet<i8> = expect.iter().copied().collect();
+            assert!(
+                distinct.len() >= expect.len().min(20),
+                "case {ci}: outputs too uniform"
+            );
+            let args = ConvArgs {
+                x_scale: 1.0,
+                x_zp: 9,
+                bias: None,
+                out_scale,
+                out_zp: 0,
+                qmin: -128,
+                qmax: 127,
+                relu: false,
+            };
             for e in available_engines() {
-                // multiplier 1/64 and a wide output range keep the comparison exact
-                let (got, _) = conv_static::<i8>(
-                    e, &x, n, sp, 1.0, 9, &pc, None, 64.0, 0, -128, 127, false, 1,
-                )
-                .unwrap();
-                for (g, &v) in got.iter().zip(&want) {
-                    let expect = ((v as f64) / 64.0).round_ties_even().clamp(-128.0, 127.0) as i8;
-                    assert!(
-                        (*g as i32 - expect as i32).abs() <= 1,
-                        "case {ci} engine {}",
+                // whole blocks, blocks of one pixel, of 5 pixels; one and three threads
+                for (block, threads) in [(None, 1), (Some(1), 1), (Some(5), 3), (None, 3)] {
+                    let (got, _) =
+                        conv_static_blocked::<i8>(e, &x, n, sp, &pc, &args, threads, block)
+                            .unwrap();
+                    assert_eq!(
+                        got,
+                        expect,
+                        "case {ci} engine {} block {block:?} threads {threads}",
                         e.name()
                     );
                 }
-                match &base {
-                    None => base = Some(got),
-                    Some(b) => assert_eq!(b, &got, "case {ci}: engine {} differs", e.name()),
-                }
             }
         }
+    }
+
+    #[test]
+    fn many_blocks_on_many_threads_equal_one_block_on_one() {
+        let old = crate::threading::set_parallel_min_macs(0);
+        let geom = ConvGeometry {
+            kernel: [1, 3, 3],
+            stride: [1, 1, 1],
+            padding: [0, 1, 1],
+            dilation: [1, 1, 1],
+            groups: 1,
+        };
+        let (n, sp, cin, cout) = (2, [1, 23, 19], 8, 20);
+        let x: Vec<u8> = (0..n * 23 * 19 * cin)
+            .map(|i| ((i * 97) % 251) as u8)
+            .collect();
+        let w: Vec<i8> = (0..cout * cin * 9)
+            .map(|i| ((i * 31) % 200) as i32 as i8)
+            .collect();
+        let pc = PackedConv::new(&w, cout, cin, geom, &[0.02], &[0]).unwrap();
+        let args = ConvArgs {
+            x_scale: 0.05,
+            x_zp: 3,
+            bias: None,
+            out_scale: 0.7,
+            out_zp: 128,
+            qmin: 0,
+            qmax: 255,
+            relu: false,
+        };
+        for e in available_engines() {
+            let (one, _) =
+                conv_static_blocked::<u8>(e, &x, n, sp, &pc, &args, 1, Some(usize::MAX)).unwrap();
+            for (block, threads) in [(Some(24), 2), (Some(7), 4), (None, 2)] {
+                let (got, _) =
+                    conv_static_blocked::<u8>(e, &x, n, sp, &pc, &args, threads, block).unwrap();
+                assert_eq!(got, one, "engine {} block {block:?}", e.name());
+            }
+        }
+        crate::threading::set_parallel_min_macs(old);
+    }
+
+    #[test]
+    fn hostile_geometry_is_an_error_not_a_wrap_or_abort() {
+        let pc = PackedConv::new(
+            &[1],
+            1,
+            1,
+            ConvGeometry {
+                kernel: [1, 1, 1],
+                stride: [1; 3],
+                padding: [0; 3],
+                dilation: [1; 3],
+                groups: 1,
+            },
+            &[1.0],
+            &[0],
+        )
+        .unwrap();
+        let run = |pc: &PackedConv| {
+            conv_static::<u8>(
+                Engine::Scalar,
+                &[7],
+                1,
+                [1, 1, 1],
+                1.0,
+                0,
+                pc,
+                None,
+                1.0,
+                0,
+                0,
+                255,
+                false,
+                1,
+            )
+        };
+        for padding in [usize::MAX / 2, 1 << 62, usize::MAX] {
+            let mut p = pc.clone();
+            p.geom.padding = [0, 0, padding];
+            assert!(
+                matches!(run(&p), Err(KernelError::TooLarge(_))),
+                "padding {padding}"
+            );
+        }
+        let dilated = PackedConv::new(
+            &[1, 1],
+            1,
+            1,
+            ConvGeometry {
+                kernel: [1, 1, 2],
+                stride: [1; 3],
+                padding: [0; 3],
+                dilation: [1, 1, usize::MAX],
+                groups: 1,
+            },
+            &[1.0],
+            &[0],
+        )
+        .unwrap();
+        assert!(matches!(run(&dilated), Err(KernelError::TooLarge(_))));
+        // an output too large to allocate is an error, not an abort
+        let mut p = pc.clone();
+        p.geom.padding = [1 << 20, 1 << 20, 1 << 20];
+        assert!(matches!(
+            run(&p),
+            Err(KernelError::OutOfMemory(_)) | Err(KernelError::TooLarge(_))
+        ));
     }
 
     #[test]

@@ -5,11 +5,11 @@ pub mod reference;
 
 use std::sync::Mutex;
 
-use crate::arch::{run_block_for, tile_kernel, Engine, TileKernel};
+use crate::arch::{needs_bcast16, run_block_for, tile_kernel, Engine, TileKernel};
 use crate::error::{check_len, KernelError, Result};
 use crate::packed::{PackedA, PackedWeights, NR};
 use crate::requant::{Correction, OutAt, OutputStage, Tile};
-use crate::threading::{pool, threads_for};
+use crate::threading::{parallel_for, threads_for};
 
 /// `out[M, N] = stage(A[M, K] · W[N, K]ᵀ)`, with exact i32 accumulation and zero-point
 /// correction. `threads` is the most worker threads to use (small problems use one).
@@ -29,7 +29,11 @@ pub fn gemm<S: OutputStage>(
         });
     }
     let (m, n) = (a.m(), w.n());
-    check_len("output", m * n, out.len())?;
+    check_len(
+        "output",
+        crate::error::checked_numel(&[m, n], "output")?,
+        out.len(),
+    )?;
     if !engine.is_available() {
         return Err(KernelError::KernelUnavailable(format!(
             "engine {:?} is not available on this CPU",
@@ -41,11 +45,13 @@ pub fn gemm<S: OutputStage>(
     }
     let corr = Correction::new(a, w);
     let kern = tile_kernel(engine, a);
+    if needs_bcast16(engine, a) {
+        a.prepare_bcast16()?;
+    }
     let groups = w.panels().div_ceil(kern.np);
     let macs = m.saturating_mul(n).saturating_mul(a.kp());
-    // parallelism sized by the work; the pool is the one of the thread setting
-    let pool_threads = threads.max(1);
-    let threads = threads_for(macs, pool_threads);
+    // parallelism sized by the work and bounded by the machine
+    let threads = threads_for(macs, threads);
     let job = Job {
         kern,
         a,
@@ -76,7 +82,7 @@ pub fn gemm<S: OutputStage>(
             .map(|g0| g0..(g0 + per_task).min(groups))
             .collect();
         let parts: Vec<Mutex<Vec<S::Out>>> = tasks.iter().map(|_| Mutex::new(Vec::new())).collect();
-        pool(pool_threads).run(tasks.len(), &|t| {
+        parallel_for(threads, tasks.len(), &|t| {
             let gs = tasks[t].clone();
             let c0 = gs.start * cols_per_group;
             let c1 = (gs.end * cols_per_group).min(n);
@@ -109,7 +115,7 @@ pub fn gemm<S: OutputStage>(
         let per_task = row_blocks.div_ceil(threads * 2).max(1) * kern.mr;
         let bands: Vec<Mutex<&mut [S::Out]>> =
             out.chunks_mut(per_task * n).map(Mutex::new).collect();
-        pool(pool_threads).run(bands.len(), &|t| {
+        parallel_for(threads, bands.len(), &|t| {
             let mut band = bands[t].lock().unwrap_or_else(|e| e.into_inner());
             let r0 = t * per_task;
             let rows = r0..(r0 + per_task).min(m);

@@ -1,4 +1,4 @@
-//! AVX2 micro-kernel, exact for the full u8 range (decision D1): `vpmaddwd` on i16 operands
+//! AVX2 micro-kernel, exact for the full u8 range (docs/numerics.md decision D1): `vpmaddwd` on i16 operands
 //! forms i32 sums of two u8×s8 products (at most 2·255·128, far from overflow) — no
 //! `vpmaddubsw`, so no i16 saturation and no `reduce_range` needed.
 //!
