@@ -7,9 +7,9 @@ import subprocess
 import sys
 
 import ferroquant as fq
-from ferroquant import _core
 import pytest
 import torch
+from ferroquant import _core
 
 NAMES = ["avx512vnni", "avxvnni", "avx2", "neon_dotprod", "neon", "scalar"]
 

@@ -85,7 +85,7 @@ def test_torch_qconfig_reproduces_torch_outputs(per_channel):
     with torch.no_grad():
         a, b = ours(x), theirs(x)
     # same activation qparams, exact accumulators, torch's FMA output stage: equal up to ties of
-    # the activation rounding (D3) — in practice bit for bit
+    # the activation rounding (docs/numerics.md D3) — in practice bit for bit
     assert torch.allclose(a, b, rtol=0, atol=1e-6 * b.abs().max().item())
     assert (a == b).float().mean().item() > 0.99
 
@@ -130,7 +130,7 @@ def test_mismatched_state_dict_names_key_and_shapes():
 
 
 @pytest.mark.parametrize("engine", engines())
-def test_every_engine_and_thread_count_gives_identical_output(engine):
+def test_every_engine_and_thread_count_gives_identical_output(engine, parallel_kernels):
     torch.manual_seed(5)
     lin = nn.Linear(300, 257)
     q = fq.quantize_dynamic(nn.Sequential(lin), {nn.Linear: fq.per_channel_dynamic_qconfig})
@@ -141,7 +141,9 @@ def test_every_engine_and_thread_count_gives_identical_output(engine):
     fq.backends.engine = engine
     for threads in (1, 2):
         fq.set_num_threads(threads)
+        jobs = parallel_kernels()
         assert torch.equal(q(x), base), (engine, threads)
+        assert (parallel_kernels() > jobs) == (threads > 1), "the 2-thread call must really use 2 threads"
     x1 = torch.randn(1, 300)  # GEMV-like
     fq.backends.engine = "scalar"
     b1 = q(x1)

@@ -89,7 +89,8 @@ IMPLEMENTED = {
     "qconfig_mapping": ["QConfigMapping"],
     "stubs": ["QuantStub", "DeQuantStub", "QuantWrapper"],
     "quantize": ["quantize_dynamic", "prepare", "convert", "propagate_qconfig_"],
-    "nn.quantized": ["Linear", "Conv1d", "Conv2d", "Conv3d", "Quantize", "DeQuantize", "FloatFunctional", "QFunctional"],
+    "nn.quantized": ["Linear", "Conv1d", "Conv2d", "Conv3d", "Quantize", "DeQuantize"]
+    + ["FloatFunctional", "QFunctional"],
     "nn.quantized.dynamic": ["Linear"],
     "nn.intrinsic": ["LinearReLU", "ConvReLU1d", "ConvReLU2d", "ConvReLU3d"],
     "nn.intrinsic.quantized": ["LinearReLU", "ConvReLU1d", "ConvReLU2d", "ConvReLU3d"],

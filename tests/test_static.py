@@ -170,12 +170,12 @@ def test_padding_same_including_even_kernels():
 
 
 def test_depthwise_matches_torch_with_reduce_range():
-    # torch's FBGEMM depthwise kernels saturate int16 pairs (NUMERICS §3.2): compare with
+    # torch's FBGEMM depthwise kernels saturate int16 pairs (docs/numerics.md D1): compare with
     # reduce_range activations there
     make = lambda: nn.Conv2d(8, 8, 3, padding=1, groups=8)  # noqa: E731
     calib = torch.randn(4, 8, 10, 10)
     # stay inside the calibrated range: outside it ferroquant clamps to the observer's 0..127
-    # (decision D7) where torch lets values run to 255
+    # (docs/numerics.md D7) where torch lets values run to 255
     co, ct, a, b = _both(make, calib, calib * 0.9, reduce_range=True)
     _assert_within_one_lsb(a, b, _out_scale(ct))
 
@@ -398,7 +398,7 @@ def test_static_state_dict_round_trip_and_torch_save():
     assert torch.equal(loaded(x), co(x))
 
 
-def test_every_engine_gives_identical_static_outputs():
+def test_every_engine_gives_identical_static_outputs(parallel_kernels):
     make, shape, fuse = CASES["pools"]
     torch.manual_seed(0)
     x = torch.randn(shape)
@@ -409,7 +409,9 @@ def test_every_engine_gives_identical_static_outputs():
         fq.backends.engine = e
         for t in (1, 2):
             fq.set_num_threads(t)
+            jobs = parallel_kernels()
             assert torch.equal(co(x), base), (e, t)
+            assert (parallel_kernels() > jobs) == (t > 1), "the 2-thread run must really use 2 threads"
 
 
 def test_torch_quantized_engine_setting_warns_once():

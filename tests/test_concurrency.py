@@ -1,0 +1,140 @@
+"""Python threads against the kernels: calls release the GIL only around Rust-owned memory, the
+thread pool is shared, re-entrant and bounded, and several threads running one model get the
+outputs of one thread."""
+
+from __future__ import annotations
+
+import threading
+
+import ferroquant as fq
+import numpy as np
+import pytest
+import torch
+from ferroquant import _core
+from torch import nn
+
+
+def _run_threads(n: int, body) -> list:
+    results: list = [None] * n
+    errors: list = []
+    barrier = threading.Barrier(n)
+
+    def work(i: int) -> None:
+        try:
+            barrier.wait()
+            results[i] = body(i)
+        except BaseException as e:  # noqa: BLE001 - reported below
+            errors.append(e)
+
+    ts = [threading.Thread(target=work, args=(i,)) for i in range(n)]
+    for t in ts:
+        t.start()
+    for t in ts:
+        t.join(timeout=300)
+    assert not any(t.is_alive() for t in ts), "a thread hung"
+    assert not errors, errors
+    return results
+
+
+class _Net(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.quant = fq.QuantStub()
+        self.conv = nn.Conv2d(3, 8, 3, padding=1)
+        self.relu = nn.ReLU()
+        self.fc = nn.Linear(8 * 8 * 8, 32)
+        self.dequant = fq.DeQuantStub()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.relu(self.conv(self.quant(x)))
+        return self.dequant(self.fc(x.flatten(1)))
+
+
+def _static_model() -> nn.Module:
+    torch.manual_seed(0)
+    m = _Net().eval()
+    m.qconfig = fq.get_default_qconfig("x86")
+    p = fq.prepare(m)
+    p(torch.randn(16, 3, 8, 8))
+    return fq.convert(p)
+
+
+@pytest.mark.parametrize("kind", ["static", "dynamic"])
+def test_eight_threads_running_one_model_match_one_thread(kind, parallel_kernels):
+    torch.manual_seed(1)
+    if kind == "static":
+        model = _static_model()
+        inputs = [torch.randn(4, 3, 8, 8) for _ in range(8)]
+    else:
+        model = fq.quantize_dynamic(nn.Sequential(nn.Linear(64, 128), nn.ReLU(), nn.Linear(128, 16)))
+        inputs = [torch.randn(32, 64) for _ in range(8)]
+    fq.set_num_threads(2)
+    expected = [model(x) for x in inputs]
+    for _ in range(3):
+        got = _run_threads(8, lambda i: [model(inputs[i]) for _ in range(5)])
+        for i, outs in enumerate(got):
+            for y in outs:
+                assert torch.equal(y, expected[i]), f"thread {i} differs"
+    assert parallel_kernels() > 0
+    assert _core.pool_workers() <= _core.max_threads() - 1
+
+
+def test_resizing_an_argument_from_another_thread_cannot_crash_or_change_a_call():
+    # numpy's resize(refcheck=False) frees the old buffer. Before the fix, the GIL-free kernel
+    # read the freed buffer (a segfault); now the argument is copied while the GIL is held.
+    rng = np.random.default_rng(0)
+    w = rng.integers(-128, 128, size=(64, 300), dtype=np.int8)
+    packed = _core.PackedLinear(w, np.full(1, 0.01, np.float32), np.zeros(1, np.int32))
+    x = rng.standard_normal(64 * 300).astype(np.float32)
+    want = packed.linear_dynamic(x.reshape(64, 300).copy())[0]
+    stop = threading.Event()
+
+    def resizer() -> None:
+        while not stop.is_set():
+            x.resize((64 * 300 + 4096,), refcheck=False)  # grows: the values stay, new tail is 0
+            x.resize((64 * 300,), refcheck=False)
+
+    t = threading.Thread(target=resizer)
+    t.start()
+    try:
+        for _ in range(300):
+            out = packed.linear_dynamic(x[: 64 * 300].reshape(64, 300))[0]
+            assert np.array_equal(out, want)
+    finally:
+        stop.set()
+        t.join()
+
+
+def test_values_written_by_another_thread_are_seen_whole_or_not_at_all():
+    # np.negative on a small array holds the GIL: every call sees all-old or all-new values.
+    x = np.full(64, 0.5, np.float32)
+    stop = threading.Event()
+
+    def flipper() -> None:
+        while not stop.is_set():
+            np.negative(x, out=x)
+
+    t = threading.Thread(target=flipper)
+    t.start()
+    try:
+        for _ in range(2000):
+            q = _core.quantize_per_tensor(x, 0.5, 10, 0, 255, "quint8")
+            assert (q == 11).all() or (q == 9).all(), np.unique(q)
+    finally:
+        stop.set()
+        t.join()
+
+
+def test_strided_and_fortran_arrays_are_read_in_logical_order():
+    a = np.arange(6, dtype=np.uint8).reshape(2, 3)
+    for view in (a.T, np.asfortranarray(a), a[:, ::-1], a[::-1, ::2], np.broadcast_to(a[:1], (4, 3))):
+        got = _core.dequantize_per_tensor(view, 1.0, 0)
+        assert np.array_equal(got, view.astype(np.float32)), view
+    x = np.asfortranarray(np.linspace(-1, 1, 12, dtype=np.float32).reshape(3, 4))
+    assert np.array_equal(
+        _core.quantize_per_tensor(x, 0.1, 0, -128, 127, "qint8"),
+        _core.quantize_per_tensor(np.ascontiguousarray(x), 0.1, 0, -128, 127, "qint8"),
+    )
+    w = np.arange(-12, 12, dtype=np.int8).reshape(4, 6)
+    pf = _core.PackedLinear(np.asfortranarray(w), np.ones(1, np.float32), np.zeros(1, np.int32))
+    assert np.array_equal(pf.unpack(), w)
