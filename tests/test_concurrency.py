@@ -138,3 +138,24 @@ def test_strided_and_fortran_arrays_are_read_in_logical_order():
     w = np.arange(-12, 12, dtype=np.int8).reshape(4, 6)
     pf = _core.PackedLinear(np.asfortranarray(w), np.ones(1, np.float32), np.zeros(1, np.int32))
     assert np.array_equal(pf.unpack(), w)
+
+
+@pytest.mark.parametrize("spin_us", ["0", "10", "100000"])
+def test_any_spin_setting_works(spin_us):
+    import os
+    import subprocess
+    import sys
+
+    code = (
+        "import torch, ferroquant as fq\n"
+        "from ferroquant import _core\n"
+        "_core.set_parallel_min_macs(0); fq.set_num_threads(2)\n"
+        "q = fq.quantize_dynamic(torch.nn.Sequential(torch.nn.Linear(64, 64)))\n"
+        "x = torch.randn(64, 64)\n"
+        "a = [q(x) for _ in range(20)]\n"
+        "assert all(torch.equal(a[0], b) for b in a)\n"
+        "print('ok')\n"
+    )
+    env = {**os.environ, "FERROQUANT_SPIN_US": spin_us}
+    r = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0 and r.stdout.strip() == "ok", r.stderr[-2000:]

@@ -253,10 +253,13 @@ impl Pool {
         while job.left.load(Ordering::Acquire) < entered {
             pause();
         }
-        let spin = (start.elapsed() * 2).clamp(Duration::from_micros(50), self.max_spin);
+        // (max, then min: FERROQUANT_SPIN_US may be below 50 µs, 0 included)
+        let spin = (start.elapsed() * 2)
+            .max(Duration::from_micros(50))
+            .min(self.max_spin);
         self.shared
             .spin_ns
-            .store(spin.min(self.max_spin).as_nanos() as u64, Ordering::Relaxed);
+            .store(spin.as_nanos() as u64, Ordering::Relaxed);
         if job.panicked.load(Ordering::Relaxed) {
             panic!("a ferroquant worker task panicked");
         }
