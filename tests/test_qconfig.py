@@ -82,7 +82,7 @@ def test_default_qat_qconfig_per_backend_equals_torch(backend, version):
     ours = fq.get_default_qat_qconfig(backend, version)
     theirs = tq.get_default_qat_qconfig(backend, version)
     a, b = _describe(ours.activation), _describe(theirs.activation)
-    # Same observer and range; the fused class name is ours (decision D6 uses the observer formula).
+    # Same observer and range; the fused class name is ours (decision D6 in docs/numerics.md: the observer formula).
     assert a == b
     assert _describe(ours.weight) == _describe(theirs.weight)
 

@@ -21,7 +21,7 @@ def test_quantize_per_tensor_matches_torch(dtype, scale, zp):
     q = fq.quantize_per_tensor(x, scale, zp, dtype)
     ref = _torch_q(x, scale, zp, dtype)
     diff = (q.int_repr().long() - ref.int_repr().long()).abs()
-    # D3 differs from torch's fused legacy path only at exact ties: at most 1 LSB, rarely.
+    # D3 (docs/numerics.md) differs from torch's fused legacy path only at exact ties: at most 1 LSB, rarely.
     assert diff.max().item() <= 1 and diff.float().mean().item() < 0.01
     assert torch.equal(q.dequantize(), (q.int_repr().long() - zp).float() * torch.tensor(scale, dtype=torch.float32))
     assert torch.allclose(q.dequantize(), ref.dequantize(), atol=scale * 1.01)
