@@ -116,7 +116,16 @@ KINDS = ["normal", "shifted", "negative", "constant", "zeros", "huge", "tiny", "
 def test_calculate_qparams_bitwise_equal_to_torch(name, kwargs, kind):
     ours, theirs = _pair(name, kwargs)
     _feed(ours, theirs, _batches(kind))
-    _assert_same_qparams(ours, theirs)
+    if name == "HistogramObserver" and kind == "huge":
+        # torch's float32 error terms overflow (values ~1e30, cubed) and its search then trims one
+        # side of the data; ferroquant redoes the search in float64 (test_reliability_python.py)
+        s_ours, _ = ours.calculate_qparams()
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            s_theirs, _ = theirs.calculate_qparams()
+        assert torch.isfinite(s_ours).all() and not torch.equal(s_ours, s_theirs)
+    else:
+        _assert_same_qparams(ours, theirs)
     # The running statistics match too (same buffers, same values).
     for buf in ("min_val", "max_val"):
         assert torch.equal(getattr(ours, buf), getattr(theirs, buf)), buf

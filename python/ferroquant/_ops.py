@@ -2,50 +2,274 @@
 
 They take quantized tensors in their TorchScript form ``(int tensor, scale, zero_point)`` and
 are what converted modules call under ``torch.jit.script``; the eager path calls the kernels
-directly (no dispatcher overhead). Packed weights are rebuilt on demand and cached by the
-identity and version of the int8 weight tensor.
+directly (no dispatcher overhead) through the same helpers (``run_linear_static``,
+``run_conv_static``), so eager and scripted outputs are bit-identical.
+
+Packed weights are built on demand from the int8 weight tensor and cached per weight tensor:
+an entry is reused only for the very same live tensor object (checked through a weak
+reference) with the same ``_version``, storage address and shape, and the same qparam values
+(and conv geometry). When the weight tensor is freed its entry goes with it, so a new tensor
+that happens to reuse the freed memory is always repacked. An in-place edit through torch
+(``w.copy_(...)``, ``w.fill_(...)``) bumps ``_version`` and repacks too; writes that bypass
+torch's version counter (through ``w.numpy()`` or ``w.data``) are not seen.
 """
 
 from __future__ import annotations
 
-from collections import OrderedDict
-from typing import Optional
+import weakref
+from typing import Callable, List, Optional, Sequence, TypeVar
 
+import numpy as np
 import torch
+import torch.nn.functional as F
 
 from . import _core
 from ._threads import get_num_threads
 
-__all__ = ["packed_linear_for"]
+__all__ = [
+    "packed_linear_for",
+    "packed_conv_for",
+    "build_packed_conv",
+    "run_linear_static",
+    "run_conv_static",
+    "storage_dtype",
+]
 
-_CACHE: OrderedDict[tuple, _core.PackedLinear] = OrderedDict()
-_CACHE_SIZE = 64
+_P = TypeVar("_P")
+
+_STORAGE = {"quint8": torch.uint8, "qint8": torch.int8, "qint32": torch.int32}
 
 
-def packed_linear_for(weight: torch.Tensor, scale: torch.Tensor, zero_point: torch.Tensor) -> _core.PackedLinear:
-    """PackedLinear for an int8 weight tensor and its (1 or per-row) qparams, cached."""
-    key = (
-        weight.data_ptr(),
-        weight._version,
-        tuple(weight.shape),
-        scale.data_ptr(),
-        scale._version,
-        zero_point.data_ptr(),
-        zero_point._version,
-    )
-    hit = _CACHE.get(key)
-    if hit is not None:
-        _CACHE.move_to_end(key)
-        return hit
-    packed = _core.PackedLinear(
-        weight.detach().contiguous().numpy(),
+def storage_dtype(dtype: str) -> torch.dtype:
+    """The integer storage of a quantized dtype name ("quint8" → torch.uint8)."""
+    try:
+        return _STORAGE[dtype]
+    except KeyError:
+        raise ValueError(f"unknown quantized dtype {dtype!r}; use 'quint8', 'qint8' or 'qint32'") from None
+
+
+class _Entry:
+    """One cached packed weight and what it was built from."""
+
+    __slots__ = ("ref", "version", "data_ptr", "shape", "scale", "zero_point", "packed")
+
+    def __init__(
+        self,
+        ref: weakref.ref,
+        weight: torch.Tensor,
+        scale: torch.Tensor,
+        zero_point: torch.Tensor,
+        packed: object,
+    ) -> None:
+        self.ref = ref
+        self.version = weight._version
+        self.data_ptr = weight.data_ptr()
+        self.shape = tuple(weight.shape)
+        self.scale = scale.detach().clone()
+        self.zero_point = zero_point.detach().clone()
+        self.packed = packed
+
+
+# (id(weight), kind and geometry) -> entry; an entry leaves when its weight tensor is freed
+_CACHE: dict[tuple, _Entry] = {}
+
+
+def _same_values(saved: torch.Tensor, t: torch.Tensor) -> bool:
+    return saved.dtype == t.dtype and saved.shape == t.shape and bool(torch.equal(saved, t.detach()))
+
+
+def _cached(
+    weight: torch.Tensor,
+    scale: torch.Tensor,
+    zero_point: torch.Tensor,
+    config: tuple,
+    build: Callable[[], _P],
+) -> _P:
+    """The packed form of ``weight`` from the cache, or ``build()`` (and cache it)."""
+    if weight.is_inference():
+        return build()  # no version counter to tell in-place edits apart: never cache
+    key = (id(weight), config)
+    entry = _CACHE.get(key)
+    if (
+        entry is not None
+        and entry.ref() is weight
+        and entry.version == weight._version
+        and entry.data_ptr == weight.data_ptr()
+        and entry.shape == tuple(weight.shape)
+        and _same_values(entry.scale, scale)
+        and _same_values(entry.zero_point, zero_point)
+    ):
+        return entry.packed  # type: ignore[return-value]
+    packed = build()
+
+    def evict(ref: weakref.ref, key: tuple = key) -> None:
+        current = _CACHE.get(key)
+        if current is not None and current.ref is ref:
+            del _CACHE[key]
+
+    _CACHE[key] = _Entry(weakref.ref(weight, evict), weight, scale, zero_point, packed)
+    return packed
+
+
+def _check_weight(weight: torch.Tensor, ndim: int, op: str) -> None:
+    if weight.dtype != torch.int8 or weight.dim() != ndim:
+        raise TypeError(
+            f"{op}: weight must be a {ndim}-D torch.int8 tensor (a quantized weight's int_repr()), "
+            f"got {weight.dtype} with shape {list(weight.shape)}"
+        )
+    if weight.device.type != "cpu":
+        raise ValueError(f"{op}: weight is on {weight.device}; ferroquant runs on the CPU, call .cpu() first")
+
+
+def _qparam_arrays(scale: torch.Tensor, zero_point: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
+    return (
         scale.detach().to(torch.float32).reshape(-1).contiguous().numpy(),
         zero_point.detach().to(torch.int32).reshape(-1).contiguous().numpy(),
     )
-    _CACHE[key] = packed
-    if len(_CACHE) > _CACHE_SIZE:
-        _CACHE.popitem(last=False)
-    return packed
+
+
+def packed_linear_for(weight: torch.Tensor, scale: torch.Tensor, zero_point: torch.Tensor) -> _core.PackedLinear:
+    """PackedLinear for an int8 weight tensor [out, in] and its (1 or per-row) qparams, cached."""
+
+    def build() -> _core.PackedLinear:
+        s, z = _qparam_arrays(scale, zero_point)
+        return _core.PackedLinear(weight.detach().contiguous().numpy(), s, z)
+
+    return _cached(weight, scale, zero_point, ("linear",), build)
+
+
+def build_packed_conv(
+    weight: torch.Tensor,
+    scale: torch.Tensor,
+    zero_point: torch.Tensor,
+    stride: Sequence[int],
+    padding: Sequence[int],
+    dilation: Sequence[int],
+    groups: int,
+) -> _core.PackedConv:
+    """PackedConv for an int8 conv weight ``[out, in/groups, *kernel]`` (1, 2 or 3 spatial dims);
+    ``padding`` is the (leading-side) padding per spatial dim."""
+    nd = weight.dim() - 2
+    lift = [1] * (3 - nd)
+    w5 = weight.detach().reshape(*weight.shape[:2], *lift, *weight.shape[2:])
+    s, z = _qparam_arrays(scale, zero_point)
+    return _core.PackedConv(
+        w5.contiguous().numpy(),
+        s,
+        z,
+        lift + [int(v) for v in stride],
+        [0] * (3 - nd) + [int(v) for v in padding],
+        lift + [int(v) for v in dilation],
+        int(groups),
+    )
+
+
+def packed_conv_for(
+    weight: torch.Tensor,
+    scale: torch.Tensor,
+    zero_point: torch.Tensor,
+    stride: Sequence[int],
+    padding: Sequence[int],
+    dilation: Sequence[int],
+    groups: int,
+) -> _core.PackedConv:
+    """``build_packed_conv``, cached like ``packed_linear_for`` (keyed on the geometry too)."""
+    config = ("conv", tuple(int(v) for v in stride), tuple(int(v) for v in padding), tuple(int(v) for v in dilation))
+    config += (int(groups),)
+    return _cached(
+        weight,
+        scale,
+        zero_point,
+        config,
+        lambda: build_packed_conv(weight, scale, zero_point, stride, padding, dilation, groups),
+    )
+
+
+def run_linear_static(
+    packed: _core.PackedLinear,
+    bias: Optional[np.ndarray],
+    data: torch.Tensor,
+    x_scale: float,
+    x_zero_point: int,
+    scale: float,
+    zero_point: int,
+    quant_min: int,
+    quant_max: int,
+    relu: bool,
+    dtype: str,
+) -> torch.Tensor:
+    """Static quantized linear on quint8 ``data [..., in]`` → ``[..., out]`` (storage of ``dtype``)."""
+    k, n = packed.in_features, packed.out_features
+    out = packed.linear_static(
+        data.reshape(-1, k).contiguous().numpy(),
+        x_scale,
+        x_zero_point,
+        bias,
+        scale,
+        zero_point,
+        quant_min,
+        quant_max,
+        relu,
+        dtype,
+        get_num_threads(),
+    )
+    return torch.from_numpy(out).reshape(*data.shape[:-1], n)
+
+
+def run_conv_static(
+    packed: _core.PackedConv,
+    bias: Optional[np.ndarray],
+    data: torch.Tensor,
+    pads: Sequence[tuple[int, int]],
+    x_scale: float,
+    x_zero_point: int,
+    scale: float,
+    zero_point: int,
+    quant_min: int,
+    quant_max: int,
+    relu: bool,
+    dtype: str,
+) -> torch.Tensor:
+    """Static quantized conv on quint8 ``data [N, C, *spatial]`` (any memory format) with
+    ``pads`` (before, after) per spatial dim, the packed weights holding the ``before`` part →
+    ``[N, Cout, *out_spatial]``, stored channels-last."""
+    nd = data.dim() - 2
+    extra = [after - before for before, after in pads]
+    if any(extra):  # asymmetric 'same' padding: pad the far side with the zero point
+        pad_arg: list[int] = []
+        for e in reversed(extra):
+            pad_arg += [0, e]
+        data = F.pad(data.float(), pad_arg, value=float(x_zero_point)).to(torch.uint8)
+    # channels-last view [N, D, H, W, C], no copy here: the kernel binding copies the (possibly
+    # strided) array into its own channels-last buffer in one pass
+    cl = data.movedim(1, -1)
+    x5 = cl.reshape(cl.shape[0], *([1] * (3 - nd)), *cl.shape[1:])
+    out = packed.conv_static(
+        x5.numpy(),
+        x_scale,
+        x_zero_point,
+        bias,
+        scale,
+        zero_point,
+        quant_min,
+        quant_max,
+        relu,
+        dtype,
+        get_num_threads(),
+    )
+    y = torch.from_numpy(out)  # [N, OD, OH, OW, Cout]
+    return y.reshape(y.shape[0], *y.shape[4 - nd : 4], y.shape[4]).movedim(-1, 1)
+
+
+def _bias_array(bias: Optional[torch.Tensor]) -> Optional[np.ndarray]:
+    return None if bias is None else bias.detach().to(torch.float32).reshape(-1).contiguous().numpy()
+
+
+def _check_activation(x: torch.Tensor, op: str) -> None:
+    if x.dtype != torch.uint8:
+        raise TypeError(f"{op}: x must be quint8 activations (a torch.uint8 tensor), got {x.dtype}")
+    if x.device.type != "cpu":
+        raise ValueError(f"{op}: x is on {x.device}; ferroquant runs on the CPU, call .cpu() first")
 
 
 @torch.library.custom_op("ferroquant::quantize_per_tensor", mutates_args=())
@@ -60,8 +284,7 @@ def quantize_per_tensor_op(
 
 @quantize_per_tensor_op.register_fake
 def _(x: torch.Tensor, scale: float, zero_point: int, quant_min: int, quant_max: int, dtype: str) -> torch.Tensor:
-    storage = {"quint8": torch.uint8, "qint8": torch.int8, "qint32": torch.int32}[dtype]
-    return torch.empty_like(x, dtype=storage)
+    return torch.empty_like(x, dtype=storage_dtype(dtype))
 
 
 @torch.library.custom_op("ferroquant::dequantize", mutates_args=())
@@ -94,11 +317,18 @@ def linear_dynamic_op(
     reduce_range: bool,
     per_row: bool = False,
 ) -> torch.Tensor:
-    packed = packed_linear_for(weight, weight_scale, weight_zero_point)
+    op = "torch.ops.ferroquant.linear_dynamic"
+    _check_weight(weight, 2, op)
     k = weight.shape[1]
+    if not x.is_floating_point():
+        raise TypeError(f"{op}: x must be a floating point tensor, got {x.dtype}; pass a float tensor (x.float())")
+    if x.dim() == 0 or x.shape[-1] != k:
+        raise ValueError(f"{op}: x must have shape [..., {k}] (in_features = {k}), got {list(x.shape)}")
+    if x.device.type != "cpu":
+        raise ValueError(f"{op}: x is on {x.device}; ferroquant runs on the CPU, call .cpu() first")
+    packed = packed_linear_for(weight, weight_scale, weight_zero_point)
     x2 = x.detach().to(torch.float32).reshape(-1, k).contiguous()
-    b = None if bias is None else bias.detach().to(torch.float32).contiguous().numpy()
-    out, _, _ = packed.linear_dynamic(x2.numpy(), b, reduce_range, False, get_num_threads(), per_row)
+    out, _, _ = packed.linear_dynamic(x2.numpy(), _bias_array(bias), reduce_range, False, get_num_threads(), per_row)
     return torch.from_numpy(out).reshape(*x.shape[:-1], weight.shape[0])
 
 
@@ -113,3 +343,133 @@ def _(
     per_row: bool = False,
 ) -> torch.Tensor:
     return x.new_empty((*x.shape[:-1], weight.shape[0]), dtype=torch.float32)
+
+
+@torch.library.custom_op("ferroquant::linear_static", mutates_args=())
+def linear_static_op(
+    x: torch.Tensor,
+    x_scale: float,
+    x_zero_point: int,
+    weight: torch.Tensor,
+    weight_scale: torch.Tensor,
+    weight_zero_point: torch.Tensor,
+    bias: Optional[torch.Tensor],
+    scale: float,
+    zero_point: int,
+    quant_min: int,
+    quant_max: int,
+    relu: bool,
+    dtype: str,
+) -> torch.Tensor:
+    """quint8 ``x [..., in]`` (x_scale, x_zero_point) × int8 ``weight [out, in]`` → ``[..., out]``
+    quantized to (scale, zero_point), clamped to [quant_min, quant_max], storage of ``dtype``."""
+    op = "torch.ops.ferroquant.linear_static"
+    _check_weight(weight, 2, op)
+    _check_activation(x, op)
+    k = weight.shape[1]
+    if x.dim() == 0 or x.shape[-1] != k:
+        raise ValueError(f"{op}: x must have shape [..., {k}] (in_features = {k}), got {list(x.shape)}")
+    packed = packed_linear_for(weight, weight_scale, weight_zero_point)
+    return run_linear_static(
+        packed, _bias_array(bias), x, x_scale, x_zero_point, scale, zero_point, quant_min, quant_max, relu, dtype
+    )
+
+
+@linear_static_op.register_fake
+def _(
+    x: torch.Tensor,
+    x_scale: float,
+    x_zero_point: int,
+    weight: torch.Tensor,
+    weight_scale: torch.Tensor,
+    weight_zero_point: torch.Tensor,
+    bias: Optional[torch.Tensor],
+    scale: float,
+    zero_point: int,
+    quant_min: int,
+    quant_max: int,
+    relu: bool,
+    dtype: str,
+) -> torch.Tensor:
+    return x.new_empty((*x.shape[:-1], weight.shape[0]), dtype=storage_dtype(dtype))
+
+
+def _conv_pads(padding: Sequence[int], nd: int, op: str) -> list[tuple[int, int]]:
+    if len(padding) != 2 * nd or any(p < 0 for p in padding):
+        raise ValueError(
+            f"{op}: padding must hold (before, after) for each of the {nd} spatial dims ({2 * nd} non-negative "
+            f"ints), got {list(padding)}"
+        )
+    return [(int(padding[2 * i]), int(padding[2 * i + 1])) for i in range(nd)]
+
+
+@torch.library.custom_op("ferroquant::conv_static", mutates_args=())
+def conv_static_op(
+    x: torch.Tensor,
+    x_scale: float,
+    x_zero_point: int,
+    weight: torch.Tensor,
+    weight_scale: torch.Tensor,
+    weight_zero_point: torch.Tensor,
+    bias: Optional[torch.Tensor],
+    stride: List[int],
+    padding: List[int],
+    dilation: List[int],
+    groups: int,
+    scale: float,
+    zero_point: int,
+    quant_min: int,
+    quant_max: int,
+    relu: bool,
+    dtype: str,
+) -> torch.Tensor:
+    """quint8 ``x [N, C, *spatial]`` (1 to 3 spatial dims) convolved with int8 ``weight
+    [out, C/groups, *kernel]``; ``padding`` holds (before, after) per spatial dim (padded with
+    x's zero point) → ``[N, out, *out_spatial]`` quantized to (scale, zero_point)."""
+    op = "torch.ops.ferroquant.conv_static"
+    nd = weight.dim() - 2
+    if not 1 <= nd <= 3:
+        raise TypeError(f"{op}: weight must be 3-D to 5-D [out, in/groups, *kernel], got shape {list(weight.shape)}")
+    _check_weight(weight, nd + 2, op)
+    _check_activation(x, op)
+    if x.dim() != nd + 2 or x.shape[1] != weight.shape[1] * groups:
+        raise ValueError(
+            f"{op}: x must have shape [N, {weight.shape[1] * groups}, <{nd} spatial dims>] for this weight "
+            f"(groups = {groups}), got {list(x.shape)}"
+        )
+    for name, v in (("stride", stride), ("dilation", dilation)):
+        if len(v) != nd or any(e < 1 for e in v):
+            raise ValueError(f"{op}: {name} must hold {nd} positive ints, got {list(v)}")
+    pads = _conv_pads(padding, nd, op)
+    packed = packed_conv_for(weight, weight_scale, weight_zero_point, stride, [b for b, _ in pads], dilation, groups)
+    return run_conv_static(
+        packed, _bias_array(bias), x, pads, x_scale, x_zero_point, scale, zero_point, quant_min, quant_max, relu, dtype
+    )
+
+
+@conv_static_op.register_fake
+def _(
+    x: torch.Tensor,
+    x_scale: float,
+    x_zero_point: int,
+    weight: torch.Tensor,
+    weight_scale: torch.Tensor,
+    weight_zero_point: torch.Tensor,
+    bias: Optional[torch.Tensor],
+    stride: List[int],
+    padding: List[int],
+    dilation: List[int],
+    groups: int,
+    scale: float,
+    zero_point: int,
+    quant_min: int,
+    quant_max: int,
+    relu: bool,
+    dtype: str,
+) -> torch.Tensor:
+    nd = weight.dim() - 2
+    out = []
+    for i in range(nd):
+        size = x.shape[2 + i] + padding[2 * i] + padding[2 * i + 1] - dilation[i] * (weight.shape[2 + i] - 1) - 1
+        out.append(size // stride[i] + 1)
+    return x.new_empty((x.shape[0], weight.shape[0], *out), dtype=storage_dtype(dtype))

@@ -2,7 +2,8 @@
 
 ``FakeQuantize`` observes (while its observer is enabled), takes the observer's qparams and
 rounds values to the quantized grid in float: ``q = clamp(rne(x·inv) + zp, quant_min, quant_max)``,
-``out = (q − zp)·scale`` with a straight-through gradient (NUMERICS.md §4.1). Decision D6: the
+``out = (q − zp)·scale`` with a straight-through gradient (docs/numerics.md, "Fake quantization"). Decision D6
+(docs/numerics.md): the
 scale comes from the observer's formula — the same one ``convert`` uses — so what you train is
 what the int8 model computes. ``FusedMovingAvgObsFakeQuantize`` is the same module with moving
 average observers (torch fuses it into one op with a different scale rule; we do not).
@@ -78,7 +79,8 @@ def fake_quantize(
     axis: int = -1,
 ) -> torch.Tensor:
     """Rounds ``x`` to the quantized grid in float (per tensor, or per channel along ``axis``),
-    with the kernels' rounding (decision D6) and a straight-through gradient."""
+    with the kernels' rounding (so training sees what the int8 model computes; docs/numerics.md D6) and a
+    straight-through gradient."""
     return _FakeQuantFunction.apply(x, scale, zero_point, quant_min, quant_max, axis)
 
 
@@ -187,7 +189,8 @@ class FakeQuantize(FakeQuantizeBase):
 
 class FusedMovingAvgObsFakeQuantize(FakeQuantize):
     """torch's fused QAT fake-quant, here as FakeQuantize with moving-average observers and the
-    observer's qparams formula (decision D6)."""
+    observer's qparams formula, the one ``convert`` uses (torch's fused op uses a different scale rule;
+    docs/numerics.md D6)."""
 
     def __init__(
         self,

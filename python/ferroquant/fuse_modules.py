@@ -1,6 +1,6 @@
 """``fuse_modules``: fold BatchNorm into the conv / linear before it and merge a following ReLU,
 as torch.ao does in eval mode (BN folded with ``torch.nn.utils.fusion``: W·γ/√(var+ε), the
-rsqrt form of NUMERICS §4.4)."""
+rsqrt form; docs/numerics.md, "BatchNorm folding")."""
 
 from __future__ import annotations
 

@@ -8,6 +8,7 @@ from .nn import intrinsic as nni
 from .nn import quantized as nnq
 from .nn.intrinsic import quantized as nniq
 from .nn.quantized import dynamic as nnqd
+from .nn.quantized.passthrough import PASSTHROUGH_MODULES
 from .stubs import DeQuantStub, QuantStub
 
 #: Float module type → dynamic quantized module type (quantize_dynamic's default mapping).
@@ -31,6 +32,9 @@ DEFAULT_STATIC_QUANT_MODULE_MAPPINGS: dict[type, type] = {
     nn.Hardswish: nnq.Hardswish,
     nn.Dropout: nnq.Dropout,
     nnq.FloatFunctional: nnq.QFunctional,
+    # nn.ReLU, pooling, nn.Flatten, nn.Identity, nn.Sequential: same modules, plus a TorchScript
+    # path for quantized tensors (ferroquant.nn.quantized.passthrough); no observer of their own
+    **PASSTHROUGH_MODULES,
 }
 
 #: torch.ao's own stub / FloatFunctional classes, recognised by name so models written for
@@ -43,7 +47,7 @@ TORCH_AO_EQUIVALENTS: dict[str, type] = {
 
 #: Modules whose outputs need no observer of their own (they keep their input's qparams, or
 #: leave the quantized world).
-NO_OUTPUT_OBSERVER: set[type] = {DeQuantStub, nn.Dropout, nn.ReLU6}
+NO_OUTPUT_OBSERVER: set[type] = {DeQuantStub, nn.Dropout, nn.ReLU6, *PASSTHROUGH_MODULES}
 
 
 def get_default_dynamic_quant_module_mappings() -> dict[type, type]:

@@ -2,9 +2,9 @@
 
 Same names, arguments, buffers and state_dict keys as ``torch.ao.quantization.observer``;
 ``calculate_qparams()`` returns bitwise the same scale and zero point as torch 2.13 for the same
-inputs (the formulas run as float32 torch tensor ops in torch's order, NUMERICS.md §2).
+inputs (the formulas run as float32 torch tensor ops in torch's order; docs/numerics.md, "Observers and qparams").
 
-Where ferroquant differs on purpose (decision D5): NaN or Inf reaching an observer raises a
+Where ferroquant differs on purpose (decision D5 in docs/numerics.md): NaN or Inf reaching an observer raises a
 ``ValueError`` naming the observer (and its module once ``prepare`` has attached it), and
 ``calculate_qparams()`` on an observer that never saw data raises a ``RuntimeError`` instead of
 returning the silent default ``(1.0, 0)``.
@@ -13,8 +13,10 @@ returning the silent default ``(1.0, 0)``.
 from __future__ import annotations
 
 import functools
+import math
 from typing import Any, Callable, Optional
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -100,7 +102,7 @@ def calculate_qmin_qmax(
     dtype: Any,
     reduce_range: bool,
 ) -> tuple[int, int]:
-    """The observer's integer range (NUMERICS.md §2.2)."""
+    """The observer's integer range, as torch computes it (docs/numerics.md, "Observers and qparams")."""
     qd = to_qdtype(dtype)
     if has_customized_qrange:
         assert quant_min is not None and quant_max is not None
@@ -144,13 +146,39 @@ class ObserverBase(nn.Module):
 
 
 def _check_finite(obs: ObserverBase, lo: torch.Tensor, hi: torch.Tensor) -> None:
-    """D5: NaN / Inf are an error, not silent poison."""
+    """NaN / Inf are an error, not silent poison (torch would make the scale NaN; docs/numerics.md D5)."""
     if not bool(torch.isfinite(lo).all()) or not bool(torch.isfinite(hi).all()):
         kind = "NaN" if bool(torch.isnan(lo).any() or torch.isnan(hi).any()) else "Inf"
         raise ValueError(
             f"{obs._who()} saw {kind} in its input; calibration data must be finite "
             "(check the model's float outputs or the calibration batch)"
         )
+
+
+_F32_MAX = float(torch.finfo(torch.float32).max)
+
+
+def _as_float32(obs: ObserverBase, lo: torch.Tensor, hi: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The (finite) batch min and max as float32, the observers' buffer dtype; finite data
+    beyond float32's range (float64 input) is an error, not a silent Inf."""
+    lo32, hi32 = lo.to(torch.float32), hi.to(torch.float32)
+    if not bool(torch.isfinite(lo32).all()) or not bool(torch.isfinite(hi32).all()):
+        big = max(float(lo.abs().max()), float(hi.abs().max()))
+        raise ValueError(
+            f"{obs._who()} saw values as large as {big:.6g} ({lo.dtype}), beyond float32's range "
+            f"(±{_F32_MAX:.8g}); observers keep min, max and scale in float32, so such data cannot be quantized: "
+            "rescale it, or keep this part of the model in float (qconfig = None)"
+        )
+    return lo32, hi32
+
+
+def _moving_average(old: torch.Tensor, new: torch.Tensor, c: float) -> torch.Tensor:
+    """``old + c·(new − old)`` in float32 as torch computes it, in float64 where the float32
+    difference overflows (finite values at opposite ends of float32's range)."""
+    out = old + c * (new - old)
+    if not bool(torch.isfinite(out).all()):
+        out = (old.double() + c * (new.double() - old.double())).to(old.dtype)
+    return out
 
 
 class UniformQuantizationObserverBase(ObserverBase):
@@ -192,7 +220,8 @@ class UniformQuantizationObserverBase(ObserverBase):
             raise NotImplementedError("cannot reduce range for symmetric quantization with quint8")
 
     def _calculate_qparams(self, min_val: torch.Tensor, max_val: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Scale and zero point from min/max (NUMERICS.md §2.1), as torch 2.13 computes them."""
+        """Scale and zero point from min/max, as torch 2.13 computes them (docs/numerics.md, "Observers and
+        qparams")."""
         if (
             min_val.numel() == 0
             or max_val.numel() == 0
@@ -200,27 +229,53 @@ class UniformQuantizationObserverBase(ObserverBase):
         ):
             raise CalibrationError(
                 f"{self._who()} has not observed any data, so it has no qparams; run calibration "
-                "data through the prepared model before convert (D5)"
+                "data through the prepared model before convert (torch would silently use scale 1.0 and zero point 0; "
+                "see docs/numerics.md, D5)"
             )
         if bool(torch.any(min_val > max_val)):
             raise CalibrationError(f"{self._who()}: min {min_val} is greater than max {max_val}")
         _check_finite(self, min_val, max_val)
+        scale, zero_point = self._qparams_formula(min_val, max_val, self.eps)
+        if not bool(torch.isfinite(scale).all()):
+            # float32 overflowed in max − min (finite data at opposite ends of float32's range):
+            # the same formula in float64, scale rounded to float32 and the zero point taken from it
+            scale64, _ = self._qparams_formula(min_val.double(), max_val.double(), self.eps.double())
+            scale = scale64.to(min_val.dtype)
+            if not bool(torch.isfinite(scale).all()):
+                raise CalibrationError(
+                    f"{self._who()}: the observed range [{float(min_val.min()):.6g}, {float(max_val.max()):.6g}] "
+                    f"over {self.quant_max - self.quant_min + 1} quantization levels needs a scale beyond float32's "
+                    "range; rescale the data or use a wider quant_min / quant_max"
+                )
+            _, zero_point = self._qparams_formula(min_val.double(), max_val.double(), self.eps.double(), scale.double())
+        return scale, zero_point
+
+    def _qparams_formula(
+        self, min_val: torch.Tensor, max_val: torch.Tensor, eps: torch.Tensor, scale: Optional[torch.Tensor] = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """torch's qparams formula in the dtype of ``min_val``; with ``scale`` given, only the zero
+        point is computed (from that scale)."""
         qmin, qmax = self.quant_min, self.quant_max
+        given_scale = scale
         min_neg = torch.min(min_val, torch.zeros_like(min_val))
         max_pos = torch.max(max_val, torch.zeros_like(max_val))
         zero_point = torch.zeros(min_neg.size(), dtype=torch.int64)
         if self._qscheme.symmetric:
             max_pos = torch.max(-min_neg, max_pos)
-            scale = torch.max(max_pos / (float(qmax - qmin) / 2), self.eps)
+            scale = torch.max(max_pos / (float(qmax - qmin) / 2), eps)
             if self._qdtype == quint8:
                 mid = (qmin + qmax) // 2 if self.has_customized_qrange else 128
                 zero_point = zero_point.new_full(zero_point.size(), mid)
         elif self._qscheme == per_channel_affine_float_qparams:
             scale = (max_val - min_val) / float(qmax - qmin)
-            scale = torch.where(scale > self.eps, scale, torch.ones_like(scale))
-            zero_point = -1 * min_val / scale
+            scale = torch.where(scale > eps, scale, torch.ones_like(scale))
+            if given_scale is not None:
+                scale = given_scale
+            zero_point = (-1 * min_val / scale).to(torch.float32)
         else:
-            scale = torch.max((max_pos - min_neg) / float(qmax - qmin), self.eps)
+            scale = torch.max((max_pos - min_neg) / float(qmax - qmin), eps)
+            if given_scale is not None:
+                scale = given_scale
             zero_point = qmin - torch.round(min_neg / scale).to(torch.int)
             zero_point = torch.clamp(zero_point, qmin, qmax)
         if scale.dim() == 0:
@@ -261,10 +316,11 @@ class MinMaxObserver(UniformQuantizationObserverBase):
         self.register_buffer("max_val", torch.tensor(float("-inf"), **fk))
 
     def _batch_min_max(self, x_orig: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        x = x_orig.detach().to(self.min_val.dtype)
-        lo, hi = torch.aminmax(x)
+        # min / max in the input's dtype, then to float32 (rounding is monotonic: the same values
+        # as converting first, as torch does, but float64 data beyond float32 is told apart from Inf)
+        lo, hi = torch.aminmax(x_orig.detach())
         _check_finite(self, lo, hi)
-        return lo, hi
+        return _as_float32(self, lo, hi)
 
     def forward(self, x_orig: torch.Tensor) -> torch.Tensor:
         if x_orig.numel() == 0:
@@ -326,8 +382,8 @@ class MovingAverageMinMaxObserver(MinMaxObserver):
             new_lo, new_hi = lo, hi
         else:
             c = self.averaging_constant
-            new_lo = self.min_val + c * (lo - self.min_val)
-            new_hi = self.max_val + c * (hi - self.max_val)
+            new_lo = _moving_average(self.min_val, lo, c)
+            new_hi = _moving_average(self.max_val, hi, c)
         self.min_val.copy_(new_lo)
         self.max_val.copy_(new_hi)
         return x_orig
@@ -374,10 +430,10 @@ class PerChannelMinMaxObserver(UniformQuantizationObserverBase):
         self.register_buffer("max_val", torch.tensor([], **fk))
 
     def _batch_min_max(self, x_orig: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        y = _channels_first_2d(x_orig.detach(), self.ch_axis, self.min_val.dtype)
+        y = _channels_first_2d(x_orig.detach(), self.ch_axis, x_orig.dtype)
         lo, hi = torch.aminmax(y, dim=1)
         _check_finite(self, lo, hi)
-        return lo, hi
+        return _as_float32(self, lo, hi)
 
     def _store(self, lo: torch.Tensor, hi: torch.Tensor) -> None:
         self.min_val.resize_(lo.shape)
@@ -468,15 +524,15 @@ class MovingAveragePerChannelMinMaxObserver(PerChannelMinMaxObserver):
         lo, hi = self._batch_min_max(x_orig)
         if self.min_val.numel() != 0 and self.max_val.numel() != 0:
             c = self.averaging_constant
-            lo = self.min_val + c * (lo - self.min_val)
-            hi = self.max_val + c * (hi - self.max_val)
+            lo = _moving_average(self.min_val, lo, c)
+            hi = _moving_average(self.max_val, hi, c)
         self._store(lo, hi)
         return x_orig
 
 
 class HistogramObserver(UniformQuantizationObserverBase):
     """A running histogram (``bins`` bins) of the values seen; ``calculate_qparams`` picks the
-    range that minimises the L2 quantization error (NUMERICS.md §2.5)."""
+    range that minimises the L2 quantization error (torch's algorithm; docs/numerics.md, "Observers and qparams")."""
 
     min_val: torch.Tensor
     max_val: torch.Tensor
@@ -513,29 +569,49 @@ class HistogramObserver(UniformQuantizationObserverBase):
     def _get_norm(begin: torch.Tensor, end: torch.Tensor, density: torch.Tensor) -> torch.Tensor:
         return density * ((end * end * end - begin * begin * begin) / 3)
 
-    def _compute_quantization_error(self, start: int, end: int) -> float:
+    def _compute_quantization_error(self, start: int, end: int, dtype: torch.dtype = torch.float32) -> float:
+        """torch's L2 error estimate (in float32 as torch; ``dtype=float64`` for wide ranges,
+        whose cubed offsets overflow float32)."""
         bin_width = (self.max_val.item() - self.min_val.item()) / self.bins
         dst_w = bin_width * (end - start + 1) / self.dst_nbins
         if dst_w == 0.0:
             return 0.0
-        src = torch.arange(self.bins)
+        src = torch.arange(self.bins, dtype=dtype)
         b = (src - start) * bin_width
         e = b + bin_width
         db = torch.clamp(torch.div(b, dst_w, rounding_mode="floor"), 0, self.dst_nbins - 1)
         de = torch.clamp(torch.div(e, dst_w, rounding_mode="floor"), 0, self.dst_nbins - 1)
-        density = self.histogram / bin_width
-        norm = torch.zeros(self.bins)
-        norm += self._get_norm(b - (db + 0.5) * dst_w, torch.ones(self.bins) * (dst_w / 2), density)
-        norm += (de - db - 1) * self._get_norm(torch.tensor(-dst_w / 2), torch.tensor(dst_w / 2), density)
+        density = self.histogram.to(dtype) / bin_width
+        norm = torch.zeros(self.bins, dtype=dtype)
+        half = torch.tensor(dst_w / 2, dtype=dtype)
+        norm += self._get_norm(b - (db + 0.5) * dst_w, torch.ones(self.bins, dtype=dtype) * (dst_w / 2), density)
+        norm += (de - db - 1) * self._get_norm(-half, half, density)
         de_center = de * dst_w + dst_w / 2
-        norm += self._get_norm(torch.tensor(-dst_w / 2), e - de_center, density)
+        norm += self._get_norm(-half, e - de_center, density)
         return norm.sum().item()
 
     def _non_linear_param_search(self) -> tuple[torch.Tensor, torch.Tensor]:
         """Trims the histogram from whichever side holds less mass while the error drops."""
         if self.histogram.numel() != self.bins:
             raise ValueError(f"histogram has {self.histogram.numel()} bins, expected {self.bins}")
-        bin_width = (self.max_val - self.min_val) / self.bins
+        # float32 error terms, as torch; again in float64 if they overflow (wide ranges, where
+        # torch's search compares Inf / NaN errors and trims arbitrarily)
+        found = self._search_bins(torch.float32)
+        if found is None:
+            found = self._search_bins(torch.float64)
+            assert found is not None
+        start, end = found
+        if not _span_overflows(self.min_val, self.max_val):
+            bin_width = (self.max_val - self.min_val) / self.bins
+            return self.min_val + bin_width * start, self.min_val + bin_width * (end + 1)
+        lo, hi = self.min_val.double(), self.max_val.double()
+        width = (hi - lo) / self.bins
+        new_min = torch.clamp(lo + width * start, lo, hi).to(self.min_val.dtype)
+        new_max = torch.clamp(lo + width * (end + 1), lo, hi).to(self.max_val.dtype)
+        return new_min, new_max
+
+    def _search_bins(self, err_dtype: torch.dtype) -> Optional[tuple[int, int]]:
+        """The first and last histogram bin kept, or ``None`` when a float32 error overflowed."""
         total = torch.sum(self.histogram).item()
         # float32 cumulative sums; compared against float32-rounded thresholds, as torch does
         csum = torch.cumsum(self.histogram, dim=0).tolist()
@@ -545,6 +621,8 @@ class HistogramObserver(UniformQuantizationObserverBase):
         start, end = 0, self.bins - 1
         norm_min = float("inf")
         while alpha < beta:
+            if start == end:
+                break  # one bin left: no later step can move either end (torch spins here to the end)
             next_alpha, next_beta = alpha + step, beta - step
             lo_thr, hi_thr = f32(next_alpha * total), f32(next_beta * total)
             left, right = start, end
@@ -561,12 +639,14 @@ class HistogramObserver(UniformQuantizationObserverBase):
                 beta = next_beta
             if next_start == start and next_end == end:
                 continue
-            norm = self._compute_quantization_error(next_start, next_end)
+            norm = self._compute_quantization_error(next_start, next_end, err_dtype)
+            if not math.isfinite(norm) and err_dtype == torch.float32:
+                return None
             if norm > norm_min:
                 break
             norm_min = norm
             start, end = next_start, next_end
-        return self.min_val + bin_width * start, self.min_val + bin_width * (end + 1)
+        return start, end
 
     # -- merging histograms across batches ---------------------------------------------------
     def _upscale_histogram(
@@ -578,6 +658,10 @@ class HistogramObserver(UniformQuantizationObserverBase):
         new_max: torch.Tensor,
     ) -> torch.Tensor:
         rate = self.upsample_rate
+        if _span_overflows(new_min, new_max):
+            hist, orig_min, orig_max, new_min, new_max = (
+                t.double() for t in (hist, orig_min, orig_max, new_min, new_max)
+            )
         hist = hist.repeat_interleave(rate) / rate
         sub_bin = (orig_max - orig_min) / (self.bins * rate)
         mids = torch.linspace(orig_min, orig_max, self.bins * rate + 1)[:-1] + 0.5 * sub_bin
@@ -600,7 +684,7 @@ class HistogramObserver(UniformQuantizationObserverBase):
             return orig_hist + upd_hist
         if bool(orig_min == orig_max):
             mass = torch.sum(orig_hist)
-            moved = torch.histc(orig_min, bins=self.bins, min=new_min, max=new_max) * mass  # type: ignore[arg-type]
+            moved = _histc(orig_min, self.bins, new_min, new_max) * mass
             return moved + upd_hist
         return upd_hist + self._upscale_histogram(orig_hist, orig_min, orig_max, new_min, new_max)
 
@@ -610,16 +694,17 @@ class HistogramObserver(UniformQuantizationObserverBase):
         x = x_orig.detach()
         x_min, x_max = torch.aminmax(x)
         _check_finite(self, x_min, x_max)
+        _as_float32(self, x_min, x_max)
         if bool(self.min_val == float("inf")) or bool(self.max_val == float("-inf")):
             self.min_val.resize_(x_min.shape).copy_(x_min)
             self.max_val.resize_(x_max.shape).copy_(x_max)
-            hist = torch.histc(x, self.bins, min=x_min, max=x_max)  # type: ignore[arg-type]
+            hist = _histc(x, self.bins, x_min, x_max)
             self.histogram.detach_().resize_(hist.shape).copy_(hist)
             return x_orig
         cur_min, cur_max = self.min_val, self.max_val
         new_min = torch.min(cur_min, x_min).detach()
         new_max = torch.max(cur_max, x_max).detach()
-        upd = torch.histc(x, self.bins, min=new_min, max=new_max)  # type: ignore[arg-type]
+        upd = _histc(x, self.bins, new_min, new_max)
         if bool(new_min == cur_min) and bool(new_max == cur_max):
             combined = self.histogram + upd
             self.histogram.detach_().resize_(combined.shape).copy_(combined)
@@ -634,7 +719,8 @@ class HistogramObserver(UniformQuantizationObserverBase):
         if bool(self.min_val == float("inf")) and bool(self.max_val == float("-inf")):
             raise CalibrationError(
                 f"{self._who()} has not observed any data, so it has no qparams; run calibration "
-                "data through the prepared model before convert (D5)"
+                "data through the prepared model before convert (torch would silently use scale 1.0 and zero point 0; "
+                "see docs/numerics.md, D5)"
             )
         new_min, new_max = self._non_linear_param_search()
         return self._calculate_qparams(new_min, new_max)
@@ -651,7 +737,20 @@ class HistogramObserver(UniformQuantizationObserverBase):
 def _to_f32(v: float) -> float:
     """Rounds a double to the nearest float32 (ties to even), as torch does for a scalar
     compared against a float32 tensor."""
-    return torch.tensor(v, dtype=torch.float32).item()
+    return float(np.float32(v))
+
+
+def _span_overflows(lo: torch.Tensor, hi: torch.Tensor) -> bool:
+    """Whether ``hi − lo`` overflows float32 (finite ends at opposite sides of its range)."""
+    return not bool(torch.isfinite(hi.to(torch.float32) - lo.to(torch.float32)))
+
+
+def _histc(x: torch.Tensor, bins: int, lo: torch.Tensor, hi: torch.Tensor) -> torch.Tensor:
+    """``torch.histc`` over ``[lo, hi]``, in float64 when the span overflows float32 (where
+    float32's histc would drop every value)."""
+    if _span_overflows(lo, hi):
+        return torch.histc(x.double(), bins, min=float(lo), max=float(hi))
+    return torch.histc(x, bins, min=lo, max=hi)  # type: ignore[arg-type]
 
 
 class FixedQParamsObserver(ObserverBase):

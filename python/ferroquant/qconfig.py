@@ -2,9 +2,9 @@
 
 The named defaults and ``get_default_qconfig`` / ``get_default_qat_qconfig`` for "x86",
 "fbgemm", "onednn" and "qnnpack" are torch 2.13's exactly (same observers, same arguments,
-NUMERICS.md §2.6). ``"native"`` is ours: HistogramObserver activations over the full 0..255
+docs/numerics.md, "Default qconfigs"). ``"native"`` is ours: HistogramObserver activations over the full 0..255
 range and per-channel symmetric int8 weights — the most accurate choice on ferroquant's exact
-kernels (decision D1 makes ``reduce_range`` unnecessary).
+kernels (every engine accumulates exactly in int32, so ``reduce_range`` is unnecessary: docs/numerics.md D1).
 """
 
 from __future__ import annotations

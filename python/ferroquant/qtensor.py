@@ -13,6 +13,8 @@ For TorchScript, a quantized tensor travels as the triple ``(int_repr, scale, ze
 
 from __future__ import annotations
 
+import numbers
+import operator
 from typing import Any, Callable, Optional, Sequence, Union
 
 import numpy as np
@@ -46,6 +48,110 @@ def _cpu_numpy(t: torch.Tensor, what: str) -> np.ndarray:
     if not t.is_contiguous():
         t = t.contiguous()
     return t.numpy()
+
+
+#: A scale must be a positive, normal, finite float32: the kernels quantize with ``fl(1/scale)``,
+#: which overflows for smaller (subnormal) scales and then maps 0 to NaN and the top of the range.
+SCALE_MIN = float(torch.finfo(torch.float32).tiny)
+SCALE_MAX = float(torch.finfo(torch.float32).max)
+_SCALE_RULE = f"a finite number in [{SCALE_MIN:.8g}, {SCALE_MAX:.8g}] (a positive, normal float32)"
+
+
+def _scalar(value: Any, arg: str, what: str) -> Any:
+    """A Python number from a number or a one-element tensor / array."""
+    if isinstance(value, (torch.Tensor, np.ndarray)):
+        n = value.size if isinstance(value, np.ndarray) else value.numel()
+        if n != 1:
+            raise ValueError(
+                f"{arg} must be a single {what}, got a tensor of shape {list(value.shape)}; for one "
+                "value per channel use quantize_per_channel (or QTensor(..., axis=...))"
+            )
+        value = value.item()
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        article = "an" if what[0] in "aeiou" else "a"
+        raise TypeError(f"{arg} must be {article} {what}, got {type(value).__name__} ({value!r})")
+    return value
+
+
+def check_scale(value: Any, arg: str = "scale") -> float:
+    """``value`` as a float after checking it is a valid quantization scale (see ``SCALE_MIN``)."""
+    s = float(_scalar(value, arg, "real number"))
+    if not SCALE_MIN <= s <= SCALE_MAX:
+        raise ValueError(f"{arg} must be {_SCALE_RULE}, got {s!r}; use the observer's calculate_qparams() values")
+    return s
+
+
+def check_zero_point(value: Any, dtype: QDtype, arg: str = "zero_point") -> int:
+    """``value`` as an int after checking it is an integer inside ``dtype``'s range."""
+    v = _scalar(value, arg, "integer")
+    if not isinstance(v, numbers.Integral):
+        f = float(v)
+        if not f.is_integer():
+            raise ValueError(f"{arg} must be an integer, got {v!r}; round it first (e.g. int(round(zp)))")
+        v = int(f)
+    z = int(v)
+    if not dtype.qmin <= z <= dtype.qmax:
+        raise ValueError(
+            f"{arg} {z} is outside the {dtype.name} range [{dtype.qmin}, {dtype.qmax}]; use a zero point inside it"
+        )
+    return z
+
+
+def check_axis(axis: Any, ndim: int, arg: str = "axis") -> int:
+    """``axis`` normalised to ``0 <= axis < ndim`` (negative axes count from the end, as in torch)."""
+    try:
+        a = operator.index(axis)
+    except TypeError:
+        raise TypeError(f"{arg} must be an int, got {type(axis).__name__} ({axis!r})") from None
+    if ndim == 0:
+        raise ValueError(f"per-channel quantization needs a tensor with at least 1 dimension, got a 0-d one ({arg})")
+    if not -ndim <= a < ndim:
+        raise IndexError(f"{arg} {a} is out of range for a {ndim}-d tensor: expected an axis in [{-ndim}, {ndim - 1}]")
+    return a + ndim if a < 0 else a
+
+
+def check_per_channel_qparams(
+    scales: Any, zero_points: Any, channels: int, dtype: QDtype, scale_arg: str = "scales", zp_arg: str = "zero_points"
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Validated private copies of per-channel qparams: float64 scales and int64 zero points,
+    ``channels`` of each."""
+    for arg, t in ((scale_arg, scales), (zp_arg, zero_points)):
+        if not isinstance(t, torch.Tensor):
+            raise TypeError(f"{arg} must be a 1-d torch.Tensor with one value per channel, got {type(t).__name__}")
+        if t.device.type != "cpu":
+            raise ValueError(f"{arg} is on {t.device}; ferroquant runs on the CPU, call .cpu() first")
+        if t.dim() > 1 or t.numel() != channels:
+            raise ValueError(
+                f"{arg} must be a 1-d tensor with one value per channel ({channels} along the axis), "
+                f"got shape {list(t.shape)}"
+            )
+        if t.dtype == torch.bool or t.is_complex():
+            raise TypeError(f"{arg} must be a real-valued tensor, got {t.dtype}")
+    s = scales.detach().reshape(-1).to(torch.float64, copy=True)
+    bad = ~((s >= SCALE_MIN) & (s <= SCALE_MAX))
+    if bool(bad.any()):
+        i = int(bad.nonzero()[0, 0])
+        raise ValueError(f"{scale_arg}: each scale must be {_SCALE_RULE}, got {s[i].item()!r} for channel {i}")
+    z = zero_points.detach().reshape(-1)
+    if z.is_floating_point():
+        z64 = z.to(torch.float64)
+        frac = ~torch.isfinite(z64) | (z64 != torch.round(z64))
+        if bool(frac.any()):
+            i = int(frac.nonzero()[0, 0])
+            raise ValueError(
+                f"{zp_arg} must be integers, got {z64[i].item()!r} for channel {i}; round them first "
+                "(e.g. zero_points.round().long())"
+            )
+        out_of_range = (z64 < dtype.qmin) | (z64 > dtype.qmax)
+    else:
+        out_of_range = (z < dtype.qmin) | (z > dtype.qmax)
+    if bool(out_of_range.any()):
+        i = int(out_of_range.nonzero()[0, 0])
+        raise ValueError(
+            f"{zp_arg}: each zero point must lie in the {dtype.name} range [{dtype.qmin}, {dtype.qmax}], got "
+            f"{z[i].item()!r} for channel {i}"
+        )
+    return s, z.to(torch.int64, copy=True)
 
 
 def _float32_numpy(x: torch.Tensor, what: str) -> np.ndarray:
@@ -86,27 +192,22 @@ class QTensor:
         self._dtype: QDtype = qd
         if axis is None:
             if scale is None or zero_point is None:
-                raise ValueError("a per-tensor QTensor needs scale and zero_point")
-            self._scale = float(scale)
-            self._zero_point = int(zero_point)
-            self._scales = None
-            self._zero_points = None
-            self._axis = None
+                raise ValueError("a per-tensor QTensor needs scale and zero_point (or axis=... for per channel)")
+            self._scale: Optional[float] = check_scale(scale, "QTensor: scale")
+            self._zero_point: Optional[int] = check_zero_point(zero_point, qd, "QTensor: zero_point")
+            self._scales: Optional[torch.Tensor] = None
+            self._zero_points: Optional[torch.Tensor] = None
+            self._axis: Optional[int] = None
             self._qscheme: QScheme = to_qscheme(qscheme) if qscheme is not None else per_tensor_affine
         else:
-            if not isinstance(scale, torch.Tensor) or not isinstance(zero_point, torch.Tensor):
-                raise TypeError("a per-channel QTensor needs scale and zero_point tensors")
-            if not 0 <= axis < data.dim() or scale.numel() != data.shape[axis] or zero_point.numel() != scale.numel():
-                raise ValueError(
-                    f"per-channel qparams: axis {axis} of shape {tuple(data.shape)} needs "
-                    f"{data.shape[axis] if 0 <= axis < data.dim() else '?'} scales and zero points, "
-                    f"got {scale.numel()} and {zero_point.numel()}"
-                )
+            ax = check_axis(axis, data.dim(), "QTensor: axis")
+            # private copies: later in-place changes to the caller's tensors must not change this one
+            self._scales, self._zero_points = check_per_channel_qparams(
+                scale, zero_point, data.shape[ax], qd, "QTensor: scale", "QTensor: zero_point"
+            )
             self._scale = None
             self._zero_point = None
-            self._scales = scale.detach().to(torch.float64).reshape(-1)
-            self._zero_points = zero_point.detach().to(torch.int64).reshape(-1)
-            self._axis = int(axis)
+            self._axis = ax
             self._qscheme = to_qscheme(qscheme) if qscheme is not None else per_channel_affine
 
     # -- torch-like accessors ------------------------------------------------------------------
@@ -124,14 +225,16 @@ class QTensor:
         return self._zero_point
 
     def q_per_channel_scales(self) -> torch.Tensor:
+        """A copy of the per-channel scales (float64)."""
         self._need_per_channel("q_per_channel_scales")
         assert self._scales is not None
-        return self._scales
+        return self._scales.clone()
 
     def q_per_channel_zero_points(self) -> torch.Tensor:
+        """A copy of the per-channel zero points (int64)."""
         self._need_per_channel("q_per_channel_zero_points")
         assert self._zero_points is not None
-        return self._zero_points
+        return self._zero_points.clone()
 
     def q_per_channel_axis(self) -> int:
         self._need_per_channel("q_per_channel_axis")
@@ -219,7 +322,7 @@ class QTensor:
                 torch.tensor([self._zero_point], dtype=torch.int64),
             )
         assert self._scales is not None and self._zero_points is not None
-        return self._data, self._scales, self._zero_points
+        return self._data, self._scales.clone(), self._zero_points.clone()
 
     def _with_data(self, data: torch.Tensor, axis: Optional[int] = None) -> QTensor:
         if self._axis is None:
@@ -373,7 +476,7 @@ def _cat(tensors: Sequence[Any], dim: int = 0) -> QTensor:
 
 @_handles(F.relu, torch.relu)
 def _relu(x: QTensor, inplace: bool = False) -> QTensor:
-    # max(q, zp): exact on the integers, qparams unchanged (NUMERICS §3.5)
+    # max(q, zp): exact on the integers, qparams unchanged (docs/numerics.md, "Other quantized ops")
     x._need_per_tensor("relu")
     return x._with_data(torch.clamp(x.int_repr(), min=x.q_zero_point()))
 
@@ -384,8 +487,9 @@ def _float_pool(fn: Callable) -> Callable:
             raise TypeError("max pooling with return_indices=True is not supported on QTensors")
         x._need_per_tensor(fn.__name__)
         d = x.int_repr()
-        # integers up to 2^24 are exact in float32, so the max is exact
-        return x._with_data(fn(d.to(torch.float32), *args, **kwargs).to(d.dtype))
+        # 8-bit integers are exact in float32 and int32 ones in float64, so the max is exact
+        wide = torch.float64 if d.dtype == torch.int32 else torch.float32
+        return x._with_data(fn(d.to(wide), *args, **kwargs).to(d.dtype))
 
     return pooled
 
@@ -418,13 +522,15 @@ def _qrange(dtype: QDtype) -> tuple[int, int]:
 def quantize_per_tensor(
     input: torch.Tensor, scale: Union[float, torch.Tensor], zero_point: Union[int, torch.Tensor], dtype: Any
 ) -> QTensor:
-    """Quantizes a float tensor with one scale and zero point (decision D3):
-    ``clamp(rne(x · fl(1/fl(scale))) + zero_point)`` over the dtype's range; NaN → max."""
+    """Quantizes a float tensor with one scale and zero point:
+    ``clamp(rne(x · fl(1/fl(scale))) + zero_point)`` over the dtype's range; NaN → max. The zero point is
+    added after rounding (torch 2.13 adds it before: 1 LSB apart at exact ties only; docs/numerics.md D3)."""
     qd = to_qdtype(dtype)
     if qd.bits == 4:
         raise TypeError("quint4x2 is for embedding weights only; quantize_per_tensor supports quint8, qint8, qint32")
-    x = _float32_numpy(input, "input")
-    s, z = float(scale), int(zero_point)
+    s = check_scale(scale, "quantize_per_tensor: scale")
+    z = check_zero_point(zero_point, qd, "quantize_per_tensor: zero_point")
+    x = _float32_numpy(input, "quantize_per_tensor: input")
     lo, hi = _qrange(qd)
     data = _core.quantize_per_tensor(x, s, z, lo, hi, qd.name)
     return QTensor(torch.from_numpy(data), s, z, qd)
@@ -435,16 +541,18 @@ def quantize_per_channel(
 ) -> QTensor:
     """Quantizes with one scale and zero point per slice along ``axis``."""
     qd = to_qdtype(dtype)
-    x = _float32_numpy(input, "input")
-    if not isinstance(scales, torch.Tensor) or not isinstance(zero_points, torch.Tensor):
-        raise TypeError("scales and zero_points must be tensors")
-    if axis < 0:
-        axis += input.dim()
+    if qd.bits == 4:
+        raise TypeError("quint4x2 is for embedding weights only; quantize_per_channel supports quint8, qint8, qint32")
+    x = _float32_numpy(input, "quantize_per_channel: input")
+    axis = check_axis(axis, x.ndim, "quantize_per_channel: axis")
+    s64, z64 = check_per_channel_qparams(
+        scales, zero_points, x.shape[axis], qd, "quantize_per_channel: scales", "quantize_per_channel: zero_points"
+    )
     lo, hi = _qrange(qd)
-    s32 = scales.detach().to(torch.float32).reshape(-1).contiguous().numpy()
-    z32 = zero_points.detach().to(torch.int32).reshape(-1).contiguous().numpy()
-    data = _core.quantize_per_channel(x, s32, z32, axis, lo, hi, qd.name)
-    return QTensor(torch.from_numpy(data), scales, zero_points, qd, axis=axis)
+    data = _core.quantize_per_channel(
+        x, s64.to(torch.float32).numpy(), z64.to(torch.int32).numpy(), axis, lo, hi, qd.name
+    )
+    return QTensor(torch.from_numpy(data), s64, z64, qd, axis=axis)
 
 
 def dequantize(input: Union[QTensor, torch.Tensor]) -> torch.Tensor:
@@ -458,17 +566,100 @@ def dequantize(input: Union[QTensor, torch.Tensor]) -> torch.Tensor:
 
 def _avg_pool(fn: Callable) -> Callable:
     """Average pooling on the integers: ``rne(mean(q − zp) + zp)`` — torch's rule for its
-    (usual) NCHW tensors, zero point added before rounding (NUMERICS §3.5); padded taps count
+    (usual) NCHW tensors, zero point added before rounding (docs/numerics.md, "Other quantized ops"); padded taps count
     as the zero point. qparams unchanged. Sums of 8-bit values are exact in float32."""
 
     def pooled(x: QTensor, *args: Any, **kwargs: Any) -> QTensor:
         x._need_per_tensor(fn.__name__)
         d, z = x.int_repr(), x.q_zero_point()
+        if d.dtype == torch.int32:
+            # float32 is not exact for int32 values: sum and divide on int64 instead
+            q = torch.clamp(_exact_avg_pool(fn, d.to(torch.int64) - z, z, args, kwargs), x.dtype.qmin, x.dtype.qmax)
+            return x._with_data(q.to(d.dtype))
         mean = fn((d.to(torch.float32) - z), *args, **kwargs)
         q = torch.clamp(torch.round(mean + z), x.dtype.qmin, x.dtype.qmax)
         return x._with_data(q.to(d.dtype))
 
     return pooled
+
+
+_AVG_POOL_DIMS = {
+    F.avg_pool1d: 1,
+    torch.avg_pool1d: 1,
+    F.avg_pool2d: 2,
+    F.avg_pool3d: 3,
+}
+_ADAPTIVE_POOL_DIMS = {
+    F.adaptive_avg_pool1d: 1,
+    torch.adaptive_avg_pool1d: 1,
+    F.adaptive_avg_pool2d: 2,
+    F.adaptive_avg_pool3d: 3,
+}
+_AVG_POOL_ARGS = ("kernel_size", "stride", "padding", "ceil_mode", "count_include_pad", "divisor_override")
+
+
+def _rne_div(num: torch.Tensor, den: torch.Tensor) -> torch.Tensor:
+    """``num / den`` rounded half to even, exactly, on int64 tensors (``den > 0``)."""
+    q = torch.div(num, den, rounding_mode="floor")
+    r2 = 2 * (num - q * den)
+    return q + ((r2 > den) | ((r2 == den) & (q % 2 == 1))).to(q.dtype)
+
+
+def _exact_avg_pool(fn: Callable, v: torch.Tensor, z: int, args: tuple, kwargs: dict) -> torch.Tensor:
+    """``rne(mean(v) + z)`` over each pooling window of the int64 tensor ``v`` (the 8-bit rule,
+    zero point added before rounding), exactly: window sums on int64 (torch's integer avg_pool
+    with ``divisor_override=1``, or cumulative sums for the adaptive pools), then
+    ``(sum + z·count) / count`` rounded half to even."""
+    if fn in _ADAPTIVE_POOL_DIMS:
+        nd = _ADAPTIVE_POOL_DIMS[fn]
+        params = dict(zip(("output_size",), args))
+        params.update(kwargs)
+        sizes = params["output_size"]
+        sizes = list(sizes) if isinstance(sizes, (tuple, list, torch.Size)) else [sizes] * nd
+        counts = torch.ones((), dtype=torch.int64)
+        for i in range(nd):
+            dim = v.dim() - nd + i
+            n = v.shape[dim]
+            o = n if sizes[i] is None else int(sizes[i])
+            idx = torch.arange(o)
+            start, end = (idx * n) // o, ((idx + 1) * n + o - 1) // o  # torch's adaptive windows
+            zero_shape = list(v.shape)
+            zero_shape[dim] = 1
+            cs = torch.cat([torch.zeros(zero_shape, dtype=torch.int64), v.cumsum(dim)], dim)
+            v = cs.index_select(dim, end) - cs.index_select(dim, start)
+            shape = [1] * nd
+            shape[i] = o
+            counts = counts * (end - start).reshape(shape)
+        return _rne_div(v + z * counts, counts)
+    nd = _AVG_POOL_DIMS[fn]
+    params = dict(zip(_AVG_POOL_ARGS, args))
+    params.update(kwargs)
+    divisor = params.pop("divisor_override", None)
+    if nd == 1:  # through the 2-d pool (integer avg_pool1d has no divisor_override)
+
+        def lift(a: Any) -> Any:
+            return None if a is None else (1, a[0] if isinstance(a, (tuple, list)) else a)
+
+        for key in ("kernel_size", "stride", "padding"):
+            if key in params:
+                params[key] = lift(params[key]) if key != "padding" else (0, lift(params[key])[1])
+        pool, v, squeeze = F.avg_pool2d, v.unsqueeze(-2), True
+    else:
+        pool, squeeze = (F.avg_pool2d if nd == 2 else F.avg_pool3d), False
+    sums = pool(v, **params, divisor_override=1)
+    if divisor is not None:
+        den = torch.tensor(int(divisor), dtype=torch.int64)
+        if int(divisor) < 0:
+            sums, den = -sums, -den
+    else:
+        # torch's divisor per window (padding counted or not, windows clipped by ceil_mode):
+        # real taps (integer sum of ones) over the float mean of ones is the divisor, exactly
+        ones = torch.ones((1, 1, *v.shape[v.dim() - (3 if nd == 3 else 2) :]))
+        taps = pool(ones.to(torch.int64), **params, divisor_override=1)
+        den = torch.round(taps / pool(ones.to(torch.float64), **params)).to(torch.int64)
+        den = den.reshape(den.shape[2:])
+    out = _rne_div(sums + z * den, den)
+    return out.squeeze(-2) if squeeze else out
 
 
 for _f in (

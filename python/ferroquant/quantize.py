@@ -57,13 +57,29 @@ def _remove_qconfig(module: nn.Module) -> None:
             del m.qconfig
 
 
-def _swap_modules(module: nn.Module, mapping: dict[type, type]) -> None:
+def _check_weight_not_empty(child: nn.Module, name: str) -> None:
+    """An empty weight (``nn.Linear(0, 4)``) cannot go through the int8 kernels: say which
+    module it is and how to keep it in float (torch.ao quantizes it, and its forward then
+    returns uninitialized memory)."""
+    inner = child[0] if isinstance(child, nn.Sequential) and len(child) > 0 else child
+    w = getattr(inner, "weight", None)
+    if isinstance(w, torch.Tensor) and w.numel() == 0:
+        raise ValueError(
+            f"cannot quantize {type(inner).__name__} '{name}': its weight is empty (shape {list(w.shape)}), and "
+            "ferroquant's int8 kernels need at least one input and one output feature; keep it in float: map "
+            f"its name to None in the qconfig (qconfig_spec={{..., '{name}': None}}) or set its qconfig to None"
+        )
+
+
+def _swap_modules(module: nn.Module, mapping: dict[type, type], prefix: str = "") -> None:
     for name, child in list(module.named_children()):
+        full = f"{prefix}.{name}" if prefix else name
         target = mapping.get(type(child))
         if target is not None and getattr(child, "qconfig", None) is not None:
+            _check_weight_not_empty(child, full)
             setattr(module, name, target.from_float(child))
         else:
-            _swap_modules(child, mapping)
+            _swap_modules(child, mapping, full)
 
 
 def quantize_dynamic(
@@ -199,7 +215,12 @@ def _swap(module: nn.Module, mapping: dict[type, type], prefix: str, custom: dic
         target = custom.get(kind) or mapping.get(kind)
         # only parts with a qconfig are quantized (qconfig = None keeps a submodule float)
         if target is not None and getattr(child, "qconfig", None) is not None:
+            _check_weight_not_empty(child, full)
             new = target.from_float(child)
+            if getattr(new, "_fq_convert_children", False):
+                # a container (Sequential): convert inside too, then it picks its TorchScript signature
+                _swap(new, mapping, full, custom)
+                new = new.settle()
             new._fq_name = full
             setattr(module, name, new)
         else:
@@ -217,7 +238,8 @@ def convert(
 ) -> nn.Module:
     """Swaps observed modules for quantized ones: QuantStub → Quantize, DeQuantStub →
     DeQuantize, Linear / Conv / fused modules → their quantized versions with the observed
-    output qparams and int8 weights. An observer that saw no data raises (decision D5)."""
+    output qparams and int8 weights. An observer that saw no data raises ``CalibrationError`` (torch would silently
+    use scale 1.0 and zero point 0; docs/numerics.md D5)."""
     if is_reference:
         raise NotImplementedError("reference quantized modules are not available; use is_reference=False")
     _warn_torch_engine()

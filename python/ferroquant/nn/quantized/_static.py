@@ -1,16 +1,18 @@
 """What every static quantized module shares: input checks, output qparams from the observer
-(decision D7: clamp to the observer's [quant_min, quant_max]), and their state_dict keys."""
+(clamped to the observer's [quant_min, quant_max], where torch clamps to the dtype's range; docs/numerics.md
+D7), and their state_dict keys."""
 
 from __future__ import annotations
 
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 import torch
 from torch import nn
 
-from ..._dtypes import quint8, to_qdtype
+from ..._dtypes import QDtype, quint8, to_qdtype
 from ...observer import CalibrationError
-from ...qtensor import QTensor
+from ...qtensor import QTensor, check_scale, check_zero_point
+from ._weights import AtomicLoad, state_number
 
 
 def require_qtensor(module: nn.Module, x: Any) -> QTensor:
@@ -47,22 +49,34 @@ def output_qparams(observer: Optional[nn.Module], who: str) -> tuple[float, int,
     return float(scale.reshape(-1)[0]), int(zp.reshape(-1)[0]), qmin, qmax, dtype
 
 
-class OutputQParams:
+class OutputQParams(AtomicLoad):
     """Mixin: output `scale`, `zero_point`, clamp range and dtype, saved in the state_dict."""
 
-    scale: float
-    zero_point: int
-    quant_min: int
-    quant_max: int
+    # `scale` (float), `zero_point`, `quant_min`, `quant_max` (int) are set by _init_output. No
+    # class-level annotations: TorchScript would read them (as unresolvable strings) for the
+    # attribute types.
+
+    def __prepare_scriptable__(self) -> Any:
+        # torch.jit.script calls this before compiling: the output dtype's name for the scripted
+        # forward (TorchScript cannot hold the QDtype)
+        self._out_dtype_name = self._out_dtype.name
+        return self
 
     def _init_output(
         self, scale: float = 1.0, zero_point: int = 0, quant_min: int = 0, quant_max: int = 255, dtype: Any = quint8
     ) -> None:
-        self.scale = float(scale)
-        self.zero_point = int(zero_point)
+        who = type(self).__name__
+        dt = to_qdtype(dtype)
+        scale = check_scale(scale, f"{who}: output scale")
+        zero_point = check_zero_point(zero_point, dt, f"{who}: output zero_point")
+        problem = _clamp_range_problem(int(quant_min), int(quant_max), dt)
+        if problem:
+            raise ValueError(f"{who}: {problem}")
+        self.scale = scale
+        self.zero_point = zero_point
         self.quant_min = int(quant_min)
         self.quant_max = int(quant_max)
-        self._out_dtype = to_qdtype(dtype)
+        self._out_dtype = dt
 
     # state_dict: the output keys, then whatever the module's other bases save (put this mixin
     # first among the bases so these run before nn.Module's)
@@ -73,28 +87,60 @@ class OutputQParams:
         destination[prefix + "quant_min"] = torch.tensor(self.quant_min, dtype=torch.int64)
         destination[prefix + "quant_max"] = torch.tensor(self.quant_max, dtype=torch.int64)
 
-    def _load_from_state_dict(
-        self,
-        state_dict: dict,
-        prefix: str,
-        local_metadata: dict,
-        strict: bool,
-        missing_keys: list,
-        unexpected_keys: list,
-        error_msgs: list,
-    ) -> None:
+    def _stage_state(
+        self, state_dict: dict, prefix: str, strict: bool, missing_keys: list, unexpected_keys: list, errors: list
+    ) -> list[Callable[[], None]]:
+        """Checks the output keys; they load together with the rest of the module or not at all."""
+        changes = super()._stage_state(state_dict, prefix, strict, missing_keys, unexpected_keys, errors)
+        n0 = len(errors)
+        values: dict[str, Any] = {}
         for key in ("scale", "zero_point", "quant_min", "quant_max"):
             v = state_dict.pop(prefix + key, None)
             if v is None:
                 missing_keys.append(prefix + key)
                 continue
-            setattr(self, key, float(v) if key == "scale" else int(v))
-        super()._load_from_state_dict(  # type: ignore[misc]
-            state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
-        )
+            try:
+                values[key] = state_number(v, prefix + key, "float" if key == "scale" else "integer")
+            except ValueError as e:
+                errors.append(str(e))
+        if len(values) < 4 or len(errors) > n0:
+            return changes
+        dt = self._out_dtype
+        try:
+            values["scale"] = check_scale(values["scale"], f"'{prefix}scale' (the output scale)")
+        except ValueError as e:
+            errors.append(str(e))
+        if not dt.qmin <= values["zero_point"] <= dt.qmax:
+            errors.append(
+                f"'{prefix}zero_point': the output zero point must lie in the {dt.name} range "
+                f"[{dt.qmin}, {dt.qmax}], got {values['zero_point']}"
+            )
+        problem = _clamp_range_problem(values["quant_min"], values["quant_max"], dt)
+        if problem:
+            errors.append(f"'{prefix}quant_min' / '{prefix}quant_max': {problem}")
+        if len(errors) > n0:
+            return changes
+
+        def apply() -> None:
+            self.scale = values["scale"]
+            self.zero_point = values["zero_point"]
+            self.quant_min = values["quant_min"]
+            self.quant_max = values["quant_max"]
+
+        return [*changes, apply]
 
     def _output_repr(self) -> str:
         return f"scale={self.scale}, zero_point={self.zero_point}"
+
+
+def _clamp_range_problem(quant_min: int, quant_max: int, dtype: QDtype) -> str:
+    """What is wrong with an output clamp range, or ``""``."""
+    if not dtype.qmin <= quant_min <= quant_max <= dtype.qmax:
+        return (
+            f"the output clamp range [quant_min, quant_max] = [{quant_min}, {quant_max}] must be ordered and lie in "
+            f"the {dtype.name} range [{dtype.qmin}, {dtype.qmax}]"
+        )
+    return ""
 
 
 def observed_float_module(mod: nn.Module, float_type: type, cls_name: str) -> tuple[nn.Module, Any, tuple]:

@@ -6,24 +6,37 @@ state_dict keys (relative to the module's prefix):
 tensor), ``bias`` (float32, absent when the module has none), plus the module's own keys (output
 ``scale`` / ``zero_point`` for static modules). ``_version`` is in the state_dict metadata.
 Packed weights are never saved: they are rebuilt for this machine after loading.
+
+Loading is all or nothing per module (:class:`AtomicLoad`): every key is checked, and the packed
+weights are built, before anything in the module changes. Forward repacks when the int8 weight
+or its qparams were changed in place since packing (``_fresh_packed``).
 """
 
 from __future__ import annotations
 
-from typing import Optional
+from typing import Any, Callable, Optional
 
 import torch
 from torch import nn
 
 from ..._dtypes import qint8, to_qdtype, to_qscheme
-from ...qtensor import QTensor, quantize_per_channel, quantize_per_tensor
+from ...qtensor import QTensor, check_per_channel_qparams, quantize_per_channel, quantize_per_tensor
+
+__all__ = ["AtomicLoad", "WeightedQuantModule", "quantize_weight", "module_label", "state_number"]
 
 _KEYS = ("weight", "weight_scale", "weight_zero_point", "weight_axis")
+_RESAVE = "save the state_dict again from a converted ferroquant model of the same architecture"
 
 
 def quantize_weight(weight: torch.Tensor, observer: nn.Module) -> QTensor:
     """Runs ``observer`` on ``weight`` and quantizes it to int8 with the observer's qparams,
     clamped to the observer's ``[quant_min, quant_max]`` (as torch's ``_quantize_weight``)."""
+    if weight.numel() == 0:
+        raise ValueError(
+            f"cannot quantize an empty weight of shape {list(weight.shape)}: ferroquant's int8 kernels need at "
+            "least one input and one output feature (torch.ao's layer would return uninitialized memory); keep "
+            "this layer in float by leaving it out of the qconfig (qconfig_spec, or qconfig = None)"
+        )
     w = weight.detach().float()
     observer(w)
     scale, zp = observer.calculate_qparams()
@@ -40,14 +53,94 @@ def quantize_weight(weight: torch.Tensor, observer: nn.Module) -> QTensor:
     return QTensor(torch.clamp(q.int_repr(), qmin, qmax), q.q_scale(), q.q_zero_point(), qint8)
 
 
-class WeightedQuantModule(nn.Module):
+def module_label(module: nn.Module, prefix: str) -> str:
+    """``Linear '0.fc'``: the module's class and its path in the model (from the state_dict prefix)."""
+    name = prefix[:-1] if prefix.endswith(".") else prefix
+    return f"{type(module).__name__} '{name}'" if name else f"{type(module).__name__} (the root module)"
+
+
+def state_number(value: Any, key: str, kind: str) -> Any:
+    """A saved scalar (a one-element tensor or a number) as a Python ``float``, ``int`` or
+    ``bool`` (``kind``); a ``ValueError`` that names the key otherwise."""
+    if isinstance(value, torch.Tensor):
+        if value.numel() != 1:
+            raise ValueError(f"'{key}': expected a single {kind} (a 0-dim tensor), got shape {list(value.shape)}")
+        if value.is_complex():
+            raise ValueError(f"'{key}': expected a {kind}, got a {value.dtype} tensor")
+        if kind != "float" and value.is_floating_point():
+            v = value.item()
+            if not float(v).is_integer():
+                raise ValueError(f"'{key}': expected an integer, got {v!r}")
+        value = value.item()
+    if not isinstance(value, (bool, int, float)):
+        raise ValueError(f"'{key}': expected a {kind}, got {type(value).__name__}")
+    if kind == "float":
+        return float(value)
+    if kind == "bool":
+        if value not in (0, 1):
+            raise ValueError(f"'{key}': expected a bool (0 or 1), got {value!r}")
+        return bool(value)
+    if isinstance(value, float) and not value.is_integer():
+        raise ValueError(f"'{key}': expected an integer, got {value!r}")
+    return int(value)
+
+
+class AtomicLoad:
+    """``load_state_dict`` for ferroquant modules, all or nothing per module: each class in the
+    MRO reads and checks its own keys in ``_stage_state`` and returns the changes to make; the
+    changes are made only when every key of the module is present and valid and none is
+    unexpected, so a load that fails (or, with ``strict=False``, reports missing / unexpected keys
+    of this module) leaves the module exactly as it was. torch passes ``strict=True`` to every
+    ``_load_from_state_dict`` whatever the caller asked, so the rule cannot depend on it."""
+
+    def _stage_state(
+        self, state_dict: dict, prefix: str, strict: bool, missing_keys: list, unexpected_keys: list, errors: list
+    ) -> list[Callable[[], None]]:
+        return []
+
+    def _load_from_state_dict(
+        self,
+        state_dict: dict,
+        prefix: str,
+        local_metadata: dict,
+        strict: bool,
+        missing_keys: list,
+        unexpected_keys: list,
+        error_msgs: list,
+    ) -> None:
+        counts = len(missing_keys), len(unexpected_keys), len(error_msgs)
+        errors: list[str] = []
+        changes = self._stage_state(state_dict, prefix, strict, missing_keys, unexpected_keys, errors)
+        # the default load (pre-hooks, any registered buffers, unexpected keys under this prefix)
+        nn.Module._load_from_state_dict(
+            self,  # type: ignore[arg-type]
+            state_dict,
+            prefix,
+            local_metadata,
+            strict,
+            missing_keys,
+            unexpected_keys,
+            error_msgs,
+        )
+        if errors:
+            label = module_label(self, prefix)  # type: ignore[arg-type]
+            error_msgs.extend(
+                f"{e} [{label}; nothing in this module was loaded: {_RESAVE}, or fix the value]" for e in errors
+            )
+        failed = len(error_msgs) > counts[2] or len(missing_keys) > counts[0] or len(unexpected_keys) > counts[1]
+        if not failed:
+            for change in changes:
+                change()
+
+
+class WeightedQuantModule(AtomicLoad, nn.Module):
     """Holds an int8 weight (as a QTensor's parts) and a float bias, with the shared
-    state_dict scheme; subclasses rebuild their packed form in ``_rebuild``."""
+    state_dict scheme; subclasses build their packed form in ``_pack``."""
 
     _version = 1
     # Not part of the scripted module: packed weights live outside TorchScript (the scripted
     # forward calls torch.ops.ferroquant.*, which repacks from the int8 tensor on demand).
-    __jit_ignored_attributes__ = ["_packed", "_bias_np", "_weight_shape"]
+    __jit_ignored_attributes__ = ["_packed", "_bias_np", "_weight_shape", "_packed_src"]
 
     def _init_weight_storage(self, weight_shape: tuple[int, ...], has_bias: bool) -> None:
         self._weight_shape = tuple(weight_shape)
@@ -59,6 +152,8 @@ class WeightedQuantModule(nn.Module):
 
     # -- the torch.ao accessors -------------------------------------------------------------------
     def weight(self) -> QTensor:
+        """The int8 weight; its ``int_repr()`` is the module's own tensor (edits in place are
+        picked up by the next forward)."""
         if self._w_axis < 0:
             return QTensor(self._w, float(self._w_scale[0]), int(self._w_zp[0]), qint8)
         return QTensor(self._w, self._w_scale.double(), self._w_zp, qint8, axis=self._w_axis)
@@ -67,26 +162,96 @@ class WeightedQuantModule(nn.Module):
         return self._bias
 
     def set_weight_bias(self, w: QTensor, b: Optional[torch.Tensor]) -> None:
+        """Replaces weight and bias; on any error the module is left unchanged."""
+        who = type(self).__name__
         if not isinstance(w, QTensor) or w.dtype != qint8:
-            raise TypeError(f"set_weight_bias expects a qint8 ferroquant QTensor weight, got {type(w).__name__}")
+            raise TypeError(
+                f"{who}.set_weight_bias: w must be a qint8 ferroquant QTensor, got "
+                f"{getattr(w, 'dtype', type(w).__name__)}; quantize it with ferroquant.quantize_per_tensor / "
+                "quantize_per_channel(..., dtype=ferroquant.qint8)"
+            )
         if tuple(w.shape) != self._weight_shape:
-            raise ValueError(f"weight has shape {tuple(w.shape)}, this module needs {self._weight_shape}")
-        if b is not None and tuple(b.shape) != (self._weight_shape[0],):
-            raise ValueError(f"bias has shape {tuple(b.shape)}, this module needs ({self._weight_shape[0]},)")
-        self._w = w.int_repr().contiguous()
+            raise ValueError(
+                f"{who}.set_weight_bias: w has shape {list(w.shape)}, this module needs {list(self._weight_shape)}"
+            )
+        if w.is_per_channel and w.q_per_channel_axis() != 0:
+            raise ValueError(
+                f"{who}.set_weight_bias: per-channel weights must be quantized along axis 0 (one scale per output "
+                f"channel), got axis {w.q_per_channel_axis()}"
+            )
+        if b is not None:
+            if not isinstance(b, torch.Tensor) or not b.is_floating_point():
+                raise TypeError(
+                    f"{who}.set_weight_bias: b must be a float tensor or None, got {getattr(b, 'dtype', type(b))}"
+                )
+            if tuple(b.shape) != (self._weight_shape[0],):
+                raise ValueError(
+                    f"{who}.set_weight_bias: b has shape {list(b.shape)}, this module needs [{self._weight_shape[0]}]"
+                )
+        data = w.int_repr().contiguous().clone()
         if w.is_per_channel:
-            self._w_scale = w.q_per_channel_scales().to(torch.float32)
-            self._w_zp = w.q_per_channel_zero_points().to(torch.int64)
-            self._w_axis = w.q_per_channel_axis()
+            scale = w.q_per_channel_scales().to(torch.float32)
+            zp = w.q_per_channel_zero_points().to(torch.int64)
+            axis = 0
         else:
-            self._w_scale = torch.tensor([w.q_scale()], dtype=torch.float32)
-            self._w_zp = torch.tensor([w.q_zero_point()], dtype=torch.int64)
-            self._w_axis = -1
-        self._bias = None if b is None else b.detach().to(torch.float32).contiguous().clone()
-        self._rebuild()
+            scale = torch.tensor([w.q_scale()], dtype=torch.float32)
+            zp = torch.tensor([w.q_zero_point()], dtype=torch.int64)
+            axis = -1
+        bias = None if b is None else b.detach().to(torch.float32).contiguous().clone()
+        packed = self._pack(data, scale, zp)  # raises before anything changes
+        self._w, self._w_scale, self._w_zp, self._w_axis, self._bias = data, scale, zp, axis, bias
+        self._set_packed(packed)
 
-    def _rebuild(self) -> None:  # pragma: no cover - abstract
+    # -- packed weights ---------------------------------------------------------------------------
+    def _pack(self, w: torch.Tensor, scale: torch.Tensor, zp: torch.Tensor) -> Any:  # pragma: no cover - abstract
+        """The native packed form of int8 weights ``w`` with float32 ``scale`` and int64 ``zp``."""
         raise NotImplementedError
+
+    def _set_packed(self, packed: Any) -> None:
+        self._packed = packed
+        self._bias_np = None if self._bias is None else self._bias.numpy()
+        # what was packed, to notice in-place edits (tensor._version) or replaced tensors
+        self._packed_src = (
+            self._w,
+            self._w._version,
+            self._w_scale,
+            self._w_scale._version,
+            self._w_zp,
+            self._w_zp._version,
+            self._bias,
+        )
+
+    def _rebuild(self) -> None:
+        """Repacks from the canonical int8 weight and qparams, after checking them."""
+        channels = 1 if self._w_axis < 0 else self._weight_shape[0]
+        name = getattr(self, "_fq_name", None)
+        where = f"{type(self).__name__} '{name}'" if name else type(self).__name__
+        try:
+            scale, zp = check_per_channel_qparams(
+                self._w_scale, self._w_zp, channels, qint8, f"{where} weight scale", f"{where} weight zero point"
+            )
+        except (TypeError, ValueError) as e:
+            raise type(e)(
+                f"{e}; the module's weight qparams were changed in place since they were packed: restore valid "
+                "values (or load_state_dict / set_weight_bias valid ones)"
+            ) from None
+        self._set_packed(self._pack(self._w.contiguous(), scale.to(torch.float32), zp))
+
+    def _fresh_packed(self) -> Any:
+        """The packed weights, repacked first when the int8 weight, its qparams or the bias were
+        changed in place (``weight().int_repr()``, ``state_dict()`` tensors) or replaced."""
+        w, wv, s, sv, z, zv, b = self._packed_src
+        if (
+            w is not self._w
+            or s is not self._w_scale
+            or z is not self._w_zp
+            or b is not self._bias
+            or w._version != wv
+            or s._version != sv
+            or z._version != zv
+        ):
+            self._rebuild()
+        return self._packed
 
     # Packed weights are machine-specific native objects: pickling (torch.save of a whole model,
     # copy.deepcopy) keeps the canonical int8 data and rebuilds them on the way back.
@@ -94,6 +259,7 @@ class WeightedQuantModule(nn.Module):
         state = self.__dict__.copy()
         state.pop("_packed", None)
         state.pop("_bias_np", None)
+        state.pop("_packed_src", None)
         return state
 
     def __setstate__(self, state: dict) -> None:
@@ -110,49 +276,94 @@ class WeightedQuantModule(nn.Module):
         if self._bias is not None:
             destination[prefix + "bias"] = self._bias
 
-    def _load_from_state_dict(
-        self,
-        state_dict: dict,
-        prefix: str,
-        local_metadata: dict,
-        strict: bool,
-        missing_keys: list,
-        unexpected_keys: list,
-        error_msgs: list,
-    ) -> None:
+    def _stage_state(
+        self, state_dict: dict, prefix: str, strict: bool, missing_keys: list, unexpected_keys: list, errors: list
+    ) -> list[Callable[[], None]]:
+        changes = super()._stage_state(state_dict, prefix, strict, missing_keys, unexpected_keys, errors)
         present = {k: state_dict.pop(prefix + k) for k in (*_KEYS, "bias") if prefix + k in state_dict}
-        super()._load_from_state_dict(
-            state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
-        )
-        missing = [k for k in _KEYS if k not in present]
-        if self._bias is not None and "bias" not in present:
-            missing.append("bias")
+        if self._bias is None and "bias" in present:
+            unexpected_keys.append(prefix + "bias")
+            del present["bias"]
+        needed = [*_KEYS, "bias"] if self._bias is not None else list(_KEYS)
+        missing = [k for k in needed if k not in present]
         if missing:
             missing_keys.extend(prefix + k for k in missing)
-            return
-        w, scale, zp, axis = (present[k] for k in _KEYS)
-        problems = []
-        if w.dtype != torch.int8 or tuple(w.shape) != self._weight_shape:
-            problems.append(
-                f"'{prefix}weight': expected int8 {list(self._weight_shape)}, got {w.dtype} {list(w.shape)}"
+            return changes
+        staged = self._check_weight_state(present, prefix, errors)
+        if staged is None:
+            return changes
+        w, scale, zp, axis, bias, packed = staged
+
+        def apply() -> None:
+            self._w, self._w_scale, self._w_zp, self._w_axis = w, scale, zp, axis
+            if self._bias is not None:
+                self._bias = bias
+            self._set_packed(packed)
+
+        return [*changes, apply]
+
+    def _check_weight_state(self, present: dict, prefix: str, errors: list) -> Optional[tuple]:
+        """The checked, converted weight keys and the packed weights built from them, or
+        ``None`` after adding what is wrong to ``errors``."""
+        n0 = len(errors)
+        shape = list(self._weight_shape)
+        out = self._weight_shape[0]
+        w = present["weight"]
+        if not isinstance(w, torch.Tensor) or w.dtype != torch.int8 or list(w.shape) != shape:
+            got = f"{w.dtype} {list(w.shape)}" if isinstance(w, torch.Tensor) else type(w).__name__
+            errors.append(f"size mismatch for '{prefix}weight': expected int8 {shape}, got {got}")
+        axis: Optional[int] = None
+        try:
+            axis = state_number(present["weight_axis"], prefix + "weight_axis", "int")
+        except ValueError as e:
+            errors.append(str(e))
+        if axis is not None and axis not in (-1, 0):
+            errors.append(
+                f"'{prefix}weight_axis': expected -1 (per-tensor weights) or 0 (one scale per output channel), "
+                f"got {axis}"
             )
-        axis_i = int(axis)
-        channels = 1 if axis_i < 0 else (self._weight_shape[axis_i] if axis_i < len(self._weight_shape) else -1)
-        for key, t in (("weight_scale", scale), ("weight_zero_point", zp)):
-            if tuple(t.shape) != (channels,):
-                problems.append(f"'{prefix}{key}': expected shape [{channels}], got {list(t.shape)}")
-        b = present.get("bias")
-        if b is not None and self._bias is None:
-            unexpected_keys.append(prefix + "bias")
-        if b is not None and tuple(b.shape) != (self._weight_shape[0],):
-            problems.append(f"'{prefix}bias': expected shape [{self._weight_shape[0]}], got {list(b.shape)}")
-        if problems:
-            error_msgs.extend(f"size mismatch for {p}" for p in problems)
-            return
-        self._w = w.contiguous().clone()
-        self._w_scale = scale.to(torch.float32).clone()
-        self._w_zp = zp.to(torch.int64).clone()
-        self._w_axis = axis_i
-        if b is not None and self._bias is not None:
-            self._bias = b.to(torch.float32).contiguous().clone()
-        self._rebuild()
+            axis = None
+        scale_t, zp_t = present["weight_scale"], present["weight_zero_point"]
+        for key, t, floating, kind in (
+            ("weight_scale", scale_t, True, "a floating point tensor (float32)"),
+            ("weight_zero_point", zp_t, False, "an integer tensor (int64)"),
+        ):
+            if not isinstance(t, torch.Tensor):
+                errors.append(f"'{prefix}{key}': expected {kind}, got {type(t).__name__}")
+            elif t.dtype == torch.bool or t.is_complex() or floating != t.is_floating_point():
+                errors.append(f"'{prefix}{key}': expected {kind}, got {t.dtype}")
+        scale: Optional[torch.Tensor] = None
+        zp: Optional[torch.Tensor] = None
+        if axis is not None and len(errors) == n0:
+            channels = 1 if axis < 0 else out
+            for key, t in (("weight_scale", scale_t), ("weight_zero_point", zp_t)):
+                if list(t.shape) != [channels]:
+                    errors.append(
+                        f"size mismatch for '{prefix}{key}': expected shape [{channels}] (weight_axis {axis}), "
+                        f"got {list(t.shape)}"
+                    )
+            if len(errors) == n0:
+                try:
+                    s64, zp = check_per_channel_qparams(
+                        scale_t, zp_t, channels, qint8, f"'{prefix}weight_scale'", f"'{prefix}weight_zero_point'"
+                    )
+                    scale = s64.to(torch.float32)
+                except (TypeError, ValueError) as e:
+                    errors.append(str(e))
+        bias: Optional[torch.Tensor] = None
+        if self._bias is not None:
+            b = present["bias"]
+            if not isinstance(b, torch.Tensor) or not b.is_floating_point() or list(b.shape) != [out]:
+                got = f"{b.dtype} {list(b.shape)}" if isinstance(b, torch.Tensor) else type(b).__name__
+                errors.append(f"size mismatch for '{prefix}bias': expected a float tensor of shape [{out}], got {got}")
+            else:
+                bias = b.detach().to(torch.float32).contiguous().clone()
+        if len(errors) > n0 or scale is None or zp is None or axis is None:
+            return None
+        data = w.detach().contiguous().clone()
+        try:
+            packed = self._pack(data, scale, zp)
+        except (ValueError, RuntimeError, TypeError) as e:
+            errors.append(f"'{prefix}weight': the int8 kernels rejected these weights: {e}")
+            return None
+        return data, scale, zp, axis, bias, packed

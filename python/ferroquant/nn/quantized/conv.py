@@ -10,12 +10,12 @@ from __future__ import annotations
 from typing import Any, Union
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from ..._core import PackedConv
-from ..._threads import get_num_threads
+from ..._ops import run_conv_static
 from ...qtensor import QTensor
+from ._script import QArg, QTuple, script_qtuple, script_unpack
 from ._static import OutputQParams, observed_float_module, require_qtensor
 from ._weights import WeightedQuantModule, quantize_weight
 
@@ -31,6 +31,8 @@ class _ConvNd(OutputQParams, WeightedQuantModule):
     _FUSED_RELU = False
     _FLOAT = nn.Conv2d
     _version = 1
+    __constants__ = ["_NDIM", "_FUSED_RELU"]  # read by the scripted forward
+    _fq_io = "QQ"  # TorchScript: quantized in, quantized out
 
     def __init__(
         self,
@@ -80,24 +82,27 @@ class _ConvNd(OutputQParams, WeightedQuantModule):
             return out
         return [(p, p) for p in self.padding]
 
-    def _rebuild(self) -> None:
-        w5 = self._w.reshape(
-            self.out_channels, self.in_channels // self.groups, *([1] * (3 - self._NDIM)), *self.kernel_size
-        )
+    def _pack(self, w: torch.Tensor, scale: torch.Tensor, zp: torch.Tensor) -> PackedConv:
+        w5 = w.reshape(self.out_channels, self.in_channels // self.groups, *([1] * (3 - self._NDIM)), *self.kernel_size)
         pads = [p for p, _ in self._pads()]
         lift = lambda t: [1] * (3 - self._NDIM) + list(t)  # noqa: E731
-        self._packed = PackedConv(
+        return PackedConv(
             w5.contiguous().numpy(),
-            self._w_scale.numpy(),
-            self._w_zp.to(torch.int32).numpy(),
+            scale.numpy(),
+            zp.to(torch.int32).numpy(),
             lift(self.stride),
             [0] * (3 - self._NDIM) + pads,
             lift(self.dilation),
             self.groups,
         )
-        self._bias_np = None if self._bias is None else self._bias.numpy()
 
-    def forward(self, x: QTensor) -> QTensor:
+    def forward(self, x: QArg) -> QArg:
+        if torch.jit.is_scripting():
+            return self._forward_script(x)
+        return self._forward_eager(x)
+
+    @torch.jit.unused
+    def _forward_eager(self, x: QArg) -> QArg:
         q = require_qtensor(self, x)
         nd = self._NDIM
         if q.dim() != nd + 2 or q.shape[1] != self.in_channels:
@@ -108,33 +113,62 @@ class _ConvNd(OutputQParams, WeightedQuantModule):
         d = q.int_repr()
         if d.dtype != torch.uint8:
             raise TypeError(f"{type(self).__name__} expects quint8 activations, got {q.dtype}")
-        zp = q.q_zero_point()
-        extra = [after - before for before, after in self._pads()]
-        if any(extra):  # asymmetric 'same' padding: pad the far side with the zero point
-            pad_arg: list[int] = []
-            for e in reversed(extra):
-                pad_arg += [0, e]
-            d = F.pad(d.float(), pad_arg, value=float(zp)).to(torch.uint8)
-        # channels-last view [N, D, H, W, C] (a no-copy view when the data is channels-last)
-        cl = d.movedim(1, -1)
-        spatial = list(cl.shape[1:-1])
-        x5 = cl.reshape(cl.shape[0], *([1] * (3 - nd)), *spatial, self.in_channels).contiguous()
-        out = self._packed.conv_static(
-            x5.numpy(),
-            q.q_scale(),
-            zp,
+        y = run_conv_static(
+            self._fresh_packed(),
             self._bias_np,
+            d,
+            self._pads(),
+            q.q_scale(),
+            q.q_zero_point(),
             self.scale,
             self.zero_point,
             self.quant_min,
             self.quant_max,
             self._FUSED_RELU,
             self._out_dtype.name,
-            get_num_threads(),
         )
-        y = torch.from_numpy(out)  # [N, OD, OH, OW, C]
-        y = y.reshape(y.shape[0], *y.shape[4 - nd : 4], self.out_channels).movedim(-1, 1)
         return QTensor(y, self.scale, self.zero_point, self._out_dtype)
+
+    def __prepare_scriptable__(self) -> Any:
+        # torch.jit.script calls this before compiling: the geometry as int lists for the
+        # scripted forward (padding as (before, after) pairs, whatever form it was given in)
+        super().__prepare_scriptable__()
+        self._script_stride = [int(v) for v in self.stride]
+        self._script_dilation = [int(v) for v in self.dilation]
+        self._script_padding = [int(v) for pair in self._pads() for v in pair]
+        self._script_name = type(self).__name__  # for error messages
+        return self
+
+    def _forward_script(self, x: QTuple) -> QTuple:
+        # TorchScript: the same kernel through torch.ops.ferroquant.conv_static (bit-identical)
+        name = "Quantized" + self._script_name
+        d, s, z = script_unpack(x, name)
+        if d.dim() != self._NDIM + 2 or d.size(1) != self.in_channels:
+            raise ValueError(
+                f"{name} expects input [N, {self.in_channels}, <{self._NDIM} spatial dims>], got {d.shape}"
+            )
+        if d.dtype != torch.uint8:
+            raise TypeError(name + " expects quint8 activations (torch.uint8 data)")
+        y = torch.ops.ferroquant.conv_static(
+            d,
+            s,
+            z,
+            self._w,
+            self._w_scale,
+            self._w_zp,
+            self._bias,
+            self._script_stride,
+            self._script_padding,
+            self._script_dilation,
+            self.groups,
+            self.scale,
+            self.zero_point,
+            self.quant_min,
+            self.quant_max,
+            self._FUSED_RELU,
+            self._out_dtype_name,
+        )
+        return script_qtuple(y, self.scale, self.zero_point)
 
     def _get_name(self) -> str:
         return f"Quantized{type(self).__name__}"

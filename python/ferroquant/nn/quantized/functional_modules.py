@@ -1,4 +1,5 @@
-"""FloatFunctional (float, observed after prepare) and QFunctional (quantized), NUMERICS §3.4.
+"""FloatFunctional (float, observed after prepare) and QFunctional (quantized); their rounding rules are in
+docs/numerics.md, "Other quantized ops".
 
 Use one instance per call site: ``self.skip_add = FloatFunctional()`` then
 ``self.skip_add.add(a, b)``; ``convert`` turns it into a QFunctional with the observed
@@ -7,13 +8,23 @@ output qparams.
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from typing import Any, List, Sequence
 
 import torch
 from torch import nn
 
 from ...observer import CalibrationError
 from ...qtensor import QTensor, quantize_per_tensor
+from ._script import (
+    QArg,
+    QArgList,
+    QTuple,
+    script_dequantize,
+    script_dtype_info,
+    script_qtuple,
+    script_requantize,
+    script_unpack,
+)
 from ._static import OutputQParams, output_qparams, require_qtensor
 
 __all__ = ["FloatFunctional", "QFunctional"]
@@ -41,7 +52,7 @@ class FloatFunctional(nn.Module):
     def mul_scalar(self, x: torch.Tensor, y: float) -> torch.Tensor:
         return torch.mul(x, y)  # not observed
 
-    def cat(self, x: Sequence[torch.Tensor], dim: int = 0) -> torch.Tensor:
+    def cat(self, x: List[torch.Tensor], dim: int = 0) -> torch.Tensor:
         return self.activation_post_process(torch.cat(list(x), dim=dim))
 
     def add_relu(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -56,8 +67,78 @@ def _requant(values: torch.Tensor, scale: float, zp: int, qmin: int, qmax: int, 
     return QTensor(torch.clamp(out.int_repr(), qmin, qmax), scale, zp, dtype)
 
 
+def _storage(dtype: str) -> torch.dtype:
+    if dtype == "quint8":
+        return torch.uint8
+    if dtype == "qint8":
+        return torch.int8
+    return torch.int32
+
+
+def _mul_int(
+    da: torch.Tensor,
+    sa: float,
+    za: int,
+    db: torch.Tensor,
+    sb: float,
+    zb: int,
+    scale: float,
+    zero_point: int,
+    quant_min: int,
+    quant_max: int,
+    dtype: str,
+) -> torch.Tensor:
+    """Quantized ``a * b`` (eager and TorchScript): the integer product and one float multiply
+    (torch's rule, docs/numerics.md): ``q = oz + rne(fl(float(pa·pb)·m))``, ``m = fl(fl(sa·sb)/so)``
+    in float32."""
+    pa = da.to(torch.int32) - za
+    pb = db.to(torch.int32) - zb
+    fa, fb = torch.tensor(sa, dtype=torch.float32), torch.tensor(sb, dtype=torch.float32)
+    mult = (fa * fb) / torch.tensor(scale, dtype=torch.float32)
+    q = torch.round((pa * pb).to(torch.float32) * mult) + zero_point
+    return torch.clamp(q, quant_min, quant_max).to(_storage(dtype))
+
+
+def _matmul_int(
+    da: torch.Tensor,
+    sa: float,
+    za: int,
+    db: torch.Tensor,
+    sb: float,
+    zb: int,
+    scale: float,
+    zero_point: int,
+    quant_min: int,
+    quant_max: int,
+    dtype: str,
+) -> torch.Tensor:
+    """Quantized ``a @ b`` (eager and TorchScript), with ``torch.matmul``'s shape rules: the exact
+    integer product ``Σ (qa − za)(qb − zb)`` (float64 holds every such sum exactly: each term is
+    below 2^17 and the sums stay far below 2^53), then one requantization in float64,
+    ``q = oz + rne(acc · (sa·sb/so))``, clamped to [quant_min, quant_max]."""
+    if da.dim() == 0 or db.dim() == 0:
+        raise ValueError("QFunctional.matmul needs inputs with at least 1 dimension each (as torch.matmul)")
+    kb = db.size(0) if db.dim() == 1 else db.size(-2)
+    if da.size(-1) != kb:
+        raise ValueError(
+            "QFunctional.matmul: x has shape "
+            + str(list(da.shape))
+            + " and y "
+            + str(list(db.shape))
+            + "; x's last dimension must equal y's "
+            + ("only" if db.dim() == 1 else "second-to-last")
+            + " dimension (as in torch.matmul)"
+        )
+    acc = torch.matmul(da.to(torch.float64) - za, db.to(torch.float64) - zb)
+    q = torch.round(acc * ((sa * sb) / scale)) + zero_point
+    return torch.clamp(q, quant_min, quant_max).to(_storage(dtype))
+
+
 class QFunctional(OutputQParams, nn.Module):
-    """The quantized counterpart: results quantized to the observed output qparams."""
+    """The quantized counterpart: results quantized to the observed output qparams.
+
+    Under ``torch.jit.script`` its methods take and return quantized tensors in their
+    TorchScript form ``(int_repr, scale, zero_point)``, with bit-identical results."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -67,35 +148,166 @@ class QFunctional(OutputQParams, nn.Module):
     def forward(self, x: Any) -> Any:
         raise RuntimeError("QFunctional is not called directly; use .add, .mul, .cat, ... instead of forward")
 
-    def _out(self, values: torch.Tensor) -> QTensor:
+    def __prepare_scriptable__(self) -> Any:
+        super().__prepare_scriptable__()
+        self._unobserved = bool(getattr(self, "_unobserved", False))
+        return self
+
+    @torch.jit.unused
+    def _check_observed(self) -> None:
         if getattr(self, "_unobserved", False):
             where = getattr(self, "_fq_name", "")
             raise CalibrationError(
                 f"FloatFunctional '{where}' saw no data during calibration, so its add / mul / cat / add_relu have "
-                "no output qparams; run calibration data through those calls before convert (D5)"
+                "no output qparams; run calibration data through those calls before convert (torch would silently use "
+                "scale 1.0 and zero point 0; see docs/numerics.md, D5)"
             )
+
+    @torch.jit.unused
+    def _out(self, values: torch.Tensor) -> QTensor:
+        self._check_observed()
         return _requant(values, self.scale, self.zero_point, self.quant_min, self.quant_max, self._out_dtype)
 
-    def add(self, x: QTensor, y: QTensor) -> QTensor:
+    # -- TorchScript forms (the same arithmetic on (int_repr, scale, zero_point)) -----------------
+    def _script_check_observed(self) -> None:
+        if self._unobserved:
+            raise RuntimeError(
+                "QFunctional: its FloatFunctional saw no data during calibration, so add / mul / cat / add_relu / "
+                "matmul have no output qparams; run calibration data through those calls before convert"
+            )
+
+    def _script_out(self, values: torch.Tensor) -> QTuple:
+        self._script_check_observed()
+        data = script_requantize(
+            values, self.scale, self.zero_point, self.quant_min, self.quant_max, self._out_dtype_name
+        )
+        return script_qtuple(data, self.scale, self.zero_point)
+
+    def _script_float(self, x: QTuple) -> torch.Tensor:
+        script_unpack(x, "QFunctional")  # per-tensor check
+        return script_dequantize(x)
+
+    # -- the ops ----------------------------------------------------------------------------------
+    def add(self, x: QArg, y: QArg) -> QArg:
+        if torch.jit.is_scripting():
+            return self._script_out(self._script_float(x) + self._script_float(y))
+        return self._add_eager(x, y)
+
+    @torch.jit.unused
+    def _add_eager(self, x: QArg, y: QArg) -> QArg:
         a, b = require_qtensor(self, x), require_qtensor(self, y)
         return self._out(a.dequantize() + b.dequantize())
 
-    def add_relu(self, x: QTensor, y: QTensor) -> QTensor:
+    def add_relu(self, x: QArg, y: QArg) -> QArg:
+        if torch.jit.is_scripting():
+            return self._script_out(torch.relu(self._script_float(x) + self._script_float(y)))
+        return self._add_relu_eager(x, y)
+
+    @torch.jit.unused
+    def _add_relu_eager(self, x: QArg, y: QArg) -> QArg:
         a, b = require_qtensor(self, x), require_qtensor(self, y)
         return self._out(torch.relu(a.dequantize() + b.dequantize()))
 
-    def mul(self, x: QTensor, y: QTensor) -> QTensor:
-        # integer product, one float multiply (NUMERICS §3.4): q = oz + rne(fl(float(pa·pb)·m))
+    def mul(self, x: QArg, y: QArg) -> QArg:
+        if torch.jit.is_scripting():
+            da, sa, za = script_unpack(x, "QFunctional.mul")
+            db, sb, zb = script_unpack(y, "QFunctional.mul")
+            data = _mul_int(
+                da,
+                sa,
+                za,
+                db,
+                sb,
+                zb,
+                self.scale,
+                self.zero_point,
+                self.quant_min,
+                self.quant_max,
+                self._out_dtype_name,
+            )
+            return script_qtuple(data, self.scale, self.zero_point)
+        return self._mul_eager(x, y)
+
+    @torch.jit.unused
+    def _mul_eager(self, x: QArg, y: QArg) -> QArg:
         a, b = require_qtensor(self, x), require_qtensor(self, y)
-        pa = a.int_repr().to(torch.int32) - a.q_zero_point()
-        pb = b.int_repr().to(torch.int32) - b.q_zero_point()
-        sa, sb = torch.tensor(a.q_scale(), dtype=torch.float32), torch.tensor(b.q_scale(), dtype=torch.float32)
-        mult = (sa * sb) / torch.tensor(self.scale, dtype=torch.float32)
-        q = torch.round((pa * pb).to(torch.float32) * mult) + self.zero_point
-        data = torch.clamp(q, self.quant_min, self.quant_max).to(self._out_dtype.storage)
+        data = _mul_int(
+            a.int_repr(),
+            a.q_scale(),
+            a.q_zero_point(),
+            b.int_repr(),
+            b.q_scale(),
+            b.q_zero_point(),
+            self.scale,
+            self.zero_point,
+            self.quant_min,
+            self.quant_max,
+            self._out_dtype.name,
+        )
         return QTensor(data, self.scale, self.zero_point, self._out_dtype)
 
-    def cat(self, x: Sequence[QTensor], dim: int = 0) -> QTensor:
+    def matmul(self, x: QArg, y: QArg) -> QArg:
+        """Quantized ``torch.matmul(x, y)`` (torch.ao's ``QFunctional.matmul``): the exact integer
+        product, requantized once to the observed output qparams."""
+        if torch.jit.is_scripting():
+            self._script_check_observed()
+            da, sa, za = script_unpack(x, "QFunctional.matmul")
+            db, sb, zb = script_unpack(y, "QFunctional.matmul")
+            data = _matmul_int(
+                da,
+                sa,
+                za,
+                db,
+                sb,
+                zb,
+                self.scale,
+                self.zero_point,
+                self.quant_min,
+                self.quant_max,
+                self._out_dtype_name,
+            )
+            return script_qtuple(data, self.scale, self.zero_point)
+        return self._matmul_eager(x, y)
+
+    @torch.jit.unused
+    def _matmul_eager(self, x: QArg, y: QArg) -> QArg:
+        a, b = require_qtensor(self, x), require_qtensor(self, y)
+        self._check_observed()
+        data = _matmul_int(
+            a.int_repr(),
+            a.q_scale(),
+            a.q_zero_point(),
+            b.int_repr(),
+            b.q_scale(),
+            b.q_zero_point(),
+            self.scale,
+            self.zero_point,
+            self.quant_min,
+            self.quant_max,
+            self._out_dtype.name,
+        )
+        return QTensor(data, self.scale, self.zero_point, self._out_dtype)
+
+    def cat(self, x: QArgList, dim: int = 0) -> QArg:
+        if torch.jit.is_scripting():
+            same = True
+            datas: List[torch.Tensor] = []
+            for t in x:
+                d, s, z = script_unpack(t, "QFunctional.cat")
+                name, lo, hi = script_dtype_info(d.dtype, "QFunctional.cat")
+                if s != self.scale or z != self.zero_point or name != self._out_dtype_name:
+                    same = False
+                datas.append(d)
+            if same:
+                return script_qtuple(torch.cat(datas, dim=dim), self.scale, self.zero_point)
+            values: List[torch.Tensor] = []
+            for t in x:
+                values.append(script_dequantize(t))
+            return self._script_out(torch.cat(values, dim=dim))
+        return self._cat_eager(x, dim)
+
+    @torch.jit.unused
+    def _cat_eager(self, x: Sequence[QArg], dim: int = 0) -> QArg:
         qs = [require_qtensor(self, t) for t in x]
         same = all(
             t.q_scale() == self.scale and t.q_zero_point() == self.zero_point and t.dtype == self._out_dtype for t in qs
@@ -104,9 +316,25 @@ class QFunctional(OutputQParams, nn.Module):
             return QTensor(torch.cat([t.int_repr() for t in qs], dim=dim), self.scale, self.zero_point, self._out_dtype)
         return self._out(torch.cat([t.dequantize() for t in qs], dim=dim))
 
-    def add_scalar(self, x: QTensor, c: float) -> QTensor:
+    def add_scalar(self, x: QArg, c: float) -> QArg:
         # output qparams derived from the input (torch's rule): the scalar is first quantized to
         # c_q = rne(c/s); shift the zero point by c_q when it stays in range, else widen the range
+        if torch.jit.is_scripting():
+            d, s, z = script_unpack(x, "QFunctional.add_scalar")
+            name, lo, hi = script_dtype_info(d.dtype, "QFunctional.add_scalar")
+            c_q = int(round(c / s))
+            if lo <= z - c_q and z - c_q <= hi:
+                return script_qtuple(d, s, z - c_q)
+            values = script_dequantize(x) + float(c_q) * s
+            if c_q > 0:
+                new_s, new_z = s * float(hi - z + c_q) / float(hi - lo), lo
+            else:
+                new_s, new_z = s * float(z - lo - c_q) / float(hi - lo), hi
+            return script_qtuple(script_requantize(values, new_s, new_z, lo, hi, name), new_s, new_z)
+        return self._add_scalar_eager(x, c)
+
+    @torch.jit.unused
+    def _add_scalar_eager(self, x: QArg, c: float) -> QArg:
         q = require_qtensor(self, x)
         s, z = q.q_scale(), q.q_zero_point()
         c_q = round(c / s)
@@ -120,7 +348,20 @@ class QFunctional(OutputQParams, nn.Module):
             new_s, new_z = s * (z - lo - c_q) / (hi - lo), hi
         return _requant(d, new_s, new_z, lo, hi, q.dtype)
 
-    def mul_scalar(self, x: QTensor, c: float) -> QTensor:
+    def mul_scalar(self, x: QArg, c: float) -> QArg:
+        if torch.jit.is_scripting():
+            d, s, z = script_unpack(x, "QFunctional.mul_scalar")
+            name, lo, hi = script_dtype_info(d.dtype, "QFunctional.mul_scalar")
+            if c == 0:
+                return script_qtuple(torch.zeros_like(d), 1.0, 0)
+            if c > 0:
+                return script_qtuple(d, s * c, z)
+            data = (lo + hi - d.to(torch.int32)).to(d.dtype)
+            return script_qtuple(data, s * abs(c), lo + hi - z)
+        return self._mul_scalar_eager(x, c)
+
+    @torch.jit.unused
+    def _mul_scalar_eager(self, x: QArg, c: float) -> QArg:
         q = require_qtensor(self, x)
         s, z = q.q_scale(), q.q_zero_point()
         lo, hi = q.dtype.qmin, q.dtype.qmax
@@ -146,7 +387,7 @@ class QFunctional(OutputQParams, nn.Module):
                 scale, zp, qmin, qmax, dtype = output_qparams(observer, "FloatFunctional")
             except CalibrationError:
                 # fine if only add_scalar / mul_scalar are used (their qparams follow the input);
-                # the observed ops raise when called (D5)
+                # the observed ops raise when called (docs/numerics.md D5)
                 q._unobserved = True
                 return q
             q._init_output(scale, zp, qmin, qmax, dtype)

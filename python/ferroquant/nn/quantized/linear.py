@@ -9,8 +9,9 @@ from torch import nn
 
 from ..._core import PackedLinear
 from ..._dtypes import qint8
-from ..._threads import get_num_threads
+from ..._ops import run_linear_static
 from ...qtensor import QTensor
+from ._script import QArg, QTuple, script_qtuple, script_unpack
 from ._static import OutputQParams, observed_float_module, require_qtensor
 from ._weights import WeightedQuantModule, quantize_weight
 
@@ -18,10 +19,13 @@ __all__ = ["Linear", "LinearReLU"]
 
 
 class Linear(OutputQParams, WeightedQuantModule):
-    """quint8 activations × int8 weights → quint8 (or qint8) outputs, bias in float (D2)."""
+    """quint8 activations × int8 weights → quint8 (or qint8) outputs, bias kept in float (FBGEMM's float
+    requantization, as torch on x86; docs/numerics.md D2)."""
 
     _version = 1
     _FUSED_RELU = False
+    __constants__ = ["_FUSED_RELU"]  # read by the scripted forward
+    _fq_io = "QQ"  # TorchScript: quantized in, quantized out
 
     def __init__(self, in_features: int, out_features: int, bias_: bool = True, dtype: Any = qint8) -> None:
         super().__init__()
@@ -31,11 +35,16 @@ class Linear(OutputQParams, WeightedQuantModule):
         self._init_weight_storage((out_features, in_features), bias_)
         self._rebuild()
 
-    def _rebuild(self) -> None:
-        self._packed = PackedLinear(self._w.numpy(), self._w_scale.numpy(), self._w_zp.to(torch.int32).numpy())
-        self._bias_np = None if self._bias is None else self._bias.numpy()
+    def _pack(self, w: torch.Tensor, scale: torch.Tensor, zp: torch.Tensor) -> PackedLinear:
+        return PackedLinear(w.numpy(), scale.numpy(), zp.to(torch.int32).numpy())
 
-    def forward(self, x: QTensor) -> QTensor:
+    def forward(self, x: QArg) -> QArg:
+        if torch.jit.is_scripting():
+            return self._forward_script(x)
+        return self._forward_eager(x)
+
+    @torch.jit.unused
+    def _forward_eager(self, x: QArg) -> QArg:
         q = require_qtensor(self, x)
         k = self.in_features
         shape = q.shape
@@ -44,21 +53,45 @@ class Linear(OutputQParams, WeightedQuantModule):
         data = q.int_repr()
         if data.dtype != torch.uint8:
             raise TypeError(f"{type(self).__name__} expects quint8 activations, got {q.dtype}")
-        out = self._packed.linear_static(
-            data.reshape(-1, k).contiguous().numpy(),
+        y = run_linear_static(
+            self._fresh_packed(),
+            self._bias_np,
+            data,
             q.q_scale(),
             q.q_zero_point(),
-            self._bias_np,
             self.scale,
             self.zero_point,
             self.quant_min,
             self.quant_max,
             self._FUSED_RELU,
             self._out_dtype.name,
-            get_num_threads(),
         )
-        y = torch.from_numpy(out).reshape(*shape[:-1], self.out_features)
         return QTensor(y, self.scale, self.zero_point, self._out_dtype)
+
+    def _forward_script(self, x: QTuple) -> QTuple:
+        # TorchScript: the same kernel through torch.ops.ferroquant.linear_static (bit-identical)
+        data, s, z = script_unpack(x, "QuantizedLinear")
+        k = self.in_features
+        if data.dim() == 0 or data.size(-1) != k:
+            raise ValueError(f"QuantizedLinear expects input [..., {k}] (in_features = {k}), got {data.shape}")
+        if data.dtype != torch.uint8:
+            raise TypeError("QuantizedLinear expects quint8 activations (torch.uint8 data)")
+        y = torch.ops.ferroquant.linear_static(
+            data,
+            s,
+            z,
+            self._w,
+            self._w_scale,
+            self._w_zp,
+            self._bias,
+            self.scale,
+            self.zero_point,
+            self.quant_min,
+            self.quant_max,
+            self._FUSED_RELU,
+            self._out_dtype_name,
+        )
+        return script_qtuple(y, self.scale, self.zero_point)
 
     def _get_name(self) -> str:
         return "QuantizedLinearReLU" if self._FUSED_RELU else "QuantizedLinear"

@@ -9,14 +9,19 @@ from torch import nn
 
 from ..._dtypes import quint8, to_qdtype
 from ...qtensor import QTensor, quantize_per_tensor
+from ._script import QArg, QTuple, script_dequantize, script_dtype_range, script_qtuple, script_unpack
 from ._static import OutputQParams, output_qparams
+from .passthrough import Dropout
 
 __all__ = ["Quantize", "DeQuantize", "Dropout"]
 
 
 class Quantize(OutputQParams, nn.Module):
-    """float → QTensor with fixed qparams (D3 rounding), clamped to the observer's range.
+    """float → QTensor with fixed qparams, clamped to the observer's range; rounds half to even, then adds the
+    zero point (docs/numerics.md, D3).
     4-D / 5-D activations are stored channels-last."""
+
+    _fq_io = "TQ"  # TorchScript: float in, quantized out
 
     def __init__(
         self, scale: float = 1.0, zero_point: int = 0, dtype: Any = quint8, factory_kwargs: Any = None
@@ -25,7 +30,27 @@ class Quantize(OutputQParams, nn.Module):
         self._init_output(scale, zero_point, to_qdtype(dtype).qmin, to_qdtype(dtype).qmax, dtype)
         self.dtype = to_qdtype(dtype)
 
-    def forward(self, x: torch.Tensor) -> QTensor:
+    def forward(self, x: torch.Tensor) -> QArg:
+        if torch.jit.is_scripting():
+            return self._forward_script(x)
+        return self._forward_eager(x)
+
+    def _forward_script(self, x: torch.Tensor) -> QTuple:
+        # TorchScript: the eager steps through torch.ops.ferroquant.quantize_per_tensor (bit-identical)
+        if not x.is_floating_point():
+            raise TypeError("Quantize expects a float tensor; pass x.float()")
+        nd = x.dim()
+        lo, hi = script_dtype_range(self._out_dtype_name)
+        src = x.movedim(1, -1) if nd == 4 or nd == 5 else x
+        data = torch.ops.ferroquant.quantize_per_tensor(src, self.scale, self.zero_point, lo, hi, self._out_dtype_name)
+        if self.quant_min > lo or self.quant_max < hi:
+            data = torch.clamp(data, self.quant_min, self.quant_max)
+        if nd == 4 or nd == 5:
+            data = data.movedim(-1, 1)  # logical NC..., memory channels-last
+        return script_qtuple(data, self.scale, self.zero_point)
+
+    @torch.jit.unused
+    def _forward_eager(self, x: torch.Tensor) -> QArg:
         if isinstance(x, QTensor):
             raise TypeError("Quantize received a QTensor that is already quantized; remove the extra QuantStub")
         if not isinstance(x, torch.Tensor) or not x.is_floating_point():
@@ -59,7 +84,16 @@ class Quantize(OutputQParams, nn.Module):
 class DeQuantize(nn.Module):
     """QTensor → float32."""
 
-    def forward(self, x: Any) -> torch.Tensor:
+    _fq_io = "QT"  # TorchScript: quantized in, float out
+
+    def forward(self, x: QArg) -> torch.Tensor:
+        if torch.jit.is_scripting():
+            script_unpack(x, "DeQuantize")  # per-tensor check
+            return script_dequantize(x)
+        return self._forward_eager(x)
+
+    @torch.jit.unused
+    def _forward_eager(self, x: Any) -> torch.Tensor:
         if isinstance(x, QTensor):
             return x.dequantize()
         if isinstance(x, torch.Tensor):
@@ -75,21 +109,3 @@ class DeQuantize(nn.Module):
     @classmethod
     def from_float(cls, mod: nn.Module, use_precomputed_fake_quant: bool = False) -> DeQuantize:
         return cls()
-
-
-class Dropout(nn.Module):
-    """Identity on quantized activations (inference)."""
-
-    def __init__(self, p: float = 0.5, inplace: bool = False) -> None:
-        super().__init__()
-        self.p, self.inplace = p, inplace
-
-    def forward(self, x: Any) -> Any:
-        return x
-
-    def _get_name(self) -> str:
-        return "QuantizedDropout"
-
-    @classmethod
-    def from_float(cls, mod: nn.Module, use_precomputed_fake_quant: bool = False) -> Dropout:
-        return cls(getattr(mod, "p", 0.5), getattr(mod, "inplace", False))

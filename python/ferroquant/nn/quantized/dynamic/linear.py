@@ -11,7 +11,7 @@ reproduces torch's results, ``full_range_dynamic_qconfig`` is per tensor over 0.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Callable
 
 import torch
 from torch import nn
@@ -20,7 +20,7 @@ from ...._core import PackedLinear
 from ...._dtypes import per_tensor_affine, qint8, quint8, to_qdtype, to_qscheme
 from ...._threads import get_num_threads
 from ....qtensor import QTensor
-from .._weights import WeightedQuantModule, quantize_weight
+from .._weights import WeightedQuantModule, quantize_weight, state_number
 
 __all__ = ["Linear"]
 
@@ -61,16 +61,22 @@ class Linear(WeightedQuantModule):
         self._init_weight_storage((out_features, in_features), bias_)
         self._rebuild()
 
-    def _rebuild(self) -> None:
-        self._packed = PackedLinear(
-            self._w.numpy(),
-            self._w_scale.numpy(),
-            self._w_zp.to(torch.int32).numpy(),
-        )
-        self._bias_np = None if self._bias is None else self._bias.numpy()
+    def _pack(self, w: torch.Tensor, scale: torch.Tensor, zp: torch.Tensor) -> PackedLinear:
+        return PackedLinear(w.numpy(), scale.numpy(), zp.to(torch.int32).numpy())
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if torch.jit.is_scripting():
+            # the eager checks, in the same order (TorchScript raises them as torch.jit.Error)
+            if not x.is_floating_point():
+                raise TypeError(
+                    "DynamicQuantizedLinear (ferroquant.nn.quantized.dynamic.Linear) expects a floating point "
+                    "input, got a non-floating-point tensor; pass a float tensor (e.g. x.float())"
+                )
+            k = self.in_features
+            if x.dim() == 0 or x.size(-1) != k:
+                raise ValueError(
+                    f"DynamicQuantizedLinear expects input of shape [..., {k}] (in_features = {k}), got {x.shape}"
+                )
             return torch.ops.ferroquant.linear_dynamic(
                 x, self._w, self._w_scale, self._w_zp, self._bias, self.reduce_range, self.per_row_activations
             )
@@ -90,8 +96,10 @@ class Linear(WeightedQuantModule):
         if x.dtype != torch.float32 or x.requires_grad or x.device.type != "cpu" or not x.is_contiguous():
             x = self._prepare_input(x)
         if not shape or shape[-1] != k:
-            raise ValueError(f"Linear expects input of shape [..., {k}] (in_features = {k}), got {list(shape)}")
-        out, _, _ = self._packed.linear_dynamic(
+            raise ValueError(
+                f"DynamicQuantizedLinear expects input of shape [..., {k}] (in_features = {k}), got {list(shape)}"
+            )
+        out, _, _ = self._fresh_packed().linear_dynamic(
             x.reshape(-1, k).numpy(),
             self._bias_np,
             self.reduce_range,
@@ -104,7 +112,10 @@ class Linear(WeightedQuantModule):
 
     def _prepare_input(self, x: torch.Tensor) -> torch.Tensor:
         if not x.is_floating_point():
-            raise TypeError(f"dynamic Linear expects a floating point input, got {x.dtype}")
+            raise TypeError(
+                "DynamicQuantizedLinear (ferroquant.nn.quantized.dynamic.Linear) expects a floating point input, "
+                f"got {x.dtype}; pass a float tensor (e.g. x.float())"
+            )
         if x.device.type != "cpu":
             raise ValueError(f"input is on {x.device}; ferroquant runs on the CPU, call .cpu() first")
         return x.detach().to(torch.float32).contiguous()
@@ -125,27 +136,27 @@ class Linear(WeightedQuantModule):
         destination[prefix + "reduce_range"] = torch.tensor(self.reduce_range)
         destination[prefix + "per_row_activations"] = torch.tensor(self.per_row_activations)
 
-    def _load_from_state_dict(
-        self,
-        state_dict: dict,
-        prefix: str,
-        local_metadata: dict,
-        strict: bool,
-        missing_keys: list,
-        unexpected_keys: list,
-        error_msgs: list,
-    ) -> None:
+    def _stage_state(
+        self, state_dict: dict, prefix: str, strict: bool, missing_keys: list, unexpected_keys: list, errors: list
+    ) -> list[Callable[[], None]]:
+        changes = super()._stage_state(state_dict, prefix, strict, missing_keys, unexpected_keys, errors)
         pr = state_dict.pop(prefix + "per_row_activations", None)
-        # saved before per-row activations existed: per tensor
-        self.per_row_activations = bool(pr) if pr is not None else False
         rr = state_dict.pop(prefix + "reduce_range", None)
-        if rr is not None:
-            self.reduce_range = bool(rr)
-        elif strict:
+        try:
+            # saved before per-row activations existed: per tensor
+            per_row = False if pr is None else state_number(pr, prefix + "per_row_activations", "bool")
+            reduce_range = False if rr is None else state_number(rr, prefix + "reduce_range", "bool")
+        except ValueError as e:
+            errors.append(str(e))
+            return changes
+        if rr is None:
             missing_keys.append(prefix + "reduce_range")
-        super()._load_from_state_dict(
-            state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
-        )
+
+        def apply() -> None:
+            self.per_row_activations = per_row
+            self.reduce_range = reduce_range
+
+        return [*changes, apply]
 
     @classmethod
     def from_float(cls, mod: nn.Module, use_precomputed_fake_quant: bool = False) -> Linear:
