@@ -184,6 +184,16 @@ impl PackedWeights {
     }
 }
 
+/// Dynamic activations are packed as u8: their range must lie in `0..=255`.
+fn check_u8_range(qmin: i32, qmax: i32) -> Result<()> {
+    if !(0 <= qmin && qmin < qmax && qmax <= 255) {
+        return Err(KernelError::InvalidQParams(format!(
+            "dynamic activation range [{qmin}, {qmax}] must be a sub-range of [0, 255]"
+        )));
+    }
+    Ok(())
+}
+
 /// Appends each K group of `data` as i16, repeated 4 times (the AVX2 broadcast form).
 fn extend_bcast16(data: &[u8], v: &mut Vec<i16>) {
     for g in data.chunks_exact(KR) {
@@ -277,6 +287,7 @@ impl PackedA {
         qmax: i32,
     ) -> Result<(Self, DynamicQParams)> {
         check_len("activation", checked_numel(&[m, k], "activation")?, x.len())?;
+        check_u8_range(qmin, qmax)?;
         let fk = float_kernels(engine);
         let (lo, hi) = (fk.min_max)(x).unwrap_or((0.0, 0.0));
         let qp = choose_qparams_dynamic(lo, hi, qmin, qmax)?;
@@ -318,6 +329,7 @@ impl PackedA {
         qmax: i32,
     ) -> Result<(Self, Vec<DynamicQParams>)> {
         check_len("activation", checked_numel(&[m, k], "activation")?, x.len())?;
+        check_u8_range(qmin, qmax)?;
         let fk = float_kernels(engine);
         let kp = padded_k(k);
         let mut data = try_vec(

@@ -92,7 +92,7 @@ pub fn choose_qparams_dynamic(min: f32, max: f32, qmin: i32, qmax: i32) -> Resul
     }
     let mut min = min.min(0.0);
     let mut max = max.max(0.0);
-    let span = (qmax - qmin) as f64;
+    let span = (qmax as i64 - qmin as i64) as f64;
     let mut scale = (max as f64 - min as f64) / span;
     if (scale as f32) == 0.0 || (1.0f32 / (scale as f32)).is_infinite() {
         scale = 0.1;
@@ -101,9 +101,9 @@ pub fn choose_qparams_dynamic(min: f32, max: f32, qmin: i32, qmax: i32) -> Resul
         let org_scale = scale as f32;
         scale = SMALL_SCALE_THRESHOLD as f64;
         if min == 0.0 {
-            max = SMALL_SCALE_THRESHOLD * (qmax - qmin) as f32;
+            max = SMALL_SCALE_THRESHOLD * span as f32;
         } else if max == 0.0 {
-            min = -SMALL_SCALE_THRESHOLD * (qmax - qmin) as f32;
+            min = -SMALL_SCALE_THRESHOLD * span as f32;
         } else {
             let amplifier = SMALL_SCALE_THRESHOLD / org_scale;
             min *= amplifier;

@@ -153,6 +153,9 @@ impl ChannelLayout {
                 got: format!("axis {axis}"),
             });
         }
+        // the whole shape's element count must fit (an empty tensor's nonzero dims too)
+        let nonzero: Vec<usize> = shape.iter().copied().filter(|&d| d != 0).collect();
+        crate::error::checked_numel(&nonzero, "per-channel tensor")?;
         Ok(ChannelLayout {
             outer: shape[..axis].iter().product(),
             channels: shape[axis],
@@ -208,11 +211,8 @@ pub fn quantize_per_channel<T: QInt>(
 
 #[inline(always)]
 fn dequantize_one<T: QInt>(q: T, scale: f32, zp: i32) -> f32 {
-    if T::DTYPE == QDtype::QInt32 {
-        ((q.to_i32() as i64 - zp as i64) as f32) * scale
-    } else {
-        ((q.to_i32() - zp) as f32) * scale
-    }
+    // in i64: any i32 zero point, no overflow (exact for 8-bit data with an in-range zero point)
+    ((q.to_i32() as i64 - zp as i64) as f32) * scale
 }
 
 /// Dequantizes `q` into `out`: `fl(scale * fl(q - zp))`.

@@ -126,6 +126,10 @@ pub trait OutputStage: Sync {
     type Out: Copy + Default + Send + Sync;
     /// Writes the tile into `out`, laid out as `at` says.
     fn store(&self, corr: &Correction<'_>, tile: Tile<'_>, out: &mut [Self::Out], at: OutAt);
+    /// Checks that the stage fits a GEMM with `m` rows (before any tile is stored).
+    fn check_rows(&self, _m: usize) -> Result<()> {
+        Ok(())
+    }
 }
 
 /// Exact i32 accumulators (zero points corrected), no further processing.
@@ -192,6 +196,12 @@ impl DequantF32 {
 
 impl OutputStage for DequantF32 {
     type Out = f32;
+    fn check_rows(&self, m: usize) -> Result<()> {
+        match &self.row_scales {
+            Some(s) => check_len("per-row activation scales", m, s.len()),
+            None => Ok(()),
+        }
+    }
     #[allow(clippy::needless_range_loop)]
     #[inline(always)]
     fn store(&self, corr: &Correction<'_>, t: Tile<'_>, out: &mut [f32], at: OutAt) {
@@ -270,6 +280,12 @@ impl<T: QInt> Requantize<T> {
             Some(b) => b.iter().zip(&atws).map(|(&b, &s)| b / s).collect(),
             None => vec![0.0; n],
         };
+        if relu && out_zp > qmax {
+            return Err(KernelError::InvalidQParams(format!(
+                "a fused ReLU needs the output zero point ({out_zp}) within the output range \
+                 [{qmin}, {qmax}]; recalibrate the output observer"
+            )));
+        }
         let lo = if relu { qmin.max(out_zp) } else { qmin };
         Ok(Requantize {
             mult,

@@ -487,3 +487,33 @@ fn k_at_the_int32_limit_is_exact_and_beyond_it_is_rejected() {
         matches!(r, Err(KernelError::TooLarge(msg)) if msg.contains("split the layer") || msg.contains("Split the layer"))
     );
 }
+
+/// Inputs the fuzzer found panicking (debug) or wrapping (release): each is now a clean result
+/// or an error.
+#[test]
+fn fuzzer_found_edge_cases_are_errors_or_exact() {
+    use ferroquant_kernels::qparams::choose_qparams_dynamic;
+    use ferroquant_kernels::quantize::{dequantize_per_tensor, ChannelLayout};
+    let pw = PackedWeights::new(&[1, 2, 3, 4], 1, 4, &[1.0], &[0]).unwrap();
+    // a fused ReLU with the output zero point above the range: an error, not a clamp panic
+    assert!(Requantize::<u8>::new(1.0, &pw, None, 1.0, 200, 0, 127, true).is_err());
+    // per-row scales that do not match the rows: an error from the GEMM, not an index panic
+    let pa = PackedA::from_u8(&[1; 12], 3, 4, 0).unwrap();
+    let stage = DequantF32::per_row(&[1.0, 1.0], &pw, None, false).unwrap();
+    let mut out = vec![0f32; 3];
+    for e in available_engines() {
+        assert!(gemm(e, &pa, &pw, &stage, &mut out, 1).is_err());
+    }
+    // 8-bit dequantize with extreme zero points: q - zp in i64
+    let mut f = [0f32; 2];
+    dequantize_per_tensor(&[0u8, 255], 1.0, i32::MIN, &mut f).unwrap();
+    assert_eq!(f, [2147483648.0, 2147483903.0f64 as f32]);
+    dequantize_per_tensor(&[-128i8, 127], 1.0, i32::MAX, &mut f).unwrap();
+    assert_eq!(f, [-2147483775.0f64 as f32, -2147483520.0]);
+    // shapes whose element count overflows
+    assert!(ChannelLayout::from_shape(&[usize::MAX, 2, 0], 1).is_err());
+    assert!(ChannelLayout::from_shape(&[3, 0, 5], 1).is_ok());
+    // ranges wider than i32
+    assert!(choose_qparams_dynamic(-1.0, 1.0, i32::MIN, i32::MAX).is_ok());
+    assert!(PackedA::quantize_dynamic(&[0.5; 4], 1, 4, -5, 300).is_err());
+}

@@ -29,6 +29,7 @@ pub fn gemm<S: OutputStage>(
         });
     }
     let (m, n) = (a.m(), w.n());
+    stage.check_rows(m)?;
     check_len(
         "output",
         crate::error::checked_numel(&[m, n], "output")?,
