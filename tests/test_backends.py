@@ -77,6 +77,20 @@ def test_thread_setting_is_bounded_by_the_machine():
     assert _core.pool_workers() <= _core.max_threads() - 1
 
 
+def test_thread_settings_do_not_pile_up_os_threads(parallel_kernels):
+    q = fq.quantize_dynamic(torch.nn.Sequential(torch.nn.Linear(256, 256)))
+    x = torch.randn(64, 256)
+    fq.set_num_threads(2)
+    q(x)
+    tasks = len(os.listdir("/proc/self/task"))
+    for n in (2, 3, 4, 64, 2, 100000):
+        fq.set_num_threads(n)
+        q(x)
+    # before: a new pool per distinct count (2, 3, 4, 64 left 71 threads on a 2-core machine)
+    assert len(os.listdir("/proc/self/task")) <= tasks + max(0, _core.max_threads() - 2)
+    assert parallel_kernels() > 0
+
+
 def test_torch_quantized_engine_plays_no_role():
     q = fq.quantize_dynamic(torch.nn.Sequential(torch.nn.Linear(8, 8)))
     x = torch.randn(2, 8)
