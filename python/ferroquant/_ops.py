@@ -17,14 +17,16 @@ torch's version counter (through ``w.numpy()`` or ``w.data``) are not seen.
 from __future__ import annotations
 
 import weakref
-from typing import Callable, List, Optional, Sequence, TypeVar
+from typing import Callable, List, NoReturn, Optional, Sequence, TypeVar, Union
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
 from . import _core
+from ._dtypes import qint8, qint32, quint8, to_qdtype
 from ._threads import get_num_threads
+from .qtensor import check_axis, check_per_channel_qparams, check_scale, check_zero_point
 
 __all__ = [
     "packed_linear_for",
@@ -33,11 +35,14 @@ __all__ = [
     "run_linear_static",
     "run_conv_static",
     "storage_dtype",
+    "raise_named",
+    "check_requant_scales",
 ]
 
 _P = TypeVar("_P")
 
 _STORAGE = {"quint8": torch.uint8, "qint8": torch.int8, "qint32": torch.int32}
+_STORAGE_TO_QDTYPE = {torch.uint8: quint8, torch.int8: qint8, torch.int32: qint32}
 
 
 def storage_dtype(dtype: str) -> torch.dtype:
@@ -46,6 +51,57 @@ def storage_dtype(dtype: str) -> torch.dtype:
         return _STORAGE[dtype]
     except KeyError:
         raise ValueError(f"unknown quantized dtype {dtype!r}; use 'quint8', 'qint8' or 'qint32'") from None
+
+
+#: The exceptions the kernels raise for bad arguments (never anything else: no panics).
+KERNEL_ERRORS = (ValueError, TypeError, MemoryError, RuntimeError)
+
+
+def raise_named(e: BaseException, where: str) -> NoReturn:
+    """Raises ``e`` again, same type, its message prefixed with ``where`` (the module or
+    function that was called), chained to the original. Used where a kernel's message would
+    otherwise not say which module or argument it is about."""
+    msg = str(e)
+    if msg.startswith(where):
+        raise e
+    try:
+        new = type(e)(f"{where}: {msg}")
+    except Exception:  # an exception type that cannot be rebuilt from a message
+        raise e from None
+    raise new from e
+
+
+_F32_TINY = float(np.finfo(np.float32).tiny)
+
+
+def check_requant_scales(
+    where: str,
+    x_scale: float,
+    w_scale: Union[torch.Tensor, np.ndarray],
+    bias: Union[torch.Tensor, np.ndarray, None],
+    out_scale: float,
+) -> None:
+    """The static output stage's float32 intermediates (docs/numerics.md, "Requantization"):
+    ``atws[j] = fl(xs·ws[j])`` must be a normal float32, ``mult[j] = fl(atws[j]/os)`` finite and
+    normal, ``bq[j] = fl(b[j]/atws[j])`` finite. Otherwise the kernels would turn 0·Inf or Inf·0
+    into NaN and clamp it to quant_min (a silent wrong answer), so it is a ValueError naming
+    ``where`` and the scales."""
+    ws = w_scale.detach().numpy() if isinstance(w_scale, torch.Tensor) else np.asarray(w_scale)
+    with np.errstate(all="ignore"):
+        xs, os_ = np.float32(x_scale), np.float32(out_scale)
+        atws = xs * ws.astype(np.float32, copy=False)
+        mult = atws / os_
+        ok = bool(np.all((atws >= _F32_TINY) & np.isfinite(atws) & (mult >= _F32_TINY) & np.isfinite(mult)))
+        if ok and bias is not None:
+            b = bias.detach().numpy() if isinstance(bias, torch.Tensor) else np.asarray(bias)
+            ok = bool(np.all(np.isfinite(b.astype(np.float32, copy=False) / atws)))
+    if not ok:
+        raise ValueError(
+            f"{where}: input scale {x_scale!r} x weight scales [{float(ws.min()):.8g}, {float(ws.max()):.8g}] / "
+            f"output scale {out_scale!r} (and bias / (input scale x weight scale)) leave float32's normal range "
+            f"[{_F32_TINY:.8g}, {float(np.finfo(np.float32).max):.8g}] in the requantization, so the output cannot be "
+            "computed exactly; use scales from calibrated observers (closer in magnitude)"
+        )
 
 
 class _Entry:
@@ -128,10 +184,22 @@ def _qparam_arrays(scale: torch.Tensor, zero_point: torch.Tensor) -> tuple[np.nd
     )
 
 
-def packed_linear_for(weight: torch.Tensor, scale: torch.Tensor, zero_point: torch.Tensor) -> _core.PackedLinear:
+def _check_weight_qparams(weight: torch.Tensor, scale: torch.Tensor, zero_point: torch.Tensor, op: str) -> None:
+    """Weight scales / zero points: one each, or one per output channel, valid for qint8 (done
+    once per packing: cached packed weights were built from checked values)."""
+    if not isinstance(scale, torch.Tensor) or not isinstance(zero_point, torch.Tensor):
+        raise TypeError(f"{op}: weight_scale and weight_zero_point must be tensors")
+    channels = 1 if scale.numel() == 1 and zero_point.numel() == 1 else weight.shape[0]
+    check_per_channel_qparams(scale, zero_point, channels, qint8, f"{op}: weight_scale", f"{op}: weight_zero_point")
+
+
+def packed_linear_for(
+    weight: torch.Tensor, scale: torch.Tensor, zero_point: torch.Tensor, op: str = "packed_linear_for"
+) -> _core.PackedLinear:
     """PackedLinear for an int8 weight tensor [out, in] and its (1 or per-row) qparams, cached."""
 
     def build() -> _core.PackedLinear:
+        _check_weight_qparams(weight, scale, zero_point, op)
         s, z = _qparam_arrays(scale, zero_point)
         return _core.PackedLinear(weight.detach().contiguous().numpy(), s, z)
 
@@ -151,6 +219,7 @@ def build_packed_conv(
     ``padding`` is the (leading-side) padding per spatial dim."""
     nd = weight.dim() - 2
     lift = [1] * (3 - nd)
+    _check_weight_qparams(weight, scale, zero_point, "torch.ops.ferroquant.conv_static")
     w5 = weight.detach().reshape(*weight.shape[:2], *lift, *weight.shape[2:])
     s, z = _qparam_arrays(scale, zero_point)
     return _core.PackedConv(
@@ -265,6 +334,16 @@ def _bias_array(bias: Optional[torch.Tensor]) -> Optional[np.ndarray]:
     return None if bias is None else bias.detach().to(torch.float32).reshape(-1).contiguous().numpy()
 
 
+def _check_static_qparams(
+    op: str, x_scale: float, x_zero_point: int, scale: float, zero_point: int, dtype: str
+) -> None:
+    """The scalar qparams of the static ops: quint8 input, output in ``dtype``."""
+    check_scale(x_scale, f"{op}: x_scale")
+    check_zero_point(x_zero_point, quint8, f"{op}: x_zero_point")
+    check_scale(scale, f"{op}: scale")
+    check_zero_point(zero_point, to_qdtype(dtype), f"{op}: zero_point")
+
+
 def _check_activation(x: torch.Tensor, op: str) -> None:
     if x.dtype != torch.uint8:
         raise TypeError(f"{op}: x must be quint8 activations (a torch.uint8 tensor), got {x.dtype}")
@@ -276,6 +355,17 @@ def _check_activation(x: torch.Tensor, op: str) -> None:
 def quantize_per_tensor_op(
     x: torch.Tensor, scale: float, zero_point: int, quant_min: int, quant_max: int, dtype: str
 ) -> torch.Tensor:
+    op = "torch.ops.ferroquant.quantize_per_tensor"
+    if not x.is_floating_point():
+        raise TypeError(f"{op}: x must be a floating point tensor, got {x.dtype}")
+    if x.device.type != "cpu":
+        raise ValueError(f"{op}: x is on {x.device}; ferroquant runs on the CPU, call .cpu() first")
+    qd = to_qdtype(dtype)
+    scale = check_scale(scale, f"{op}: scale")
+    zero_point = check_zero_point(zero_point, qd, f"{op}: zero_point")
+    for name, v in (("quant_min", quant_min), ("quant_max", quant_max)):
+        if not qd.qmin <= v <= qd.qmax:
+            raise ValueError(f"{op}: {name} {v} is outside the {qd.name} range [{qd.qmin}, {qd.qmax}]")
     data = _core.quantize_per_tensor(
         x.detach().to(torch.float32).contiguous().numpy(), scale, zero_point, quant_min, quant_max, dtype
     )
@@ -289,15 +379,21 @@ def _(x: torch.Tensor, scale: float, zero_point: int, quant_min: int, quant_max:
 
 @torch.library.custom_op("ferroquant::dequantize", mutates_args=())
 def dequantize_op(q: torch.Tensor, scale: torch.Tensor, zero_point: torch.Tensor, axis: int) -> torch.Tensor:
-    qn = q.contiguous().numpy()
+    op = "torch.ops.ferroquant.dequantize"
+    qd = _STORAGE_TO_QDTYPE.get(q.dtype)
+    if qd is None:
+        raise TypeError(f"{op}: q must be a torch.uint8, torch.int8 or torch.int32 tensor, got {q.dtype}")
+    if q.device.type != "cpu":
+        raise ValueError(f"{op}: q is on {q.device}; ferroquant runs on the CPU, call .cpu() first")
     if axis < 0:
-        out = _core.dequantize_per_tensor(qn, float(scale.reshape(-1)[0]), int(zero_point.reshape(-1)[0]))
+        s = check_scale(scale, f"{op}: scale")
+        z = check_zero_point(zero_point, qd, f"{op}: zero_point")
+        out = _core.dequantize_per_tensor(q.contiguous().numpy(), s, z)
     else:
+        axis = check_axis(axis, q.dim(), f"{op}: axis")
+        s64, z64 = check_per_channel_qparams(scale, zero_point, q.shape[axis], qd, f"{op}: scale", f"{op}: zero_point")
         out = _core.dequantize_per_channel(
-            qn,
-            scale.to(torch.float32).contiguous().numpy(),
-            zero_point.to(torch.int32).contiguous().numpy(),
-            axis,
+            q.contiguous().numpy(), s64.to(torch.float32).numpy(), z64.to(torch.int32).numpy(), axis
         )
     return torch.from_numpy(out)
 
@@ -326,9 +422,14 @@ def linear_dynamic_op(
         raise ValueError(f"{op}: x must have shape [..., {k}] (in_features = {k}), got {list(x.shape)}")
     if x.device.type != "cpu":
         raise ValueError(f"{op}: x is on {x.device}; ferroquant runs on the CPU, call .cpu() first")
-    packed = packed_linear_for(weight, weight_scale, weight_zero_point)
+    packed = packed_linear_for(weight, weight_scale, weight_zero_point, op)
     x2 = x.detach().to(torch.float32).reshape(-1, k).contiguous()
-    out, _, _ = packed.linear_dynamic(x2.numpy(), _bias_array(bias), reduce_range, False, get_num_threads(), per_row)
+    try:
+        out, _, _ = packed.linear_dynamic(
+            x2.numpy(), _bias_array(bias), reduce_range, False, get_num_threads(), per_row
+        )
+    except KERNEL_ERRORS as e:
+        raise_named(e, op)
     return torch.from_numpy(out).reshape(*x.shape[:-1], weight.shape[0])
 
 
@@ -369,10 +470,15 @@ def linear_static_op(
     k = weight.shape[1]
     if x.dim() == 0 or x.shape[-1] != k:
         raise ValueError(f"{op}: x must have shape [..., {k}] (in_features = {k}), got {list(x.shape)}")
-    packed = packed_linear_for(weight, weight_scale, weight_zero_point)
-    return run_linear_static(
-        packed, _bias_array(bias), x, x_scale, x_zero_point, scale, zero_point, quant_min, quant_max, relu, dtype
-    )
+    _check_static_qparams(op, x_scale, x_zero_point, scale, zero_point, dtype)
+    packed = packed_linear_for(weight, weight_scale, weight_zero_point, op)
+    check_requant_scales(op, x_scale, weight_scale, bias, scale)
+    try:
+        return run_linear_static(
+            packed, _bias_array(bias), x, x_scale, x_zero_point, scale, zero_point, quant_min, quant_max, relu, dtype
+        )
+    except KERNEL_ERRORS as e:
+        raise_named(e, op)
 
 
 @linear_static_op.register_fake
@@ -441,10 +547,18 @@ def conv_static_op(
         if len(v) != nd or any(e < 1 for e in v):
             raise ValueError(f"{op}: {name} must hold {nd} positive ints, got {list(v)}")
     pads = _conv_pads(padding, nd, op)
+    if groups < 1:
+        raise ValueError(f"{op}: groups must be >= 1, got {groups}")
+    _check_static_qparams(op, x_scale, x_zero_point, scale, zero_point, dtype)
     packed = packed_conv_for(weight, weight_scale, weight_zero_point, stride, [b for b, _ in pads], dilation, groups)
-    return run_conv_static(
-        packed, _bias_array(bias), x, pads, x_scale, x_zero_point, scale, zero_point, quant_min, quant_max, relu, dtype
-    )
+    check_requant_scales(op, x_scale, weight_scale, bias, scale)
+    try:
+        b = _bias_array(bias)
+        return run_conv_static(
+            packed, b, x, pads, x_scale, x_zero_point, scale, zero_point, quant_min, quant_max, relu, dtype
+        )
+    except KERNEL_ERRORS as e:
+        raise_named(e, op)
 
 
 @conv_static_op.register_fake

@@ -158,6 +158,19 @@ def _check_finite(obs: ObserverBase, lo: torch.Tensor, hi: torch.Tensor) -> None
 _F32_MAX = float(torch.finfo(torch.float32).max)
 
 
+def _check_input(obs: ObserverBase, x: Any) -> None:
+    """What an observer can watch: a real-valued tensor with values (not on the meta device)."""
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"{obs._who()} expects a torch.Tensor, got {type(x).__name__}")
+    if x.is_complex():
+        raise TypeError(f"{obs._who()} expects a real-valued tensor, got {x.dtype}")
+    if x.device.type == "meta":
+        raise ValueError(
+            f"{obs._who()} got a tensor on the meta device, which holds no values to calibrate with; run "
+            "calibration data on a real device"
+        )
+
+
 def _as_float32(obs: ObserverBase, lo: torch.Tensor, hi: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """The (finite) batch min and max as float32, the observers' buffer dtype; finite data
     beyond float32's range (float64 input) is an error, not a silent Inf."""
@@ -323,6 +336,7 @@ class MinMaxObserver(UniformQuantizationObserverBase):
         return _as_float32(self, lo, hi)
 
     def forward(self, x_orig: torch.Tensor) -> torch.Tensor:
+        _check_input(self, x_orig)
         if x_orig.numel() == 0:
             return x_orig
         lo, hi = self._batch_min_max(x_orig)
@@ -375,6 +389,7 @@ class MovingAverageMinMaxObserver(MinMaxObserver):
         )
 
     def forward(self, x_orig: torch.Tensor) -> torch.Tensor:
+        _check_input(self, x_orig)
         if x_orig.numel() == 0:
             return x_orig
         lo, hi = self._batch_min_max(x_orig)
@@ -391,6 +406,8 @@ class MovingAverageMinMaxObserver(MinMaxObserver):
 
 def _channels_first_2d(x: torch.Tensor, ch_axis: int, dtype: torch.dtype) -> torch.Tensor:
     """View ``x`` as ``[channels, everything else]`` (torch's permute + flatten)."""
+    if x.dim() == 1:  # every element its own channel (torch's flatten(start_dim=1) fails here)
+        return x.to(dtype).reshape(-1, 1)
     axes = list(range(x.dim()))
     axes[ch_axis] = 0
     axes[0] = ch_axis
@@ -430,7 +447,17 @@ class PerChannelMinMaxObserver(UniformQuantizationObserverBase):
         self.register_buffer("max_val", torch.tensor([], **fk))
 
     def _batch_min_max(self, x_orig: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        y = _channels_first_2d(x_orig.detach(), self.ch_axis, x_orig.dtype)
+        nd, ch = x_orig.dim(), self.ch_axis
+        if nd == 0:
+            raise ValueError(
+                f"{self._who()} observes per channel along ch_axis {ch}, so it needs inputs with at least one "
+                "dimension, got a 0-d tensor"
+            )
+        if not -nd <= ch < nd:
+            raise IndexError(
+                f"{self._who()}: ch_axis {ch} is out of range for a {nd}-d input: expected an axis in [{-nd}, {nd - 1}]"
+            )
+        y = _channels_first_2d(x_orig.detach(), ch % nd, x_orig.dtype)
         lo, hi = torch.aminmax(y, dim=1)
         _check_finite(self, lo, hi)
         return _as_float32(self, lo, hi)
@@ -442,6 +469,7 @@ class PerChannelMinMaxObserver(UniformQuantizationObserverBase):
         self.max_val.copy_(hi)
 
     def forward(self, x_orig: torch.Tensor) -> torch.Tensor:
+        _check_input(self, x_orig)
         if x_orig.numel() == 0:
             return x_orig
         lo, hi = self._batch_min_max(x_orig)
@@ -519,6 +547,7 @@ class MovingAveragePerChannelMinMaxObserver(PerChannelMinMaxObserver):
         self.averaging_constant = averaging_constant
 
     def forward(self, x_orig: torch.Tensor) -> torch.Tensor:
+        _check_input(self, x_orig)
         if x_orig.numel() == 0:
             return x_orig
         lo, hi = self._batch_min_max(x_orig)
@@ -689,9 +718,12 @@ class HistogramObserver(UniformQuantizationObserverBase):
         return upd_hist + self._upscale_histogram(orig_hist, orig_min, orig_max, new_min, new_max)
 
     def forward(self, x_orig: torch.Tensor) -> torch.Tensor:
+        _check_input(self, x_orig)
         if x_orig.numel() == 0:
             return x_orig
         x = x_orig.detach()
+        if not x.is_floating_point():  # integer or bool data: as float32 (torch.histc needs floats)
+            x = x.to(torch.float32)
         x_min, x_max = torch.aminmax(x)
         _check_finite(self, x_min, x_max)
         _as_float32(self, x_min, x_max)
@@ -748,8 +780,20 @@ def _span_overflows(lo: torch.Tensor, hi: torch.Tensor) -> bool:
 def _histc(x: torch.Tensor, bins: int, lo: torch.Tensor, hi: torch.Tensor) -> torch.Tensor:
     """``torch.histc`` over ``[lo, hi]``, in float64 when the span overflows float32 (where
     float32's histc would drop every value)."""
+    if bool(lo == hi):
+        # constant data (every value equals lo): torch.histc widens the range to [lo - 1, hi + 1],
+        # which puts it all in the middle bin, but raises where ±1 vanishes (|lo| beyond 2^53)
+        counts = torch.zeros(bins, dtype=torch.float32)
+        counts[bins // 2] = float(x.numel())
+        return counts
     if _span_overflows(lo, hi):
         return torch.histc(x.double(), bins, min=float(lo), max=float(hi))
+    if x.dtype in (torch.float16, torch.bfloat16):
+        limit = float(torch.finfo(x.dtype).max)
+        if max(abs(float(lo)), abs(float(hi))) > limit:
+            # an earlier batch widened the range beyond this batch's dtype: torch.histc would fail
+            # to convert the bounds (float16 ends at 65504)
+            x = x.to(torch.float32)
     return torch.histc(x, bins, min=lo, max=hi)  # type: ignore[arg-type]
 
 

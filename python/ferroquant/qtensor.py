@@ -299,7 +299,7 @@ class QTensor:
     # -- conversions ---------------------------------------------------------------------------
     def dequantize(self) -> torch.Tensor:
         """Float32 values: ``fl(scale · fl(q − zp))``."""
-        q = _cpu_numpy(self._data, "quantized data")
+        q = _cpu_numpy(self._data, "QTensor.dequantize: the quantized data")
         if self._axis is None:
             out = _core.dequantize_per_tensor(q, self._scale, self._zero_point)
         else:
@@ -435,7 +435,7 @@ def _reshape(x: QTensor, shape: Sequence[int]) -> QTensor:
 
 @_handles(torch.permute)
 def _permute(x: QTensor, dims: Sequence[int]) -> QTensor:
-    return x.permute(*dims)
+    return x.permute(tuple(dims))  # as one tuple: torch.permute(t, []) of a 0-d tensor is valid
 
 
 @_handles(torch.transpose)

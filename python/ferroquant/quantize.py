@@ -71,13 +71,26 @@ def _check_weight_not_empty(child: nn.Module, name: str) -> None:
         )
 
 
+def _from_float(target: type, child: nn.Module, name: str) -> nn.Module:
+    """``target.from_float(child)``; a ValueError / TypeError (weights the int8 kernels reject,
+    a bad bias, ...) says which module it is about."""
+    try:
+        return target.from_float(child)
+    except (ValueError, TypeError) as e:
+        if type(e) not in (ValueError, TypeError):
+            raise
+        raise type(e)(f"cannot quantize {type(child).__name__} '{name}': {e}") from e
+
+
 def _swap_modules(module: nn.Module, mapping: dict[type, type], prefix: str = "") -> None:
     for name, child in list(module.named_children()):
         full = f"{prefix}.{name}" if prefix else name
         target = mapping.get(type(child))
         if target is not None and getattr(child, "qconfig", None) is not None:
             _check_weight_not_empty(child, full)
-            setattr(module, name, target.from_float(child))
+            new = _from_float(target, child, full)
+            new._fq_name = full
+            setattr(module, name, new)
         else:
             _swap_modules(child, mapping, full)
 
@@ -216,7 +229,7 @@ def _swap(module: nn.Module, mapping: dict[type, type], prefix: str, custom: dic
         # only parts with a qconfig are quantized (qconfig = None keeps a submodule float)
         if target is not None and getattr(child, "qconfig", None) is not None:
             _check_weight_not_empty(child, full)
-            new = target.from_float(child)
+            new = _from_float(target, child, full)
             if getattr(new, "_fq_convert_children", False):
                 # a container (Sequential): convert inside too, then it picks its TorchScript signature
                 _swap(new, mapping, full, custom)

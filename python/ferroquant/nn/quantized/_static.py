@@ -20,6 +20,11 @@ def require_qtensor(module: nn.Module, x: Any) -> QTensor:
     if isinstance(x, QTensor):
         if x.is_per_channel:
             raise TypeError(f"{_name(module)} expects a per-tensor quantized input, got a per-channel QTensor")
+        if x.device.type != "cpu":
+            raise ValueError(
+                f"{_name(module)} received a QTensor on {x.device}; ferroquant's quantized modules run on the CPU: "
+                "quantize a CPU tensor"
+            )
         return x
     if isinstance(x, torch.Tensor):
         raise TypeError(
@@ -29,9 +34,13 @@ def require_qtensor(module: nn.Module, x: Any) -> QTensor:
     raise TypeError(f"{_name(module)} expects a ferroquant QTensor, got {type(x).__name__}")
 
 
-def _name(module: nn.Module) -> str:
+def module_name(module: nn.Module) -> str:
+    """``Linear 'body.fc'`` (its path in the converted model, when known) or ``Linear``, for messages."""
     where = getattr(module, "_fq_name", None)
     return f"{type(module).__name__} '{where}'" if where else type(module).__name__
+
+
+_name = module_name
 
 
 def output_qparams(observer: Optional[nn.Module], who: str) -> tuple[float, int, int, int, Any]:
@@ -135,10 +144,10 @@ class OutputQParams(AtomicLoad):
 
 def _clamp_range_problem(quant_min: int, quant_max: int, dtype: QDtype) -> str:
     """What is wrong with an output clamp range, or ``""``."""
-    if not dtype.qmin <= quant_min <= quant_max <= dtype.qmax:
+    if not dtype.qmin <= quant_min < quant_max <= dtype.qmax:
         return (
-            f"the output clamp range [quant_min, quant_max] = [{quant_min}, {quant_max}] must be ordered and lie in "
-            f"the {dtype.name} range [{dtype.qmin}, {dtype.qmax}]"
+            f"the output clamp range [quant_min, quant_max] = [{quant_min}, {quant_max}] must have quant_min < "
+            f"quant_max and lie in the {dtype.name} range [{dtype.qmin}, {dtype.qmax}]"
         )
     return ""
 

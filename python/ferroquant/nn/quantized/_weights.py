@@ -20,11 +20,13 @@ import torch
 from torch import nn
 
 from ..._dtypes import qint8, to_qdtype, to_qscheme
+from ..._ops import check_requant_scales, raise_named
 from ...qtensor import QTensor, check_per_channel_qparams, quantize_per_channel, quantize_per_tensor
 
 __all__ = ["AtomicLoad", "WeightedQuantModule", "quantize_weight", "module_label", "state_number"]
 
 _KEYS = ("weight", "weight_scale", "weight_zero_point", "weight_axis")
+_F32_MAX = float(torch.finfo(torch.float32).max)
 _RESAVE = "save the state_dict again from a converted ferroquant model of the same architecture"
 
 
@@ -51,6 +53,20 @@ def quantize_weight(weight: torch.Tensor, observer: nn.Module) -> QTensor:
         return QTensor(data, q.q_per_channel_scales(), q.q_per_channel_zero_points(), qint8, axis=axis)
     q = quantize_per_tensor(w, float(scale), int(zp), qint8)
     return QTensor(torch.clamp(q.int_repr(), qmin, qmax), q.q_scale(), q.q_zero_point(), qint8)
+
+
+def _bias_problem(b: torch.Tensor) -> str:
+    """What is wrong with a float bias's values (``""`` when they are fine): NaN or Inf, or
+    finite values beyond float32 (the bias is kept in float32)."""
+    b64 = b.detach().to(torch.float64)
+    bad = ~torch.isfinite(b64) | (b64.abs() > _F32_MAX)
+    if bool(bad.any()):
+        i = int(bad.nonzero()[0, 0])
+        return (
+            f"must hold finite float32 values (|b| <= {_F32_MAX:.8g}), got {b64[i].item()!r} for output channel {i}; "
+            "a NaN or Inf bias would make the quantized outputs meaningless"
+        )
+    return ""
 
 
 def module_label(module: nn.Module, prefix: str) -> str:
@@ -140,11 +156,16 @@ class WeightedQuantModule(AtomicLoad, nn.Module):
     _version = 1
     # Not part of the scripted module: packed weights live outside TorchScript (the scripted
     # forward calls torch.ops.ferroquant.*, which repacks from the int8 tensor on demand).
-    __jit_ignored_attributes__ = ["_packed", "_bias_np", "_weight_shape", "_packed_src"]
+    __jit_ignored_attributes__ = ["_packed", "_bias_np", "_weight_shape", "_packed_src", "_requant_ok"]
 
     def _init_weight_storage(self, weight_shape: tuple[int, ...], has_bias: bool) -> None:
         self._weight_shape = tuple(weight_shape)
-        self._w = torch.zeros(weight_shape, dtype=torch.int8)
+        try:
+            self._w = torch.zeros(weight_shape, dtype=torch.int8)
+        except RuntimeError as e:  # torch's allocator: "can't allocate memory", size overflow
+            raise MemoryError(
+                f"{type(self).__name__}: cannot allocate an int8 weight of shape {list(weight_shape)} ({e})"
+            ) from e
         self._w_scale = torch.ones(1, dtype=torch.float32)
         self._w_zp = torch.zeros(1, dtype=torch.int64)
         self._w_axis = -1
@@ -188,6 +209,9 @@ class WeightedQuantModule(AtomicLoad, nn.Module):
                 raise ValueError(
                     f"{who}.set_weight_bias: b has shape {list(b.shape)}, this module needs [{self._weight_shape[0]}]"
                 )
+            problem = _bias_problem(b)
+            if problem:
+                raise ValueError(f"{who}.set_weight_bias: b {problem}")
         data = w.int_repr().contiguous().clone()
         if w.is_per_channel:
             scale = w.q_per_channel_scales().to(torch.float32)
@@ -198,7 +222,10 @@ class WeightedQuantModule(AtomicLoad, nn.Module):
             zp = torch.tensor([w.q_zero_point()], dtype=torch.int64)
             axis = -1
         bias = None if b is None else b.detach().to(torch.float32).contiguous().clone()
-        packed = self._pack(data, scale, zp)  # raises before anything changes
+        try:
+            packed = self._pack(data, scale, zp)  # raises before anything changes
+        except (ValueError, TypeError, MemoryError, RuntimeError) as e:
+            raise_named(e, f"{who}.set_weight_bias")
         self._w, self._w_scale, self._w_zp, self._w_axis, self._bias = data, scale, zp, axis, bias
         self._set_packed(packed)
 
@@ -209,6 +236,7 @@ class WeightedQuantModule(AtomicLoad, nn.Module):
 
     def _set_packed(self, packed: Any) -> None:
         self._packed = packed
+        self._requant_ok: Optional[tuple] = None  # (input scale, output scale, bias version) checked
         self._bias_np = None if self._bias is None else self._bias.numpy()
         # what was packed, to notice in-place edits (tensor._version) or replaced tensors
         self._packed_src = (
@@ -235,7 +263,11 @@ class WeightedQuantModule(AtomicLoad, nn.Module):
                 f"{e}; the module's weight qparams were changed in place since they were packed: restore valid "
                 "values (or load_state_dict / set_weight_bias valid ones)"
             ) from None
-        self._set_packed(self._pack(self._w.contiguous(), scale.to(torch.float32), zp))
+        try:
+            packed = self._pack(self._w.contiguous(), scale.to(torch.float32), zp)
+        except (ValueError, TypeError, MemoryError, RuntimeError) as e:
+            raise_named(e, where)
+        self._set_packed(packed)
 
     def _fresh_packed(self) -> Any:
         """The packed weights, repacked first when the int8 weight, its qparams or the bias were
@@ -252,6 +284,17 @@ class WeightedQuantModule(AtomicLoad, nn.Module):
         ):
             self._rebuild()
         return self._packed
+
+    def _check_requant(self, x_scale: float, out_scale: float) -> None:
+        """``check_requant_scales`` for this module's packed weights, once per input scale,
+        output scale and bias version (a repack checks again)."""
+        key = (x_scale, out_scale, -1 if self._bias is None else self._bias._version)
+        if self._requant_ok == key:
+            return
+        name = getattr(self, "_fq_name", None)
+        where = f"{type(self).__name__} '{name}'" if name else type(self).__name__
+        check_requant_scales(where, x_scale, self._w_scale, self._bias_np, out_scale)
+        self._requant_ok = key
 
     # Packed weights are machine-specific native objects: pickling (torch.save of a whole model,
     # copy.deepcopy) keeps the canonical int8 data and rebuilds them on the way back.
@@ -356,6 +399,8 @@ class WeightedQuantModule(AtomicLoad, nn.Module):
             if not isinstance(b, torch.Tensor) or not b.is_floating_point() or list(b.shape) != [out]:
                 got = f"{b.dtype} {list(b.shape)}" if isinstance(b, torch.Tensor) else type(b).__name__
                 errors.append(f"size mismatch for '{prefix}bias': expected a float tensor of shape [{out}], got {got}")
+            elif _bias_problem(b):
+                errors.append(f"'{prefix}bias': {_bias_problem(b)}")
             else:
                 bias = b.detach().to(torch.float32).contiguous().clone()
         if len(errors) > n0 or scale is None or zp is None or axis is None:

@@ -7,23 +7,41 @@ point. ``padding`` may be an int, a tuple, ``"valid"`` or ``"same"``; ``padding_
 
 from __future__ import annotations
 
-from typing import Any, Union
+import operator
+from typing import Any
 
 import torch
 from torch import nn
 
 from ..._core import PackedConv
-from ..._ops import run_conv_static
+from ..._ops import KERNEL_ERRORS, raise_named, run_conv_static
 from ...qtensor import QTensor
 from ._script import QArg, QTuple, script_qtuple, script_unpack
-from ._static import OutputQParams, observed_float_module, require_qtensor
+from ._static import OutputQParams, module_name, observed_float_module, require_qtensor
 from ._weights import WeightedQuantModule, quantize_weight
 
 __all__ = ["Conv1d", "Conv2d", "Conv3d", "ConvReLU1d", "ConvReLU2d", "ConvReLU3d"]
 
 
-def _tuple(v: Union[int, tuple, list], n: int) -> tuple[int, ...]:
-    return tuple(v) if isinstance(v, (tuple, list)) else (int(v),) * n
+_USIZE_MAX = 2**64 - 1  # the kernels take geometry as 64-bit unsigned ints
+
+
+def _geometry(who: str, name: str, v: Any, n: int, minimum: int) -> tuple[int, ...]:
+    """``v`` (an int or ``n`` ints) as ``n`` Python ints in ``[minimum, 2**64 - 1]``, or a
+    TypeError / ValueError naming the argument."""
+    items = list(v) if isinstance(v, (tuple, list)) else [v] * n
+    if len(items) != n:
+        raise ValueError(f"{who}: {name} must be an int or a tuple of {n} ints, got {v!r}")
+    out = []
+    for e in items:
+        try:
+            i = operator.index(e)
+        except TypeError:
+            raise TypeError(f"{who}: {name} must hold ints, got {type(e).__name__} ({e!r})") from None
+        if not minimum <= i <= _USIZE_MAX:
+            raise ValueError(f"{who}: {name} must hold ints in [{minimum}, 2**64 - 1], got {v!r}")
+        out.append(i)
+    return tuple(out)
 
 
 class _ConvNd(OutputQParams, WeightedQuantModule):
@@ -50,19 +68,23 @@ class _ConvNd(OutputQParams, WeightedQuantModule):
     ) -> None:
         super().__init__()
         n = self._NDIM
+        who = type(self).__name__
         if padding_mode != "zeros":
             raise NotImplementedError(f"quantized conv supports padding_mode='zeros', got {padding_mode!r}")
+        (in_channels,) = _geometry(who, "in_channels", in_channels, 1, 1)
+        (out_channels,) = _geometry(who, "out_channels", out_channels, 1, 1)
+        (groups,) = _geometry(who, "groups", groups, 1, 1)
         if in_channels % groups or out_channels % groups:
             raise ValueError(
                 f"in_channels ({in_channels}) and out_channels ({out_channels}) must be divisible by groups ({groups})"
             )
         self.in_channels, self.out_channels, self.groups = in_channels, out_channels, groups
-        self.kernel_size = _tuple(kernel_size, n)
-        self.stride = _tuple(stride, n)
-        self.dilation = _tuple(dilation, n)
-        self.padding: Any = padding if isinstance(padding, str) else _tuple(padding, n)
+        self.kernel_size = _geometry(who, "kernel_size", kernel_size, n, 1)
+        self.stride = _geometry(who, "stride", stride, n, 1)
+        self.dilation = _geometry(who, "dilation", dilation, n, 1)
         if isinstance(padding, str) and padding not in ("same", "valid"):
             raise ValueError(f"padding must be an int, a tuple, 'same' or 'valid', got {padding!r}")
+        self.padding: Any = padding if isinstance(padding, str) else _geometry(who, "padding", padding, n, 0)
         if padding == "same" and any(s != 1 for s in self.stride):
             raise ValueError("padding='same' needs stride 1 (as in torch)")
         self.padding_mode = padding_mode
@@ -86,15 +108,22 @@ class _ConvNd(OutputQParams, WeightedQuantModule):
         w5 = w.reshape(self.out_channels, self.in_channels // self.groups, *([1] * (3 - self._NDIM)), *self.kernel_size)
         pads = [p for p, _ in self._pads()]
         lift = lambda t: [1] * (3 - self._NDIM) + list(t)  # noqa: E731
-        return PackedConv(
-            w5.contiguous().numpy(),
-            scale.numpy(),
-            zp.to(torch.int32).numpy(),
-            lift(self.stride),
-            [0] * (3 - self._NDIM) + pads,
-            lift(self.dilation),
-            self.groups,
-        )
+        try:
+            return PackedConv(
+                w5.contiguous().numpy(),
+                scale.numpy(),
+                zp.to(torch.int32).numpy(),
+                lift(self.stride),
+                [0] * (3 - self._NDIM) + pads,
+                lift(self.dilation),
+                self.groups,
+            )
+        except OverflowError:  # padding='same' with a huge dilation: beyond the kernels' 64-bit sizes
+            raise ValueError(
+                f"{type(self).__name__}: convolution geometry overflows: padding {pads} (from padding="
+                f"{self.padding!r}), kernel_size {self.kernel_size}, dilation {self.dilation}; use padding and "
+                "dilation that keep the padded input and the kernel span below 2^62"
+            ) from None
 
     def forward(self, x: QArg) -> QArg:
         if torch.jit.is_scripting():
@@ -113,20 +142,25 @@ class _ConvNd(OutputQParams, WeightedQuantModule):
         d = q.int_repr()
         if d.dtype != torch.uint8:
             raise TypeError(f"{type(self).__name__} expects quint8 activations, got {q.dtype}")
-        y = run_conv_static(
-            self._fresh_packed(),
-            self._bias_np,
-            d,
-            self._pads(),
-            q.q_scale(),
-            q.q_zero_point(),
-            self.scale,
-            self.zero_point,
-            self.quant_min,
-            self.quant_max,
-            self._FUSED_RELU,
-            self._out_dtype.name,
-        )
+        packed = self._fresh_packed()
+        self._check_requant(q.q_scale(), self.scale)
+        try:
+            y = run_conv_static(
+                packed,
+                self._bias_np,
+                d,
+                self._pads(),
+                q.q_scale(),
+                q.q_zero_point(),
+                self.scale,
+                self.zero_point,
+                self.quant_min,
+                self.quant_max,
+                self._FUSED_RELU,
+                self._out_dtype.name,
+            )
+        except KERNEL_ERRORS as e:
+            raise_named(e, module_name(self))
         return QTensor(y, self.scale, self.zero_point, self._out_dtype)
 
     def __prepare_scriptable__(self) -> Any:

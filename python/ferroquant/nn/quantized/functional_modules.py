@@ -8,11 +8,14 @@ output qparams.
 
 from __future__ import annotations
 
+import math
+import numbers
 from typing import Any, List, Sequence
 
 import torch
 from torch import nn
 
+from ..._ops import raise_named
 from ...observer import CalibrationError
 from ...qtensor import QTensor, quantize_per_tensor
 from ._script import (
@@ -25,7 +28,7 @@ from ._script import (
     script_requantize,
     script_unpack,
 )
-from ._static import OutputQParams, output_qparams, require_qtensor
+from ._static import OutputQParams, module_name, output_qparams, require_qtensor
 
 __all__ = ["FloatFunctional", "QFunctional"]
 
@@ -62,6 +65,14 @@ class FloatFunctional(nn.Module):
         return self.activation_post_process(torch.matmul(x, y))
 
 
+def _check_scalar(module: nn.Module, op: str, c: Any) -> None:
+    """``add_scalar`` / ``mul_scalar`` take a finite real number."""
+    if isinstance(c, bool) or not isinstance(c, numbers.Real):
+        raise TypeError(f"{module_name(module)}: {op}: the scalar c must be a real number, got {type(c).__name__}")
+    if not math.isfinite(c):
+        raise ValueError(f"{module_name(module)}: {op}: the scalar c must be finite, got {c!r}")
+
+
 def _requant(values: torch.Tensor, scale: float, zp: int, qmin: int, qmax: int, dtype: Any) -> QTensor:
     out = quantize_per_tensor(values, scale, zp, dtype)
     return QTensor(torch.clamp(out.int_repr(), qmin, qmax), scale, zp, dtype)
@@ -91,11 +102,18 @@ def _mul_int(
     """Quantized ``a * b`` (eager and TorchScript): the integer product and one float multiply
     (torch's rule, docs/numerics.md): ``q = oz + rne(fl(float(pa·pb)·m))``, ``m = fl(fl(sa·sb)/so)``
     in float32."""
-    pa = da.to(torch.int32) - za
-    pb = db.to(torch.int32) - zb
+    if da.dtype == torch.int32 or db.dtype == torch.int32:
+        # qint32 inputs: q − zp needs 33 bits and the product 65, which int32 (and int64) arithmetic
+        # would wrap; float64 holds each factor exactly and the product to 2^-53
+        prod = ((da.to(torch.float64) - za) * (db.to(torch.float64) - zb)).to(torch.float32)
+    else:
+        pa = da.to(torch.int32) - za
+        pb = db.to(torch.int32) - zb
+        prod = (pa * pb).to(torch.float32)  # exact: |pa·pb| <= 255·255
     fa, fb = torch.tensor(sa, dtype=torch.float32), torch.tensor(sb, dtype=torch.float32)
     mult = (fa * fb) / torch.tensor(scale, dtype=torch.float32)
-    q = torch.round((pa * pb).to(torch.float32) * mult) + zero_point
+    # the zero point is added in float64: a qint32 one does not fit float32's 24 bits
+    q = torch.round(prod * mult).to(torch.float64) + zero_point
     return torch.clamp(q, quant_min, quant_max).to(_storage(dtype))
 
 
@@ -210,6 +228,7 @@ class QFunctional(OutputQParams, nn.Module):
 
     def mul(self, x: QArg, y: QArg) -> QArg:
         if torch.jit.is_scripting():
+            self._script_check_observed()
             da, sa, za = script_unpack(x, "QFunctional.mul")
             db, sb, zb = script_unpack(y, "QFunctional.mul")
             data = _mul_int(
@@ -231,6 +250,7 @@ class QFunctional(OutputQParams, nn.Module):
     @torch.jit.unused
     def _mul_eager(self, x: QArg, y: QArg) -> QArg:
         a, b = require_qtensor(self, x), require_qtensor(self, y)
+        self._check_observed()
         data = _mul_int(
             a.int_repr(),
             a.q_scale(),
@@ -290,6 +310,7 @@ class QFunctional(OutputQParams, nn.Module):
 
     def cat(self, x: QArgList, dim: int = 0) -> QArg:
         if torch.jit.is_scripting():
+            self._script_check_observed()
             same = True
             datas: List[torch.Tensor] = []
             for t in x:
@@ -309,6 +330,7 @@ class QFunctional(OutputQParams, nn.Module):
     @torch.jit.unused
     def _cat_eager(self, x: Sequence[QArg], dim: int = 0) -> QArg:
         qs = [require_qtensor(self, t) for t in x]
+        self._check_observed()
         same = all(
             t.q_scale() == self.scale and t.q_zero_point() == self.zero_point and t.dtype == self._out_dtype for t in qs
         )
@@ -336,7 +358,10 @@ class QFunctional(OutputQParams, nn.Module):
     @torch.jit.unused
     def _add_scalar_eager(self, x: QArg, c: float) -> QArg:
         q = require_qtensor(self, x)
+        _check_scalar(self, "add_scalar", c)
         s, z = q.q_scale(), q.q_zero_point()
+        if not math.isfinite(c / s):
+            raise ValueError(f"{module_name(self)}: add_scalar: c = {c!r} is too large for the input scale {s!r}")
         c_q = round(c / s)
         lo, hi = q.dtype.qmin, q.dtype.qmax
         if lo <= z - c_q <= hi:
@@ -346,7 +371,10 @@ class QFunctional(OutputQParams, nn.Module):
             new_s, new_z = s * (hi - z + c_q) / (hi - lo), lo
         else:
             new_s, new_z = s * (z - lo - c_q) / (hi - lo), hi
-        return _requant(d, new_s, new_z, lo, hi, q.dtype)
+        try:
+            return _requant(d, new_s, new_z, lo, hi, q.dtype)
+        except ValueError as e:  # the widened scale left float32's range
+            raise_named(e, f"{module_name(self)}: add_scalar")
 
     def mul_scalar(self, x: QArg, c: float) -> QArg:
         if torch.jit.is_scripting():
@@ -363,14 +391,18 @@ class QFunctional(OutputQParams, nn.Module):
     @torch.jit.unused
     def _mul_scalar_eager(self, x: QArg, c: float) -> QArg:
         q = require_qtensor(self, x)
+        _check_scalar(self, "mul_scalar", c)
         s, z = q.q_scale(), q.q_zero_point()
         lo, hi = q.dtype.qmin, q.dtype.qmax
         if c == 0:
             return QTensor(torch.zeros_like(q.int_repr()), 1.0, 0, q.dtype)
-        if c > 0:
-            return QTensor(q.int_repr(), s * c, z, q.dtype)
-        data = (lo + hi - q.int_repr().to(torch.int32)).to(q.dtype.storage)
-        return QTensor(data, s * abs(c), lo + hi - z, q.dtype)
+        try:
+            if c > 0:
+                return QTensor(q.int_repr(), s * c, z, q.dtype)
+            data = (lo + hi - q.int_repr().to(torch.int32)).to(q.dtype.storage)
+            return QTensor(data, s * abs(c), lo + hi - z, q.dtype)
+        except ValueError as e:  # scale · |c| left float32's range
+            raise_named(e, f"{module_name(self)}: mul_scalar")
 
     def _get_name(self) -> str:
         return "QFunctional"

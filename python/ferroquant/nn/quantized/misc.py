@@ -8,9 +8,10 @@ import torch
 from torch import nn
 
 from ..._dtypes import quint8, to_qdtype
+from ..._ops import raise_named
 from ...qtensor import QTensor, quantize_per_tensor
 from ._script import QArg, QTuple, script_dequantize, script_dtype_range, script_qtuple, script_unpack
-from ._static import OutputQParams, output_qparams
+from ._static import OutputQParams, module_name, output_qparams
 from .passthrough import Dropout
 
 __all__ = ["Quantize", "DeQuantize", "Dropout"]
@@ -59,7 +60,12 @@ class Quantize(OutputQParams, nn.Module):
             x = x.contiguous(memory_format=torch.channels_last)
         elif x.dim() == 5:
             x = x.contiguous(memory_format=torch.channels_last_3d)
-        q = quantize_per_tensor(x.movedim(1, -1) if x.dim() in (4, 5) else x, self.scale, self.zero_point, self.dtype)
+        try:
+            q = quantize_per_tensor(
+                x.movedim(1, -1) if x.dim() in (4, 5) else x, self.scale, self.zero_point, self.dtype
+            )
+        except (ValueError, TypeError, MemoryError) as e:  # a meta / CUDA input, an output too large
+            raise_named(e, module_name(self))
         data = q.int_repr()
         if self.quant_min > self.dtype.qmin or self.quant_max < self.dtype.qmax:
             data = torch.clamp(data, self.quant_min, self.quant_max)

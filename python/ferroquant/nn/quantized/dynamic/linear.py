@@ -18,6 +18,7 @@ from torch import nn
 
 from ...._core import PackedLinear
 from ...._dtypes import per_tensor_affine, qint8, quint8, to_qdtype, to_qscheme
+from ...._ops import KERNEL_ERRORS, raise_named
 from ...._threads import get_num_threads
 from ....qtensor import QTensor
 from .._weights import WeightedQuantModule, quantize_weight, state_number
@@ -99,14 +100,18 @@ class Linear(WeightedQuantModule):
             raise ValueError(
                 f"DynamicQuantizedLinear expects input of shape [..., {k}] (in_features = {k}), got {list(shape)}"
             )
-        out, _, _ = self._fresh_packed().linear_dynamic(
-            x.reshape(-1, k).numpy(),
-            self._bias_np,
-            self.reduce_range,
-            False,
-            get_num_threads(),
-            self.per_row_activations,
-        )
+        packed = self._fresh_packed()
+        try:
+            out, _, _ = packed.linear_dynamic(
+                x.reshape(-1, k).numpy(),
+                self._bias_np,
+                self.reduce_range,
+                False,
+                get_num_threads(),
+                self.per_row_activations,
+            )
+        except KERNEL_ERRORS as e:  # NaN / Inf in the input, an output too large to allocate
+            raise_named(e, self._label())
         y = torch.from_numpy(out)
         return y if len(shape) == 2 else y.reshape(*shape[:-1], self.out_features)
 
@@ -117,11 +122,16 @@ class Linear(WeightedQuantModule):
                 f"got {x.dtype}; pass a float tensor (e.g. x.float())"
             )
         if x.device.type != "cpu":
-            raise ValueError(f"input is on {x.device}; ferroquant runs on the CPU, call .cpu() first")
+            raise ValueError(f"{self._label()}: input is on {x.device}; ferroquant runs on the CPU, call .cpu() first")
         return x.detach().to(torch.float32).contiguous()
 
     def _get_name(self) -> str:
         return "DynamicQuantizedLinear"
+
+    def _label(self) -> str:
+        """``DynamicQuantizedLinear 'encoder.fc'`` (its path in the quantized model, when known)."""
+        name = getattr(self, "_fq_name", None)
+        return f"DynamicQuantizedLinear '{name}'" if name else "DynamicQuantizedLinear"
 
     def extra_repr(self) -> str:
         scheme = "per_tensor" if self._w_axis < 0 else "per_channel"
