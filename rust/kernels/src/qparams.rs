@@ -32,11 +32,13 @@ impl QDtype {
     }
 }
 
-/// Checks that a scale is usable by the kernels: finite and strictly positive.
+/// Checks that a scale is usable by the kernels: a positive normal float32 (a subnormal scale's
+/// reciprocal overflows, so quantize would map every value to the range's end).
 pub fn check_scale(scale: f32) -> Result<()> {
-    if !(scale.is_finite() && scale > 0.0) {
+    if !(scale.is_normal() && scale > 0.0) {
         return Err(KernelError::InvalidQParams(format!(
-            "scale must be a finite number > 0, got {scale}; recalibrate the observer or pass a valid scale"
+            "scale must be a finite float32 number >= 1.1754944e-38 (the smallest normal), got \
+             {scale:e}; recalibrate the observer or pass a valid scale"
         )));
     }
     Ok(())

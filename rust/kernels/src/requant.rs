@@ -147,6 +147,17 @@ impl OutputStage for StoreI32 {
     }
 }
 
+/// The products `fl(xs·ws[j])` must stay finite, or an output with accumulator 0 would be NaN.
+fn check_products(products: &[f32]) -> Result<()> {
+    match products.iter().find(|p| !p.is_finite()) {
+        None => Ok(()),
+        Some(p) => Err(KernelError::InvalidQParams(format!(
+            "activation scale × weight scale = {p} overflows float32; the weight scales are too \
+             large for these activations (re-quantize the weights with an observer)"
+        ))),
+    }
+}
+
 /// Dynamic-linear output (docs/numerics.md "Dynamic activation qparams"):
 /// `y = fma(float(acc), fl(xs·ws[j]), b[j])`,
 /// then `max(y, 0)` when `relu`.
@@ -164,7 +175,8 @@ pub struct DequantF32 {
 impl DequantF32 {
     pub fn new(a_scale: f32, w: &PackedWeights, bias: Option<&[f32]>, relu: bool) -> Result<Self> {
         let n = w.n();
-        let scale = w.scales().iter().map(|&ws| a_scale * ws).collect();
+        let scale: Vec<f32> = w.scales().iter().map(|&ws| a_scale * ws).collect();
+        check_products(&scale)?;
         let bias = match bias {
             Some(b) => {
                 check_len("bias", n, b.len())?;
@@ -189,6 +201,9 @@ impl DequantF32 {
         relu: bool,
     ) -> Result<Self> {
         let mut s = Self::new(1.0, w, bias, relu)?;
+        let wmax = w.scales().iter().fold(0f32, |a, &b| a.max(b));
+        let xmax = row_scales.iter().fold(0f32, |a, &b| a.max(b));
+        check_products(&[xmax * wmax])?;
         s.row_scales = Some(row_scales.to_vec());
         Ok(s)
     }

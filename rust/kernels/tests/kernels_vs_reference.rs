@@ -516,4 +516,27 @@ fn fuzzer_found_edge_cases_are_errors_or_exact() {
     // ranges wider than i32
     assert!(choose_qparams_dynamic(-1.0, 1.0, i32::MIN, i32::MAX).is_ok());
     assert!(PackedA::quantize_dynamic(&[0.5; 4], 1, 4, -5, 300).is_err());
+    // subnormal scales: their reciprocal overflows
+    let mut q = [0u8; 1];
+    assert!(
+        ferroquant_kernels::quantize::quantize_per_tensor(&[0.0], 1e-40, 0, 0, 255, &mut q)
+            .is_err()
+    );
+    assert!(PackedWeights::new(&[1], 1, 1, &[1e-40], &[0]).is_err());
+    // activation × weight scale overflowing float32: an error, not NaN outputs
+    let big = PackedWeights::new(&[0, 1], 2, 1, &[1e35, 1e35], &[0, 0]).unwrap();
+    assert!(DequantF32::new(1e10, &big, None, false).is_err());
+    assert!(DequantF32::per_row(&[1.0, 1e10], &big, None, false).is_err());
+    assert!(linear_dynamic(
+        Engine::Scalar,
+        &[1e12, 0.0],
+        2,
+        &big,
+        None,
+        false,
+        false,
+        &mut [0.0; 4],
+        1
+    )
+    .is_err());
 }
