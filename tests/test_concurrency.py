@@ -79,30 +79,81 @@ def test_eight_threads_running_one_model_match_one_thread(kind, parallel_kernels
     assert _core.pool_workers() <= _core.max_threads() - 1
 
 
-def test_resizing_an_argument_from_another_thread_cannot_crash_or_change_a_call():
-    # numpy's resize(refcheck=False) frees the old buffer. Before the fix, the GIL-free kernel
-    # read the freed buffer (a segfault); now the argument is copied while the GIL is held.
-    rng = np.random.default_rng(0)
-    w = rng.integers(-128, 128, size=(64, 300), dtype=np.int8)
-    packed = _core.PackedLinear(w, np.full(1, 0.01, np.float32), np.zeros(1, np.int32))
-    x = rng.standard_normal(64 * 300).astype(np.float32)
-    want = packed.linear_dynamic(x.reshape(64, 300).copy())[0]
-    stop = threading.Event()
+RESIZE_SCRIPT = """
+import sys, threading
+import numpy as np
+from ferroquant import _core
 
-    def resizer() -> None:
-        while not stop.is_set():
-            x.resize((64 * 300 + 4096,), refcheck=False)  # grows: the values stay, new tail is 0
-            x.resize((64 * 300,), refcheck=False)
-
-    t = threading.Thread(target=resizer)
-    t.start()
+which = sys.argv[1]
+rng = np.random.default_rng(0)
+n, k = 8192, 256
+w = rng.integers(-128, 128, size=(16, k), dtype=np.int8)
+packed = _core.PackedLinear(w, np.full(1, 0.01, np.float32), np.zeros(1, np.int32))
+conv = _core.PackedConv(
+    rng.integers(-128, 128, size=(4, 4, 1, 1, 3), dtype=np.int8), np.full(1, 0.01, np.float32),
+    np.zeros(1, np.int32), [1, 1, 1], [0, 0, 1], [1, 1, 1], 1,
+)
+if which == "float":
+    x = rng.standard_normal(n * k).astype(np.float32)
+    calls = {
+        "quantize": lambda a: _core.quantize_per_tensor(a, 0.05, 3, 0, 255, "quint8"),
+        "linear_dynamic": lambda a: packed.linear_dynamic(a.reshape(-1, k))[0],
+    }
+else:
+    x = rng.integers(0, 256, size=n * k, dtype=np.uint8)
+    calls = {
+        "dequantize": lambda a: _core.dequantize_per_tensor(a, 0.1, 7),
+        "linear_static": lambda a: packed.linear_static(a.reshape(-1, k), 0.1, 7, None, 0.5, 100, 0, 255),
+        "conv": lambda a: conv.conv_static(a.reshape(1, 1, 1, -1, 4), 0.1, 7, None, 0.5, 100, 0, 255),
+    }
+# every state the array can be in: as made, shrunk to 64 values, grown back (64 values + zeros)
+small = x[:64].copy()
+regrown = np.zeros_like(x)
+regrown[:64] = small
+states = [x.copy(), small, regrown]
+def outcome(f, a):
     try:
-        for _ in range(300):
-            out = packed.linear_dynamic(x[: 64 * 300].reshape(64, 300))[0]
-            assert np.array_equal(out, want)
-    finally:
-        stop.set()
-        t.join()
+        return f(a)
+    except ValueError:
+        return None  # this state is not a valid argument for f
+
+
+want = {name: [o for o in (outcome(f, st) for st in states) if o is not None] for name, f in calls.items()}
+stop = False
+
+def resizer():
+    while not stop:
+        x.resize((64,), refcheck=False)  # frees the buffer the call may be reading
+        x.resize((n * k,), refcheck=False)
+
+t = threading.Thread(target=resizer)
+t.start()
+try:
+    for i in range(100):
+        for name, f in calls.items():
+            try:
+                got = f(x)
+            except ValueError:
+                continue  # a reshape of the shrunken array: an error, never a crash
+            assert any(got.shape == e.shape and np.array_equal(got, e) for e in want[name]), name
+finally:
+    stop = True
+    t.join()
+print("ok")
+"""
+
+
+@pytest.mark.parametrize("kind", ["float", "uint8"])
+def test_resizing_an_argument_from_another_thread_cannot_crash_a_call(kind):
+    # numpy's resize(refcheck=False) frees the old buffer. Before the fix, the GIL-free kernel
+    # read the freed buffer (a segfault), and then releasing the numpy borrow after the call
+    # aborted the interpreter; now the argument is copied while the GIL is held and the borrow
+    # ends before the GIL is released. In a subprocess, so a crash fails this test only.
+    import subprocess
+    import sys
+
+    r = subprocess.run([sys.executable, "-c", RESIZE_SCRIPT, kind], capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0 and r.stdout.startswith("ok"), (r.returncode, r.stderr[-3000:])
 
 
 def test_values_written_by_another_thread_are_seen_whole_or_not_at_all():

@@ -695,3 +695,47 @@ def test_quantize_dynamic_with_an_empty_linear_names_it_and_how_to_keep_it_float
     assert isinstance(q[0], fq.nn.quantized.dynamic.Linear) and type(q[1][0]) is nn.Linear
     with pytest.raises(ValueError, match=r"cannot quantize an empty weight"):
         fq.nn.quantized.dynamic.Linear.from_float(nn.Linear(*shape))
+
+
+def test_modules_work_when_built_and_loaded_under_inference_mode():
+    ref = fq.quantize_dynamic(nn.Sequential(nn.Linear(8, 4)))
+    sd = ref.state_dict()
+    x = torch.randn(3, 8)
+    with torch.inference_mode():
+        q = fq.quantize_dynamic(nn.Sequential(nn.Linear(8, 4)))
+        q.load_state_dict(sd)
+        assert torch.equal(q(x), ref(x))
+        static = fq.nn.quantized.Linear(8, 4)
+        conv = fq.nn.quantized.Conv2d(4, 4, 1)
+        bad = dict(sd)
+        bad["0.weight_scale"] = torch.zeros(1)
+        with pytest.raises(RuntimeError, match="weight_scale"):
+            q.load_state_dict(bad)
+        assert torch.equal(q(x), ref(x))  # a failed load leaves it usable
+    assert torch.equal(q(x), ref(x))
+    # the weights are normal tensors, so in-place edits still repack
+    q[0].weight().int_repr().add_(1)
+    assert not torch.equal(q(x), ref(x))
+    assert static.weight().int_repr().shape == (4, 8) and conv.weight().int_repr().shape == (4, 4, 1, 1)
+
+
+def test_scripted_model_loaded_under_inference_mode_reuses_packed_weights(tmp_path):
+    import ferroquant._ops as ops
+
+    q = fq.quantize_dynamic(nn.Sequential(nn.Linear(64, 32)))
+    path = tmp_path / "m.pt"
+    torch.jit.save(torch.jit.script(q), str(path))
+    x = torch.randn(2, 64)
+    with torch.inference_mode():
+        m = torch.jit.load(str(path))
+        first = m(x)
+        entries = dict(ops._CACHE)
+        assert entries
+        assert torch.equal(m(x), first)
+        # the same cache entries served the second call (no repack)
+        assert all(ops._CACHE.get(k) is e for k, e in entries.items())
+        # in-place edits of an inference weight are still seen (values are compared)
+        w = getattr(m, "0")._w
+        assert w.is_inference() and w.dtype == torch.int8
+        w.add_(1)
+        assert not torch.equal(m(x), first)

@@ -11,7 +11,9 @@ reference) with the same ``_version``, storage address and shape, and the same q
 (and conv geometry). When the weight tensor is freed its entry goes with it, so a new tensor
 that happens to reuse the freed memory is always repacked. An in-place edit through torch
 (``w.copy_(...)``, ``w.fill_(...)``) bumps ``_version`` and repacks too; writes that bypass
-torch's version counter (through ``w.numpy()`` or ``w.data``) are not seen.
+torch's version counter (through ``w.numpy()`` or ``w.data``) are not seen. Inference tensors
+(a model loaded under ``torch.inference_mode()``) have no version counter: their entry keeps a
+copy of the int8 values and is reused only while the tensor still equals it.
 """
 
 from __future__ import annotations
@@ -107,7 +109,7 @@ def check_requant_scales(
 class _Entry:
     """One cached packed weight and what it was built from."""
 
-    __slots__ = ("ref", "version", "data_ptr", "shape", "scale", "zero_point", "packed")
+    __slots__ = ("ref", "version", "data_ptr", "shape", "scale", "zero_point", "packed", "snapshot")
 
     def __init__(
         self,
@@ -118,7 +120,9 @@ class _Entry:
         packed: object,
     ) -> None:
         self.ref = ref
-        self.version = weight._version
+        # inference tensors have no version counter: keep a copy of the values to compare instead
+        self.snapshot = weight.detach().clone() if weight.is_inference() else None
+        self.version = None if weight.is_inference() else weight._version
         self.data_ptr = weight.data_ptr()
         self.shape = tuple(weight.shape)
         self.scale = scale.detach().clone()
@@ -142,14 +146,16 @@ def _cached(
     build: Callable[[], _P],
 ) -> _P:
     """The packed form of ``weight`` from the cache, or ``build()`` (and cache it)."""
-    if weight.is_inference():
-        return build()  # no version counter to tell in-place edits apart: never cache
     key = (id(weight), config)
     entry = _CACHE.get(key)
     if (
         entry is not None
         and entry.ref() is weight
-        and entry.version == weight._version
+        and (
+            entry.version == weight._version
+            if entry.snapshot is None
+            else weight.is_inference() and _same_values(entry.snapshot, weight)
+        )
         and entry.data_ptr == weight.data_ptr()
         and entry.shape == tuple(weight.shape)
         and _same_values(entry.scale, scale)

@@ -92,6 +92,25 @@ fn owned1<T: numpy::Element + Copy>(a: &PyReadonlyArray1<'_, T>, what: &str) -> 
     Ok(out)
 }
 
+/// An array argument copied out of Python's memory with the GIL held: its values in C order and
+/// its shape. The numpy borrow ends before this returns, so the GIL can be released afterwards
+/// even if Python then resizes or frees the array (rust-numpy looks a borrow up by the array's
+/// current data pointer when releasing it).
+fn take<T: numpy::Element + Copy>(
+    o: &Bound<'_, PyAny>,
+    what: &str,
+) -> PyResult<(Vec<T>, Vec<usize>)> {
+    let a = arr::<T>(o, what)?;
+    let data = owned(&a, what)?;
+    Ok((data, a.shape().to_vec()))
+}
+
+/// [`take`] for 1-D arrays.
+fn take1<T: numpy::Element + Copy>(o: &Bound<'_, PyAny>, what: &str) -> PyResult<Vec<T>> {
+    let a = arr1::<T>(o, what)?;
+    owned1(&a, what)
+}
+
 /// A zero-filled output buffer of `shape`, or MemoryError / ValueError (never an abort).
 fn output<T: Clone + Default>(shape: &[usize], what: &str) -> PyResult<Vec<T>> {
     let n = k::error::checked_numel(shape, what).map_err(to_py)?;
@@ -201,9 +220,7 @@ fn quantize_per_tensor<'py>(
     qmax: i32,
     dtype: &str,
 ) -> PyResult<Bound<'py, PyAny>> {
-    let x = arr::<f32>(x, "input")?;
-    let xs = owned(&x, "input")?;
-    let shape = x.shape().to_vec();
+    let (xs, shape) = take::<f32>(x, "input")?;
     match dtype {
         "quint8" => quantize_into::<u8>(py, xs, &shape, scale, zero_point, qmin, qmax),
         "qint8" => quantize_into::<i8>(py, xs, &shape, scale, zero_point, qmin, qmax),
@@ -246,14 +263,10 @@ fn quantize_per_channel<'py>(
     qmax: i32,
     dtype: &str,
 ) -> PyResult<Bound<'py, PyAny>> {
-    let x = arr::<f32>(x, "input")?;
-    let scales = arr1::<f32>(scales, "scales")?;
-    let zero_points = arr1::<i32>(zero_points, "zero_points")?;
-    let shape = x.shape().to_vec();
+    let (xs, shape) = take::<f32>(x, "input")?;
+    let s = take1::<f32>(scales, "scales")?;
+    let z = take1::<i32>(zero_points, "zero_points")?;
     let layout = ChannelLayout::from_shape(&shape, axis).map_err(to_py)?;
-    let xs = owned(&x, "input")?;
-    let s = owned1(&scales, "scales")?;
-    let z = owned1(&zero_points, "zero_points")?;
     match dtype {
         "quint8" => quantize_pc_into::<u8>(py, xs, &shape, layout, s, z, qmin, qmax),
         "qint8" => quantize_pc_into::<i8>(py, xs, &shape, layout, s, z, qmin, qmax),
@@ -264,22 +277,22 @@ fn quantize_per_channel<'py>(
     }
 }
 
-/// The integer arrays `dequantize_*` accept.
-enum IntArray<'py> {
-    U8(PyReadonlyArrayDyn<'py, u8>),
-    I8(PyReadonlyArrayDyn<'py, i8>),
-    I32(PyReadonlyArrayDyn<'py, i32>),
+/// The integer arrays `dequantize_*` accept, copied out of Python's memory (see [`take`]).
+enum IntData {
+    U8(Vec<u8>),
+    I8(Vec<i8>),
+    I32(Vec<i32>),
 }
 
-fn int_array<'py>(o: &Bound<'py, PyAny>, what: &str) -> PyResult<IntArray<'py>> {
-    if let Ok(a) = o.extract() {
-        return Ok(IntArray::U8(a));
+fn take_int(o: &Bound<'_, PyAny>, what: &str) -> PyResult<(IntData, Vec<usize>)> {
+    if let Ok((v, shape)) = take::<u8>(o, what) {
+        return Ok((IntData::U8(v), shape));
     }
-    if let Ok(a) = o.extract() {
-        return Ok(IntArray::I8(a));
+    if let Ok((v, shape)) = take::<i8>(o, what) {
+        return Ok((IntData::I8(v), shape));
     }
-    if let Ok(a) = o.extract() {
-        return Ok(IntArray::I32(a));
+    if let Ok((v, shape)) = take::<i32>(o, what) {
+        return Ok((IntData::I32(v), shape));
     }
     Err(pyo3::exceptions::PyTypeError::new_err(format!(
         "{what} must be a numpy array of dtype uint8, int8 or int32, got {}",
@@ -287,17 +300,17 @@ fn int_array<'py>(o: &Bound<'py, PyAny>, what: &str) -> PyResult<IntArray<'py>> 
     )))
 }
 
-fn dequant_pt<T: QInt + numpy::Element>(
+fn dequant_pt<T: QInt>(
     py: Python<'_>,
-    q: &PyReadonlyArrayDyn<'_, T>,
+    qs: &[T],
+    shape: &[usize],
     scale: f32,
     zp: i32,
-) -> PyResult<(Vec<f32>, Vec<usize>)> {
-    let qs = owned(q, "quantized data")?;
-    let mut out = output::<f32>(q.shape(), "the dequantized output")?;
-    py.detach(|| k::quantize::dequantize_per_tensor(&qs, scale, zp, &mut out))
+) -> PyResult<Vec<f32>> {
+    let mut out = output::<f32>(shape, "the dequantized output")?;
+    py.detach(|| k::quantize::dequantize_per_tensor(qs, scale, zp, &mut out))
         .map_err(to_py)?;
-    Ok((out, q.shape().to_vec()))
+    Ok(out)
 }
 
 /// Dequantizes an integer array (uint8 / int8 / int32) per tensor: fl(scale * fl(q - zp)).
@@ -308,29 +321,28 @@ fn dequantize_per_tensor<'py>(
     scale: f32,
     zero_point: i32,
 ) -> PyResult<Bound<'py, PyArrayDyn<f32>>> {
-    let q = int_array(q, "quantized data")?;
-    let (out, shape) = match &q {
-        IntArray::U8(a) => dequant_pt(py, a, scale, zero_point)?,
-        IntArray::I8(a) => dequant_pt(py, a, scale, zero_point)?,
-        IntArray::I32(a) => dequant_pt(py, a, scale, zero_point)?,
+    let (q, shape) = take_int(q, "quantized data")?;
+    let out = match &q {
+        IntData::U8(a) => dequant_pt(py, a, &shape, scale, zero_point)?,
+        IntData::I8(a) => dequant_pt(py, a, &shape, scale, zero_point)?,
+        IntData::I32(a) => dequant_pt(py, a, &shape, scale, zero_point)?,
     };
     PyArray1::from_vec(py, out).reshape(shape)
 }
 
-fn dequant_pc<T: QInt + numpy::Element>(
+fn dequant_pc<T: QInt>(
     py: Python<'_>,
-    q: &PyReadonlyArrayDyn<'_, T>,
+    qs: &[T],
+    shape: &[usize],
     scales: &[f32],
     zps: &[i32],
     axis: usize,
-) -> PyResult<(Vec<f32>, Vec<usize>)> {
-    let shape = q.shape().to_vec();
-    let layout = ChannelLayout::from_shape(&shape, axis).map_err(to_py)?;
-    let qs = owned(q, "quantized data")?;
-    let mut out = output::<f32>(&shape, "the dequantized output")?;
-    py.detach(|| k::quantize::dequantize_per_channel(&qs, layout, scales, zps, &mut out))
+) -> PyResult<Vec<f32>> {
+    let layout = ChannelLayout::from_shape(shape, axis).map_err(to_py)?;
+    let mut out = output::<f32>(shape, "the dequantized output")?;
+    py.detach(|| k::quantize::dequantize_per_channel(qs, layout, scales, zps, &mut out))
         .map_err(to_py)?;
-    Ok((out, shape))
+    Ok(out)
 }
 
 /// Dequantizes per channel along `axis`.
@@ -342,15 +354,13 @@ fn dequantize_per_channel<'py>(
     zero_points: &Bound<'py, PyAny>,
     axis: usize,
 ) -> PyResult<Bound<'py, PyArrayDyn<f32>>> {
-    let q = int_array(q, "quantized data")?;
-    let scales = arr1::<f32>(scales, "scales")?;
-    let zero_points = arr1::<i32>(zero_points, "zero_points")?;
-    let s = owned1(&scales, "scales")?;
-    let z = owned1(&zero_points, "zero_points")?;
-    let (out, shape) = match &q {
-        IntArray::U8(a) => dequant_pc(py, a, &s, &z, axis)?,
-        IntArray::I8(a) => dequant_pc(py, a, &s, &z, axis)?,
-        IntArray::I32(a) => dequant_pc(py, a, &s, &z, axis)?,
+    let (q, shape) = take_int(q, "quantized data")?;
+    let s = take1::<f32>(scales, "scales")?;
+    let z = take1::<i32>(zero_points, "zero_points")?;
+    let out = match &q {
+        IntData::U8(a) => dequant_pc(py, a, &shape, &s, &z, axis)?,
+        IntData::I8(a) => dequant_pc(py, a, &shape, &s, &z, axis)?,
+        IntData::I32(a) => dequant_pc(py, a, &shape, &s, &z, axis)?,
     };
     PyArray1::from_vec(py, out).reshape(shape)
 }
@@ -372,8 +382,7 @@ fn check_2d(shape: &[usize], k_expect: usize, what: &str) -> PyResult<usize> {
 }
 
 fn owned_bias(b: Option<&Bound<'_, PyAny>>) -> PyResult<Option<Vec<f32>>> {
-    b.map(|b| owned1(&arr1::<f32>(b, "bias")?, "bias"))
-        .transpose()
+    b.map(|b| take1::<f32>(b, "bias")).transpose()
 }
 
 #[pymethods]
@@ -387,18 +396,14 @@ impl PackedLinear {
         scales: &Bound<'_, PyAny>,
         zero_points: &Bound<'_, PyAny>,
     ) -> PyResult<Self> {
-        let weight = arr::<i8>(weight, "weight")?;
-        let scales = arr1::<f32>(scales, "scales")?;
-        let zero_points = arr1::<i32>(zero_points, "zero_points")?;
-        let shape = weight.shape().to_vec();
+        let (w, shape) = take::<i8>(weight, "weight")?;
+        let s = take1::<f32>(scales, "scales")?;
+        let z = take1::<i32>(zero_points, "zero_points")?;
         if shape.len() != 2 {
             return Err(value_error(format!(
                 "weight must be 2-D [out_features, in_features], got shape {shape:?}"
             )));
         }
-        let w = owned(&weight, "weight")?;
-        let s = owned1(&scales, "scales")?;
-        let z = owned1(&zero_points, "zero_points")?;
         let inner = py
             .detach(|| k::PackedWeights::new(&w, shape[0], shape[1], &s, &z))
             .map_err(to_py)?;
@@ -440,9 +445,8 @@ impl PackedLinear {
         threads: usize,
         per_row: bool,
     ) -> PyResult<(Bound<'py, PyArrayDyn<f32>>, Vec<f64>, Vec<i32>)> {
-        let x = arr::<f32>(x, "input")?;
-        let m = check_2d(x.shape(), self.inner.k(), "input")?;
-        let xs = owned(&x, "input")?;
+        let (xs, shape) = take::<f32>(x, "input")?;
+        let m = check_2d(&shape, self.inner.k(), "input")?;
         let b = owned_bias(bias)?;
         let n = self.inner.n();
         let mut out = output::<f32>(&[m, n], "the linear output")?;
@@ -482,9 +486,8 @@ impl PackedLinear {
         out_dtype: &str,
         threads: usize,
     ) -> PyResult<Bound<'py, PyAny>> {
-        let a = arr::<u8>(a, "input")?;
-        let m = check_2d(a.shape(), self.inner.k(), "input")?;
-        let av = owned(&a, "input")?;
+        let (av, shape) = take::<u8>(a, "input")?;
+        let m = check_2d(&shape, self.inner.k(), "input")?;
         let b = owned_bias(bias)?;
         let n = self.inner.n();
         let e = engine();
@@ -563,10 +566,9 @@ impl PackedConv {
         dilation: Vec<usize>,
         groups: usize,
     ) -> PyResult<Self> {
-        let weight = arr::<i8>(weight, "weight")?;
-        let scales = arr1::<f32>(scales, "scales")?;
-        let zero_points = arr1::<i32>(zero_points, "zero_points")?;
-        let shape = weight.shape().to_vec();
+        let (w, shape) = take::<i8>(weight, "weight")?;
+        let s = take1::<f32>(scales, "scales")?;
+        let z = take1::<i32>(zero_points, "zero_points")?;
         if shape.len() != 5 {
             return Err(value_error(format!(
                 "conv weight must be 5-D [out, in/groups, kd, kh, kw] (1d/2d weights unsqueezed), got shape {shape:?}"
@@ -579,9 +581,6 @@ impl PackedConv {
             dilation: triple(dilation, "dilation")?,
             groups,
         };
-        let w = owned(&weight, "weight")?;
-        let s = owned1(&scales, "scales")?;
-        let z = owned1(&zero_points, "zero_points")?;
         let cin = shape[1].checked_mul(groups).ok_or_else(|| {
             value_error(format!(
                 "groups = {groups} is too large for a weight of shape {shape:?}"
@@ -611,15 +610,13 @@ impl PackedConv {
         out_dtype: &str,
         threads: usize,
     ) -> PyResult<Bound<'py, PyAny>> {
-        let x = arr::<u8>(x, "input")?;
-        let shape = x.shape().to_vec();
+        let (xs, shape) = take::<u8>(x, "input")?;
         if shape.len() != 5 || shape[4] != self.inner.in_channels() {
             return Err(value_error(format!(
                 "conv input must be channels-last [N, D, H, W, {}], got {shape:?}",
                 self.inner.in_channels()
             )));
         }
-        let xs = owned(&x, "input")?;
         let b = owned_bias(bias)?;
         let (n, sp) = (shape[0], [shape[1], shape[2], shape[3]]);
         let e = engine();

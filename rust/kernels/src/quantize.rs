@@ -163,8 +163,12 @@ impl ChannelLayout {
         })
     }
 
+    /// Element count (saturating: a hand-built layout too large for memory then fails every
+    /// length check instead of wrapping).
     pub fn numel(&self) -> usize {
-        self.outer * self.channels * self.inner
+        self.outer
+            .saturating_mul(self.channels)
+            .saturating_mul(self.inner)
     }
 }
 
@@ -250,6 +254,11 @@ pub fn dequantize_per_channel<T: QInt>(
         layout.channels,
         zero_points.len(),
     )?;
+    if let Some(bad) = scales.iter().find(|s| !s.is_finite()) {
+        return Err(KernelError::InvalidQParams(format!(
+            "per-channel scales must be finite, got {bad}"
+        )));
+    }
     let block = layout.channels * layout.inner;
     if block == 0 {
         return Ok(());

@@ -201,6 +201,13 @@ impl DequantF32 {
         relu: bool,
     ) -> Result<Self> {
         let mut s = Self::new(1.0, w, bias, relu)?;
+        if let Some(bad) = row_scales.iter().find(|s| !(s.is_finite() && **s > 0.0)) {
+            return Err(KernelError::InvalidQParams(format!(
+                "per-row activation scales must be finite and > 0, got {bad}"
+            )));
+        }
+        // weight scales are checked when packing: both sides positive and finite, so the
+        // largest product decides
         let wmax = w.scales().iter().fold(0f32, |a, &b| a.max(b));
         let xmax = row_scales.iter().fold(0f32, |a, &b| a.max(b));
         check_products(&[xmax * wmax])?;

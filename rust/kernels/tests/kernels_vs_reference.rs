@@ -540,3 +540,25 @@ fn fuzzer_found_edge_cases_are_errors_or_exact() {
     )
     .is_err());
 }
+
+#[test]
+fn per_row_scales_and_per_channel_dequantize_scales_are_checked() {
+    use ferroquant_kernels::quantize::{dequantize_per_channel, ChannelLayout};
+    let pw = PackedWeights::new(&[1, 2, 3, 4], 2, 2, &[0.5, 0.25], &[0, 0]).unwrap();
+    for bad in [f32::NAN, f32::NEG_INFINITY, -1.0, 0.0] {
+        assert!(
+            DequantF32::per_row(&[bad, 0.1], &pw, None, false).is_err(),
+            "{bad}"
+        );
+    }
+    let layout = ChannelLayout::from_shape(&[2, 2], 0).unwrap();
+    let mut out = [0f32; 4];
+    assert!(
+        dequantize_per_channel(&[1u8, 2, 3, 4], layout, &[1.0, f32::NAN], &[0, 0], &mut out)
+            .is_err()
+    );
+    assert!(
+        dequantize_per_channel(&[1u8, 2, 3, 4], layout, &[1.0, 2.0], &[0, 1], &mut out).is_ok()
+    );
+    assert_eq!(out, [1.0, 2.0, 4.0, 6.0]);
+}

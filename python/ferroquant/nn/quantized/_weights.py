@@ -149,6 +149,15 @@ class AtomicLoad:
                 change()
 
 
+def _normal(t: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
+    """``t`` as a normal tensor: a copy when it was made under ``torch.inference_mode()``, whose
+    tensors have no version counter (modules compare versions to repack after in-place edits)."""
+    if t is None or not t.is_inference():
+        return t
+    with torch.inference_mode(False):
+        return t.clone()
+
+
 class WeightedQuantModule(AtomicLoad, nn.Module):
     """Holds an int8 weight (as a QTensor's parts) and a float bias, with the shared
     state_dict scheme; subclasses build their packed form in ``_pack``."""
@@ -160,16 +169,18 @@ class WeightedQuantModule(AtomicLoad, nn.Module):
 
     def _init_weight_storage(self, weight_shape: tuple[int, ...], has_bias: bool) -> None:
         self._weight_shape = tuple(weight_shape)
-        try:
-            self._w = torch.zeros(weight_shape, dtype=torch.int8)
-        except RuntimeError as e:  # torch's allocator: "can't allocate memory", size overflow
-            raise MemoryError(
-                f"{type(self).__name__}: cannot allocate an int8 weight of shape {list(weight_shape)} ({e})"
-            ) from e
-        self._w_scale = torch.ones(1, dtype=torch.float32)
-        self._w_zp = torch.zeros(1, dtype=torch.int64)
-        self._w_axis = -1
-        self._bias: Optional[torch.Tensor] = torch.zeros(weight_shape[0]) if has_bias else None
+        # normal tensors even under torch.inference_mode(): they need version counters
+        with torch.inference_mode(False):
+            try:
+                self._w = torch.zeros(weight_shape, dtype=torch.int8)
+            except RuntimeError as e:  # torch's allocator: "can't allocate memory", size overflow
+                raise MemoryError(
+                    f"{type(self).__name__}: cannot allocate an int8 weight of shape {list(weight_shape)} ({e})"
+                ) from e
+            self._w_scale = torch.ones(1, dtype=torch.float32)
+            self._w_zp = torch.zeros(1, dtype=torch.int64)
+            self._w_axis = -1
+            self._bias: Optional[torch.Tensor] = torch.zeros(weight_shape[0]) if has_bias else None
 
     # -- the torch.ao accessors -------------------------------------------------------------------
     def weight(self) -> QTensor:
@@ -226,6 +237,7 @@ class WeightedQuantModule(AtomicLoad, nn.Module):
             packed = self._pack(data, scale, zp)  # raises before anything changes
         except (ValueError, TypeError, MemoryError, RuntimeError) as e:
             raise_named(e, f"{who}.set_weight_bias")
+        data, scale, zp, bias = _normal(data), _normal(scale), _normal(zp), _normal(bias)
         self._w, self._w_scale, self._w_zp, self._w_axis, self._bias = data, scale, zp, axis, bias
         self._set_packed(packed)
 
@@ -338,9 +350,9 @@ class WeightedQuantModule(AtomicLoad, nn.Module):
         w, scale, zp, axis, bias, packed = staged
 
         def apply() -> None:
-            self._w, self._w_scale, self._w_zp, self._w_axis = w, scale, zp, axis
+            self._w, self._w_scale, self._w_zp, self._w_axis = _normal(w), _normal(scale), _normal(zp), axis
             if self._bias is not None:
-                self._bias = bias
+                self._bias = _normal(bias)
             self._set_packed(packed)
 
         return [*changes, apply]

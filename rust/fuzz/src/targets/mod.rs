@@ -1,0 +1,7 @@
+//! The fuzz targets, one function over raw bytes each.
+
+pub mod conv;
+pub mod gemm;
+pub mod pack;
+pub mod quantize;
+pub mod requantize;
