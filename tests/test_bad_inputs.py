@@ -336,7 +336,7 @@ ROWS = [
         "conv2d-input-smaller-than-kernel",
         lambda: qconv()(qx((1, 2, 2, 2))),
         ValueError,
-        r"Conv2d: convolution input: expected spatial size ≥ 3 \(kernel span\) after padding, got 2",
+        r"Conv2d: convolution input along the height axis: expected size ≥ 3 \(kernel span\) after padding, got 2",
     ),
     row(
         "quantize_per_channel-0d",
@@ -811,13 +811,13 @@ ROWS = [
         "conv2d-padding-2**63",
         lambda: Q.Conv2d(1, 1, 1, padding=2**63)(qx((1, 1, 1, 1))),
         ValueError,
-        r"Conv2d: convolution geometry overflows in dimension 1: input 1, padding 9223372036854775808",
+        r"Conv2d: convolution geometry overflows along the height axis: input 1, padding 9223372036854775808",
     ),
     row(
         "conv2d-dilation-2**64-1",
         lambda: Q.Conv2d(1, 1, 2, dilation=2**64 - 1)(qx((1, 1, 1, 1))),
         ValueError,
-        r"Conv2d: convolution geometry overflows in dimension 1: .*dilation 18446744073709551615",
+        r"Conv2d: convolution geometry overflows along the height axis: .*dilation 18446744073709551615",
     ),
     row(
         "conv2d-same-padding-huge-dilation",
@@ -1117,3 +1117,40 @@ def test_k_at_the_limit_is_accepted_and_exact():
     x = torch.full((1, 65793), 2.55)  # quantizes to 255 with scale 0.01, zero point 0
     y = m(x)
     assert y.item() == pytest.approx(65793 * 255 * -128 * 0.01 * 0.01, rel=1e-6)
+
+
+@pytest.mark.parametrize(
+    "make, match",
+    [
+        (lambda: fq.HistogramObserver(bins=-3), "bins must be an int >= 1"),
+        (lambda: fq.HistogramObserver(bins=0), "bins must be an int >= 1"),
+        (lambda: fq.HistogramObserver(bins=2.5), "bins must be an int >= 1"),
+        (lambda: fq.MinMaxObserver(eps=0), "eps .* must be a finite number > 0"),
+        (lambda: fq.MinMaxObserver(eps=-1e-3), "eps .* must be a finite number > 0"),
+        (lambda: fq.MinMaxObserver(eps=float("nan")), "eps .* must be a finite number > 0"),
+        (lambda: fq.MovingAverageMinMaxObserver(averaging_constant=2), "averaging_constant must be a number in"),
+        (lambda: fq.MovingAverageMinMaxObserver(averaging_constant=0), "averaging_constant must be a number in"),
+        (
+            lambda: fq.MovingAveragePerChannelMinMaxObserver(averaging_constant=-0.5),
+            "averaging_constant must be a number in",
+        ),
+    ],
+)
+def test_observer_constructor_arguments_are_checked(make, match):
+    with pytest.raises(ValueError, match=match):
+        make()
+
+
+def test_core_axis_and_zero_point_errors_say_what_is_wrong():
+    import numpy as np
+    from ferroquant import _core
+
+    q = np.zeros((2, 3), np.uint8)
+    with pytest.raises(IndexError, match=r"axis -5 is out of range for a 2-D array; expected an axis in \[-2, 1\]"):
+        _core.dequantize_per_channel(q, np.ones(2, np.float32), np.zeros(2, np.int32), -5)
+    # negative axes count from the end, as in torch
+    assert _core.dequantize_per_channel(q, np.ones(3, np.float32), np.zeros(3, np.int32), -1).shape == (2, 3)
+    with pytest.raises(ValueError, match=r"zero_point 2147483648 is outside the int32 range"):
+        _core.quantize_per_tensor(np.zeros(3, np.float32), 1.0, 2**31, 0, 255, "quint8")
+    with pytest.raises(ValueError, match=r"zero_point -2147483649 is outside the int32 range"):
+        _core.dequantize_per_tensor(q, 1.0, -(2**31) - 1)

@@ -210,3 +210,30 @@ def test_any_spin_setting_works(spin_us):
     env = {**os.environ, "FERROQUANT_SPIN_US": spin_us}
     r = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
     assert r.returncode == 0 and r.stdout.strip() == "ok", r.stderr[-2000:]
+
+
+def test_a_worker_the_os_refuses_means_fewer_threads_not_an_error():
+    # Address space capped just above current use: starting a worker (its stack) fails. Before,
+    # the call raised PanicException and every later call panicked again.
+    import subprocess
+    import sys
+
+    code = (
+        "import resource, numpy as np\n"
+        "from ferroquant import _core\n"
+        "rng = np.random.default_rng(0)\n"
+        "w = rng.integers(-128, 128, size=(64, 256), dtype=np.int8)\n"
+        "p = _core.PackedLinear(w, np.full(1, 0.01, np.float32), np.zeros(1, np.int32))\n"
+        "x = rng.standard_normal((128, 256)).astype(np.float32)\n"
+        "_core.set_parallel_min_macs(0)\n"
+        "want = p.linear_dynamic(x, threads=1)[0]\n"
+        "assert _core.pool_workers() == 0\n"
+        "vm = int([l for l in open('/proc/self/status') if l.startswith('VmSize')][0].split()[1]) * 1024\n"
+        "resource.setrlimit(resource.RLIMIT_AS, (vm + (1 << 20), resource.RLIM_INFINITY))\n"
+        "for _ in range(3):\n"
+        "    assert np.array_equal(p.linear_dynamic(x, threads=2)[0], want)\n"
+        "assert _core.pool_workers() == 0\n"
+        "print('ok')\n"
+    )
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0 and r.stdout.strip() == "ok", r.stderr[-2000:]

@@ -122,6 +122,11 @@ def calculate_qmin_qmax(
     return 0, 15
 
 
+def _check_averaging_constant(who: str, c: Any) -> None:
+    if isinstance(c, bool) or not isinstance(c, (int, float)) or not 0 < float(c) <= 1:
+        raise ValueError(f"{who}: averaging_constant must be a number in (0, 1] (default 0.01), got {c!r}")
+
+
 class ObserverBase(nn.Module):
     """Base of all observers: holds the target ``dtype`` and ``is_dynamic``."""
 
@@ -213,6 +218,11 @@ class UniformQuantizationObserverBase(ObserverBase):
         **kwargs: Any,
     ) -> None:
         super().__init__(dtype=dtype, is_dynamic=is_dynamic)
+        if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not (0 < float(eps) < float("inf")):
+            raise ValueError(
+                f"{type(self).__name__}: eps (the smallest scale it returns) must be a finite number > 0, "
+                f"got {eps!r}; the default is torch.finfo(torch.float32).eps"
+            )
         factory_kwargs = dict(factory_kwargs or {})
         self._qdtype: QDtype = to_qdtype(dtype)
         self.qscheme = qscheme
@@ -371,6 +381,7 @@ class MovingAverageMinMaxObserver(MinMaxObserver):
         is_dynamic: bool = False,
         **kwargs: Any,
     ) -> None:
+        _check_averaging_constant(type(self).__name__, averaging_constant)
         if is_dynamic and averaging_constant != 1:
             raise NotImplementedError(
                 f"MovingAverageMinMaxObserver supports is_dynamic only with averaging_constant=1, "
@@ -533,6 +544,7 @@ class MovingAveragePerChannelMinMaxObserver(PerChannelMinMaxObserver):
         is_dynamic: bool = False,
         **kwargs: Any,
     ) -> None:
+        _check_averaging_constant(type(self).__name__, averaging_constant)
         super().__init__(
             ch_axis=ch_axis,
             dtype=dtype,
@@ -580,6 +592,8 @@ class HistogramObserver(UniformQuantizationObserverBase):
         is_dynamic: bool = False,
         **kwargs: Any,
     ) -> None:
+        if isinstance(bins, bool) or not isinstance(bins, int) or bins < 1:
+            raise ValueError(f"HistogramObserver: bins must be an int >= 1 (default 2048), got {bins!r}")
         if to_qscheme(qscheme).per_channel:
             raise NotImplementedError(f"HistogramObserver supports per-tensor qschemes only, got {qscheme}")
         if is_dynamic:

@@ -111,6 +111,31 @@ fn take1<T: numpy::Element + Copy>(o: &Bound<'_, PyAny>, what: &str) -> PyResult
     owned1(&a, what)
 }
 
+/// A zero point from Python (any int) as the kernels' i32, or a ValueError that says why.
+fn zp_i32(v: i64) -> PyResult<i32> {
+    i32::try_from(v).map_err(|_| {
+        value_error(format!(
+            "zero_point {v} is outside the int32 range; a zero point must lie inside its dtype's \
+             range (quint8 [0, 255], qint8 [-128, 127], qint32 [-2^31, 2^31 - 1])"
+        ))
+    })
+}
+
+/// An axis from Python (negative counts from the end, as in torch) for a tensor of `ndim` dims,
+/// or an IndexError naming the valid range.
+fn axis_of(axis: i64, ndim: usize) -> PyResult<usize> {
+    let n = ndim as i64;
+    if (-n..n).contains(&axis) {
+        Ok(if axis < 0 { axis + n } else { axis } as usize)
+    } else {
+        Err(pyo3::exceptions::PyIndexError::new_err(format!(
+            "axis {axis} is out of range for a {ndim}-D array; expected an axis in [{}, {}]",
+            -n,
+            n - 1
+        )))
+    }
+}
+
 /// A zero-filled output buffer of `shape`, or MemoryError / ValueError (never an abort).
 fn output<T: Clone + Default>(shape: &[usize], what: &str) -> PyResult<Vec<T>> {
     let n = k::error::checked_numel(shape, what).map_err(to_py)?;
@@ -215,12 +240,13 @@ fn quantize_per_tensor<'py>(
     py: Python<'py>,
     x: &Bound<'py, PyAny>,
     scale: f32,
-    zero_point: i32,
+    zero_point: i64,
     qmin: i32,
     qmax: i32,
     dtype: &str,
 ) -> PyResult<Bound<'py, PyAny>> {
     let (xs, shape) = take::<f32>(x, "input")?;
+    let zero_point = zp_i32(zero_point)?;
     match dtype {
         "quint8" => quantize_into::<u8>(py, xs, &shape, scale, zero_point, qmin, qmax),
         "qint8" => quantize_into::<i8>(py, xs, &shape, scale, zero_point, qmin, qmax),
@@ -258,7 +284,7 @@ fn quantize_per_channel<'py>(
     x: &Bound<'py, PyAny>,
     scales: &Bound<'py, PyAny>,
     zero_points: &Bound<'py, PyAny>,
-    axis: usize,
+    axis: i64,
     qmin: i32,
     qmax: i32,
     dtype: &str,
@@ -266,7 +292,7 @@ fn quantize_per_channel<'py>(
     let (xs, shape) = take::<f32>(x, "input")?;
     let s = take1::<f32>(scales, "scales")?;
     let z = take1::<i32>(zero_points, "zero_points")?;
-    let layout = ChannelLayout::from_shape(&shape, axis).map_err(to_py)?;
+    let layout = ChannelLayout::from_shape(&shape, axis_of(axis, shape.len())?).map_err(to_py)?;
     match dtype {
         "quint8" => quantize_pc_into::<u8>(py, xs, &shape, layout, s, z, qmin, qmax),
         "qint8" => quantize_pc_into::<i8>(py, xs, &shape, layout, s, z, qmin, qmax),
@@ -319,9 +345,10 @@ fn dequantize_per_tensor<'py>(
     py: Python<'py>,
     q: &Bound<'py, PyAny>,
     scale: f32,
-    zero_point: i32,
+    zero_point: i64,
 ) -> PyResult<Bound<'py, PyArrayDyn<f32>>> {
     let (q, shape) = take_int(q, "quantized data")?;
+    let zero_point = zp_i32(zero_point)?;
     let out = match &q {
         IntData::U8(a) => dequant_pt(py, a, &shape, scale, zero_point)?,
         IntData::I8(a) => dequant_pt(py, a, &shape, scale, zero_point)?,
@@ -352,11 +379,12 @@ fn dequantize_per_channel<'py>(
     q: &Bound<'py, PyAny>,
     scales: &Bound<'py, PyAny>,
     zero_points: &Bound<'py, PyAny>,
-    axis: usize,
+    axis: i64,
 ) -> PyResult<Bound<'py, PyArrayDyn<f32>>> {
     let (q, shape) = take_int(q, "quantized data")?;
     let s = take1::<f32>(scales, "scales")?;
     let z = take1::<i32>(zero_points, "zero_points")?;
+    let axis = axis_of(axis, shape.len())?;
     let out = match &q {
         IntData::U8(a) => dequant_pc(py, a, &shape, &s, &z, axis)?,
         IntData::I8(a) => dequant_pc(py, a, &shape, &s, &z, axis)?,

@@ -80,7 +80,8 @@ impl PackedWeights {
                 return Err(KernelError::TooLarge(format!(
                     "output channel {j} of this [{n}, {k}] int8 weight has sum |w - zero_point| = {l1}, \
                      above {MAX_COLUMN_ABS_SUM}: its int32 accumulator could overflow for some uint8 \
-                     inputs (exact for any weights up to K = 65793 inputs per output). Split the \
+                     inputs (any int8 weights are exact up to K = 65793 inputs per output with \
+                     zero point 0, 33025 with another zero point). Split the \
                      layer along its input features (e.g. two Linears whose outputs are added in \
                      float) or keep it in floating point"
                 )));

@@ -21,7 +21,14 @@ from torch import nn
 
 from ..._dtypes import qint8, to_qdtype, to_qscheme
 from ..._ops import check_requant_scales, raise_named
-from ...qtensor import QTensor, check_per_channel_qparams, quantize_per_channel, quantize_per_tensor
+from ...qtensor import (
+    QTensor,
+    check_per_channel_qparams,
+    check_scale,
+    check_zero_point,
+    quantize_per_channel,
+    quantize_per_tensor,
+)
 
 __all__ = ["AtomicLoad", "WeightedQuantModule", "quantize_weight", "module_label", "state_number"]
 
@@ -300,11 +307,17 @@ class WeightedQuantModule(AtomicLoad, nn.Module):
     def _check_requant(self, x_scale: float, out_scale: float) -> None:
         """``check_requant_scales`` for this module's packed weights, once per input scale,
         output scale and bias version (a repack checks again)."""
-        key = (x_scale, out_scale, -1 if self._bias is None else self._bias._version)
+        zp = getattr(self, "zero_point", 0)
+        key = (x_scale, out_scale, zp, -1 if self._bias is None else self._bias._version)
         if self._requant_ok == key:
             return
         name = getattr(self, "_fq_name", None)
         where = f"{type(self).__name__} '{name}'" if name else type(self).__name__
+        # the output qparams are plain attributes a user may have set: checked here by name
+        check_scale(out_scale, f"{where} output scale (.scale)")
+        out_dtype = getattr(self, "_out_dtype", None)
+        if out_dtype is not None:
+            check_zero_point(zp, out_dtype, f"{where} output zero point (.zero_point)")
         check_requant_scales(where, x_scale, self._w_scale, self._bias_np, out_scale)
         self._requant_ok = key
 

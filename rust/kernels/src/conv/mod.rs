@@ -33,10 +33,10 @@ impl ConvGeometry {
         self.check()?;
         let too_large = |i: usize| {
             KernelError::TooLarge(format!(
-                "convolution geometry overflows in dimension {i}: input {}, padding {}, \
+                "convolution geometry overflows along the {} axis: input {}, padding {}, \
                  kernel {}, dilation {}; use padding and dilation that keep the padded input \
                  and the kernel span below 2^62",
-                input[i], self.padding[i], self.kernel[i], self.dilation[i]
+                AXES[i], input[i], self.padding[i], self.kernel[i], self.dilation[i]
             ))
         };
         let mut out = [0; 3];
@@ -53,8 +53,8 @@ impl ConvGeometry {
                 .ok_or_else(|| too_large(i))?;
             if padded < span {
                 return Err(KernelError::ShapeMismatch {
-                    what: "convolution input".into(),
-                    expected: format!("spatial size ≥ {} (kernel span) after padding", span),
+                    what: format!("convolution input along the {} axis", AXES[i]),
+                    expected: format!("size ≥ {} (kernel span) after padding", span),
                     got: format!("{} (+ padding {})", input[i], 2 * self.padding[i]),
                 });
             }
@@ -76,6 +76,10 @@ impl ConvGeometry {
         Ok(())
     }
 }
+
+/// The spatial axes as messages name them (a conv1d's length is the width axis, a conv2d's
+/// axes are height and width).
+const AXES: [&str; 3] = ["depth", "height", "width (length for conv1d)"];
 
 /// Largest padded input or kernel span along one dimension (keeps index arithmetic, done in
 /// `isize`, far from overflow).
@@ -475,6 +479,8 @@ mod tests {
 
     #[test]
     fn conv_matches_direct_reference_on_every_engine() {
+        // small problems on several threads too (restored below; results never depend on it)
+        let old = crate::threading::set_parallel_min_macs(0);
         let cases = [
             // (n, spatial, cin, cout, kernel, stride, padding, dilation, groups)
             (
@@ -599,6 +605,7 @@ mod tests {
                 }
             }
         }
+        crate::threading::set_parallel_min_macs(old);
     }
 
     #[test]
