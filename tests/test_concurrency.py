@@ -4,6 +4,7 @@ outputs of one thread."""
 
 from __future__ import annotations
 
+import os
 import threading
 
 import ferroquant as fq
@@ -59,8 +60,20 @@ def _static_model() -> nn.Module:
     return fq.convert(p)
 
 
+@pytest.fixture(params=["openmp", "own"])
+def thread_runtime(request):
+    """Each test on torch's OpenMP threads (where torch has them) and on ferroquant's own pool."""
+    before = _core.thread_runtime()
+    if request.param == "openmp" and not _core.set_openmp_enabled(True):
+        pytest.skip("torch does not run on an OpenMP runtime here")
+    if request.param == "own":
+        _core.set_openmp_enabled(False)
+    yield request.param
+    _core.set_openmp_enabled(before == "openmp")
+
+
 @pytest.mark.parametrize("kind", ["static", "dynamic"])
-def test_eight_threads_running_one_model_match_one_thread(kind, parallel_kernels):
+def test_eight_threads_running_one_model_match_one_thread(kind, parallel_kernels, thread_runtime):
     torch.manual_seed(1)
     if kind == "static":
         model = _static_model()
@@ -235,5 +248,43 @@ def test_a_worker_the_os_refuses_means_fewer_threads_not_an_error():
         "assert _core.pool_workers() == 0\n"
         "print('ok')\n"
     )
-    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    # ferroquant's own pool (on torch's OpenMP runtime, thread creation is that runtime's
+    # business: libgomp ends the process, for torch's own ops too)
+    env = {**os.environ, "FERROQUANT_THREADS": "own"}
+    r = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
     assert r.returncode == 0 and r.stdout.strip() == "ok", r.stderr[-2000:]
+
+
+def test_both_thread_runtimes_give_the_same_bits(parallel_kernels):
+    torch.manual_seed(3)
+    model = _static_model()
+    dyn = fq.quantize_dynamic(nn.Sequential(nn.Linear(96, 80)))
+    x, xd = torch.randn(6, 3, 8, 8), torch.randn(40, 96)
+    before = _core.thread_runtime()
+    try:
+        outs = {}
+        for runtime in ("own", "openmp"):
+            if not _core.set_openmp_enabled(runtime == "openmp") and runtime == "openmp":
+                pytest.skip("torch does not run on an OpenMP runtime here")
+            for threads in (1, 2):
+                fq.set_num_threads(threads)
+                outs[runtime, threads] = (model(x), dyn(xd))
+        base = outs["own", 1]
+        for key, (a, b) in outs.items():
+            assert torch.equal(a, base[0]) and torch.equal(b, base[1]), key
+        assert parallel_kernels() > 0
+    finally:
+        _core.set_openmp_enabled(before == "openmp")
+
+
+def test_torch_openmp_runtime_is_used_where_torch_has_it():
+    import subprocess
+    import sys
+
+    code = "import ferroquant, torch; from ferroquant import _core; print(_core.thread_runtime())"
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    openmp = "parallel backend: OpenMP" in torch.__config__.parallel_info()
+    assert r.stdout.strip() == ("openmp" if openmp else "own"), r.stderr
+    env = {**os.environ, "FERROQUANT_THREADS": "own"}
+    r = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
+    assert r.stdout.strip() == "own", r.stderr

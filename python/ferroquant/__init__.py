@@ -28,7 +28,7 @@ from ._dtypes import (
     quint4x2,
     quint8,
 )
-from ._threads import get_num_threads, set_num_threads
+from ._threads import _attach_torch_openmp, get_num_threads, set_num_threads
 from .fake_quantize import (
     FakeQuantize,
     FakeQuantizeBase,
@@ -96,3 +96,5 @@ from .quantize import convert, prepare, propagate_qconfig_, quantize, quantize_d
 from .stubs import DeQuantStub, QuantStub, QuantWrapper
 
 __all__ = [name for name in dir() if not name.startswith("_")]
+
+_attach_torch_openmp()

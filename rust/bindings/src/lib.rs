@@ -105,6 +105,23 @@ fn take<T: numpy::Element + Copy>(
     Ok((data, a.shape().to_vec()))
 }
 
+/// Calls `f` on the values of `o` in C order, with the GIL held and the numpy borrow alive only
+/// during the call: straight from Python's buffer when it is C-contiguous, else from a copy.
+/// For work whose first step copies anyway (quantize-and-pack), so the input is read once.
+fn with_values<T: numpy::Element + Copy, R>(
+    o: &Bound<'_, PyAny>,
+    what: &str,
+    f: impl FnOnce(&[T], &[usize]) -> PyResult<R>,
+) -> PyResult<R> {
+    let a = arr::<T>(o, what)?;
+    let shape = a.shape().to_vec();
+    let v = a.as_array();
+    match v.as_slice() {
+        Some(s) => f(s, &shape),
+        None => f(&owned(&a, what)?, &shape),
+    }
+}
+
 /// [`take`] for 1-D arrays.
 fn take1<T: numpy::Element + Copy>(o: &Bound<'_, PyAny>, what: &str) -> PyResult<Vec<T>> {
     let a = arr1::<T>(o, what)?;
@@ -196,6 +213,27 @@ fn set_parallel_min_macs(macs: usize) -> usize {
 #[pyfunction]
 fn max_threads() -> usize {
     k::max_threads()
+}
+
+/// Runs parallel kernel calls on the OpenMP runtime at `path` (a library this process already
+/// loaded: torch's libgomp) instead of ferroquant's own pool. Returns whether it is in use.
+#[pyfunction]
+fn use_openmp_runtime(py: Python<'_>, path: &str) -> bool {
+    let path = path.to_owned();
+    py.detach(move || k::use_openmp_runtime(&path))
+}
+
+/// Switches between ferroquant's own pool (False) and the registered OpenMP runtime (True);
+/// returns whether OpenMP is in use.
+#[pyfunction]
+fn set_openmp_enabled(on: bool) -> bool {
+    k::set_openmp_enabled(on)
+}
+
+/// "openmp" when parallel kernel calls run on torch's OpenMP threads, "own" for ferroquant's pool.
+#[pyfunction]
+fn thread_runtime() -> &'static str {
+    k::thread_runtime()
 }
 
 /// Kernel calls that ran on more than one thread so far.
@@ -473,11 +511,6 @@ impl PackedLinear {
         threads: usize,
         per_row: bool,
     ) -> PyResult<(Bound<'py, PyArrayDyn<f32>>, Vec<f64>, Vec<i32>)> {
-        let (xs, shape) = take::<f32>(x, "input")?;
-        let m = check_2d(&shape, self.inner.k(), "input")?;
-        let b = owned_bias(bias)?;
-        let n = self.inner.n();
-        let mut out = output::<f32>(&[m, n], "the linear output")?;
         let e = engine();
         let w = &self.inner;
         let opts = k::DynamicOptions {
@@ -485,9 +518,17 @@ impl PackedLinear {
             per_row,
             relu,
         };
-        let qps = py
-            .detach(|| k::linear_dynamic_with(e, &xs, m, w, b.as_deref(), opts, &mut out, threads))
+        // quantize + pack with the GIL held (the one pass over Python's memory), GEMM without
+        let input = with_values::<f32, _>(x, "input", |xs, shape| {
+            let m = check_2d(shape, w.k(), "input")?;
+            k::DynamicInput::quantize(e, xs, m, w.k(), opts).map_err(to_py)
+        })?;
+        let b = owned_bias(bias)?;
+        let (m, n) = (input.m(), w.n());
+        let mut out = output::<f32>(&[m, n], "the linear output")?;
+        py.detach(|| input.linear(e, w, b.as_deref(), &mut out, threads))
             .map_err(to_py)?;
+        let qps = &input.qparams;
         Ok((
             PyArray1::from_vec(py, out).reshape(vec![m, n])?,
             qps.iter().map(|q| q.scale_f64).collect(),
@@ -514,22 +555,23 @@ impl PackedLinear {
         out_dtype: &str,
         threads: usize,
     ) -> PyResult<Bound<'py, PyAny>> {
-        let (av, shape) = take::<u8>(a, "input")?;
-        let m = check_2d(&shape, self.inner.k(), "input")?;
-        let b = owned_bias(bias)?;
-        let n = self.inner.n();
-        let e = engine();
         let w = &self.inner;
+        // pack with the GIL held (the one pass over Python's memory), GEMM without
+        let pa = with_values::<u8, _>(a, "input", |av, shape| {
+            let m = check_2d(shape, w.k(), "input")?;
+            k::PackedA::from_u8(av, m, w.k(), a_zp).map_err(to_py)
+        })?;
+        let (m, n) = (pa.m(), w.n());
+        let b = owned_bias(bias)?;
+        let e = engine();
         macro_rules! run {
             ($t:ty) => {{
                 let mut out = output::<$t>(&[m, n], "the linear output")?;
                 py.detach(|| {
-                    k::linear_static(
+                    k::linear_static_packed(
                         e,
-                        &av,
-                        m,
+                        &pa,
                         a_scale,
-                        a_zp,
                         w,
                         b.as_deref(),
                         out_scale,
@@ -709,6 +751,9 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(max_threads, m)?)?;
     m.add_function(wrap_pyfunction!(pool_workers, m)?)?;
     m.add_function(wrap_pyfunction!(parallel_jobs, m)?)?;
+    m.add_function(wrap_pyfunction!(use_openmp_runtime, m)?)?;
+    m.add_function(wrap_pyfunction!(set_openmp_enabled, m)?)?;
+    m.add_function(wrap_pyfunction!(thread_runtime, m)?)?;
     m.add_function(wrap_pyfunction!(choose_qparams_dynamic, m)?)?;
     m.add_function(wrap_pyfunction!(quantize_per_tensor, m)?)?;
     m.add_function(wrap_pyfunction!(quantize_per_channel, m)?)?;

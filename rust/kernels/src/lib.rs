@@ -33,8 +33,9 @@ pub use error::{KernelError, Result};
 pub use packed::{PackedA, PackedWeights};
 pub use qparams::{DynamicQParams, QDtype};
 pub use threading::{
-    max_threads, parallel_jobs, parallel_min_macs, pool_workers, set_parallel_min_macs,
-    threads_for, MACS_PER_THREAD, MAX_THREADS_LIMIT, PARALLEL_MIN_MACS,
+    max_threads, parallel_jobs, parallel_min_macs, pool_workers, set_openmp_enabled,
+    set_parallel_min_macs, thread_runtime, threads_for, use_openmp_runtime, MACS_PER_THREAD,
+    MAX_THREADS_LIMIT, PARALLEL_MIN_MACS,
 };
 
 use quantize::QInt;
@@ -66,26 +67,63 @@ pub fn linear_dynamic_with(
     out: &mut [f32],
     threads: usize,
 ) -> Result<Vec<DynamicQParams>> {
-    let qmax = if opts.reduce_range { 127 } else { 255 };
-    if !opts.per_row {
-        return linear_dynamic(
-            engine,
-            x,
-            m,
-            w,
-            bias,
-            opts.reduce_range,
-            opts.relu,
-            out,
-            threads,
-        )
-        .map(|q| vec![q]);
+    let input = DynamicInput::quantize(engine, x, m, w.k(), opts)?;
+    input.linear(engine, w, bias, out, threads)?;
+    Ok(input.qparams)
+}
+
+/// The activations of a dynamic linear, quantized and packed: the only pass over the float
+/// input. (The Python binding runs it while it holds the GIL, straight from the caller's array,
+/// and releases the GIL only for [`DynamicInput::linear`], which reads nothing Python owns.)
+#[derive(Debug, Clone)]
+pub struct DynamicInput {
+    a: PackedA,
+    /// One entry, or one per row.
+    pub qparams: Vec<DynamicQParams>,
+    opts: DynamicOptions,
+}
+
+impl DynamicInput {
+    /// Quantizes `x` (`[m, k]`) as `opts` says (first half of [`linear_dynamic_with`]).
+    pub fn quantize(
+        engine: Engine,
+        x: &[f32],
+        m: usize,
+        k: usize,
+        opts: DynamicOptions,
+    ) -> Result<Self> {
+        let qmax = if opts.reduce_range { 127 } else { 255 };
+        let (a, qparams) = if opts.per_row {
+            PackedA::quantize_dynamic_per_row_on(engine, x, m, k, 0, qmax)?
+        } else {
+            let (a, q) = PackedA::quantize_dynamic_on(engine, x, m, k, 0, qmax)?;
+            (a, vec![q])
+        };
+        Ok(DynamicInput { a, qparams, opts })
     }
-    let (a, qps) = PackedA::quantize_dynamic_per_row_on(engine, x, m, w.k(), 0, qmax)?;
-    let scales: Vec<f32> = qps.iter().map(|q| q.scale).collect();
-    let stage = DequantF32::per_row(&scales, w, bias, opts.relu)?;
-    gemm::gemm(engine, &a, w, &stage, out, threads)?;
-    Ok(qps)
+
+    /// Rows of the input.
+    pub fn m(&self) -> usize {
+        self.a.m()
+    }
+
+    /// The GEMM and output stage (second half of [`linear_dynamic_with`]).
+    pub fn linear(
+        &self,
+        engine: Engine,
+        w: &PackedWeights,
+        bias: Option<&[f32]>,
+        out: &mut [f32],
+        threads: usize,
+    ) -> Result<()> {
+        let stage = if self.opts.per_row {
+            let scales: Vec<f32> = self.qparams.iter().map(|q| q.scale).collect();
+            DequantF32::per_row(&scales, w, bias, self.opts.relu)?
+        } else {
+            DequantF32::new(self.qparams[0].scale, w, bias, self.opts.relu)?
+        };
+        gemm::gemm(engine, &self.a, w, &stage, out, threads)
+    }
 }
 
 /// [`linear_dynamic_with`] for per-tensor activations; returns their qparams.
@@ -130,6 +168,28 @@ pub fn linear_static<T: QInt>(
     threads: usize,
 ) -> Result<()> {
     let pa = PackedA::from_u8(a, m, w.k(), a_zp)?;
+    linear_static_packed(
+        engine, &pa, a_scale, w, bias, out_scale, out_zp, qmin, qmax, relu, out, threads,
+    )
+}
+
+/// [`linear_static`] on activations already packed ([`PackedA::from_u8`] with their zero point):
+/// the Python binding packs while it holds the GIL and runs this without it.
+#[allow(clippy::too_many_arguments)]
+pub fn linear_static_packed<T: QInt>(
+    engine: Engine,
+    pa: &PackedA,
+    a_scale: f32,
+    w: &PackedWeights,
+    bias: Option<&[f32]>,
+    out_scale: f32,
+    out_zp: i32,
+    qmin: i32,
+    qmax: i32,
+    relu: bool,
+    out: &mut [T],
+    threads: usize,
+) -> Result<()> {
     let stage = Requantize::<T>::new(a_scale, w, bias, out_scale, out_zp, qmin, qmax, relu)?;
-    gemm::gemm(engine, &pa, w, &stage, out, threads)
+    gemm::gemm(engine, pa, w, &stage, out, threads)
 }
