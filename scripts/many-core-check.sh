@@ -24,3 +24,5 @@ for t in 1 "$N"; do
   python3 benches/bench_ops.py --quick --threads "$t"
   python3 benches/bench_models.py --threads "$t"
 done
+echo "== mixed model on ferroquant's own pool instead of torch's OpenMP team (for comparison)"
+FERROQUANT_THREADS=own python3 benches/bench_models.py --threads "$N"

@@ -21,6 +21,8 @@ import torch
 from . import _core
 
 _num_threads: int | None = None
+# the CPUs this process may use, fixed for its lifetime (read once: get_num_threads runs per call)
+_MAX_THREADS = _core.max_threads()
 
 
 def set_num_threads(n: int) -> None:
@@ -31,13 +33,13 @@ def set_num_threads(n: int) -> None:
         raise TypeError(f"set_num_threads expects an int >= 1, got {type(n).__name__} {n!r}")
     if n < 1:
         raise ValueError(f"set_num_threads expects an int >= 1, got {n}")
-    _num_threads = min(n, _core.max_threads())
+    _num_threads = min(n, _MAX_THREADS)
 
 
 def get_num_threads() -> int:
     """The number of threads ferroquant's kernels use (at most the CPUs this process may use)."""
     n = _num_threads if _num_threads is not None else torch.get_num_threads()
-    return max(1, min(n, _core.max_threads()))
+    return max(1, min(n, _MAX_THREADS))
 
 
 def _reset_num_threads() -> None:

@@ -451,6 +451,24 @@ fn owned_bias(b: Option<&Bound<'_, PyAny>>) -> PyResult<Option<Vec<f32>>> {
     b.map(|b| take1::<f32>(b, "bias")).transpose()
 }
 
+/// Calls `f` with the bias values (or None), read with the GIL held: straight from Python's
+/// buffer when contiguous. For output stages, which copy what they keep.
+fn with_bias<R>(
+    b: Option<&Bound<'_, PyAny>>,
+    f: impl FnOnce(Option<&[f32]>) -> PyResult<R>,
+) -> PyResult<R> {
+    match b {
+        None => f(None),
+        Some(b) => {
+            let a = arr1::<f32>(b, "bias")?;
+            match a.as_slice() {
+                Ok(s) => f(Some(s)),
+                Err(_) => f(Some(&owned1(&a, "bias")?)),
+            }
+        }
+    }
+}
+
 #[pymethods]
 impl PackedLinear {
     /// weight: int8 [out_features, in_features]; scales (float32) and zero_points (int32)
@@ -523,10 +541,10 @@ impl PackedLinear {
             let m = check_2d(shape, w.k(), "input")?;
             k::DynamicInput::quantize(e, xs, m, w.k(), opts).map_err(to_py)
         })?;
-        let b = owned_bias(bias)?;
+        let stage = with_bias(bias, |b| input.output_stage(w, b).map_err(to_py))?;
         let (m, n) = (input.m(), w.n());
         let mut out = output::<f32>(&[m, n], "the linear output")?;
-        py.detach(|| input.linear(e, w, b.as_deref(), &mut out, threads))
+        py.detach(|| input.linear_with(e, w, &stage, &mut out, threads))
             .map_err(to_py)?;
         let qps = &input.qparams;
         Ok((

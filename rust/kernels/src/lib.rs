@@ -116,13 +116,31 @@ impl DynamicInput {
         out: &mut [f32],
         threads: usize,
     ) -> Result<()> {
-        let stage = if self.opts.per_row {
+        let stage = self.output_stage(w, bias)?;
+        self.linear_with(engine, w, &stage, out, threads)
+    }
+
+    /// The output stage for these activations (it copies `bias`; the Python binding builds it
+    /// while it holds the GIL, straight from the caller's array).
+    pub fn output_stage(&self, w: &PackedWeights, bias: Option<&[f32]>) -> Result<DequantF32> {
+        if self.opts.per_row {
             let scales: Vec<f32> = self.qparams.iter().map(|q| q.scale).collect();
-            DequantF32::per_row(&scales, w, bias, self.opts.relu)?
+            DequantF32::per_row(&scales, w, bias, self.opts.relu)
         } else {
-            DequantF32::new(self.qparams[0].scale, w, bias, self.opts.relu)?
-        };
-        gemm::gemm(engine, &self.a, w, &stage, out, threads)
+            DequantF32::new(self.qparams[0].scale, w, bias, self.opts.relu)
+        }
+    }
+
+    /// [`DynamicInput::linear`] with a stage from [`DynamicInput::output_stage`].
+    pub fn linear_with(
+        &self,
+        engine: Engine,
+        w: &PackedWeights,
+        stage: &DequantF32,
+        out: &mut [f32],
+        threads: usize,
+    ) -> Result<()> {
+        gemm::gemm(engine, &self.a, w, stage, out, threads)
     }
 }
 

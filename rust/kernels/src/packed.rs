@@ -44,6 +44,8 @@ pub struct PackedWeights {
     col_sums_padded: Vec<i32>,
     zero_points: Vec<i32>,
     scales: Vec<f32>,
+    /// The largest of `scales` (all are positive normal floats).
+    max_scale: f32,
     per_channel: bool,
     any_zero_point: bool,
 }
@@ -128,6 +130,7 @@ impl PackedWeights {
             col_sums,
             col_sums_padded,
             zero_points,
+            max_scale: scales.iter().fold(0f32, |a, &b| a.max(b)),
             scales: expand(scales),
             per_channel,
             any_zero_point,
@@ -165,6 +168,10 @@ impl PackedWeights {
     /// One scale per output column (replicated for per-tensor weights).
     pub fn scales(&self) -> &[f32] {
         &self.scales
+    }
+    /// The largest weight scale.
+    pub fn max_scale(&self) -> f32 {
+        self.max_scale
     }
     pub fn is_per_channel(&self) -> bool {
         self.per_channel

@@ -175,8 +175,14 @@ pub struct DequantF32 {
 impl DequantF32 {
     pub fn new(a_scale: f32, w: &PackedWeights, bias: Option<&[f32]>, relu: bool) -> Result<Self> {
         let n = w.n();
+        // scales are positive: the largest product decides (and it is the same f32 rounding)
+        if a_scale.is_nan() || a_scale < 0.0 {
+            return Err(KernelError::InvalidQParams(format!(
+                "activation scale must be >= 0, got {a_scale}"
+            )));
+        }
+        check_products(&[a_scale * w.max_scale()])?;
         let scale: Vec<f32> = w.scales().iter().map(|&ws| a_scale * ws).collect();
-        check_products(&scale)?;
         let bias = match bias {
             Some(b) => {
                 check_len("bias", n, b.len())?;
@@ -208,9 +214,8 @@ impl DequantF32 {
         }
         // weight scales are checked when packing: both sides positive and finite, so the
         // largest product decides
-        let wmax = w.scales().iter().fold(0f32, |a, &b| a.max(b));
         let xmax = row_scales.iter().fold(0f32, |a, &b| a.max(b));
-        check_products(&[xmax * wmax])?;
+        check_products(&[xmax * w.max_scale()])?;
         s.row_scales = Some(row_scales.to_vec());
         Ok(s)
     }
