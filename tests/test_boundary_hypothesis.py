@@ -951,15 +951,17 @@ def test_core_quantize_and_dequantize(data):
     lo = data.draw(st.one_of(st.just(qmin), st.integers(qmin - 2, qmax)))
     hi = data.draw(st.one_of(st.just(qmax), st.integers(lo, qmax + 2)))
     s32 = f32(scale) if not 3.5e38 < abs(scale) < math.inf else math.copysign(math.inf, scale)
-    axis = data.draw(st.integers(-1, max(x.ndim, 1)))
+    axis = data.draw(st.integers(-x.ndim - 1, max(x.ndim, 1)))
+    # _core counts negative axes from the end, as torch does
+    ax = axis + x.ndim if axis < 0 else axis
     c = 1
     if per_channel:
         zp = min(max(zp, I32[0]), I32[1])
-        c = x.shape[axis] if 0 <= axis < x.ndim else 1
+        c = x.shape[ax] if 0 <= ax < x.ndim else 1
         scales = np_lay_out(np.full(c, s32, dtype=np.float32), data.draw(st.sampled_from(NP_LAYOUTS[:5])))
         zps = np_lay_out(np.full(c, zp, dtype=np.int32), data.draw(st.sampled_from(NP_LAYOUTS[:5])))
         call = lambda: _core.quantize_per_channel(x, scales, zps, axis, lo, hi, name)  # noqa: E731
-        res, err = core_outcome(call, axis >= 0 and I32[0] <= lo <= hi <= I32[1])
+        res, err = core_outcome(call, I32[0] <= lo <= hi <= I32[1])
     else:
         fits = all(I32[0] <= v <= I32[1] for v in (zp, lo, hi))
         res, err = core_outcome(lambda: _core.quantize_per_tensor(x, scale, zp, lo, hi, name), fits)
@@ -969,7 +971,7 @@ def test_core_quantize_and_dequantize(data):
         and name != "float16"
         and (channels == 0 or (math.isfinite(s32) and s32 > 0 and qmin <= zp <= qmax))
         and qmin <= lo < hi <= qmax
-        and (not per_channel or 0 <= axis < x.ndim)
+        and (not per_channel or 0 <= ax < x.ndim)
     )
     if not follows_formula:
         # (an empty per-channel input has nothing to quantize: the kernel may return it unchecked)
@@ -988,7 +990,7 @@ def test_core_quantize_and_dequantize(data):
     q = np_lay_out(np.ascontiguousarray(res), data.draw(st.sampled_from(NP_LAYOUTS)))
     dq_scale = data.draw(st.sampled_from([s32, s32, 0.0, -1.0, math.nan, math.inf]))
     if per_channel and q.ndim:
-        c = q.shape[axis]
+        c = q.shape[ax]
         call = lambda: _core.dequantize_per_channel(  # noqa: E731
             q, np.full(c, dq_scale, dtype=np.float32), np.full(c, zp, dtype=np.int32), axis
         )
