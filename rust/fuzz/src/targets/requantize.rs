@@ -62,15 +62,16 @@ pub fn run(data: &[u8]) {
             let za = inp.range_i64(0, 255) as i32;
             let pa = PackedA::from_u8(&a, m, k, za).expect("valid activations");
             let acc = r::acc(&a, m, k, &[za], &w, n, pw.zero_points());
-            // any activation scale, as long as every product fl(xs·ws[j]) is finite (else an
-            // output with accumulator 0 would be NaN)
+            // any activation scale >= 0 (not NaN), as long as every product fl(xs·ws[j]) is
+            // finite (else an output with accumulator 0 would be NaN)
             let a_scale = if inp.chance(40) {
                 inp.f32_any()
             } else {
                 inp.valid_scale()
             };
             let relu = inp.bool();
-            let products_ok = pw.scales().iter().all(|&ws| (a_scale * ws).is_finite());
+            let products_ok =
+                a_scale >= 0.0 && pw.scales().iter().all(|&ws| (a_scale * ws).is_finite());
             let stage = DequantF32::new(a_scale, &pw, bias.as_deref(), relu);
             if !expect_validity(&stage, bias_ok && products_ok, "DequantF32::new") {
                 return;
