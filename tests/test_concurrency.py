@@ -288,3 +288,30 @@ def test_torch_openmp_runtime_is_used_where_torch_has_it():
     env = {**os.environ, "FERROQUANT_THREADS": "own"}
     r = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
     assert r.stdout.strip() == "own", r.stderr
+
+
+def test_a_forked_child_runs_parallel_calls_without_hanging():
+    # libgomp is not fork-safe: a parallel region in a forked child hangs (torch's own ops too,
+    # unless the child sets one thread). A child therefore runs our calls on its own thread.
+    import subprocess
+    import sys
+
+    code = (
+        "import multiprocessing as mp, torch, ferroquant as fq\n"
+        "from ferroquant import _core\n"
+        "_core.set_parallel_min_macs(0); fq.set_num_threads(2)\n"
+        "q = fq.quantize_dynamic(torch.nn.Sequential(torch.nn.Linear(256, 256)))\n"
+        "x = torch.randn(64, 256)\n"
+        "want = q(x)\n"
+        "def child(conn):\n"
+        "    conn.send((bool(torch.equal(q(x), want)), _core.thread_runtime()))\n"
+        "ctx = mp.get_context('fork')\n"
+        "a, b = ctx.Pipe()\n"
+        "p = ctx.Process(target=child, args=(b,))\n"
+        "p.start(); p.join(60)\n"
+        "hung = p.is_alive()\n"
+        "if hung: p.kill()\n"
+        "print('hung' if hung else a.recv())\n"
+    )
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0 and r.stdout.strip() == "(True, 'own')", (r.stdout, r.stderr[-2000:])

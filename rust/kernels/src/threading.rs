@@ -342,6 +342,11 @@ mod openmp {
 #[cfg(target_os = "linux")]
 static OPENMP: OnceLock<openmp::ParallelFn> = OnceLock::new();
 static OPENMP_ON: AtomicBool = AtomicBool::new(false);
+/// The process that registered the OpenMP runtime. libgomp is not fork-safe: in a forked child
+/// its team is gone but its state says otherwise, and a parallel region hangs (torch's own ops
+/// hang there too unless the child sets one thread). A child therefore uses our own pool, where
+/// the calling thread can always finish every task itself.
+static OPENMP_PID: AtomicU64 = AtomicU64::new(0);
 
 /// Runs parallel calls on the OpenMP runtime at `path` (a shared library the process has
 /// already loaded, e.g. torch's `libgomp.so.1`) instead of ferroquant's own pool. Returns whether
@@ -356,6 +361,7 @@ pub fn use_openmp_runtime(path: &str) -> bool {
             }
         }
         let ok = OPENMP.get().is_some();
+        OPENMP_PID.store(std::process::id() as u64, Ordering::Relaxed);
         OPENMP_ON.store(ok, Ordering::Relaxed);
         ok
     }
@@ -371,6 +377,9 @@ pub fn use_openmp_runtime(path: &str) -> bool {
 pub fn set_openmp_enabled(on: bool) -> bool {
     #[cfg(target_os = "linux")]
     let ok = on && OPENMP.get().is_some();
+    if ok {
+        OPENMP_PID.store(std::process::id() as u64, Ordering::Relaxed);
+    }
     #[cfg(not(target_os = "linux"))]
     let ok = {
         let _ = on;
@@ -380,9 +389,12 @@ pub fn set_openmp_enabled(on: bool) -> bool {
     ok
 }
 
-/// "openmp" when parallel calls run on the registered OpenMP runtime, else "own".
+/// "openmp" when parallel calls run on the registered OpenMP runtime, else "own" (also in a
+/// process forked after registering it).
 pub fn thread_runtime() -> &'static str {
-    if OPENMP_ON.load(Ordering::Relaxed) {
+    if OPENMP_ON.load(Ordering::Relaxed)
+        && OPENMP_PID.load(Ordering::Relaxed) == std::process::id() as u64
+    {
         "openmp"
     } else {
         "own"
@@ -410,7 +422,9 @@ pub(crate) fn parallel_for(threads: usize, tasks: usize, f: &(dyn Fn(usize) + Sy
         Err(TryLockError::WouldBlock) => return inline(),
     };
     #[cfg(target_os = "linux")]
-    if OPENMP_ON.load(Ordering::Relaxed) {
+    if OPENMP_ON.load(Ordering::Relaxed)
+        && OPENMP_PID.load(Ordering::Relaxed) == std::process::id() as u64
+    {
         if let Some(&parallel) = OPENMP.get() {
             // SAFETY: only the lifetime is extended; `openmp::run` returns after every thread
             // of the team has finished with the job.
