@@ -10,6 +10,7 @@ import torch
 from torch import nn
 
 from ..._dtypes import QDtype, quint8, to_qdtype
+from ..._ops import KERNEL_ERRORS, raise_named
 from ...observer import CalibrationError
 from ...qtensor import QTensor, check_scale, check_zero_point
 from ._weights import AtomicLoad, state_number
@@ -41,6 +42,33 @@ def module_name(module: nn.Module) -> str:
 
 
 _name = module_name
+
+
+def run_static_kernel(module: Any, q: QTensor, run: Callable[..., torch.Tensor], *geometry: Any) -> QTensor:
+    """The eager forward of a static Linear / Conv after its input checks: repack if the weights
+    changed, check the requantization scales, run ``run(packed, bias, data, *geometry, input
+    qparams, output qparams, range, relu, dtype)`` and wrap the result; kernel errors get the
+    module's name."""
+    packed = module._fresh_packed()
+    module._check_requant(q.q_scale(), module.scale)
+    try:
+        y = run(
+            packed,
+            module._bias_np,
+            q.int_repr(),
+            *geometry,
+            q.q_scale(),
+            q.q_zero_point(),
+            module.scale,
+            module.zero_point,
+            module.quant_min,
+            module.quant_max,
+            module._FUSED_RELU,
+            module._out_dtype.name,
+        )
+    except KERNEL_ERRORS as e:
+        raise_named(e, module_name(module))
+    return QTensor(y, module.scale, module.zero_point, module._out_dtype)
 
 
 def output_qparams(observer: Optional[nn.Module], who: str) -> tuple[float, int, int, int, Any]:

@@ -14,10 +14,9 @@ import torch
 from torch import nn
 
 from ..._core import PackedConv
-from ..._ops import KERNEL_ERRORS, raise_named, run_conv_static
-from ...qtensor import QTensor
+from ..._ops import run_conv_static
 from ._script import QArg, QTuple, script_qtuple, script_unpack
-from ._static import OutputQParams, module_name, observed_float_module, require_qtensor
+from ._static import OutputQParams, observed_float_module, require_qtensor, run_static_kernel
 from ._weights import WeightedQuantModule, quantize_weight
 
 __all__ = ["Conv1d", "Conv2d", "Conv3d", "ConvReLU1d", "ConvReLU2d", "ConvReLU3d"]
@@ -142,26 +141,7 @@ class _ConvNd(OutputQParams, WeightedQuantModule):
         d = q.int_repr()
         if d.dtype != torch.uint8:
             raise TypeError(f"{type(self).__name__} expects quint8 activations, got {q.dtype}")
-        packed = self._fresh_packed()
-        self._check_requant(q.q_scale(), self.scale)
-        try:
-            y = run_conv_static(
-                packed,
-                self._bias_np,
-                d,
-                self._pads(),
-                q.q_scale(),
-                q.q_zero_point(),
-                self.scale,
-                self.zero_point,
-                self.quant_min,
-                self.quant_max,
-                self._FUSED_RELU,
-                self._out_dtype.name,
-            )
-        except KERNEL_ERRORS as e:
-            raise_named(e, module_name(self))
-        return QTensor(y, self.scale, self.zero_point, self._out_dtype)
+        return run_static_kernel(self, q, run_conv_static, self._pads())
 
     def __prepare_scriptable__(self) -> Any:
         # torch.jit.script calls this before compiling: the geometry as int lists for the

@@ -9,10 +9,9 @@ from torch import nn
 
 from ..._core import PackedLinear
 from ..._dtypes import qint8
-from ..._ops import KERNEL_ERRORS, raise_named, run_linear_static
-from ...qtensor import QTensor
+from ..._ops import run_linear_static
 from ._script import QArg, QTuple, script_qtuple, script_unpack
-from ._static import OutputQParams, module_name, observed_float_module, require_qtensor
+from ._static import OutputQParams, observed_float_module, require_qtensor, run_static_kernel
 from ._weights import WeightedQuantModule, quantize_weight
 
 __all__ = ["Linear", "LinearReLU"]
@@ -53,25 +52,7 @@ class Linear(OutputQParams, WeightedQuantModule):
         data = q.int_repr()
         if data.dtype != torch.uint8:
             raise TypeError(f"{type(self).__name__} expects quint8 activations, got {q.dtype}")
-        packed = self._fresh_packed()
-        self._check_requant(q.q_scale(), self.scale)
-        try:
-            y = run_linear_static(
-                packed,
-                self._bias_np,
-                data,
-                q.q_scale(),
-                q.q_zero_point(),
-                self.scale,
-                self.zero_point,
-                self.quant_min,
-                self.quant_max,
-                self._FUSED_RELU,
-                self._out_dtype.name,
-            )
-        except KERNEL_ERRORS as e:
-            raise_named(e, module_name(self))
-        return QTensor(y, self.scale, self.zero_point, self._out_dtype)
+        return run_static_kernel(self, q, run_linear_static)
 
     def _forward_script(self, x: QTuple) -> QTuple:
         # TorchScript: the same kernel through torch.ops.ferroquant.linear_static (bit-identical)
