@@ -65,7 +65,10 @@ fn arr1<'py, T: numpy::Element>(
 }
 
 /// A C-order copy of any numpy array (any strides), taken with the GIL held.
-fn owned<T: numpy::Element + Copy>(a: &PyReadonlyArrayDyn<'_, T>, what: &str) -> PyResult<Vec<T>> {
+fn owned<T: numpy::Element + Copy + Default>(
+    a: &PyReadonlyArrayDyn<'_, T>,
+    what: &str,
+) -> PyResult<Vec<T>> {
     let v = a.as_array();
     let mut out = Vec::new();
     out.try_reserve_exact(v.len()).map_err(|_| {
@@ -76,7 +79,15 @@ fn owned<T: numpy::Element + Copy>(a: &PyReadonlyArrayDyn<'_, T>, what: &str) ->
     })?;
     match v.as_slice() {
         Some(s) => out.extend_from_slice(s),
-        None => out.extend(v.iter().copied()),
+        None => {
+            // strided (e.g. a permuted channels-last view): ndarray's assign walks the
+            // destination in C order with plain strided inner loops, many times faster than
+            // the element iterator
+            out.resize(v.len(), T::default());
+            let mut dst = numpy::ndarray::ArrayViewMut::from_shape(v.raw_dim(), &mut out)
+                .map_err(|e| value_error(format!("{what}: {e}")))?;
+            dst.assign(&v);
+        }
     }
     Ok(out)
 }
@@ -96,7 +107,7 @@ fn owned1<T: numpy::Element + Copy>(a: &PyReadonlyArray1<'_, T>, what: &str) -> 
 /// its shape. The numpy borrow ends before this returns, so the GIL can be released afterwards
 /// even if Python then resizes or frees the array (rust-numpy looks a borrow up by the array's
 /// current data pointer when releasing it).
-fn take<T: numpy::Element + Copy>(
+fn take<T: numpy::Element + Copy + Default>(
     o: &Bound<'_, PyAny>,
     what: &str,
 ) -> PyResult<(Vec<T>, Vec<usize>)> {
@@ -108,7 +119,7 @@ fn take<T: numpy::Element + Copy>(
 /// Calls `f` on the values of `o` in C order, with the GIL held and the numpy borrow alive only
 /// during the call: straight from Python's buffer when it is C-contiguous, else from a copy.
 /// For work whose first step copies anyway (quantize-and-pack), so the input is read once.
-fn with_values<T: numpy::Element + Copy, R>(
+fn with_values<T: numpy::Element + Copy + Default, R>(
     o: &Bound<'_, PyAny>,
     what: &str,
     f: impl FnOnce(&[T], &[usize]) -> PyResult<R>,
