@@ -143,6 +143,14 @@ impl PackedWeights {
     pub fn k(&self) -> usize {
         self.k
     }
+    /// Bytes held: the packed panels and the per-column sums, zero points and scales.
+    pub fn bytes(&self) -> usize {
+        self.data.len()
+            + 4 * (self.col_sums.len()
+                + self.col_sums_padded.len()
+                + self.zero_points.len()
+                + self.scales.len())
+    }
     /// K padded to a multiple of [`KR`].
     pub fn kp(&self) -> usize {
         self.kp
@@ -258,6 +266,50 @@ impl PackedA {
             }
         }
         let max = max_u8(&data);
+        Ok(PackedA {
+            m,
+            k,
+            kp,
+            data,
+            row_sums,
+            zero_point,
+            row_zero_points: None,
+            max,
+            bcast16: OnceLock::new(),
+        })
+    }
+
+    /// Activations written straight into the packed rows by `fill(data, kp)` (`m` rows of `kp`
+    /// bytes, zero on entry; `fill` writes the first `k` bytes of each row), with zero point
+    /// `zero_point`; row sums and the largest value are computed after, in one pass. The
+    /// convolution's im2col builds its blocks this way (no intermediate copy).
+    pub fn from_fill(
+        m: usize,
+        k: usize,
+        zero_point: i32,
+        fill: impl FnOnce(&mut [u8], usize),
+    ) -> Result<Self> {
+        if !(0..=255).contains(&zero_point) {
+            return Err(KernelError::InvalidQParams(format!(
+                "quint8 activation zero point {zero_point} is outside [0, 255]"
+            )));
+        }
+        let kp = padded_k(k);
+        let mut data = try_vec(
+            checked_numel(&[m, kp], "packed activations")?,
+            0u8,
+            "packed activations",
+        )?;
+        let mut row_sums = try_vec(m, 0i32, "activation row sums")?;
+        fill(&mut data, kp);
+        let mut max = 0u8;
+        if kp > 0 {
+            for (row, rs) in data.chunks_exact(kp).zip(&mut row_sums) {
+                let (s, mx) = sum_max_u8(row);
+                *rs = s;
+                max = max.max(mx);
+            }
+        }
         Ok(PackedA {
             m,
             k,
@@ -439,6 +491,31 @@ impl PackedA {
     pub fn zero_point(&self) -> i32 {
         self.zero_point
     }
+}
+
+/// The sum and the largest value of a row, in one pass: 32 u16 lanes add up to 256 blocks of
+/// 32 bytes (256 · 255 < 2^16) before they are folded into the i32 sum; the compiler vectorises
+/// both folds.
+#[inline]
+fn sum_max_u8(row: &[u8]) -> (i32, u8) {
+    let mut sum = 0i32;
+    let mut mx = [0u8; 32];
+    for part in row.chunks(32 * 256) {
+        let mut s16 = [0u16; 32];
+        let mut chunks = part.chunks_exact(32);
+        for c in &mut chunks {
+            for ((s, m), &v) in s16.iter_mut().zip(&mut mx).zip(c) {
+                *s += v as u16;
+                *m = (*m).max(v);
+            }
+        }
+        for (s, &v) in s16.iter_mut().zip(chunks.remainder()) {
+            *s += v as u16;
+        }
+        mx[0] = chunks.remainder().iter().fold(mx[0], |a, &b| a.max(b));
+        sum += s16.iter().map(|&v| v as i32).sum::<i32>();
+    }
+    (sum, max_u8(&mx))
 }
 
 /// The largest byte (0 when empty); a plain fold the compiler vectorises.

@@ -70,6 +70,25 @@ impl<'a> Correction<'a> {
 
     /// Corrected accumulators of row `i`, columns `col0..col0+dots.len()`, into `acc`.
     /// Written as zipped slices so it vectorises.
+    /// Row `i`'s correction for columns `col0..col0 + n`, as the terms of
+    /// `acc[j] = dot[j] + ct[j]·za − wz[j]·rs` (`za` = 1 without per-row zero points; `wz` empty
+    /// when the weights have no zero points).
+    #[inline(always)]
+    pub(crate) fn row_terms(&self, i: usize, col0: usize, n: usize) -> RowTerms<'_> {
+        let za = self.row_za.map_or(1, |z| z[i]);
+        let wz: &[i32] = if self.has_w_zp || self.row_za.is_some() {
+            &self.w_zp[col0..col0 + n]
+        } else {
+            &[]
+        };
+        RowTerms {
+            ct: &self.col_term[col0..col0 + n],
+            za,
+            wz,
+            rs: self.row_sums[i],
+        }
+    }
+
     #[inline(always)]
     pub fn row(&self, dots: &[i32], i: usize, col0: usize, acc: &mut [i32]) {
         let n = dots.len();
@@ -93,6 +112,48 @@ impl<'a> Correction<'a> {
             for ((a, &d), &c) in acc.iter_mut().zip(dots).zip(ct) {
                 *a = d.wrapping_add(c);
             }
+        }
+    }
+}
+
+/// The zero-point correction of one output row, see [`Correction::row_terms`].
+#[derive(Clone, Copy)]
+pub(crate) struct RowTerms<'a> {
+    ct: &'a [i32],
+    za: i32,
+    wz: &'a [i32],
+    rs: i32,
+}
+
+impl RowTerms<'_> {
+    /// The corrected accumulators of 16 columns starting at `c` (of `dots`, as many).
+    #[inline(always)]
+    fn acc16(&self, dots: &[i32; 16], c: usize) -> [i32; 16] {
+        let ct: &[i32; 16] = self.ct[c..c + 16].try_into().unwrap();
+        let mut acc = [0i32; 16];
+        if self.wz.is_empty() {
+            for l in 0..16 {
+                acc[l] = dots[l].wrapping_add(ct[l].wrapping_mul(self.za));
+            }
+        } else {
+            let wz: &[i32; 16] = self.wz[c..c + 16].try_into().unwrap();
+            for l in 0..16 {
+                acc[l] = dots[l]
+                    .wrapping_add(ct[l].wrapping_mul(self.za))
+                    .wrapping_sub(wz[l].wrapping_mul(self.rs));
+            }
+        }
+        acc
+    }
+
+    /// The corrected accumulator of column `c`.
+    #[inline(always)]
+    fn acc1(&self, dot: i32, c: usize) -> i32 {
+        let a = dot.wrapping_add(self.ct[c].wrapping_mul(self.za));
+        if self.wz.is_empty() {
+            a
+        } else {
+            a.wrapping_sub(self.wz[c].wrapping_mul(self.rs))
         }
     }
 }
@@ -269,6 +330,8 @@ impl OutputStage for DequantF32 {
 /// `lo`/`hi` are the output observer's range (D7); a fused ReLU raises `lo` to `oz`.
 #[derive(Debug, Clone)]
 pub struct Requantize<T: QInt> {
+    /// Every `mult` finite and > 0 and every `bias_q` finite: `v` is never NaN.
+    plain: bool,
     mult: Vec<f32>,
     bias_q: Vec<f32>,
     out_zp: i32,
@@ -289,6 +352,31 @@ impl<T: QInt> Requantize<T> {
         qmax: i32,
         relu: bool,
     ) -> Result<Self> {
+        Self::with_scales(
+            a_scale,
+            w.scales(),
+            bias,
+            out_scale,
+            out_zp,
+            qmin,
+            qmax,
+            relu,
+        )
+    }
+
+    /// [`Requantize::new`] for outputs with weight scales `w_scales` (one per output channel;
+    /// checked by whoever packed the weights).
+    #[allow(clippy::too_many_arguments)]
+    pub fn with_scales(
+        a_scale: f32,
+        w_scales: &[f32],
+        bias: Option<&[f32]>,
+        out_scale: f32,
+        out_zp: i32,
+        qmin: i32,
+        qmax: i32,
+        relu: bool,
+    ) -> Result<Self> {
         crate::qparams::check_scale(a_scale)?;
         crate::qparams::check_scale(out_scale)?;
         crate::qparams::check_range(T::DTYPE, qmin as i64, qmax as i64, out_zp as i64)?;
@@ -297,12 +385,12 @@ impl<T: QInt> Requantize<T> {
                 "requantize outputs quint8 or qint8, not qint32".into(),
             ));
         }
-        let n = w.n();
+        let n = w_scales.len();
         if let Some(b) = bias {
             check_len("bias", n, b.len())?;
         }
-        let atws: Vec<f32> = w.scales().iter().map(|&ws| a_scale * ws).collect();
-        let mult = atws.iter().map(|&s| s / out_scale).collect();
+        let atws: Vec<f32> = w_scales.iter().map(|&ws| a_scale * ws).collect();
+        let mult: Vec<f32> = atws.iter().map(|&s| s / out_scale).collect();
         let bias_q = match bias {
             Some(b) => b.iter().zip(&atws).map(|(&b, &s)| b / s).collect(),
             None => vec![0.0; n],
@@ -314,7 +402,12 @@ impl<T: QInt> Requantize<T> {
             )));
         }
         let lo = if relu { qmin.max(out_zp) } else { qmin };
+        // no NaN can arise before rounding when every factor is finite and every multiplier
+        // positive: then the store clamps with plain min/max (the usual case, vectorised)
+        let plain = mult.iter().all(|&m: &f32| m.is_finite() && m > 0.0)
+            && bias_q.iter().all(|b: &f32| b.is_finite());
         Ok(Requantize {
+            plain,
             mult,
             bias_q,
             out_zp,
@@ -325,25 +418,92 @@ impl<T: QInt> Requantize<T> {
     }
 }
 
-impl<T: QInt> OutputStage for Requantize<T> {
-    type Out = T;
-    #[allow(clippy::needless_range_loop)]
+impl<T: QInt> Requantize<T> {
+    /// Requantizes exact accumulators `acc` of output columns `col0..col0 + acc.len()` into
+    /// `out` (the rule above).
     #[inline(always)]
-    fn store(&self, corr: &Correction<'_>, t: Tile<'_>, out: &mut [T], at: OutAt) {
-        let bq = &self.bias_q[t.col0..t.col0 + t.cols];
-        let mu = &self.mult[t.col0..t.col0 + t.cols];
+    pub(crate) fn requantize_row(&self, acc: &[i32], col0: usize, out: &mut [T]) {
+        if self.plain {
+            self.requantize_row_plain(acc, col0, out)
+        } else {
+            self.requantize_row_general(acc, col0, out)
+        }
+    }
+
+    /// The rule as written, for stages where `v` may be NaN (a NaN bias, degenerate scales):
+    /// a NaN gives `lo`.
+    fn requantize_row_general(&self, acc: &[i32], col0: usize, out: &mut [T]) {
+        let n = acc.len();
+        let (bq, mu) = (&self.bias_q[col0..col0 + n], &self.mult[col0..col0 + n]);
         let (lo, hi) = (self.lo - 1.0, self.hi + 1.0);
         let (qlo, qhi) = (self.lo as i32 + self.out_zp, self.hi as i32 + self.out_zp);
+        for (((o, &a), &b), &m) in out[..n].iter_mut().zip(acc).zip(bq).zip(mu) {
+            let v = ((a as f32) + b) * m;
+            // clamp first so the rounding trick is exact; NaN → lo
+            let q = rne_to_i32(v.max(lo).min(hi)) + self.out_zp;
+            *o = T::from_i32(q.clamp(qlo, qhi));
+        }
+    }
+
+    /// For stages whose `v` cannot be NaN (`plain`): the same value as the general rule, as
+    /// clamping the float to the integer bounds `[lo, hi]` commutes with rounding.
+    #[inline(always)]
+    fn requantize_row_plain(&self, acc: &[i32], col0: usize, out: &mut [T]) {
+        let n = acc.len();
+        let (bq, mu) = (&self.bias_q[col0..col0 + n], &self.mult[col0..col0 + n]);
+        let (lo, hi, zp) = (self.lo, self.hi, self.out_zp);
+        for (((o, &a), &b), &m) in out[..n].iter_mut().zip(acc).zip(bq).zip(mu) {
+            let v = ((a as f32) + b) * m;
+            let v = if v > lo { v } else { lo };
+            let v = if v < hi { v } else { hi };
+            *o = T::from_i32(rne_to_i32(v) + zp);
+        }
+    }
+
+    /// [`Requantize::requantize_row`] on GEMM dot products, corrected on the fly (one pass,
+    /// 16 columns at a time in registers).
+    #[inline(always)]
+    fn requantize_row_with(&self, dots: &[i32], terms: RowTerms<'_>, col0: usize, out: &mut [T]) {
+        let n = dots.len();
+        let (bq, mu) = (&self.bias_q[col0..col0 + n], &self.mult[col0..col0 + n]);
+        let (lo, hi, zp) = (self.lo, self.hi, self.out_zp);
+        let one = |a: i32, b: f32, m: f32| {
+            let v = ((a as f32) + b) * m;
+            let v = if v > lo { v } else { lo };
+            let v = if v < hi { v } else { hi };
+            T::from_i32(rne_to_i32(v) + zp)
+        };
+        let full = n / 16 * 16;
+        for c in (0..full).step_by(16) {
+            let acc = terms.acc16(dots[c..c + 16].try_into().unwrap(), c);
+            let b: &[f32; 16] = bq[c..c + 16].try_into().unwrap();
+            let m: &[f32; 16] = mu[c..c + 16].try_into().unwrap();
+            let o: &mut [T; 16] = (&mut out[c..c + 16]).try_into().unwrap();
+            for l in 0..16 {
+                o[l] = one(acc[l], b[l], m[l]);
+            }
+        }
+        for c in full..n {
+            out[c] = one(terms.acc1(dots[c], c), bq[c], mu[c]);
+        }
+    }
+}
+
+impl<T: QInt> OutputStage for Requantize<T> {
+    type Out = T;
+    #[inline(always)]
+    fn store(&self, corr: &Correction<'_>, t: Tile<'_>, out: &mut [T], at: OutAt) {
         let mut acc = [0i32; MAX_TILE_COLS];
         for r in 0..t.rows {
             let i = t.row0 + r;
-            corr.row(&t.dots[r * t.ld..][..t.cols], i, t.col0, &mut acc);
             let o = &mut out[(i - at.row0) * at.ld + (t.col0 - at.col0)..][..t.cols];
-            for (((o, &a), &b), &m) in o.iter_mut().zip(&acc[..t.cols]).zip(bq).zip(mu) {
-                let v = ((a as f32) + b) * m;
-                // clamp first so the rounding trick is exact; NaN (only from a NaN bias) → lo
-                let q = rne_to_i32(v.max(lo).min(hi)) + self.out_zp;
-                *o = T::from_i32(q.clamp(qlo, qhi));
+            let dots = &t.dots[r * t.ld..][..t.cols];
+            if self.plain {
+                let terms = corr.row_terms(i, t.col0, t.cols);
+                self.requantize_row_with(dots, terms, t.col0, o);
+            } else {
+                corr.row(dots, i, t.col0, &mut acc);
+                self.requantize_row_general(&acc[..t.cols], t.col0, o);
             }
         }
     }

@@ -204,10 +204,61 @@ pub(crate) fn run_block_for<S: crate::requant::OutputStage>(
 ) {
     match engine {
         #[cfg(target_arch = "x86_64")]
-        Engine::Avx512Vnni | Engine::AvxVnni | Engine::Avx2 => {
-            x86_64::run_block_fma(job, rows, gs, out, at)
-        }
+        Engine::Avx512Vnni => x86_64::run_block_512(job, rows, gs, out, at),
+        #[cfg(target_arch = "x86_64")]
+        Engine::AvxVnni | Engine::Avx2 => x86_64::run_block_fma(job, rows, gs, out, at),
         _ => crate::gemm::run_block(job, rows, gs, out, at),
+    }
+}
+
+/// Work whose loops vectorise per ISA: [`with_features`] runs [`Vectorized::run`] inside a
+/// function compiled with the engine's vector features. Implementations mark `run`
+/// `#[inline(always)]` and call `#[inline(always)]` loops, so all of it is compiled there.
+pub(crate) trait Vectorized {
+    type Out;
+    fn run(self) -> Self::Out;
+}
+
+/// Runs `v` compiled with the vector features of `engine` where the architecture has optional
+/// ones (x86: AVX2 / AVX-512). Integer loops give the same results on every engine; aarch64's
+/// NEON is always on.
+#[inline(always)]
+pub(crate) fn with_features<V: Vectorized>(engine: Engine, v: V) -> V::Out {
+    #[cfg(target_arch = "x86_64")]
+    return x86_64::with_features(engine, v);
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        let _ = engine;
+        v.run()
+    }
+}
+
+/// An engine's depthwise kernel for output pixels whose taps are all inside the input:
+/// `pixel(x, offs, wp, c, zx, acc)` sets `acc[ch] = Σ_t (x[offs[t] + ch] − zx)·w[t][ch]` for the
+/// channels of whole `cb`-channel blocks, with `wp = prepare(w, taps, c)` from the centered
+/// weights `w` (`[taps][c]`, i16). Exact integers: the same as the portable loop.
+#[derive(Clone, Copy)]
+pub(crate) struct DepthwiseKernel {
+    pub cb: usize,
+    pub prepare: fn(&[i16], usize, usize) -> Vec<i16>,
+    pub pixel: DepthwisePixelFn,
+}
+
+/// `pixel(x, offs, wp, c, zx, acc)`, see [`DepthwiseKernel`].
+pub(crate) type DepthwisePixelFn = fn(&[u8], &[usize], &[i16], usize, u8, &mut [i32]);
+
+/// The depthwise kernel of `engine`, where it has one (else the portable loop runs).
+pub(crate) fn depthwise_kernel(engine: Engine) -> Option<DepthwiseKernel> {
+    match engine {
+        #[cfg(target_arch = "x86_64")]
+        Engine::Avx512Vnni | Engine::AvxVnni | Engine::Avx2 if x86_64::has_avx2_fma() => {
+            Some(DepthwiseKernel {
+                cb: x86_64::depthwise::CB,
+                prepare: x86_64::depthwise::pair_weights,
+                pixel: x86_64::depthwise::pixel_pairs,
+            })
+        }
+        _ => None,
     }
 }
 

@@ -7,6 +7,8 @@
 //! contribute exactly `(zp − zp)·w = 0` (docs/numerics.md "Zero is exact"). Output stages are the GEMM's.
 //! (A faster direct depthwise kernel and implicit GEMM come with the conv performance work.)
 
+mod depthwise;
+
 use crate::arch::Engine;
 use crate::error::{check_len, checked_numel, try_vec, KernelError, Result};
 use crate::gemm::gemm;
@@ -91,7 +93,10 @@ pub struct PackedConv {
     geom: ConvGeometry,
     cin: usize,
     cout: usize,
+    /// One packed GEMM per group (empty for a depthwise conv).
     groups: Vec<PackedWeights>,
+    /// The weights of a depthwise conv (groups = in = out channels), run by the direct kernel.
+    depthwise: Option<depthwise::PackedDepthwise>,
 }
 
 impl PackedConv {
@@ -132,6 +137,16 @@ impl PackedConv {
             check_len("per-channel weight scales", cout, scales.len())?;
             check_len("per-channel weight zero points", cout, zero_points.len())?;
         }
+        if depthwise::applies(&geom, cin, cout) {
+            let dw = depthwise::PackedDepthwise::new(w, cout, taps, scales, zero_points)?;
+            return Ok(PackedConv {
+                geom,
+                cin,
+                cout,
+                groups: Vec::new(),
+                depthwise: Some(dw),
+            });
+        }
         let mut groups = Vec::with_capacity(g);
         for gi in 0..g {
             // re-lay [cout_g, cin_g, taps] as [cout_g, taps, cin_g]
@@ -159,6 +174,7 @@ impl PackedConv {
             cin,
             cout,
             groups,
+            depthwise: None,
         })
     }
 
@@ -170,6 +186,15 @@ impl PackedConv {
     }
     pub fn out_channels(&self) -> usize {
         self.cout
+    }
+    /// Whether the direct depthwise kernel runs this conv.
+    pub fn is_depthwise(&self) -> bool {
+        self.depthwise.is_some()
+    }
+    /// Bytes held by the packed weights and their per-channel data.
+    pub fn bytes(&self) -> usize {
+        self.groups.iter().map(PackedWeights::bytes).sum::<usize>()
+            + self.depthwise.as_ref().map_or(0, |d| d.bytes())
     }
 }
 
@@ -185,43 +210,71 @@ struct ConvInput<'a> {
 
 impl ConvInput<'_> {
     /// im2col of output pixels `rows` (flattened over `[n, od, oh, ow]`) for group `gi`
-    /// (`cin_g` channels): one row of `taps·cin_g` bytes per pixel, K ordered (kd, kh, kw, c),
-    /// padded taps at the zero point. Writes `cols[..rows.len() * k]`.
-    fn im2col(&self, gi: usize, cin_g: usize, rows: std::ops::Range<usize>, cols: &mut [u8]) {
-        let (geom, sp, osp) = (&self.geom, self.sp, self.osp);
-        let taps: usize = geom.kernel.iter().product();
-        let k = taps * cin_g;
-        let cols = &mut cols[..rows.len() * k];
-        cols.fill(self.zp);
-        for (row, r) in cols.chunks_exact_mut(k).zip(rows) {
+    /// (`cin_g` channels), written straight into packed rows (`kp` bytes apart, the first
+    /// `taps·cin_g` written): K ordered (kd, kh, kw, c), padded taps at the zero point. Along the
+    /// width, undilated taps of a conv with one group are contiguous in the channels-last input
+    /// and are copied as one run (`kw·c` bytes).
+    fn im2col(
+        &self,
+        gi: usize,
+        cin_g: usize,
+        rows: std::ops::Range<usize>,
+        data: &mut [u8],
+        kp: usize,
+    ) {
+        let (geom, sp, osp, c) = (&self.geom, self.sp, self.osp, self.c);
+        let [kd_n, kh_n, kw_n] = geom.kernel;
+        let k = kd_n * kh_n * kw_n * cin_g;
+        let plane = kh_n * kw_n * cin_g; // bytes of one kd slice of a patch
+        let line = kw_n * cin_g; // bytes of one (kd, kh) line of a patch
+        let runs = geom.dilation[2] == 1 && cin_g == c;
+        let zp = self.zp;
+        let inside = |v: isize, n: usize| v >= 0 && (v as usize) < n;
+        for (row, r) in data.chunks_exact_mut(kp).zip(rows) {
+            let row = &mut row[..k];
             let ow = r % osp[2];
             let oh = (r / osp[2]) % osp[1];
             let od = (r / (osp[2] * osp[1])) % osp[0];
             let b = r / (osp[2] * osp[1] * osp[0]);
-            let mut t = 0;
-            for kd in 0..geom.kernel[0] {
+            let iw0 = (ow * geom.stride[2]) as isize - geom.padding[2] as isize;
+            for kd in 0..kd_n {
                 let id = (od * geom.stride[0] + kd * geom.dilation[0]) as isize
                     - geom.padding[0] as isize;
-                for kh in 0..geom.kernel[1] {
+                let dst_d = &mut row[kd * plane..(kd + 1) * plane];
+                if !inside(id, sp[0]) {
+                    dst_d.fill(zp);
+                    continue;
+                }
+                for kh in 0..kh_n {
                     let ih = (oh * geom.stride[1] + kh * geom.dilation[1]) as isize
                         - geom.padding[1] as isize;
-                    for kw in 0..geom.kernel[2] {
-                        let iw = (ow * geom.stride[2] + kw * geom.dilation[2]) as isize
-                            - geom.padding[2] as isize;
-                        let inside = id >= 0
-                            && ih >= 0
-                            && iw >= 0
-                            && (id as usize) < sp[0]
-                            && (ih as usize) < sp[1]
-                            && (iw as usize) < sp[2];
-                        if inside {
-                            let pix = ((b * sp[0] + id as usize) * sp[1] + ih as usize) * sp[2]
-                                + iw as usize;
-                            let src =
-                                &self.x[pix * self.c + gi * cin_g..pix * self.c + (gi + 1) * cin_g];
-                            row[t * cin_g..(t + 1) * cin_g].copy_from_slice(src);
+                    let dst = &mut dst_d[kh * line..(kh + 1) * line];
+                    if !inside(ih, sp[1]) {
+                        dst.fill(zp);
+                        continue;
+                    }
+                    let pix0 = ((b * sp[0] + id as usize) * sp[1] + ih as usize) * sp[2];
+                    if runs {
+                        // taps lo..hi fall inside the row of the input
+                        let lo = (-iw0).clamp(0, kw_n as isize) as usize;
+                        let hi = (sp[2] as isize - iw0).clamp(lo as isize, kw_n as isize) as usize;
+                        dst[..lo * c].fill(zp);
+                        if hi > lo {
+                            let src = (pix0 + (iw0 + lo as isize) as usize) * c;
+                            dst[lo * c..hi * c].copy_from_slice(&self.x[src..src + (hi - lo) * c]);
                         }
-                        t += 1;
+                        dst[hi * c..].fill(zp);
+                    } else {
+                        for kw in 0..kw_n {
+                            let iw = iw0 + (kw * geom.dilation[2]) as isize;
+                            let d = &mut dst[kw * cin_g..(kw + 1) * cin_g];
+                            if inside(iw, sp[2]) {
+                                let src = (pix0 + iw as usize) * c + gi * cin_g;
+                                d.copy_from_slice(&self.x[src..src + cin_g]);
+                            } else {
+                                d.fill(zp);
+                            }
+                        }
                     }
                 }
             }
@@ -322,6 +375,29 @@ fn conv_static_blocked<T: QInt>(
     let pixels = checked_numel(&[n, osp[0], osp[1], osp[2]], "convolution output")?;
     let out_numel = checked_numel(&[pixels, cout], "convolution output")?;
     let (cin_g, cout_g) = (cin / g, cout / g);
+    if let Some(dw) = &pc.depthwise {
+        let stage = Requantize::<T>::with_scales(
+            args.x_scale,
+            dw.scales(),
+            args.bias,
+            args.out_scale,
+            args.out_zp,
+            args.qmin,
+            args.qmax,
+            args.relu,
+        )?;
+        let mut out = try_vec(out_numel, T::default(), "the convolution output")?;
+        let input = ConvInput {
+            x,
+            sp: spatial,
+            c: cin,
+            geom,
+            osp,
+            zp: args.x_zp as u8,
+        };
+        depthwise::depthwise(engine, dw, &input, &stage, &mut out, threads)?;
+        return Ok((out, osp));
+    }
     // every group's stage is built (and validated) before any work
     let stages = pc
         .groups
@@ -363,15 +439,15 @@ fn conv_static_blocked<T: QInt>(
     let run_block = |bi: usize, dst: &mut [T], gemm_threads: usize| -> Result<()> {
         let r = bi * rows..((bi + 1) * rows).min(pixels);
         let m = r.len();
-        let mut cols = try_vec(m * k, 0u8, "a convolution im2col block")?;
         let mut tmp = if g > 1 {
             try_vec(m * cout_g, T::default(), "a grouped convolution block")?
         } else {
             Vec::new()
         };
         for (gi, (pw, stage)) in pc.groups.iter().zip(&stages).enumerate() {
-            input.im2col(gi, cin_g, r.clone(), &mut cols);
-            let a = PackedA::from_u8(&cols, m, k, args.x_zp)?;
+            let a = PackedA::from_fill(m, k, args.x_zp, |data, kp| {
+                input.im2col(gi, cin_g, r.clone(), data, kp)
+            })?;
             if g == 1 {
                 gemm(engine, &a, pw, stage, dst, gemm_threads)?;
             } else {
@@ -602,6 +678,122 @@ mod tests {
                         "case {ci} engine {} block {block:?} threads {threads}",
                         e.name()
                     );
+                }
+            }
+        }
+        crate::threading::set_parallel_min_macs(old);
+    }
+
+    /// Depthwise convs (the direct kernel, and the engines' all-taps-inside fast paths) against
+    /// a direct reference with per-channel weight zero points, on edge channel counts, kernel
+    /// sizes, strides, dilations and 1d/3d, every engine, one and three threads.
+    #[test]
+    fn depthwise_matches_reference_on_every_engine_and_thread_count() {
+        let old = crate::threading::set_parallel_min_macs(0);
+        // (spatial, kernel, stride, padding, dilation)
+        type Geom = ([usize; 3], [usize; 3], [usize; 3], [usize; 3], [usize; 3]);
+        let geoms: [Geom; 6] = [
+            ([1, 9, 8], [1, 3, 3], [1, 1, 1], [0, 1, 1], [1, 1, 1]),
+            ([1, 11, 10], [1, 5, 5], [1, 2, 2], [0, 2, 2], [1, 1, 1]),
+            ([1, 9, 9], [1, 3, 3], [1, 2, 1], [0, 2, 1], [1, 2, 2]),
+            ([1, 1, 13], [1, 1, 3], [1, 1, 1], [0, 0, 1], [1, 1, 1]),
+            ([4, 5, 5], [3, 3, 3], [1, 1, 1], [1, 1, 1], [1, 1, 1]),
+            ([1, 6, 7], [1, 2, 4], [1, 3, 2], [0, 0, 3], [1, 1, 1]),
+        ];
+        for (gi, &(sp, kernel, stride, padding, dilation)) in geoms.iter().enumerate() {
+            for &c in &[1usize, 7, 15, 16, 17, 33, 63, 64, 65] {
+                let geom = ConvGeometry {
+                    kernel,
+                    stride,
+                    padding,
+                    dilation,
+                    groups: c,
+                };
+                let taps: usize = kernel.iter().product();
+                let n = 2;
+                let x: Vec<u8> = (0..n * sp.iter().product::<usize>() * c)
+                    .map(|i| ((i * 97 + gi * 13 + c) % 256) as u8)
+                    .collect();
+                let w: Vec<i8> = (0..c * taps)
+                    .map(|i| ((i * 53 + 7 * c) % 256) as u8 as i8)
+                    .collect();
+                let zw: Vec<i32> = (0..c).map(|j| (j as i32 * 37) % 21 - 10).collect();
+                let scales = vec![1.0f32; c];
+                let pc = PackedConv::new(&w, c, c, geom, &scales, &zw).unwrap();
+                assert!(pc.depthwise.is_some());
+                let zx = 200;
+                let osp = geom.output_size(sp).unwrap();
+                // exact accumulators
+                let mut want = Vec::new();
+                for b in 0..n {
+                    for od in 0..osp[0] {
+                        for oh in 0..osp[1] {
+                            for ow in 0..osp[2] {
+                                for ch in 0..c {
+                                    let mut s = 0i64;
+                                    for t in 0..taps {
+                                        let (kd, kh, kw) = (
+                                            t / (kernel[1] * kernel[2]),
+                                            (t / kernel[2]) % kernel[1],
+                                            t % kernel[2],
+                                        );
+                                        let o = [od, oh, ow];
+                                        let kk = [kd, kh, kw];
+                                        let mut idx = [0usize; 3];
+                                        let mut inside = true;
+                                        for a in 0..3 {
+                                            let v = (o[a] * stride[a] + kk[a] * dilation[a])
+                                                as isize
+                                                - padding[a] as isize;
+                                            inside &= v >= 0 && (v as usize) < sp[a];
+                                            idx[a] = v.max(0) as usize;
+                                        }
+                                        if inside {
+                                            let pix = ((b * sp[0] + idx[0]) * sp[1] + idx[1])
+                                                * sp[2]
+                                                + idx[2];
+                                            let xv = x[pix * c + ch] as i64 - zx as i64;
+                                            s += xv * (w[ch * taps + t] as i64 - zw[ch] as i64);
+                                        }
+                                    }
+                                    want.push(s);
+                                }
+                            }
+                        }
+                    }
+                }
+                let amax = want.iter().map(|v| v.abs()).max().unwrap().max(1) as f64;
+                let out_scale = (amax / 100.0).log2().ceil().exp2().max(1.0) as f32;
+                let expect: Vec<i8> = want
+                    .iter()
+                    .map(|&v| {
+                        ((v as f64) / out_scale as f64)
+                            .round_ties_even()
+                            .clamp(-128.0, 127.0) as i8
+                    })
+                    .collect();
+                let args = ConvArgs {
+                    x_scale: 1.0,
+                    x_zp: zx,
+                    bias: None,
+                    out_scale,
+                    out_zp: 0,
+                    qmin: -128,
+                    qmax: 127,
+                    relu: false,
+                };
+                for e in available_engines() {
+                    for threads in [1, 3] {
+                        let (got, _) =
+                            conv_static_blocked::<i8>(e, &x, n, sp, &pc, &args, threads, None)
+                                .unwrap();
+                        assert_eq!(
+                            got,
+                            expect,
+                            "geometry {gi} channels {c} engine {} threads {threads}",
+                            e.name()
+                        );
+                    }
                 }
             }
         }

@@ -2,13 +2,14 @@
 
 use std::ops::Range;
 
-use super::Engine;
+use super::{Engine, Vectorized};
 use crate::gemm::Job;
 use crate::requant::OutputStage;
 
 pub(crate) mod avx2;
 pub(crate) mod avx512vnni;
 pub(crate) mod avxvnni;
+pub(crate) mod depthwise;
 pub mod peak;
 
 pub(crate) fn has_avx2_fma() -> bool {
@@ -54,6 +55,37 @@ unsafe fn run_block_avx2_fma<S: OutputStage>(
     crate::gemm::run_block(job, rows, gs, out, at)
 }
 
+/// # Safety
+/// The CPU supports AVX-512F/BW/VL, AVX2 and FMA.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma")]
+unsafe fn run_block_avx512<S: OutputStage>(
+    job: &Job<'_, S>,
+    rows: Range<usize>,
+    gs: Range<usize>,
+    out: &mut [S::Out],
+    at: crate::requant::OutAt,
+) {
+    crate::gemm::run_block(job, rows, gs, out, at)
+}
+
+/// A block of GEMM tiles with output stages compiled for AVX-512 (16-lane float loops), for
+/// the AVX-512 VNNI engine.
+#[inline(always)]
+pub(crate) fn run_block_512<S: OutputStage>(
+    job: &Job<'_, S>,
+    rows: Range<usize>,
+    gs: Range<usize>,
+    out: &mut [S::Out],
+    at: crate::requant::OutAt,
+) {
+    if has_avx512vnni() {
+        // SAFETY: the CPU supports AVX-512F/BW/VL, AVX2 and FMA (checked just above).
+        unsafe { run_block_avx512(job, rows, gs, out, at) }
+    } else {
+        run_block_fma(job, rows, gs, out, at)
+    }
+}
+
 /// A block of GEMM tiles compiled for AVX2+FMA (plain code when the CPU lacks them, which
 /// cannot happen for the engines that call this).
 #[inline(always)]
@@ -69,6 +101,33 @@ pub(crate) fn run_block_fma<S: OutputStage>(
         unsafe { run_block_avx2_fma(job, rows, gs, out, at) }
     } else {
         crate::gemm::run_block(job, rows, gs, out, at)
+    }
+}
+
+/// # Safety
+/// The CPU supports AVX2 and FMA.
+#[target_feature(enable = "avx2,fma")]
+unsafe fn call_avx2<V: Vectorized>(v: V) -> V::Out {
+    v.run()
+}
+
+/// # Safety
+/// The CPU supports AVX-512F/BW/VL, AVX2 and FMA.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma")]
+unsafe fn call_avx512<V: Vectorized>(v: V) -> V::Out {
+    v.run()
+}
+
+/// Runs `v` compiled with the vector features of `engine` (AVX-512 for the AVX-512 VNNI
+/// engine, AVX2 + FMA for the other x86 engines). Plain code for engines this CPU cannot run.
+#[inline(always)]
+pub(crate) fn with_features<V: Vectorized>(engine: Engine, v: V) -> V::Out {
+    match engine {
+        // SAFETY: the CPU supports every feature `call_avx512` enables (checked in the guard).
+        Engine::Avx512Vnni if has_avx512vnni() => unsafe { call_avx512(v) },
+        // SAFETY: the CPU supports AVX2 and FMA (checked in the guard).
+        Engine::AvxVnni | Engine::Avx2 if has_avx2_fma() => unsafe { call_avx2(v) },
+        _ => v.run(),
     }
 }
 

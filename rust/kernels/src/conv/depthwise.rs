@@ -1,0 +1,313 @@
+//! Direct depthwise convolution (groups = in channels = out channels), channels-last.
+//!
+//! A depthwise conv is one tiny dot product per channel and output pixel, so im2col + GEMM
+//! (one 1-column GEMM per channel) wastes almost all of its work. Here every output pixel
+//! accumulates its taps straight from the channels-last input, 16 channels at a time in
+//! registers: `acc[c] = Σ_taps (x[c] − zx)·(w[c] − zw[c])` in exact i32, then the same
+//! requantization as the GEMM path ([`Requantize::requantize_row`]). Taps in the padding are
+//! skipped (they would add `(zx − zx)·w = 0`). Any kernel size, stride and dilation; the loops
+//! are written once and compiled per ISA ([`crate::arch::with_features`]); every engine and
+//! thread count gives the same integers, hence the same bits.
+
+use super::{ConvGeometry, ConvInput};
+use crate::arch::{depthwise_kernel, with_features, DepthwiseKernel, Engine, Vectorized};
+use crate::error::{check_len, try_vec, KernelError, Result};
+use crate::packed::MAX_COLUMN_ABS_SUM;
+use crate::quantize::QInt;
+use crate::requant::Requantize;
+use crate::threading::{parallel_for, threads_for};
+use std::sync::Mutex;
+
+/// Depthwise weights: int8 `[taps][c]` (channels innermost, as the input), with per-channel
+/// zero points and scales.
+#[derive(Debug, Clone)]
+pub(crate) struct PackedDepthwise {
+    c: usize,
+    taps: usize,
+    w: Vec<i8>,
+    zero_points: Vec<i32>,
+    scales: Vec<f32>,
+}
+
+impl PackedDepthwise {
+    /// `w`: torch's `[c, 1, kd, kh, kw]`; `scales` / `zero_points`: length 1 or `c` (checked by
+    /// the caller, as are the channel count and kernel size).
+    pub(crate) fn new(
+        w: &[i8],
+        c: usize,
+        taps: usize,
+        scales: &[f32],
+        zero_points: &[i32],
+    ) -> Result<Self> {
+        check_len("depthwise convolution weight", c * taps, w.len())?;
+        let pick = |v: &[i32], j: usize| v[if v.len() == 1 { 0 } else { j }];
+        let mut wt = try_vec(c * taps, 0i8, "depthwise convolution weights")?;
+        for ch in 0..c {
+            let zw = pick(zero_points, ch) as i64;
+            let l1: i64 = (0..taps)
+                .map(|t| (w[ch * taps + t] as i64 - zw).abs())
+                .sum();
+            if l1 > MAX_COLUMN_ABS_SUM {
+                return Err(KernelError::TooLarge(format!(
+                    "channel {ch} of this depthwise convolution has sum |w - zero_point| = {l1} \
+                     over its {taps} taps, above {MAX_COLUMN_ABS_SUM}: its int32 accumulator \
+                     could overflow; use a smaller kernel or keep the layer in floating point"
+                )));
+            }
+            for t in 0..taps {
+                wt[t * c + ch] = w[ch * taps + t];
+            }
+        }
+        let zero_points = (0..c).map(|j| pick(zero_points, j)).collect();
+        let scales = (0..c)
+            .map(|j| scales[if scales.len() == 1 { 0 } else { j }])
+            .collect();
+        Ok(PackedDepthwise {
+            c,
+            taps,
+            w: wt,
+            zero_points,
+            scales,
+        })
+    }
+
+    /// One scale per channel.
+    pub(crate) fn scales(&self) -> &[f32] {
+        &self.scales
+    }
+
+    /// `w − zw` as i16, `[taps][c]`, for one call.
+    fn centered(&self) -> Result<Vec<i16>> {
+        let mut v = try_vec(self.w.len(), 0i16, "depthwise convolution weights")?;
+        for (t, row) in v.chunks_exact_mut(self.c).enumerate() {
+            let src = &self.w[t * self.c..(t + 1) * self.c];
+            for ((d, &w), &z) in row.iter_mut().zip(src).zip(&self.zero_points) {
+                *d = (w as i16) - z as i16;
+            }
+        }
+        Ok(v)
+    }
+
+    /// Bytes held (for memory accounting).
+    pub(crate) fn bytes(&self) -> usize {
+        self.w.len() + self.zero_points.len() * 4 + self.scales.len() * 4
+    }
+}
+
+/// Channels per register block (4 zmm / 8 ymm of i32 accumulators).
+const CB: usize = 64;
+
+/// Everything a line of output pixels needs.
+struct Ctx<'a, T: QInt> {
+    input: &'a ConvInput<'a>,
+    w: &'a [i16],
+    /// The engine's kernel for pixels with every tap inside, and its weights.
+    fast: Option<(DepthwiseKernel, Vec<i16>)>,
+    c: usize,
+    stage: &'a Requantize<T>,
+}
+
+/// Output pixels of `[n, od, oh, ow]` go in lines of `ow` pixels; `out` holds lines
+/// `l0..l0 + out.len() / (ow·c)`.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn depthwise<T: QInt>(
+    engine: Engine,
+    dw: &PackedDepthwise,
+    input: &ConvInput<'_>,
+    stage: &Requantize<T>,
+    out: &mut [T],
+    threads: usize,
+) -> Result<()> {
+    if !engine.is_available() {
+        return Err(KernelError::KernelUnavailable(format!(
+            "engine {:?} is not available on this CPU",
+            engine.name()
+        )));
+    }
+    let w = dw.centered()?;
+    let c = dw.c;
+    let line_len = input.osp[2] * c;
+    if out.is_empty() || line_len == 0 {
+        return Ok(());
+    }
+    let lines = out.len() / line_len;
+    let fast = depthwise_kernel(engine).map(|k| {
+        let wp = (k.prepare)(&w, dw.taps, c);
+        (k, wp)
+    });
+    let ctx = Ctx {
+        input,
+        w: &w,
+        fast,
+        c,
+        stage,
+    };
+    let macs = out.len().saturating_mul(dw.taps);
+    // MACs here are cheaper than GEMM MACs: ask for a thread per 4x the GEMM's work
+    let threads = threads_for(macs / 4, threads).min(lines);
+    if threads <= 1 {
+        with_features(
+            engine,
+            Lines {
+                ctx: &ctx,
+                l0: 0,
+                out,
+            },
+        );
+    } else {
+        let per = lines.div_ceil(threads * 4);
+        let parts: Vec<Mutex<&mut [T]>> = out.chunks_mut(per * line_len).map(Mutex::new).collect();
+        parallel_for(threads, parts.len(), &|i| {
+            let mut part = parts[i].lock().unwrap_or_else(|e| e.into_inner());
+            with_features(
+                engine,
+                Lines {
+                    ctx: &ctx,
+                    l0: i * per,
+                    out: &mut part,
+                },
+            );
+        });
+    }
+    Ok(())
+}
+
+/// Lines `l0..` of output into `out` (whole lines), compiled per ISA.
+struct Lines<'a, 'c, T: QInt> {
+    ctx: &'a Ctx<'c, T>,
+    l0: usize,
+    out: &'a mut [T],
+}
+
+impl<T: QInt> Vectorized for Lines<'_, '_, T> {
+    type Out = ();
+    #[inline(always)]
+    fn run(self) {
+        run_lines(self.ctx, self.l0, self.out)
+    }
+}
+
+/// Lines `l0..` of output into `out` (whole lines).
+#[inline(always)]
+fn run_lines<T: QInt>(ctx: &Ctx<'_, T>, l0: usize, out: &mut [T]) {
+    let input = ctx.input;
+    let (geom, sp, osp, c) = (&input.geom, input.sp, input.osp, ctx.c);
+    let zx = input.zp as i16;
+    let x = input.x;
+    let [kd_n, kh_n, kw_n] = geom.kernel;
+    // (tap index, input pixel) of the taps of one line's rows that are inside, then per pixel
+    let mut rows: Vec<(usize, usize)> = Vec::with_capacity(kd_n * kh_n);
+    let all = kd_n * kh_n * kw_n;
+    let mut taps: Vec<(usize, usize)> = Vec::with_capacity(all);
+    let mut offs: Vec<usize> = Vec::with_capacity(all);
+    let mut acc = vec![0i32; c];
+    let line_len = osp[2] * c;
+    for (li, out_line) in out.chunks_exact_mut(line_len).enumerate() {
+        let l = l0 + li;
+        let oh = l % osp[1];
+        let od = (l / osp[1]) % osp[0];
+        let b = l / (osp[1] * osp[0]);
+        rows.clear();
+        for kd in 0..kd_n {
+            let id =
+                (od * geom.stride[0] + kd * geom.dilation[0]) as isize - geom.padding[0] as isize;
+            if id < 0 || id as usize >= sp[0] {
+                continue;
+            }
+            for kh in 0..kh_n {
+                let ih = (oh * geom.stride[1] + kh * geom.dilation[1]) as isize
+                    - geom.padding[1] as isize;
+                if ih < 0 || ih as usize >= sp[1] {
+                    continue;
+                }
+                let pix = ((b * sp[0] + id as usize) * sp[1] + ih as usize) * sp[2];
+                rows.push(((kd * kh_n + kh) * kw_n, pix));
+            }
+        }
+        for (ow, px) in out_line.chunks_exact_mut(c).enumerate() {
+            let iw0 = (ow * geom.stride[2]) as isize - geom.padding[2] as isize;
+            taps.clear();
+            for &(t0, pix) in &rows {
+                for kw in 0..kw_n {
+                    let iw = iw0 + (kw * geom.dilation[2]) as isize;
+                    if iw >= 0 && (iw as usize) < sp[2] {
+                        taps.push((t0 + kw, (pix + iw as usize) * c));
+                    }
+                }
+            }
+            match &ctx.fast {
+                Some((k, wp)) if taps.len() == all && c >= k.cb => {
+                    offs.clear();
+                    offs.extend(taps.iter().map(|&(_, o)| o));
+                    (k.pixel)(x, &offs, wp, c, input.zp, &mut acc);
+                    let done = c / k.cb * k.cb;
+                    accumulate(ctx, x, zx, &taps, done, &mut acc);
+                    ctx.stage.requantize_row(&acc, 0, px);
+                }
+                _ => pixel(ctx, x, zx, &taps, &mut acc, px),
+            }
+        }
+    }
+}
+
+/// One output pixel: every channel's accumulator in `acc` (long loops over the channels, which
+/// vectorise well), then one requantization pass.
+#[inline(always)]
+fn pixel<T: QInt>(
+    ctx: &Ctx<'_, T>,
+    x: &[u8],
+    zx: i16,
+    taps: &[(usize, usize)],
+    acc: &mut [i32],
+    px: &mut [T],
+) {
+    let c = ctx.c;
+    let acc = &mut acc[..c];
+    // blocks of CB channels accumulate every tap in registers
+    let full = c / CB * CB;
+    for c0 in (0..full).step_by(CB) {
+        let mut a = [0i32; CB];
+        for &(t, off) in taps {
+            let xv: &[u8; CB] = x[off + c0..off + c0 + CB].try_into().unwrap();
+            let wv: &[i16; CB] = ctx.w[t * c + c0..t * c + c0 + CB].try_into().unwrap();
+            for l in 0..CB {
+                let d = (xv[l] as i16).wrapping_sub(zx) as i32;
+                a[l] = a[l].wrapping_add(d.wrapping_mul(wv[l] as i32));
+            }
+        }
+        acc[c0..c0 + CB].copy_from_slice(&a);
+    }
+    accumulate(ctx, x, zx, taps, full, acc);
+    ctx.stage.requantize_row(acc, 0, px);
+}
+
+/// The portable loop for channels `from..c` of one pixel (the tail after an engine kernel).
+#[inline(always)]
+fn accumulate<T: QInt>(
+    ctx: &Ctx<'_, T>,
+    x: &[u8],
+    zx: i16,
+    taps: &[(usize, usize)],
+    from: usize,
+    acc: &mut [i32],
+) {
+    let c = ctx.c;
+    if from >= c {
+        return;
+    }
+    let tail = &mut acc[from..c];
+    tail.fill(0);
+    for &(t, off) in taps {
+        let xv = &x[off + from..off + c];
+        let wv = &ctx.w[t * c + from..(t + 1) * c];
+        for ((a, &xi), &wi) in tail.iter_mut().zip(xv).zip(wv) {
+            let d = (xi as i16).wrapping_sub(zx) as i32;
+            *a = a.wrapping_add(d.wrapping_mul(wi as i32));
+        }
+    }
+}
+
+/// Whether a conv with this geometry and these channel counts runs as a depthwise conv here.
+pub(crate) fn applies(geom: &ConvGeometry, cin: usize, cout: usize) -> bool {
+    geom.groups == cin && cin == cout
+}
