@@ -520,6 +520,12 @@ impl PackedLinear {
         self.inner.is_per_channel()
     }
 
+    /// Bytes held by the packed weights (panels, column sums, zero points, scales).
+    #[getter]
+    fn nbytes(&self) -> usize {
+        self.inner.bytes()
+    }
+
     /// The int8 weights back as [out_features, in_features].
     fn unpack<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyArrayDyn<i8>>> {
         PyArray1::from_vec(py, self.inner.unpack()).reshape(vec![self.inner.n(), self.inner.k()])
@@ -689,6 +695,18 @@ impl PackedConv {
             .detach(|| k::conv::PackedConv::new(&w, shape[0], cin, geom, &s, &z))
             .map_err(to_py)?;
         Ok(PackedConv { inner })
+    }
+
+    /// Bytes held by the packed weights and their per-channel data.
+    #[getter]
+    fn nbytes(&self) -> usize {
+        self.inner.bytes()
+    }
+
+    /// Whether the direct depthwise kernel runs this conv (groups = in = out channels).
+    #[getter]
+    fn depthwise(&self) -> bool {
+        self.inner.is_depthwise()
     }
 
     /// Static quantized conv on a channels-last quint8 input [N, D, H, W, C] → [N, OD, OH, OW, Cout].

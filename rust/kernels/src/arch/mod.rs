@@ -235,11 +235,11 @@ pub(crate) fn with_features<V: Vectorized>(engine: Engine, v: V) -> V::Out {
 
 /// An engine's depthwise kernel for output pixels whose taps are all inside the input:
 /// `pixel(x, offs, wp, c, zx, acc)` sets `acc[ch] = Σ_t (x[offs[t] + ch] − zx)·w[t][ch]` for the
-/// channels of whole `cb`-channel blocks, with `wp = prepare(w, taps, c)` from the centered
-/// weights `w` (`[taps][c]`, i16). Exact integers: the same as the portable loop.
+/// channels `0..done(c)`, with `wp = prepare(w, taps, c)` from the centered weights `w`
+/// (`[taps][c]`, i16). Exact integers: the same as the portable loop.
 #[derive(Clone, Copy)]
 pub(crate) struct DepthwiseKernel {
-    pub cb: usize,
+    pub done: fn(usize) -> usize,
     pub prepare: fn(&[i16], usize, usize) -> Vec<i16>,
     pub pixel: DepthwisePixelFn,
 }
@@ -251,13 +251,17 @@ pub(crate) type DepthwisePixelFn = fn(&[u8], &[usize], &[i16], usize, u8, &mut [
 pub(crate) fn depthwise_kernel(engine: Engine) -> Option<DepthwiseKernel> {
     match engine {
         #[cfg(target_arch = "x86_64")]
-        Engine::Avx512Vnni | Engine::AvxVnni | Engine::Avx2 if x86_64::has_avx2_fma() => {
-            Some(DepthwiseKernel {
-                cb: x86_64::depthwise::CB,
-                prepare: x86_64::depthwise::pair_weights,
-                pixel: x86_64::depthwise::pixel_pairs,
-            })
-        }
+        Engine::Avx512Vnni if x86_64::has_avx512vnni() => Some(DepthwiseKernel {
+            done: x86_64::depthwise::channels_done,
+            prepare: x86_64::depthwise::pair_weights_avx512,
+            pixel: x86_64::depthwise::pixel_pairs_avx512,
+        }),
+        #[cfg(target_arch = "x86_64")]
+        Engine::AvxVnni | Engine::Avx2 if x86_64::has_avx2_fma() => Some(DepthwiseKernel {
+            done: x86_64::depthwise::channels_done,
+            prepare: x86_64::depthwise::pair_weights_avx2,
+            pixel: x86_64::depthwise::pixel_pairs_avx2,
+        }),
         _ => None,
     }
 }

@@ -236,11 +236,11 @@ fn run_lines<T: QInt>(ctx: &Ctx<'_, T>, l0: usize, out: &mut [T]) {
                 }
             }
             match &ctx.fast {
-                Some((k, wp)) if taps.len() == all && c >= k.cb => {
+                Some((k, wp)) if taps.len() == all && (k.done)(c) > 0 => {
                     offs.clear();
                     offs.extend(taps.iter().map(|&(_, o)| o));
                     (k.pixel)(x, &offs, wp, c, input.zp, &mut acc);
-                    let done = c / k.cb * k.cb;
+                    let done = (k.done)(c);
                     accumulate(ctx, x, zx, &taps, done, &mut acc);
                     ctx.stage.requantize_row(&acc, 0, px);
                 }
