@@ -281,12 +281,15 @@ impl PackedA {
 
     /// Activations written straight into the packed rows by `fill(data, kp)` (`m` rows of `kp`
     /// bytes, zero on entry; `fill` writes the first `k` bytes of each row), with zero point
-    /// `zero_point`; row sums and the largest value are computed after, in one pass. The
+    /// `zero_point`. With `stats`, row sums and the largest value are computed after, in one
+    /// pass; without, they are left at 0 and 255 — for GEMMs that need neither (weights without
+    /// zero points, an engine whose kernel choice does not look at the largest value). The
     /// convolution's im2col builds its blocks this way (no intermediate copy).
     pub fn from_fill(
         m: usize,
         k: usize,
         zero_point: i32,
+        stats: bool,
         fill: impl FnOnce(&mut [u8], usize),
     ) -> Result<Self> {
         if !(0..=255).contains(&zero_point) {
@@ -302,8 +305,8 @@ impl PackedA {
         )?;
         let mut row_sums = try_vec(m, 0i32, "activation row sums")?;
         fill(&mut data, kp);
-        let mut max = 0u8;
-        if kp > 0 {
+        let mut max = if stats { 0u8 } else { u8::MAX };
+        if kp > 0 && stats {
             for (row, rs) in data.chunks_exact(kp).zip(&mut row_sums) {
                 let (s, mx) = sum_max_u8(row);
                 *rs = s;

@@ -159,11 +159,16 @@ pub(crate) struct TileKernel {
 /// The micro-kernel `engine` uses for a GEMM with activations `a`: a GEMV-shaped kernel for
 /// few rows where the engine has one, and on AVX2 the `vpmaddubsw` kernel when every
 /// activation is at most 127 (exact there; both kernels give the same bits).
-pub(crate) fn tile_kernel(engine: Engine, a: &PackedA) -> TileKernel {
+pub(crate) fn tile_kernel(engine: Engine, a: &PackedA, w: &PackedWeights) -> TileKernel {
     #[cfg(target_arch = "x86_64")]
     if engine == Engine::Avx512Vnni && a.m() <= x86_64::avx512vnni::GEMV.mr {
         return x86_64::avx512vnni::GEMV;
     }
+    #[cfg(target_arch = "x86_64")]
+    if engine == Engine::Avx512Vnni && w.panels() % 4 == 0 && w.panels() % 3 != 0 {
+        return x86_64::avx512vnni::KERNEL_64;
+    }
+    let _ = w;
     #[cfg(target_arch = "x86_64")]
     if engine == Engine::Avx2 && a.fits_7bit() {
         return x86_64::avx2::KERNEL_7BIT;
@@ -335,8 +340,9 @@ mod tests {
         let high = PackedA::from_u8(&[127, 0, 128, 64], 2, 2, 0).unwrap();
         assert_eq!(low.max_value(), 127);
         assert_eq!(high.max_value(), 128);
-        let k7 = tile_kernel(Engine::Avx2, &low);
-        let k8 = tile_kernel(Engine::Avx2, &high);
+        let w = PackedWeights::new(&[1, 2, 3, 4], 2, 2, &[1.0], &[0]).unwrap();
+        let k7 = tile_kernel(Engine::Avx2, &low, &w);
+        let k8 = tile_kernel(Engine::Avx2, &high, &w);
         assert_eq!(k7.dot as usize, x86_64::avx2::KERNEL_7BIT.dot as usize);
         assert_eq!(k8.dot as usize, x86_64::avx2::KERNEL.dot as usize);
     }

@@ -445,7 +445,10 @@ fn conv_static_blocked<T: QInt>(
             Vec::new()
         };
         for (gi, (pw, stage)) in pc.groups.iter().zip(&stages).enumerate() {
-            let a = PackedA::from_fill(m, k, args.x_zp, |data, kp| {
+            // row sums feed only the weight zero-point correction, the largest value only
+            // AVX2's kernel choice
+            let stats = pw.has_zero_points() || engine == Engine::Avx2;
+            let a = PackedA::from_fill(m, k, args.x_zp, stats, |data, kp| {
                 input.im2col(gi, cin_g, r.clone(), data, kp)
             })?;
             if g == 1 {

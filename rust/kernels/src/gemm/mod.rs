@@ -45,7 +45,7 @@ pub fn gemm<S: OutputStage>(
         return Ok(());
     }
     let corr = Correction::new(a, w);
-    let kern = tile_kernel(engine, a);
+    let kern = tile_kernel(engine, a, w);
     if needs_bcast16(engine, a) {
         a.prepare_bcast16()?;
     }

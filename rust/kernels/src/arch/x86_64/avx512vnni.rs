@@ -14,6 +14,55 @@ pub(crate) const KERNEL: TileKernel = TileKernel {
     dot,
 };
 
+/// 6 rows × 64 columns: for weights of a multiple of 4 panels but not of 3 (64, 128, 256
+/// columns), which [`KERNEL`] would finish with a 1- or 2-panel tile. Per K group it loads 10
+/// values for 24 `vpdpbusd` (the 8×48 tile: 11).
+pub(crate) const KERNEL_64: TileKernel = TileKernel {
+    mr: 6,
+    np: 4,
+    dot: dot64,
+};
+
+fn dot64(
+    pa: &PackedA,
+    r0: usize,
+    rows: usize,
+    pw: &PackedWeights,
+    p0: usize,
+    panels: usize,
+    out: &mut [i32],
+) {
+    check_dot_args(&KERNEL_64, pa, r0, rows, pw, p0, panels, out);
+    let (kp, a) = (pa.kp(), pa.rows(r0, rows));
+    let w = pw.panel_data(p0, panels);
+    assert!(
+        super::has_avx512vnni(),
+        "avx512vnni kernel called on a CPU without AVX-512 VNNI"
+    );
+    macro_rules! go {
+        ($r:literal) => {
+            // SAFETY: the CPU features were checked above; check_dot_args proved that `a` holds
+            // `rows*kp` bytes, `w` holds `panels*kp*16` bytes and `out` holds `rows*4*16` i32.
+            unsafe {
+                match panels {
+                    1 => tile::<$r, 1, 4>(a.as_ptr(), kp, w.as_ptr(), out.as_mut_ptr()),
+                    2 => tile::<$r, 2, 4>(a.as_ptr(), kp, w.as_ptr(), out.as_mut_ptr()),
+                    3 => tile::<$r, 3, 4>(a.as_ptr(), kp, w.as_ptr(), out.as_mut_ptr()),
+                    _ => tile::<$r, 4, 4>(a.as_ptr(), kp, w.as_ptr(), out.as_mut_ptr()),
+                }
+            }
+        };
+    }
+    match rows {
+        1 => go!(1),
+        2 => go!(2),
+        3 => go!(3),
+        4 => go!(4),
+        5 => go!(5),
+        _ => go!(6),
+    }
+}
+
 fn dot(
     pa: &PackedA,
     r0: usize,
@@ -36,9 +85,9 @@ fn dot(
             // `rows*kp` bytes, `w` holds `panels*kp*16` bytes and `out` holds `rows*NP*16` i32.
             unsafe {
                 match panels {
-                    1 => tile::<$r, 1>(a.as_ptr(), kp, w.as_ptr(), out.as_mut_ptr()),
-                    2 => tile::<$r, 2>(a.as_ptr(), kp, w.as_ptr(), out.as_mut_ptr()),
-                    _ => tile::<$r, 3>(a.as_ptr(), kp, w.as_ptr(), out.as_mut_ptr()),
+                    1 => tile::<$r, 1, NP>(a.as_ptr(), kp, w.as_ptr(), out.as_mut_ptr()),
+                    2 => tile::<$r, 2, NP>(a.as_ptr(), kp, w.as_ptr(), out.as_mut_ptr()),
+                    _ => tile::<$r, 3, NP>(a.as_ptr(), kp, w.as_ptr(), out.as_mut_ptr()),
                 }
             }
         };
@@ -57,9 +106,9 @@ fn dot(
 
 /// # Safety
 /// The CPU supports AVX-512F/BW/VNNI; `a` points to `R*kp` readable bytes, `w` to `P*kp*16`
-/// bytes, `out` to `R*NP*16` writable i32; `kp % 4 == 0`.
+/// bytes, `out` to `R*LD*16` writable i32 (rows `LD*16` apart); `kp % 4 == 0`.
 #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
-unsafe fn tile<const R: usize, const P: usize>(
+unsafe fn tile<const R: usize, const P: usize, const LD: usize>(
     a: *const u8,
     kp: usize,
     w: *const i8,
@@ -82,7 +131,7 @@ unsafe fn tile<const R: usize, const P: usize>(
     }
     for r in 0..R {
         for p in 0..P {
-            _mm512_storeu_si512(out.add(r * NP * NR + p * NR) as *mut _, acc[r][p]);
+            _mm512_storeu_si512(out.add(r * LD * NR + p * NR) as *mut _, acc[r][p]);
         }
     }
 }
