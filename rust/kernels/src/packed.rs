@@ -292,19 +292,40 @@ impl PackedA {
         stats: bool,
         fill: impl FnOnce(&mut [u8], usize),
     ) -> Result<Self> {
+        Self::from_fill_reusing(Vec::new(), m, k, zero_point, stats, fill)
+    }
+
+    /// [`PackedA::from_fill`] into the storage of `data` (a buffer from
+    /// [`PackedA::into_data`]: blocks of a conv reuse one buffer instead of allocating, and
+    /// faulting in, fresh memory each). `fill` must write the first `k` bytes of every row; the
+    /// rest of each row is zeroed here.
+    pub fn from_fill_reusing(
+        mut data: Vec<u8>,
+        m: usize,
+        k: usize,
+        zero_point: i32,
+        stats: bool,
+        fill: impl FnOnce(&mut [u8], usize),
+    ) -> Result<Self> {
         if !(0..=255).contains(&zero_point) {
             return Err(KernelError::InvalidQParams(format!(
                 "quint8 activation zero point {zero_point} is outside [0, 255]"
             )));
         }
         let kp = padded_k(k);
-        let mut data = try_vec(
-            checked_numel(&[m, kp], "packed activations")?,
-            0u8,
-            "packed activations",
-        )?;
+        let len = checked_numel(&[m, kp], "packed activations")?;
+        data.truncate(len);
+        data.try_reserve_exact(len - data.len()).map_err(|_| {
+            KernelError::OutOfMemory(format!("cannot allocate packed activations ({len} bytes)"))
+        })?;
+        data.resize(len, 0);
         let mut row_sums = try_vec(m, 0i32, "activation row sums")?;
         fill(&mut data, kp);
+        if kp > k {
+            for row in data.chunks_exact_mut(kp) {
+                row[k..].fill(0);
+            }
+        }
         let mut max = if stats { 0u8 } else { u8::MAX };
         if kp > 0 && stats {
             for (row, rs) in data.chunks_exact(kp).zip(&mut row_sums) {
@@ -437,6 +458,11 @@ impl PackedA {
 
     pub fn m(&self) -> usize {
         self.m
+    }
+
+    /// The packed rows' storage, for [`PackedA::from_fill_reusing`].
+    pub fn into_data(self) -> Vec<u8> {
+        self.data
     }
 
     /// Per-row zero points, when the rows were quantized per row.

@@ -230,12 +230,32 @@ impl ConvInput<'_> {
         let runs = geom.dilation[2] == 1 && cin_g == c;
         let zp = self.zp;
         let inside = |v: isize, n: usize| v >= 0 && (v as usize) < n;
-        for (row, r) in data.chunks_exact_mut(kp).zip(rows) {
+        // output position of the first row, then stepped row by row (no divisions per row)
+        let r0 = rows.start;
+        let (mut ow, mut oh) = (r0 % osp[2], (r0 / osp[2]) % osp[1]);
+        let (mut od, mut b) = (
+            (r0 / (osp[2] * osp[1])) % osp[0],
+            r0 / (osp[2] * osp[1] * osp[0]),
+        );
+        for row in data.chunks_exact_mut(kp).take(rows.len()) {
             let row = &mut row[..k];
-            let ow = r % osp[2];
-            let oh = (r / osp[2]) % osp[1];
-            let od = (r / (osp[2] * osp[1])) % osp[0];
-            let b = r / (osp[2] * osp[1] * osp[0]);
+            let (ow, oh, od, b) = {
+                let here = (ow, oh, od, b);
+                ow += 1;
+                if ow == osp[2] {
+                    ow = 0;
+                    oh += 1;
+                    if oh == osp[1] {
+                        oh = 0;
+                        od += 1;
+                        if od == osp[0] {
+                            od = 0;
+                            b += 1;
+                        }
+                    }
+                }
+                here
+            };
             let iw0 = (ow * geom.stride[2]) as isize - geom.padding[2] as isize;
             for kd in 0..kd_n {
                 let id = (od * geom.stride[0] + kd * geom.dilation[0]) as isize
@@ -258,12 +278,17 @@ impl ConvInput<'_> {
                         // taps lo..hi fall inside the row of the input
                         let lo = (-iw0).clamp(0, kw_n as isize) as usize;
                         let hi = (sp[2] as isize - iw0).clamp(lo as isize, kw_n as isize) as usize;
-                        dst[..lo * c].fill(zp);
+                        // (the empty fills skipped: a call per line costs more than the copy)
+                        if lo > 0 {
+                            dst[..lo * c].fill(zp);
+                        }
                         if hi > lo {
                             let src = (pix0 + (iw0 + lo as isize) as usize) * c;
                             dst[lo * c..hi * c].copy_from_slice(&self.x[src..src + (hi - lo) * c]);
                         }
-                        dst[hi * c..].fill(zp);
+                        if hi < kw_n {
+                            dst[hi * c..].fill(zp);
+                        }
                     } else {
                         for kw in 0..kw_n {
                             let iw = iw0 + (kw * geom.dilation[2]) as isize;
@@ -280,6 +305,12 @@ impl ConvInput<'_> {
             }
         }
     }
+}
+
+thread_local! {
+    /// Each thread's im2col block buffer, reused from block to block and call to call (about
+    /// [`BLOCK_BYTES`]; a block's rows are all rewritten before use).
+    static IM2COL: std::cell::Cell<Vec<u8>> = const { std::cell::Cell::new(Vec::new()) };
 }
 
 /// Bytes of im2col a block of output pixels may take: the conv never materialises the whole
@@ -448,7 +479,8 @@ fn conv_static_blocked<T: QInt>(
             // row sums feed only the weight zero-point correction, the largest value only
             // AVX2's kernel choice
             let stats = pw.has_zero_points() || engine == Engine::Avx2;
-            let a = PackedA::from_fill(m, k, args.x_zp, stats, |data, kp| {
+            let buf = IM2COL.with(|c| c.take());
+            let a = PackedA::from_fill_reusing(buf, m, k, args.x_zp, stats, |data, kp| {
                 input.im2col(gi, cin_g, r.clone(), data, kp)
             })?;
             if g == 1 {
@@ -459,6 +491,7 @@ fn conv_static_blocked<T: QInt>(
                     d[gi * cout_g..(gi + 1) * cout_g].copy_from_slice(s);
                 }
             }
+            IM2COL.with(|c| c.set(a.into_data()));
         }
         Ok(())
     };
