@@ -1,19 +1,27 @@
 """Whole models: ferroquant vs torch's int8 engine (and fp32), same process, one thread.
 
-    python benches/bench_models.py [--threads 1] [--seq 128] [--engine auto] [--torch-avx2] [--json out.json]
+    python benches/bench_models.py [--threads 1] [--seq 128] [--models encoder,resnet18,mobilenet_v2]
+                                   [--engine auto] [--torch-avx2] [--json out.json]
 
 Models from shared/design/ANCHORS.md: the 4-layer BERT-base-size encoder (dynamic
 quantization of every nn.Linear, each library's default dynamic qconfig), T=128, batch 1. Reports
 median ms, ratios and the largest error vs fp32. The AVX2-only view on any x86 machine:
 ``--engine avx2 --torch-avx2``.
+
+ResNet-18 and MobileNetV2 (benches/models.py, random weights): eager static quantization with
+``get_default_qconfig("x86")`` in both libraries (conv-bn(-relu) fused, the same float weights,
+calibrated on the same random batches), batch 1, 224x224. Reports median ms, the cosine similarity
+of each int8 output with the fp32 one, and state_dict sizes (bytes of ``torch.save``).
 """
 
 from __future__ import annotations
 
 import argparse
 import copy
+import io
 import sys
 import warnings
+from typing import Any
 
 import ferroquant as fq
 import torch
@@ -28,10 +36,15 @@ from _common import (  # noqa: E402
     median_seconds,
     write_json,
 )
-from models import Encoder  # noqa: E402
+from models import Encoder, MobileNetV2, ResNet18, init_weights  # noqa: E402
 
 warnings.filterwarnings("ignore")
-import torch.ao.quantization as tq  # noqa: E402  (the reference engine, benchmarks only)
+import torch.ao.nn.quantized as tnnq  # noqa: E402  (the reference engine, benchmarks only)
+import torch.ao.quantization as tq  # noqa: E402
+
+CNNS = {"resnet18": ResNet18, "mobilenet_v2": MobileNetV2}
+MODELS = ("encoder", *CNNS)
+CNN_TITLES = {"resnet18": "ResNet-18", "mobilenet_v2": "MobileNetV2"}
 
 
 def bench_encoder(seq: int) -> dict:
@@ -58,10 +71,104 @@ def bench_encoder(seq: int) -> dict:
     }
 
 
+def _state_dict_bytes(model: nn.Module) -> int:
+    buf = io.BytesIO()
+    torch.save(model.state_dict(), buf)
+    return buf.tell()
+
+
+def _cosine(a: torch.Tensor, b: torch.Tensor) -> float:
+    return torch.nn.functional.cosine_similarity(a.flatten(), b.flatten(), dim=0).item()
+
+
+def _quantize_cnn(name: str, lib: Any, float_functional: type, ref: nn.Module, calib: list[torch.Tensor]) -> nn.Module:
+    """The model ``name`` built with ``lib``'s stubs and ``float_functional`` (``lib`` is
+    ``ferroquant`` or ``torch.ao.quantization``), loaded with ``ref``'s float weights, fused,
+    calibrated on ``calib`` and converted with the x86 qconfig."""
+    model = CNNS[name](lib.QuantStub, lib.DeQuantStub, float_functional).eval()
+    model.load_state_dict(ref.state_dict())
+    with torch.no_grad():
+        if not torch.equal(model(calib[0]), ref(calib[0])):
+            raise RuntimeError(f"{name}: the float model built with {lib.__name__}'s stubs differs from the reference")
+    model.fuse_model(lib.fuse_modules)
+    model.qconfig = lib.get_default_qconfig("x86")
+    prepared = lib.prepare(model)
+    with torch.no_grad():
+        for batch in calib:
+            prepared(batch)
+    return lib.convert(prepared)
+
+
+def bench_cnn(name: str, size: int = 224, calib_batches: int = 3) -> dict:
+    torch.manual_seed(0)
+    ref = CNNS[name]().eval()
+    init_weights(ref)
+    calib = [torch.randn(2, 3, size, size) for _ in range(calib_batches)]
+    x = torch.randn(1, 3, size, size)
+    ours = _quantize_cnn(name, fq, fq.nn.quantized.FloatFunctional, ref, calib)
+    theirs = _quantize_cnn(name, tq, tnnq.FloatFunctional, ref, calib)
+    with torch.no_grad():
+        y_ref, y_ours, y_torch = ref(x), ours(x), theirs(x)
+        t_fp32 = median_seconds(lambda: ref(x), min_time=1.0, repeats=7)
+        t_torch = median_seconds(lambda: theirs(x), min_time=1.0, repeats=7)
+        t_ours = median_seconds(lambda: ours(x), min_time=1.0, repeats=7)
+    return {
+        "model": f"{CNN_TITLES[name]} 1x3x{size}x{size} (static, x86 qconfig)",
+        "fp32_ms": t_fp32 * 1e3,
+        "torch_int8_ms": t_torch * 1e3,
+        "ferroquant_ms": t_ours * 1e3,
+        "ratio": t_torch / t_ours,
+        "cosine_ferroquant": _cosine(y_ours, y_ref),
+        "cosine_torch": _cosine(y_torch, y_ref),
+        "state_dict_bytes_fp32": _state_dict_bytes(ref),
+        "state_dict_bytes_torch_int8": _state_dict_bytes(theirs),
+        "state_dict_bytes_ferroquant": _state_dict_bytes(ours),
+    }
+
+
+def _model_list(text: str) -> list[str]:
+    names = [n.strip() for n in text.split(",") if n.strip()]
+    unknown = [n for n in names if n not in MODELS]
+    if unknown:
+        raise argparse.ArgumentTypeError(f"unknown model(s) {unknown}; choose from {', '.join(MODELS)}")
+    return names
+
+
+def _print_encoder_table(rows: list[dict]) -> None:
+    print("| model | fp32 ms | torch int8 ms | ferroquant ms | speedup vs torch int8 | max abs err (fq / torch) |")
+    print("|---|---|---|---|---|---|")
+    for r in rows:
+        print(
+            f"| {r['model']} | {r['fp32_ms']:.2f} | {r['torch_int8_ms']:.2f} | {r['ferroquant_ms']:.2f} | "
+            f"{r['ratio']:.2f}x | {r['max_abs_err_ferroquant']:.3g} / {r['max_abs_err_torch']:.3g} |"
+        )
+
+
+def _print_cnn_table(rows: list[dict]) -> None:
+    print(
+        "| model | fp32 ms | torch int8 ms | ferroquant ms | speedup vs torch int8 | cosine vs fp32 (fq / torch) "
+        "| state_dict MB (fp32 / torch int8 / fq) |"
+    )
+    print("|---|---|---|---|---|---|---|")
+    for r in rows:
+        sizes = [r[f"state_dict_bytes_{k}"] / 1e6 for k in ("fp32", "torch_int8", "ferroquant")]
+        print(
+            f"| {r['model']} | {r['fp32_ms']:.2f} | {r['torch_int8_ms']:.2f} | {r['ferroquant_ms']:.2f} | "
+            f"{r['ratio']:.2f}x | {r['cosine_ferroquant']:.5f} / {r['cosine_torch']:.5f} | "
+            f"{sizes[0]:.2f} / {sizes[1]:.2f} / {sizes[2]:.2f} |"
+        )
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--seq", type=int, default=128)
+    ap.add_argument(
+        "--models",
+        type=_model_list,
+        default=list(MODELS),
+        help=f"comma-separated, from {', '.join(MODELS)} (default: all)",
+    )
     ap.add_argument("--engine", default="auto", help="ferroquant engine (auto or a name)")
     ap.add_argument("--json")
     add_torch_avx2_flag(ap)
@@ -70,20 +177,20 @@ def main() -> int:
     torch.set_num_threads(args.threads)
     fq.set_num_threads(args.threads)
     fq.backends.engine = args.engine
+    torch.backends.quantized.engine = "x86"
     info = machine_info()
-    rows = [bench_encoder(args.seq)]
+    rows = [bench_encoder(args.seq)] if "encoder" in args.models else []
+    cnn_rows = [bench_cnn(name) for name in CNNS if name in args.models]
     print(f"# models: ferroquant vs torch {info['torch']} int8, {args.threads} thread(s)")
     print(describe(info))
-    print()
-    print("| model | fp32 ms | torch int8 ms | ferroquant ms | speedup vs torch int8 | max abs err (fq / torch) |")
-    print("|---|---|---|---|---|---|")
-    for r in rows:
-        print(
-            f"| {r['model']} | {r['fp32_ms']:.2f} | {r['torch_int8_ms']:.2f} | {r['ferroquant_ms']:.2f} | "
-            f"{r['ratio']:.2f}x | {r['max_abs_err_ferroquant']:.3g} / {r['max_abs_err_torch']:.3g} |"
-        )
+    if rows:
+        print()
+        _print_encoder_table(rows)
+    if cnn_rows:
+        print()
+        _print_cnn_table(cnn_rows)
     if args.json:
-        write_json(args.json, {"machine": info, "threads": args.threads, "rows": rows})
+        write_json(args.json, {"machine": info, "threads": args.threads, "rows": rows, "cnn_rows": cnn_rows})
     return 0
 
 

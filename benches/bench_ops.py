@@ -1,4 +1,4 @@
-"""ferroquant vs torch's int8 engine (and fp32) on the same Linear shapes, one process.
+"""ferroquant vs torch's int8 engine (and fp32) on the same Linear and Conv2d shapes, one process.
 
     python benches/bench_ops.py [--threads 1] [--engine auto] [--torch-avx2] [--quick] [--json out.json]
 
@@ -9,6 +9,11 @@ The AVX2-only view on any x86 machine: ``--engine avx2 --torch-avx2``.
 Static Linear runs twice per shape: activations in 0..127 (torch's x86 qconfigs, reduce_range)
 and in 0..255. Dynamic Linear: each library's per-channel dynamic qconfig (torch: per tensor
 0..127; ferroquant: per row 0..127).
+
+Conv2d (module level, batch 1): ``ferroquant.nn.quantized.Conv2d`` vs ``torch.ao.nn.quantized.Conv2d``
+on the same per-channel int8 weights, quint8 activations in 0..127, channels-last input for both
+libraries (fp32: ``nn.Conv2d`` on the usual NCHW input). Also the fixed cost of one module call:
+a 1x1 Conv2d(8, 8) on a 1x8x7x7 input, in microseconds.
 """
 
 from __future__ import annotations
@@ -46,6 +51,14 @@ SHAPES_DYNAMIC = [
     (16, 768, 3072),
     (128, 768, 3072),
     (512, 1024, 1024),
+]
+# (name, in channels, out channels, kernel, stride, padding, groups, input height = width)
+SHAPES_CONV = [
+    ("3x3", 64, 64, 3, 1, 1, 1, 56),
+    ("3x3", 256, 256, 3, 1, 1, 1, 14),
+    ("1x1", 128, 512, 1, 1, 0, 1, 28),
+    ("3x3 depthwise", 144, 144, 3, 1, 1, 144, 56),
+    ("7x7/2 stem", 3, 64, 7, 2, 3, 1, 224),
 ]
 QUICK_STATIC = [(128, 768, 3072)]
 QUICK_DYNAMIC = [(1, 768, 3072), (16, 768, 3072)]
@@ -103,6 +116,93 @@ def bench_static(m: int, k: int, n: int, threads: int, qmax: int = 255) -> dict[
     }
 
 
+def _conv_macs(cin: int, cout: int, k: int, stride: int, padding: int, groups: int, hw: int) -> int:
+    out = (hw + 2 * padding - k) // stride + 1
+    return cout * out * out * (cin // groups) * k * k
+
+
+def _conv_label(cin: int, cout: int, stride: int, groups: int, hw: int) -> str:
+    """``64->64 56x56``, with `` /2`` for a stride and `` g=144`` for groups."""
+    extra = (f" /{stride}" if stride > 1 else "") + (f" g={groups}" if groups > 1 else "")
+    return f"{cin}->{cout} {hw}x{hw}{extra}"
+
+
+def _conv_modules(
+    cin: int, cout: int, k: int, stride: int, padding: int, groups: int, x: torch.Tensor
+) -> tuple[nn.Conv2d, Any, Any]:
+    """An fp32 conv with random weights, and torch's and ferroquant's int8 convs with the same
+    per-channel int8 weights, bias and output qparams (covering the fp32 output's range)."""
+    conv = nn.Conv2d(cin, cout, k, stride, padding, groups=groups).eval()
+    with torch.no_grad():
+        conv.weight.normal_(0.0, 0.05)
+        y = conv(x)
+    w = conv.weight.detach()
+    ws = (w.abs().amax((1, 2, 3)) / 127.5).double()
+    zps = torch.zeros(cout, dtype=torch.long)
+    qw_t = torch.quantize_per_channel(w, ws, zps, 0, torch.qint8)
+    qw_fq = fq.QTensor(qw_t.int_repr(), ws, zps, fq.qint8, axis=0)
+    lo, hi = min(y.min().item(), 0.0), max(y.max().item(), 0.0)
+    os_ = max(hi - lo, 1e-3) / 255
+    oz = min(255, max(0, round(-lo / os_)))
+    theirs = tnnq.Conv2d(cin, cout, k, stride, padding, groups=groups)
+    ours = fq.nn.quantized.Conv2d(cin, cout, k, stride, padding, groups=groups)
+    theirs.set_weight_bias(qw_t, conv.bias.detach())
+    ours.set_weight_bias(qw_fq, conv.bias.detach())
+    for m in (theirs, ours):
+        m.scale, m.zero_point = os_, oz
+    return conv, theirs, ours
+
+
+def _conv_inputs(x: torch.Tensor, s: float) -> tuple[torch.Tensor, fq.QTensor]:
+    """``x`` as a channels-last quint8 tensor for torch and a channels-last QTensor for ferroquant."""
+    qx_t = torch.quantize_per_tensor(x, s, 0, torch.quint8).contiguous(memory_format=torch.channels_last)
+    q = fq.quantize_per_tensor(x.movedim(1, -1).contiguous(), s, 0, fq.quint8)
+    return qx_t, fq.QTensor(q.int_repr().movedim(-1, 1), s, 0, fq.quint8)
+
+
+def bench_conv(
+    name: str, cin: int, cout: int, k: int, stride: int, padding: int, groups: int, hw: int
+) -> dict[str, Any]:
+    torch.manual_seed(0)
+    x = torch.rand(1, cin, hw, hw) * 4
+    s = 4 / 127  # activations in 0..127
+    conv, theirs, ours = _conv_modules(cin, cout, k, stride, padding, groups, x)
+    qx_t, qx_fq = _conv_inputs(x, s)
+    with torch.no_grad():
+        diff = (theirs(qx_t).int_repr().int() - ours(qx_fq).int_repr().int()).abs().max().item()
+        t_fp32 = median_seconds(lambda: conv(x))
+    t_torch = median_seconds(lambda: theirs(qx_t))
+    t_ours = median_seconds(lambda: ours(qx_fq))
+    macs = _conv_macs(cin, cout, k, stride, padding, groups, hw)
+    return {
+        "op": f"conv2d {name}, activations 0..127",
+        "shape": _conv_label(cin, cout, stride, groups, hw),
+        "macs": macs,
+        "fp32": macs / t_fp32 / 1e9,
+        "torch_int8": macs / t_torch / 1e9,
+        "ferroquant": macs / t_ours / 1e9,
+        "max_abs_diff_vs_torch": diff,
+    }
+
+
+def bench_conv_call() -> dict[str, Any]:
+    """The fixed cost of one conv module call: a 1x1 Conv2d(8, 8) on a 1x8x7x7 input, in microseconds."""
+    torch.manual_seed(0)
+    x = torch.rand(1, 8, 7, 7) * 4
+    conv, theirs, ours = _conv_modules(8, 8, 1, 1, 0, 1, x)
+    qx_t, qx_fq = _conv_inputs(x, 4 / 127)
+    with torch.no_grad():
+        t_fp32 = median_seconds(lambda: conv(x), repeats=15)
+    t_torch = median_seconds(lambda: theirs(qx_t), repeats=15)
+    t_ours = median_seconds(lambda: ours(qx_fq), repeats=15)
+    return {
+        "op": "Conv2d(8, 8, 1) on 1x8x7x7 (us/call)",
+        "fp32_us": t_fp32 * 1e6,
+        "torch_int8_us": t_torch * 1e6,
+        "ferroquant_us": t_ours * 1e6,
+    }
+
+
 def bench_tiny() -> dict[str, Any]:
     """The PyTorch docs' 4x4 dynamic Linear example: one forward call, in microseconds."""
     torch.manual_seed(0)
@@ -121,6 +221,20 @@ def bench_tiny() -> dict[str, Any]:
         "torch_int8_us": t_torch * 1e6,
         "ferroquant_us": t_ours * 1e6,
     }
+
+
+def _print_conv_table(rows: list[dict[str, Any]]) -> None:
+    print(
+        "| op | channels, input | fp32 GMAC/s | torch int8 GMAC/s | ferroquant GMAC/s | ratio vs torch int8 "
+        "| max output diff vs torch (LSB) |"
+    )
+    print("|---|---|---|---|---|---|---|")
+    for r in rows:
+        r["ratio"] = r["ferroquant"] / r["torch_int8"]
+        print(
+            f"| {r['op']} | {r['shape']} | {r['fp32']:.1f} | {r['torch_int8']:.1f} | {r['ferroquant']:.1f} "
+            f"| {r['ratio']:.2f}x | {r['max_abs_diff_vs_torch']} |"
+        )
 
 
 def main() -> int:
@@ -144,6 +258,8 @@ def main() -> int:
     for s in QUICK_DYNAMIC if args.quick else SHAPES_DYNAMIC:
         rows.append(bench_dynamic(*s))
     tiny = bench_tiny()
+    conv_rows = [bench_conv(*c) for c in SHAPES_CONV]
+    conv_call = bench_conv_call()
     print(f"# ferroquant ops vs torch {info['torch']} int8 (x86 engine), {args.threads} thread(s)")
     print(describe(info))
     print()
@@ -156,14 +272,23 @@ def main() -> int:
             f"| {r['op']} | {m}x{k}x{n} | {r['fp32']:.1f} | {r['torch_int8']:.1f} | {r['ferroquant']:.1f} "
             f"| {r['ratio']:.2f}x |"
         )
+    print()
+    _print_conv_table(conv_rows)
     tiny["speedup"] = tiny["torch_int8_us"] / tiny["ferroquant_us"]
     print()
     print(
         f"docs 4x4 dynamic Linear, one call: fp32 {tiny['fp32_us']:.2f} us, torch int8 {tiny['torch_int8_us']:.2f} us, "
         f"ferroquant {tiny['ferroquant_us']:.2f} us ({tiny['speedup']:.2f}x faster than torch int8)"
     )
+    conv_call["speedup"] = conv_call["torch_int8_us"] / conv_call["ferroquant_us"]
+    print(
+        f"Conv2d(8, 8, 1) on 1x8x7x7, one call: fp32 {conv_call['fp32_us']:.2f} us, torch int8 "
+        f"{conv_call['torch_int8_us']:.2f} us, ferroquant {conv_call['ferroquant_us']:.2f} us "
+        f"({conv_call['speedup']:.2f}x faster than torch int8)"
+    )
     if args.json:
-        write_json(args.json, {"machine": info, "threads": args.threads, "rows": rows, "tiny": tiny})
+        payload = {"machine": info, "threads": args.threads, "rows": rows, "tiny": tiny}
+        write_json(args.json, {**payload, "conv_rows": conv_rows, "conv_call": conv_call})
     return 0
 
 

@@ -156,6 +156,7 @@ def test_top_level_reexports():
         "per_channel_symmetric",
         "FakeQuantize",
         "propagate_qconfig_",
+        "memory_footprint",
     ]:
         assert hasattr(fq, name), name
 

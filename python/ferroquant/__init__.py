@@ -45,6 +45,7 @@ from .fake_quantize import (
     enable_fake_quant,
     enable_observer,
 )
+from .footprint import memory_footprint
 from .fuse_modules import fuse_modules
 from .observer import (
     CalibrationError,
