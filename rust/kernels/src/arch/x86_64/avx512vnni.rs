@@ -32,35 +32,7 @@ fn dot64(
     panels: usize,
     out: &mut [i32],
 ) {
-    check_dot_args(&KERNEL_64, pa, r0, rows, pw, p0, panels, out);
-    let (kp, a) = (pa.kp(), pa.rows(r0, rows));
-    let w = pw.panel_data(p0, panels);
-    assert!(
-        super::has_avx512vnni(),
-        "avx512vnni kernel called on a CPU without AVX-512 VNNI"
-    );
-    macro_rules! go {
-        ($r:literal) => {
-            // SAFETY: the CPU features were checked above; check_dot_args proved that `a` holds
-            // `rows*kp` bytes, `w` holds `panels*kp*16` bytes and `out` holds `rows*4*16` i32.
-            unsafe {
-                match panels {
-                    1 => tile::<$r, 1, 4>(a.as_ptr(), kp, w.as_ptr(), out.as_mut_ptr()),
-                    2 => tile::<$r, 2, 4>(a.as_ptr(), kp, w.as_ptr(), out.as_mut_ptr()),
-                    3 => tile::<$r, 3, 4>(a.as_ptr(), kp, w.as_ptr(), out.as_mut_ptr()),
-                    _ => tile::<$r, 4, 4>(a.as_ptr(), kp, w.as_ptr(), out.as_mut_ptr()),
-                }
-            }
-        };
-    }
-    match rows {
-        1 => go!(1),
-        2 => go!(2),
-        3 => go!(3),
-        4 => go!(4),
-        5 => go!(5),
-        _ => go!(6),
-    }
+    dot_tiles::<4>(&KERNEL_64, pa, r0, rows, pw, p0, panels, out)
 }
 
 fn dot(
@@ -72,7 +44,28 @@ fn dot(
     panels: usize,
     out: &mut [i32],
 ) {
-    check_dot_args(&KERNEL, pa, r0, rows, pw, p0, panels, out);
+    dot_tiles::<NP>(&KERNEL, pa, r0, rows, pw, p0, panels, out)
+}
+
+/// The `dot` of a `vpdpbusd` tile kernel `kern` with `LD = kern.np` panels per output row
+/// (up to 8 rows, 4 panels): checks, then one monomorphised tile per row and panel count.
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+fn dot_tiles<const LD: usize>(
+    kern: &TileKernel,
+    pa: &PackedA,
+    r0: usize,
+    rows: usize,
+    pw: &PackedWeights,
+    p0: usize,
+    panels: usize,
+    out: &mut [i32],
+) {
+    assert!(
+        kern.np == LD && LD <= 4 && kern.mr <= 8,
+        "tile kernel shape"
+    );
+    check_dot_args(kern, pa, r0, rows, pw, p0, panels, out);
     let (kp, a) = (pa.kp(), pa.rows(r0, rows));
     let w = pw.panel_data(p0, panels);
     assert!(
@@ -82,12 +75,15 @@ fn dot(
     macro_rules! go {
         ($r:literal) => {
             // SAFETY: the CPU features were checked above; check_dot_args proved that `a` holds
-            // `rows*kp` bytes, `w` holds `panels*kp*16` bytes and `out` holds `rows*NP*16` i32.
+            // `rows*kp` bytes, `w` holds `panels*kp*16` bytes and `out` holds `rows*LD*16` i32,
+            // with panels ≤ LD.
             unsafe {
                 match panels {
-                    1 => tile::<$r, 1, NP>(a.as_ptr(), kp, w.as_ptr(), out.as_mut_ptr()),
-                    2 => tile::<$r, 2, NP>(a.as_ptr(), kp, w.as_ptr(), out.as_mut_ptr()),
-                    _ => tile::<$r, 3, NP>(a.as_ptr(), kp, w.as_ptr(), out.as_mut_ptr()),
+                    1 => tile::<$r, 1, LD>(a.as_ptr(), kp, w.as_ptr(), out.as_mut_ptr()),
+                    2 => tile::<$r, 2, LD>(a.as_ptr(), kp, w.as_ptr(), out.as_mut_ptr()),
+                    3 if LD >= 3 => tile::<$r, 3, LD>(a.as_ptr(), kp, w.as_ptr(), out.as_mut_ptr()),
+                    _ if LD >= 4 => tile::<$r, 4, LD>(a.as_ptr(), kp, w.as_ptr(), out.as_mut_ptr()),
+                    _ => unreachable!("panels ≤ LD (check_dot_args)"),
                 }
             }
         };
