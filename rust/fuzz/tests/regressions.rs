@@ -78,3 +78,35 @@ fn dynamic_qparams_over_any_i32_range() {
     assert!(PackedA::quantize_dynamic(&[-1.0, 1.0], 1, 2, i32::MIN, i32::MIN + 1).is_err());
     assert!(PackedA::quantize_dynamic(&[-1.0, 1.0], 1, 2, -1000, 1000).is_err());
 }
+
+/// The direct depthwise path (groups = in = out channels) packed weights without the scale and
+/// zero-point checks the GEMM path makes: a zero / NaN scale or a zero point outside int8 was
+/// accepted (found by the conv target when the depthwise kernel landed).
+#[test]
+fn depthwise_weights_check_their_qparams() {
+    use ferroquant_kernels::conv::{ConvGeometry, PackedConv};
+    let geom = ConvGeometry {
+        kernel: [1, 3, 3],
+        stride: [1, 1, 1],
+        padding: [0, 1, 1],
+        dilation: [1, 1, 1],
+        groups: 2,
+    };
+    let w = [1i8; 18];
+    assert!(PackedConv::new(&w, 2, 2, geom, &[0.5], &[0])
+        .unwrap()
+        .is_depthwise());
+    for (s, z) in [
+        (0.0f32, 0),
+        (f32::NAN, 0),
+        (1e-40, 0),
+        (0.5, 128),
+        (0.5, -129),
+    ] {
+        assert!(
+            PackedConv::new(&w, 2, 2, geom, &[s], &[z]).is_err(),
+            "scale {s} zp {z}"
+        );
+    }
+    assert!(PackedConv::new(&w, 2, 2, geom, &[0.5, -1.0], &[0, 0]).is_err());
+}

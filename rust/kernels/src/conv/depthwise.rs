@@ -40,6 +40,15 @@ impl PackedDepthwise {
         zero_points: &[i32],
     ) -> Result<Self> {
         check_len("depthwise convolution weight", c * taps, w.len())?;
+        // the checks PackedWeights::new makes for the GEMM path
+        for &s in scales {
+            crate::qparams::check_scale(s)?;
+        }
+        if let Some(z) = zero_points.iter().find(|z| !(-128..=127).contains(*z)) {
+            return Err(KernelError::InvalidQParams(format!(
+                "int8 weight zero point {z} is outside [-128, 127]"
+            )));
+        }
         let pick = |v: &[i32], j: usize| v[if v.len() == 1 { 0 } else { j }];
         let mut wt = try_vec(c * taps, 0i8, "depthwise convolution weights")?;
         for ch in 0..c {
