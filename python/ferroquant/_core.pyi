@@ -33,6 +33,23 @@ def quantize_per_channel(
     qmax: int,
     dtype: str,
 ) -> npt.NDArray[np.generic]: ...
+def add_requant(
+    a: npt.NDArray[np.uint8],
+    a_scale: float,
+    a_zp: int,
+    b: npt.NDArray[np.uint8],
+    b_scale: float,
+    b_zp: int,
+    scale: float,
+    zero_point: int,
+    qmin: int,
+    qmax: int,
+    relu: bool = False,
+    out_dtype: str = "quint8",
+) -> npt.NDArray[np.generic]: ...
+def max_pool_nhwc(
+    x: npt.NDArray[np.uint8], kernel: list[int], stride: list[int], padding: list[int], dilation: list[int]
+) -> npt.NDArray[np.uint8]: ...
 def dequantize_per_tensor(q: npt.NDArray[np.generic], scale: float, zero_point: int) -> npt.NDArray[np.float32]: ...
 def dequantize_per_channel(
     q: npt.NDArray[np.generic],

@@ -481,12 +481,53 @@ def _relu(x: QTensor, inplace: bool = False) -> QTensor:
     return x._with_data(torch.clamp(x.int_repr(), min=x.q_zero_point()))
 
 
-def _float_pool(fn: Callable) -> Callable:
+_MAX_POOL_ARGS = ("kernel_size", "stride", "padding", "dilation", "ceil_mode", "return_indices")
+
+
+def _ints(v: Any, n: int) -> Optional[list[int]]:
+    """``v`` (an int or n ints) as n non-negative ints, or None."""
+    items = list(v) if isinstance(v, (tuple, list)) else [v] * n
+    if len(items) != n or not all(isinstance(i, int) and not isinstance(i, bool) and i >= 0 for i in items):
+        return None
+    return items
+
+
+def _max_pool_u8(nd: int, d: torch.Tensor, args: tuple, kwargs: dict) -> Optional[torch.Tensor]:
+    """Max pooling of quint8 data in one Rust pass over the channels-last bytes (the result stays
+    channels-last); None where the float path decides (other dtypes, ceil_mode, arguments torch
+    rejects — it raises its own errors)."""
+    params = dict(zip(_MAX_POOL_ARGS, args))
+    params.update(kwargs)
+    if d.dtype != torch.uint8 or d.dim() != nd + 2 or params.get("ceil_mode") or d.device.type != "cpu":
+        return None
+    k = _ints(params.get("kernel_size"), nd)
+    stride = params.get("stride")
+    s = k if stride is None or (isinstance(stride, (tuple, list)) and len(stride) == 0) else _ints(stride, nd)
+    p, dil = _ints(params.get("padding", 0), nd), _ints(params.get("dilation", 1), nd)
+    if k is None or s is None or p is None or dil is None:
+        return None
+    if 0 in k or 0 in s or 0 in dil or any(pp > kk // 2 for pp, kk in zip(p, k)):
+        return None
+    lift = [1] * (3 - nd)
+    cl = d.movedim(1, -1)
+    x5 = cl.reshape(cl.shape[0], *lift, *cl.shape[1:])
+    try:
+        out = _core.max_pool_nhwc(x5.numpy(), lift + k, lift + s, [0] * (3 - nd) + p, lift + dil)
+    except ValueError:  # an input smaller than the window: torch's own error from the float path
+        return None
+    y = torch.from_numpy(out)
+    return y.reshape(y.shape[0], *y.shape[4 - nd : 4], y.shape[4]).movedim(-1, 1)
+
+
+def _float_pool(fn: Callable, nd: int) -> Callable:
     def pooled(x: QTensor, *args: Any, **kwargs: Any) -> QTensor:
-        if kwargs.get("return_indices"):
+        if kwargs.get("return_indices") or (len(args) > 5 and args[5]):
             raise TypeError("max pooling with return_indices=True is not supported on QTensors")
         x._need_per_tensor(fn.__name__)
         d = x.int_repr()
+        fast = _max_pool_u8(nd, d, args, kwargs)
+        if fast is not None:
+            return x._with_data(fast)
         # 8-bit integers are exact in float32 and int32 ones in float64, so the max is exact
         wide = torch.float64 if d.dtype == torch.int32 else torch.float32
         return x._with_data(fn(d.to(wide), *args, **kwargs).to(d.dtype))
@@ -494,10 +535,10 @@ def _float_pool(fn: Callable) -> Callable:
     return pooled
 
 
-_HANDLED[F.max_pool1d] = _float_pool(F.max_pool1d)
-_HANDLED[F.max_pool2d] = _float_pool(F.max_pool2d)
-_HANDLED[torch.max_pool1d] = _float_pool(torch.max_pool1d)
-_HANDLED[torch.max_pool2d] = _float_pool(torch.max_pool2d)
+_HANDLED[F.max_pool1d] = _float_pool(F.max_pool1d, 1)
+_HANDLED[F.max_pool2d] = _float_pool(F.max_pool2d, 2)
+_HANDLED[torch.max_pool1d] = _float_pool(torch.max_pool1d, 1)
+_HANDLED[torch.max_pool2d] = _float_pool(torch.max_pool2d, 2)
 
 
 @_handles(torch.Tensor.dequantize, torch.dequantize)
@@ -673,7 +714,7 @@ for _f in (
     torch.adaptive_avg_pool1d,
 ):
     _HANDLED[_f] = _avg_pool(_f)
-_HANDLED[F.max_pool3d] = _float_pool(F.max_pool3d)
+_HANDLED[F.max_pool3d] = _float_pool(F.max_pool3d, 3)
 
 
 @_handles(F.dropout, torch.dropout)

@@ -306,6 +306,126 @@ fn quantize_per_tensor<'py>(
     }
 }
 
+/// Quantized `a + b` (with `relu`, `max(a + b, 0)`) on quint8 arrays of one shape, requantized
+/// to `(scale, zero_point)` and clamped to `[qmin, qmax]` in `out_dtype` (quint8 | qint8): the
+/// float definition (dequantize, add in float32, quantize by D3) in one pass. Runs with the GIL
+/// held (one memory-bound pass; contiguous inputs are read in place).
+#[pyfunction]
+#[pyo3(signature = (a, a_scale, a_zp, b, b_scale, b_zp, scale, zero_point, qmin, qmax, relu=false, out_dtype="quint8"))]
+#[allow(clippy::too_many_arguments)]
+fn add_requant<'py>(
+    py: Python<'py>,
+    a: &Bound<'py, PyAny>,
+    a_scale: f32,
+    a_zp: i64,
+    b: &Bound<'py, PyAny>,
+    b_scale: f32,
+    b_zp: i64,
+    scale: f32,
+    zero_point: i64,
+    qmin: i32,
+    qmax: i32,
+    relu: bool,
+    out_dtype: &str,
+) -> PyResult<Bound<'py, PyAny>> {
+    let (aa, ba) = (arr::<u8>(a, "a")?, arr::<u8>(b, "b")?);
+    if aa.shape() != ba.shape() {
+        return Err(value_error(format!(
+            "add_requant: a and b must have one shape, got {:?} and {:?}",
+            aa.shape(),
+            ba.shape()
+        )));
+    }
+    let shape = aa.shape().to_vec();
+    let (av, bv);
+    let ad = match aa.as_slice() {
+        Ok(s) => s,
+        Err(_) => {
+            av = owned(&aa, "a")?;
+            &av[..]
+        }
+    };
+    let bd = match ba.as_slice() {
+        Ok(s) => s,
+        Err(_) => {
+            bv = owned(&ba, "b")?;
+            &bv[..]
+        }
+    };
+    let qa = k::elementwise::QOperand {
+        data: ad,
+        scale: a_scale,
+        zero_point: zp_i32(a_zp)?,
+    };
+    let qb = k::elementwise::QOperand {
+        data: bd,
+        scale: b_scale,
+        zero_point: zp_i32(b_zp)?,
+    };
+    let o = k::elementwise::QOutput {
+        scale,
+        zero_point: zp_i32(zero_point)?,
+        qmin,
+        qmax,
+    };
+    macro_rules! run {
+        ($t:ty) => {{
+            let mut out = output::<$t>(&shape, "the add output")?;
+            k::elementwise::add_requant(engine(), qa, qb, o, relu, &mut out).map_err(to_py)?;
+            Ok(PyArray1::from_vec(py, out).reshape(shape)?.into_any())
+        }};
+    }
+    match out_dtype {
+        "quint8" => run!(u8),
+        "qint8" => run!(i8),
+        other => Err(pyo3::exceptions::PyTypeError::new_err(format!(
+            "add_requant outputs quint8 or qint8, got {other:?}"
+        ))),
+    }
+}
+
+/// Max pooling of a channels-last quint8 array `x` `[N, D, H, W, C]` (conv1d/2d-style inputs
+/// with D = H = 1 / D = 1) → `[N, OD, OH, OW, C]`, floor mode, padding ≤ kernel / 2. Runs with the
+/// GIL held (one memory-bound pass; a contiguous input is read in place).
+#[pyfunction]
+fn max_pool_nhwc<'py>(
+    py: Python<'py>,
+    x: &Bound<'py, PyAny>,
+    kernel: Vec<usize>,
+    stride: Vec<usize>,
+    padding: Vec<usize>,
+    dilation: Vec<usize>,
+) -> PyResult<Bound<'py, PyAny>> {
+    let xa = arr::<u8>(x, "x")?;
+    let shape = xa.shape().to_vec();
+    if shape.len() != 5 {
+        return Err(value_error(format!(
+            "max_pool_nhwc: x must be 5-D [N, D, H, W, C], got shape {shape:?}"
+        )));
+    }
+    let geom = k::conv::ConvGeometry {
+        kernel: triple(kernel, "kernel")?,
+        stride: triple(stride, "stride")?,
+        padding: triple(padding, "padding")?,
+        dilation: triple(dilation, "dilation")?,
+        groups: 1,
+    };
+    let xv;
+    let xd = match xa.as_slice() {
+        Ok(s) => s,
+        Err(_) => {
+            xv = owned(&xa, "x")?;
+            &xv[..]
+        }
+    };
+    let sp = [shape[1], shape[2], shape[3]];
+    let (out, osp) =
+        k::pool::max_pool_u8(engine(), xd, shape[0], sp, shape[4], &geom).map_err(to_py)?;
+    Ok(PyArray1::from_vec(py, out)
+        .reshape(vec![shape[0], osp[0], osp[1], osp[2], shape[4]])?
+        .into_any())
+}
+
 #[allow(clippy::too_many_arguments)]
 fn quantize_pc_into<'py, T: QInt + numpy::Element>(
     py: Python<'py>,
@@ -803,6 +923,8 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(thread_runtime, m)?)?;
     m.add_function(wrap_pyfunction!(choose_qparams_dynamic, m)?)?;
     m.add_function(wrap_pyfunction!(quantize_per_tensor, m)?)?;
+    m.add_function(wrap_pyfunction!(add_requant, m)?)?;
+    m.add_function(wrap_pyfunction!(max_pool_nhwc, m)?)?;
     m.add_function(wrap_pyfunction!(quantize_per_channel, m)?)?;
     m.add_function(wrap_pyfunction!(dequantize_per_tensor, m)?)?;
     m.add_function(wrap_pyfunction!(dequantize_per_channel, m)?)?;

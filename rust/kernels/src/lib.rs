@@ -6,6 +6,9 @@
 //!   and packed activations.
 //! - [`requant`]: output stages (dequantize to f32, requantize to u8/i8), specified once.
 //! - [`gemm`]: the tiling/threading driver and the naive reference.
+//! - [`conv`]: convolutions (blocked im2col + GEMM; direct depthwise).
+//! - [`elementwise`]: quantized elementwise ops with fused requantization (add, add_relu).
+//! - [`pool`]: max pooling on channels-last u8.
 //! - [`arch`]: engines (`avx512vnni`, `avxvnni`, `avx2`, `neon_dotprod`, `neon`, `scalar`),
 //!   detected once and selectable by name.
 //!
@@ -18,9 +21,11 @@
 #[allow(clippy::needless_range_loop)]
 pub mod arch;
 pub mod conv;
+pub mod elementwise;
 pub mod error;
 pub mod gemm;
 pub mod packed;
+pub mod pool;
 pub mod qparams;
 pub mod quantize;
 pub mod requant;

@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import math
 import numbers
-from typing import Any, List, Sequence
+from typing import Any, List, Optional, Sequence
 
 import torch
 from torch import nn
 
+from ... import _core
+from ..._dtypes import per_tensor_affine, quint8
 from ..._ops import raise_named
 from ...observer import CalibrationError
 from ...qtensor import QTensor, quantize_per_tensor
@@ -214,7 +216,44 @@ class QFunctional(OutputQParams, nn.Module):
     @torch.jit.unused
     def _add_eager(self, x: QArg, y: QArg) -> QArg:
         a, b = require_qtensor(self, x), require_qtensor(self, y)
-        return self._out(a.dequantize() + b.dequantize())
+        fused = self._add_fused(a, b, relu=False)
+        return fused if fused is not None else self._out(a.dequantize() + b.dequantize())
+
+    @torch.jit.unused
+    def _add_fused(self, a: QTensor, b: QTensor, relu: bool) -> Optional[QTensor]:
+        """``add`` / ``add_relu`` in one Rust pass over the u8 data (the same bits as dequantize →
+        float add → quantize), when both operands are per-tensor quint8 of one shape and one dense
+        memory layout (e.g. both channels-last, as a residual block's are); the result keeps that
+        layout. None otherwise (the float path handles broadcasting and the rest)."""
+        if a.qscheme() != per_tensor_affine or b.qscheme() != per_tensor_affine:
+            return None
+        if a.dtype != quint8 or b.dtype != quint8 or self._out_dtype.name not in ("quint8", "qint8"):
+            return None
+        da, db = a.int_repr(), b.int_repr()
+        if da.shape != db.shape or da.stride() != db.stride() or da.device.type != "cpu":
+            return None
+        self._check_observed()
+        perm = sorted(range(da.dim()), key=lambda i: -da.stride(i))
+        va, vb = da.permute(perm), db.permute(perm)
+        if not va.is_contiguous():  # overlapping or gappy strides
+            return None
+        out = _core.add_requant(
+            va.reshape(-1).numpy(),
+            a.q_scale(),
+            a.q_zero_point(),
+            vb.reshape(-1).numpy(),
+            b.q_scale(),
+            b.q_zero_point(),
+            self.scale,
+            self.zero_point,
+            self.quant_min,
+            self.quant_max,
+            relu,
+            self._out_dtype.name,
+        )
+        inverse = [perm.index(i) for i in range(da.dim())]
+        data = torch.from_numpy(out).reshape(va.shape).permute(inverse)
+        return QTensor(data, self.scale, self.zero_point, self._out_dtype)
 
     def add_relu(self, x: QArg, y: QArg) -> QArg:
         if torch.jit.is_scripting():
@@ -224,7 +263,8 @@ class QFunctional(OutputQParams, nn.Module):
     @torch.jit.unused
     def _add_relu_eager(self, x: QArg, y: QArg) -> QArg:
         a, b = require_qtensor(self, x), require_qtensor(self, y)
-        return self._out(torch.relu(a.dequantize() + b.dequantize()))
+        fused = self._add_fused(a, b, relu=True)
+        return fused if fused is not None else self._out(torch.relu(a.dequantize() + b.dequantize()))
 
     def mul(self, x: QArg, y: QArg) -> QArg:
         if torch.jit.is_scripting():

@@ -1,0 +1,213 @@
+//! Elementwise ops on quantized tensors, requantization fused: the residual `add` / `add_relu`
+//! of `FloatFunctional` in one pass over u8 data (no float tensors in between).
+//!
+//! The arithmetic is exactly the float definition (dequantize each input, add in f32, ReLU,
+//! quantize by docs/numerics.md D3), written once and compiled per ISA: every engine gives the
+//! same bits as dequantize → add → quantize.
+
+use crate::arch::{with_features, Engine, Vectorized};
+use crate::error::{check_len, KernelError, Result};
+use crate::qparams::{check_range, check_scale};
+use crate::quantize::{quantize_one_8bit, QInt};
+
+/// One quantized operand: data and per-tensor qparams.
+#[derive(Debug, Clone, Copy)]
+pub struct QOperand<'a> {
+    pub data: &'a [u8],
+    pub scale: f32,
+    pub zero_point: i32,
+}
+
+/// Output qparams and clamp range of a requantizing op.
+#[derive(Debug, Clone, Copy)]
+pub struct QOutput {
+    pub scale: f32,
+    pub zero_point: i32,
+    pub qmin: i32,
+    pub qmax: i32,
+}
+
+/// `out = quantize(dequantize(a) + dequantize(b))` (with `relu`, `max(·, 0)` before quantizing),
+/// elementwise over equal-length quint8 operands, into quint8 or qint8 `out` clamped to
+/// `[qmin, qmax]`: `fl(fl(fl(qa − za)·sa) + fl(fl(qb − zb)·sb))`, then D3.
+pub fn add_requant<T: QInt>(
+    engine: Engine,
+    a: QOperand<'_>,
+    b: QOperand<'_>,
+    o: QOutput,
+    relu: bool,
+    out: &mut [T],
+) -> Result<()> {
+    check_len("second operand", a.data.len(), b.data.len())?;
+    check_len("output", a.data.len(), out.len())?;
+    for (what, q) in [("first", &a), ("second", &b)] {
+        if !q.scale.is_finite() || q.scale <= 0.0 {
+            return Err(KernelError::InvalidQParams(format!(
+                "{what} operand scale must be finite and > 0, got {}",
+                q.scale
+            )));
+        }
+        if !(0..=255).contains(&q.zero_point) {
+            return Err(KernelError::InvalidQParams(format!(
+                "{what} operand zero point {} is outside the quint8 range [0, 255]",
+                q.zero_point
+            )));
+        }
+    }
+    check_scale(o.scale)?;
+    check_range(T::DTYPE, o.qmin as i64, o.qmax as i64, o.zero_point as i64)?;
+    if T::DTYPE == crate::qparams::QDtype::QInt32 {
+        return Err(KernelError::UnsupportedDtype(
+            "add_requant outputs quint8 or qint8".into(),
+        ));
+    }
+    with_features(engine, AddLoop { a, b, o, relu, out });
+    Ok(())
+}
+
+struct AddLoop<'a, T: QInt> {
+    a: QOperand<'a>,
+    b: QOperand<'a>,
+    o: QOutput,
+    relu: bool,
+    out: &'a mut [T],
+}
+
+impl<T: QInt> Vectorized for AddLoop<'_, T> {
+    type Out = ();
+    #[inline(always)]
+    fn run(self) {
+        let AddLoop { a, b, o, relu, out } = self;
+        let inv = 1.0f32 / o.scale;
+        let (lo, hi) = (
+            (o.qmin - o.zero_point) as f32,
+            (o.qmax - o.zero_point) as f32,
+        );
+        let (sa, za, sb, zb) = (a.scale, a.zero_point, b.scale, b.zero_point);
+        let one = |qa: u8, qb: u8| {
+            let v = ((qa as i32 - za) as f32) * sa + ((qb as i32 - zb) as f32) * sb;
+            // max(v, 0) that keeps a NaN (as torch.relu), which D3 then maps to the top
+            let v = if relu && v < 0.0 { 0.0 } else { v };
+            T::from_i32(quantize_one_8bit(v, inv, lo, hi, o.zero_point))
+        };
+        for ((d, &qa), &qb) in out.iter_mut().zip(a.data).zip(b.data) {
+            *d = one(qa, qb);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::arch::available_engines;
+
+    /// The float definition, step by step (dequantize, add, relu, quantize) on every engine.
+    #[test]
+    fn add_equals_dequantize_add_quantize_on_every_engine() {
+        let n = 1000;
+        let a: Vec<u8> = (0..n).map(|i| ((i * 37 + 5) % 256) as u8).collect();
+        let b: Vec<u8> = (0..n).map(|i| ((i * 91 + 17) % 256) as u8).collect();
+        for &(sa, za, sb, zb, so, oz) in &[
+            (0.05f32, 3, 0.07f32, 200, 0.11f32, 128),
+            (0.5, 0, 0.5, 0, 1.0, 0),
+            (1e-3, 255, 2.0, 0, 0.3, 17),
+        ] {
+            for relu in [false, true] {
+                for (qmin, qmax) in [(0, 255), (0, 127), (10, 200)] {
+                    let inv = 1.0f32 / so;
+                    let want: Vec<u8> = a
+                        .iter()
+                        .zip(&b)
+                        .map(|(&x, &y)| {
+                            let fx = ((x as i32 - za) as f32) * sa;
+                            let fy = ((y as i32 - zb) as f32) * sb;
+                            let mut v = fx + fy;
+                            if relu {
+                                v = v.max(0.0);
+                            }
+                            let r = (v * inv).round_ties_even() as i64 + oz as i64;
+                            r.clamp(qmin as i64, qmax as i64) as u8
+                        })
+                        .collect();
+                    for e in available_engines() {
+                        let mut got = vec![0u8; n];
+                        add_requant(
+                            e,
+                            QOperand {
+                                data: &a,
+                                scale: sa,
+                                zero_point: za,
+                            },
+                            QOperand {
+                                data: &b,
+                                scale: sb,
+                                zero_point: zb,
+                            },
+                            QOutput {
+                                scale: so,
+                                zero_point: oz,
+                                qmin,
+                                qmax,
+                            },
+                            relu,
+                            &mut got,
+                        )
+                        .unwrap();
+                        assert_eq!(got, want, "{} relu {relu} [{qmin}, {qmax}]", e.name());
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn bad_operands_are_errors() {
+        let a = [1u8, 2];
+        let op = |d: &'static [u8], s: f32, z: i32| QOperand {
+            data: d,
+            scale: s,
+            zero_point: z,
+        };
+        let o = QOutput {
+            scale: 0.1,
+            zero_point: 0,
+            qmin: 0,
+            qmax: 255,
+        };
+        let mut out = [0u8; 2];
+        let e = Engine::Scalar;
+        assert!(add_requant(e, op(&[1, 2], 0.1, 0), op(&[1], 0.1, 0), o, false, &mut out).is_err());
+        assert!(add_requant(
+            e,
+            op(&[1, 2], f32::NAN, 0),
+            op(&[1, 2], 0.1, 0),
+            o,
+            false,
+            &mut out
+        )
+        .is_err());
+        assert!(add_requant(
+            e,
+            op(&[1, 2], 0.1, 300),
+            op(&[1, 2], 0.1, 0),
+            o,
+            false,
+            &mut out
+        )
+        .is_err());
+        let bad = QOutput {
+            zero_point: 300,
+            ..o
+        };
+        assert!(add_requant(
+            e,
+            op(&[1, 2], 0.1, 0),
+            op(&[1, 2], 0.1, 0),
+            bad,
+            false,
+            &mut out
+        )
+        .is_err());
+        let _ = a;
+    }
+}

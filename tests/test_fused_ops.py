@@ -1,0 +1,143 @@
+"""QFunctional.add / add_relu on u8 in one Rust pass: the same bits as the float definition
+(dequantize, add in float32, quantize by D3), whatever the memory layout; other cases fall back."""
+
+from __future__ import annotations
+
+import ferroquant as fq
+import pytest
+import torch
+from ferroquant import _core
+from ferroquant.nn.quantized.functional_modules import QFunctional
+
+
+def _qf(scale: float, zp: int, qmin: int = 0, qmax: int = 255, dtype: str = "quint8") -> QFunctional:
+    q = QFunctional()
+    q.scale, q.zero_point, q.quant_min, q.quant_max = scale, zp, qmin, qmax
+    q._out_dtype = fq.qint8 if dtype == "qint8" else fq.quint8
+    q._out_dtype_name = dtype
+    return q
+
+
+def _operand(shape: tuple[int, ...], scale: float, zp: int, channels_last: bool, seed: int) -> fq.QTensor:
+    g = torch.Generator().manual_seed(seed)
+    data = torch.randint(0, 256, shape, generator=g, dtype=torch.uint8)
+    if channels_last:
+        data = data.contiguous(memory_format=torch.channels_last)
+    return fq.QTensor(data, scale, zp, fq.quint8)
+
+
+def _float_definition(q: QFunctional, a: fq.QTensor, b: fq.QTensor, relu: bool) -> torch.Tensor:
+    v = a.dequantize() + b.dequantize()
+    if relu:
+        v = torch.relu(v)
+    return torch.clamp(
+        fq.quantize_per_tensor(v, q.scale, q.zero_point, q._out_dtype).int_repr(), q.quant_min, q.quant_max
+    )
+
+
+@pytest.mark.parametrize("relu", [False, True])
+@pytest.mark.parametrize("channels_last", [False, True])
+@pytest.mark.parametrize(
+    ("out", "qmin", "qmax", "dtype"),
+    [((0.11, 128), 0, 255, "quint8"), ((0.05, 3), 0, 127, "quint8"), ((0.2, -5), -128, 127, "qint8")],
+)
+def test_fused_add_equals_the_float_definition(
+    relu: bool,
+    channels_last: bool,
+    out: tuple[float, int],
+    qmin: int,
+    qmax: int,
+    dtype: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    q = _qf(*out, qmin=qmin, qmax=qmax, dtype=dtype)
+    a = _operand((2, 24, 7, 9), 0.05, 3, channels_last, 0)
+    b = _operand((2, 24, 7, 9), 0.07, 200, channels_last, 1)
+    calls = []
+    real = _core.add_requant
+
+    def spy(*args: object) -> object:
+        calls.append(1)
+        return real(*args)
+
+    monkeypatch.setattr(_core, "add_requant", spy)
+    got = q.add_relu(a, b) if relu else q.add(a, b)
+    assert calls, "the fused path did not run"
+    want = _float_definition(q, a, b, relu)
+    assert torch.equal(got.int_repr(), want)
+    assert got.int_repr().stride() == a.int_repr().stride()  # the layout is kept
+    assert got.q_scale() == q.scale and got.q_zero_point() == q.zero_point
+
+
+def test_mixed_layouts_and_broadcasting_take_the_float_path() -> None:
+    q = _qf(0.1, 10)
+    a = _operand((1, 8, 5, 5), 0.05, 3, True, 0)
+    b = _operand((1, 8, 5, 5), 0.07, 9, False, 1)
+    assert torch.equal(q.add(a, b).int_repr(), _float_definition(q, a, b, False))
+    c = _operand((1, 8, 1, 1), 0.07, 9, False, 2)  # broadcast
+    assert torch.equal(q.add(a, c).int_repr(), _float_definition(q, a, c, False))
+
+
+def test_add_requant_validates_its_arguments() -> None:
+    import numpy as np
+
+    a = np.zeros(4, dtype=np.uint8)
+    with pytest.raises(ValueError, match="one shape"):
+        _core.add_requant(a, 0.1, 0, np.zeros(3, dtype=np.uint8), 0.1, 0, 0.1, 0, 0, 255)
+    with pytest.raises(TypeError, match="uint8"):
+        _core.add_requant(a.astype(np.int8), 0.1, 0, a, 0.1, 0, 0.1, 0, 0, 255)
+    with pytest.raises(ValueError, match="scale"):
+        _core.add_requant(a, float("nan"), 0, a, 0.1, 0, 0.1, 0, 0, 255)
+    with pytest.raises(TypeError, match="quint8 or qint8"):
+        _core.add_requant(a, 0.1, 0, a, 0.1, 0, 0.1, 0, 0, 255, False, "qint32")
+
+
+@pytest.mark.parametrize(
+    ("nd", "shape", "args", "kwargs"),
+    [
+        (2, (2, 16, 11, 9), (3, 2, 1), {}),
+        (2, (1, 64, 12, 12), (3,), {"stride": 2, "padding": 1}),
+        (2, (2, 5, 9, 10), (2,), {}),
+        (2, (1, 17, 13, 11), ((3, 2),), {"stride": (2, 1), "padding": (1, 0), "dilation": (2, 1)}),
+        (1, (2, 7, 13), (3, 2, 1), {}),
+        (3, (1, 4, 5, 6, 7), (3, 2, 1), {}),
+    ],
+)
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_max_pool_on_u8_equals_the_float_path(
+    nd: int, shape: tuple[int, ...], args: tuple, kwargs: dict, channels_last: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import torch.nn.functional as F
+
+    g = torch.Generator().manual_seed(nd)
+    x = torch.randint(0, 256, shape, generator=g, dtype=torch.uint8)
+    if channels_last and nd == 2:
+        x = x.contiguous(memory_format=torch.channels_last)
+    q = fq.QTensor(x, 0.1, 3, fq.quint8)
+    calls = []
+    real = _core.max_pool_nhwc
+    monkeypatch.setattr(_core, "max_pool_nhwc", lambda *a: calls.append(1) or real(*a))
+    pool = {1: F.max_pool1d, 2: F.max_pool2d, 3: F.max_pool3d}[nd]
+    got = pool(q, *args, **kwargs)
+    assert calls, "the u8 path did not run"
+    want = pool(x.float(), *args, **kwargs).to(torch.uint8)
+    assert torch.equal(got.int_repr(), want)
+    assert got.q_scale() == 0.1 and got.q_zero_point() == 3
+
+
+def test_max_pool_cases_the_u8_path_leaves_to_torch() -> None:
+    import torch.nn.functional as F
+
+    x = torch.randint(0, 256, (1, 3, 7, 7), dtype=torch.uint8)
+    q = fq.QTensor(x, 0.1, 3, fq.quint8)
+    # ceil_mode, qint8 data: the float path, same answers as torch
+    assert torch.equal(F.max_pool2d(q, 2, ceil_mode=True).int_repr(), F.max_pool2d(x.float(), 2, ceil_mode=True).byte())
+    qi = fq.QTensor(x.to(torch.int8), 0.1, 0, fq.qint8)
+    assert torch.equal(F.max_pool2d(qi, 3).int_repr(), F.max_pool2d(x.to(torch.int8).float(), 3).to(torch.int8))
+    # torch's own errors for what torch rejects
+    with pytest.raises(RuntimeError, match="pad should be"):
+        F.max_pool2d(q, 2, padding=2)
+    with pytest.raises(RuntimeError):
+        F.max_pool2d(q, 9)
+    with pytest.raises(TypeError, match="max_pool2d_with_indices"):
+        F.max_pool2d(q, 2, return_indices=True)
