@@ -210,6 +210,22 @@ class QTensor:
             self._axis = ax
             self._qscheme = to_qscheme(qscheme) if qscheme is not None else per_channel_affine
 
+    @classmethod
+    def _trusted(cls, data: torch.Tensor, scale: float, zero_point: int, dtype: QDtype) -> QTensor:
+        """A per-tensor QTensor from values the caller has already validated (a kernel's output
+        with a module's checked output qparams): skips the checks of ``__init__``, which are a
+        large part of a small module call."""
+        q = cls.__new__(cls)
+        q._data = data
+        q._dtype = dtype
+        q._scale = float(scale)
+        q._zero_point = int(zero_point)
+        q._scales = None
+        q._zero_points = None
+        q._axis = None
+        q._qscheme = per_tensor_affine
+        return q
+
     # -- torch-like accessors ------------------------------------------------------------------
     def int_repr(self) -> torch.Tensor:
         return self._data

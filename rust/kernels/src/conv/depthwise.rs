@@ -110,8 +110,9 @@ const CB: usize = 64;
 struct Ctx<'a, T: QInt> {
     input: &'a ConvInput<'a>,
     w: &'a [i16],
-    /// The engine's kernel for pixels with every tap inside, and its weights.
-    fast: Option<(DepthwiseKernel, Vec<i16>)>,
+    /// The engine's kernel for runs of pixels with every tap inside, its weights and initial
+    /// accumulators `−zx·Σ_t (w − zw)`.
+    fast: Option<(DepthwiseKernel, Vec<i16>, Vec<i32>)>,
     c: usize,
     stage: &'a Requantize<T>,
 }
@@ -140,10 +141,19 @@ pub(crate) fn depthwise<T: QInt>(
         return Ok(());
     }
     let lines = out.len() / line_len;
-    let fast = depthwise_kernel(engine).map(|k| {
-        let wp = (k.prepare)(&w, dw.taps, c);
-        (k, wp)
-    });
+    let zx = input.zp as i32;
+    let fast = depthwise_kernel(engine)
+        .filter(|k| (k.done)(c) == c)
+        .map(|k| {
+            let wp = (k.prepare)(&w, dw.taps, c);
+            let init = (0..c)
+                .map(|ch| {
+                    let sum: i32 = (0..dw.taps).map(|t| w[t * c + ch] as i32).sum();
+                    sum.wrapping_mul(-zx)
+                })
+                .collect();
+            (k, wp, init)
+        });
     let ctx = Ctx {
         input,
         w: &w,
@@ -152,8 +162,9 @@ pub(crate) fn depthwise<T: QInt>(
         stage,
     };
     let macs = out.len().saturating_mul(dw.taps);
-    // MACs here are cheaper than GEMM MACs: ask for a thread per 4x the GEMM's work
-    let threads = threads_for(macs / 4, threads).min(lines);
+    // a depthwise MAC costs ~10-20x a GEMM MAC (no K reuse, one tap pair per vpmaddwd):
+    // weigh them so that threads start at a similar amount of time
+    let threads = threads_for(macs.saturating_mul(8), threads).min(lines);
     if threads <= 1 {
         with_features(
             engine,
@@ -204,12 +215,22 @@ fn run_lines<T: QInt>(ctx: &Ctx<'_, T>, l0: usize, out: &mut [T]) {
     let zx = input.zp as i16;
     let x = input.x;
     let [kd_n, kh_n, kw_n] = geom.kernel;
+    let (sw, pw, dw) = (geom.stride[2], geom.padding[2], geom.dilation[2]);
+    // the output columns whose kw taps all fall inside the input row
+    let span = (kw_n - 1) * dw;
+    let ow_lo = pw.div_ceil(sw).min(osp[2]);
+    let ow_hi = if sp[2] + pw > span {
+        ((sp[2] - 1 + pw - span) / sw + 1).clamp(ow_lo, osp[2])
+    } else {
+        ow_lo
+    };
     // (tap index, input pixel) of the taps of one line's rows that are inside, then per pixel
     let mut rows: Vec<(usize, usize)> = Vec::with_capacity(kd_n * kh_n);
     let all = kd_n * kh_n * kw_n;
     let mut taps: Vec<(usize, usize)> = Vec::with_capacity(all);
     let mut offs: Vec<usize> = Vec::with_capacity(all);
     let mut acc = vec![0i32; c];
+    let mut run_acc: Vec<i32> = Vec::new();
     let line_len = osp[2] * c;
     for (li, out_line) in out.chunks_exact_mut(line_len).enumerate() {
         let l = l0 + li;
@@ -233,28 +254,40 @@ fn run_lines<T: QInt>(ctx: &Ctx<'_, T>, l0: usize, out: &mut [T]) {
                 rows.push(((kd * kh_n + kh) * kw_n, pix));
             }
         }
+        // the interior run of the line through the engine's kernel
+        let mut interior = 0..0;
+        if let Some((k, wp, init)) = &ctx.fast {
+            if rows.len() == kd_n * kh_n && ow_hi > ow_lo {
+                interior = ow_lo..ow_hi;
+                let iw0 = ow_lo * sw - pw;
+                offs.clear();
+                for &(_, pix) in &rows {
+                    offs.extend((0..kw_n).map(|kw| (pix + iw0 + kw * dw) * c));
+                }
+                let count = ow_hi - ow_lo;
+                run_acc.resize(count * c, 0);
+                (k.run)(x, &offs, sw * c, count, wp, init, c, &mut run_acc);
+                let dst = &mut out_line[ow_lo * c..ow_hi * c];
+                for (px, a) in dst.chunks_exact_mut(c).zip(run_acc.chunks_exact(c)) {
+                    ctx.stage.requantize_row(a, 0, px);
+                }
+            }
+        }
         for (ow, px) in out_line.chunks_exact_mut(c).enumerate() {
-            let iw0 = (ow * geom.stride[2]) as isize - geom.padding[2] as isize;
+            if interior.contains(&ow) {
+                continue;
+            }
+            let iw0 = (ow * sw) as isize - pw as isize;
             taps.clear();
             for &(t0, pix) in &rows {
                 for kw in 0..kw_n {
-                    let iw = iw0 + (kw * geom.dilation[2]) as isize;
+                    let iw = iw0 + (kw * dw) as isize;
                     if iw >= 0 && (iw as usize) < sp[2] {
                         taps.push((t0 + kw, (pix + iw as usize) * c));
                     }
                 }
             }
-            match &ctx.fast {
-                Some((k, wp)) if taps.len() == all && (k.done)(c) > 0 => {
-                    offs.clear();
-                    offs.extend(taps.iter().map(|&(_, o)| o));
-                    (k.pixel)(x, &offs, wp, c, input.zp, &mut acc);
-                    let done = (k.done)(c);
-                    accumulate(ctx, x, zx, &taps, done, &mut acc);
-                    ctx.stage.requantize_row(&acc, 0, px);
-                }
-                _ => pixel(ctx, x, zx, &taps, &mut acc, px),
-            }
+            pixel(ctx, x, zx, &taps, &mut acc, px);
         }
     }
 }

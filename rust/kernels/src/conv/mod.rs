@@ -229,6 +229,19 @@ impl ConvInput<'_> {
         let line = kw_n * cin_g; // bytes of one (kd, kh) line of a patch
         let runs = geom.dilation[2] == 1 && cin_g == c;
         let zp = self.zp;
+        if runs && geom.kernel == [1, 1, 1] && geom.stride == [1, 1, 1] && geom.padding == [0; 3] {
+            // a pointwise conv: output pixel r reads input pixel r, so the block is one
+            // contiguous run of the input
+            let src = &self.x[rows.start * c..rows.end * c];
+            if kp == c {
+                data[..src.len()].copy_from_slice(src);
+            } else {
+                for (row, s) in data.chunks_exact_mut(kp).zip(src.chunks_exact(c)) {
+                    row[..c].copy_from_slice(s);
+                }
+            }
+            return;
+        }
         let inside = |v: isize, n: usize| v >= 0 && (v as usize) < n;
         // output position of the first row, then stepped row by row (no divisions per row)
         let r0 = rows.start;
@@ -461,10 +474,23 @@ fn conv_static_blocked<T: QInt>(
         zp: args.x_zp as u8,
     };
     let k = pc.groups[0].k();
-    let rows = block.unwrap_or_else(|| block_rows(k)).clamp(1, pixels);
-    let blocks = pixels.div_ceil(rows);
     let macs = pixels.saturating_mul(cout).saturating_mul(k);
     let threads = threads_for(macs, threads);
+    let rows = match block {
+        Some(b) => b,
+        None => {
+            // about block_rows(k) pixels per block, the block count a multiple of the threads
+            // when blocks run in parallel (7 blocks on 2 threads would leave one idle 1/7 of
+            // the time), rows a multiple of 24 (every micro-kernel's row count divides it)
+            let mut blocks = pixels.div_ceil(block_rows(k));
+            if threads > 1 && blocks >= 2 * threads {
+                blocks = blocks.div_ceil(threads) * threads;
+            }
+            pixels.div_ceil(blocks).div_ceil(24) * 24
+        }
+    }
+    .clamp(1, pixels);
+    let blocks = pixels.div_ceil(rows);
     // one block: im2col, pack, GEMM (threaded with `gemm_threads`) into `dst`
     // (`[block pixels, cout]`), group by group
     let run_block = |bi: usize, dst: &mut [T], gemm_threads: usize| -> Result<()> {
@@ -650,6 +676,28 @@ mod tests {
                 [1, 1, 1],
                 1,
             ), // conv3d
+            (
+                2,
+                [1, 4, 5],
+                5,
+                7,
+                [1, 1, 1],
+                [1, 1, 1],
+                [0, 0, 0],
+                [1, 1, 1],
+                1,
+            ), // pointwise, K padded (5 -> 8)
+            (
+                1,
+                [1, 6, 3],
+                8,
+                20,
+                [1, 1, 1],
+                [1, 1, 1],
+                [0, 0, 0],
+                [1, 1, 1],
+                1,
+            ), // pointwise, K = C
         ];
         for (ci, &(n, sp, cin, cout, kernel, stride, padding, dilation, groups)) in
             cases.iter().enumerate()
@@ -737,7 +785,7 @@ mod tests {
             ([1, 6, 7], [1, 2, 4], [1, 3, 2], [0, 0, 3], [1, 1, 1]),
         ];
         for (gi, &(sp, kernel, stride, padding, dilation)) in geoms.iter().enumerate() {
-            for &c in &[1usize, 7, 15, 16, 17, 33, 63, 64, 65] {
+            for &c in &[1usize, 7, 15, 16, 17, 33, 48, 63, 64, 65, 144] {
                 let geom = ConvGeometry {
                     kernel,
                     stride,

@@ -1,12 +1,12 @@
-//! x86 depthwise accumulation: one output pixel with every tap inside the input, taps in pairs
-//! through `vpmaddwd` (exact: `(x − zx)` and `(w − zw)` are in `[−255, 255]`, so a pair sum stays
-//! far inside i32). AVX2 takes 16 channels per block (ymm); AVX-512 takes 32 (zmm), then one
-//! 16-channel AVX2 block when at least 16 channels remain.
+//! x86 depthwise accumulation: runs of output pixels with every tap inside the input, taps in
+//! pairs through `vpmaddwd` on raw u8 inputs and centered weights (exact: `x ≤ 255` and
+//! `|w − zw| ≤ 255`, so a pair sum stays far inside i32); the input zero point enters once per
+//! channel through the initial accumulator `−zx·Σ_t (w − zw)`. AVX2 takes 16 channels per block
+//! (ymm); AVX-512 takes 32 (zmm), then one 16-channel block when 16 channels remain.
 
 use std::arch::x86_64::*;
 
-/// The channels [`pixel_pairs_avx2`] / [`pixel_pairs_avx512`] handle: every whole 16 (the rest
-/// is the caller's portable loop).
+/// The channels the kernels handle: every whole 16 (they run only where that is all of them).
 pub(crate) fn channels_done(c: usize) -> usize {
     c / 16 * 16
 }
@@ -30,7 +30,7 @@ fn push_block(w: &[i16], taps: usize, c: usize, base: usize, lanes: usize, out: 
     }
 }
 
-/// Tap-pair weights for [`pixel_pairs_avx2`] from centered weights `w` (`[taps][c]`, i16).
+/// Tap-pair weights for [`run_avx2`] from centered weights `w` (`[taps][c]`, i16).
 pub(crate) fn pair_weights_avx2(w: &[i16], taps: usize, c: usize) -> Vec<i16> {
     let mut out = Vec::with_capacity(channels_done(c) * taps.div_ceil(2) * 2);
     for b in 0..c / 16 {
@@ -39,7 +39,7 @@ pub(crate) fn pair_weights_avx2(w: &[i16], taps: usize, c: usize) -> Vec<i16> {
     out
 }
 
-/// Tap-pair weights for [`pixel_pairs_avx512`]: 32-channel blocks, then one 16-channel block.
+/// Tap-pair weights for [`run_avx512`]: 32-channel blocks, then one 16-channel block.
 pub(crate) fn pair_weights_avx512(w: &[i16], taps: usize, c: usize) -> Vec<i16> {
     let mut out = Vec::with_capacity(channels_done(c) * taps.div_ceil(2) * 2);
     for b in 0..c / 32 {
@@ -51,116 +51,183 @@ pub(crate) fn pair_weights_avx512(w: &[i16], taps: usize, c: usize) -> Vec<i16> 
     out
 }
 
-/// Checks the arguments of both pixel kernels.
-fn check(x: &[u8], offs: &[usize], wp: &[i16], c: usize, acc: &[i32]) {
-    let done = channels_done(c);
-    assert!(!offs.is_empty(), "no taps");
+/// Checks the arguments of both kernels.
+#[allow(clippy::too_many_arguments)]
+fn check(
+    x: &[u8],
+    offs: &[usize],
+    step: usize,
+    count: usize,
+    wp: &[i16],
+    init: &[i32],
+    c: usize,
+    acc: &[i32],
+) {
+    assert!(!offs.is_empty() && count > 0, "no taps or no pixels");
+    assert_eq!(channels_done(c), c, "channels must be a multiple of 16");
     assert!(
-        wp.len() >= done * offs.len().div_ceil(2) * 2,
+        wp.len() >= c * offs.len().div_ceil(2) * 2,
         "pair weights too short"
     );
-    assert!(acc.len() >= done, "accumulators too short");
+    assert!(init.len() >= c, "initial accumulators too short");
+    assert!(acc.len() >= count * c, "accumulators too short");
+    let last = (count - 1) * step;
     for &o in offs {
-        assert!(o + done <= x.len(), "tap outside the input");
+        assert!(o + last + c <= x.len(), "tap outside the input");
     }
 }
 
-/// `acc[ch] = Σ_t (x[offs[t] + ch] − zx)·w[t][ch]` for the channels [`channels_done`] counts,
-/// with `wp` from [`pair_weights_avx2`]. Safe: checks the CPU and every length first.
-pub(crate) fn pixel_pairs_avx2(
+/// A run of `count` output pixels whose taps all lie inside the input, `c` channels (a multiple
+/// of 16): tap `t` of pixel `p` reads `x[offs[t] + p·step ..][..c]`, and
+/// `acc[p·c + ch] = init[ch] + Σ_t x[..][ch]·w[t][ch]` with `wp` from [`pair_weights_avx2`]
+/// (`init = −zx·Σ_t w[t][ch]` folds the input zero point in). Safe: checks the CPU and every
+/// length first.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn run_avx2(
     x: &[u8],
     offs: &[usize],
+    step: usize,
+    count: usize,
     wp: &[i16],
+    init: &[i32],
     c: usize,
-    zx: u8,
     acc: &mut [i32],
 ) {
     assert!(
         super::has_avx2_fma(),
         "AVX2 depthwise kernel on a CPU without AVX2"
     );
-    check(x, offs, wp, c, acc);
-    let pairs = offs.len().div_ceil(2);
-    for b in 0..c / 16 {
-        // SAFETY: AVX2 checked; every tap reads channels b*16..b*16+16 < done of its pixel, the
-        // block's weights are wp[b*pairs*32..][..pairs*32] and acc holds `done` values (checked).
-        unsafe {
-            block16(
-                x.as_ptr(),
-                offs,
-                wp.as_ptr().add(b * pairs * 32),
-                b * 16,
-                zx,
-                acc.as_mut_ptr(),
-            )
-        }
+    check(x, offs, step, count, wp, init, c, acc);
+    // SAFETY: AVX2 checked; check() proved every read and write in bounds (see run_avx2_impl).
+    unsafe {
+        run_avx2_impl(
+            x.as_ptr(),
+            offs,
+            step,
+            count,
+            wp.as_ptr(),
+            init.as_ptr(),
+            c,
+            acc.as_mut_ptr(),
+        )
     }
 }
 
-/// [`pixel_pairs_avx2`] with 32-channel AVX-512 blocks, `wp` from [`pair_weights_avx512`].
-pub(crate) fn pixel_pairs_avx512(
+/// [`run_avx2`] with 32-channel AVX-512 blocks (then one 16-channel block), `wp` from
+/// [`pair_weights_avx512`].
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn run_avx512(
     x: &[u8],
     offs: &[usize],
+    step: usize,
+    count: usize,
     wp: &[i16],
+    init: &[i32],
     c: usize,
-    zx: u8,
     acc: &mut [i32],
 ) {
     assert!(
         super::has_avx512vnni(),
         "AVX-512 depthwise kernel on a CPU without AVX-512"
     );
-    check(x, offs, wp, c, acc);
-    let pairs = offs.len().div_ceil(2);
-    for b in 0..c / 32 {
-        // SAFETY: AVX-512 checked; reads channels b*32..b*32+32 ≤ done, weights
-        // wp[b*pairs*64..][..pairs*64], writes acc[b*32..b*32+32] (lengths checked).
-        unsafe {
-            block32(
-                x.as_ptr(),
-                offs,
-                wp.as_ptr().add(b * pairs * 64),
-                b * 32,
-                zx,
-                acc.as_mut_ptr(),
-            )
-        }
+    check(x, offs, step, count, wp, init, c, acc);
+    // SAFETY: AVX-512 checked; check() proved every read and write in bounds.
+    unsafe {
+        run_avx512_impl(
+            x.as_ptr(),
+            offs,
+            step,
+            count,
+            wp.as_ptr(),
+            init.as_ptr(),
+            c,
+            acc.as_mut_ptr(),
+        )
     }
-    if c % 32 >= 16 {
-        let base = c / 32 * 32;
-        // SAFETY: as above for the 16 channels base..base+16 ≤ done (AVX-512 implies AVX2).
-        unsafe {
-            block16(
-                x.as_ptr(),
-                offs,
-                wp.as_ptr().add(base * pairs * 2),
-                base,
-                zx,
-                acc.as_mut_ptr(),
-            )
+}
+
+/// # Safety
+/// AVX2 is available; for every tap `t` and pixel `p < count`, `x + offs[t] + p·step .. + c` is
+/// readable; `wp` holds `c·pairs·2` i16, `init` `c` i32 and `acc` `count·c` writable i32.
+#[allow(clippy::too_many_arguments)]
+#[target_feature(enable = "avx2")]
+unsafe fn run_avx2_impl(
+    x: *const u8,
+    offs: &[usize],
+    step: usize,
+    count: usize,
+    wp: *const i16,
+    init: *const i32,
+    c: usize,
+    acc: *mut i32,
+) {
+    let pairs = offs.len().div_ceil(2);
+    for b in 0..c / 16 {
+        let w = wp.add(b * pairs * 32);
+        for p in 0..count {
+            block16(x, offs, p * step, w, b * 16, init, acc.add(p * c));
         }
     }
 }
 
-/// 16 channels from `base`.
+/// # Safety
+/// As [`run_avx2_impl`], with AVX-512F/BW available.
+#[allow(clippy::too_many_arguments)]
+#[target_feature(enable = "avx512f,avx512bw,avx2")]
+unsafe fn run_avx512_impl(
+    x: *const u8,
+    offs: &[usize],
+    step: usize,
+    count: usize,
+    wp: *const i16,
+    init: *const i32,
+    c: usize,
+    acc: *mut i32,
+) {
+    let pairs = offs.len().div_ceil(2);
+    for b in 0..c / 32 {
+        let w = wp.add(b * pairs * 64);
+        for p in 0..count {
+            block32(x, offs, p * step, w, b * 32, init, acc.add(p * c));
+        }
+    }
+    if c % 32 >= 16 {
+        let base = c / 32 * 32;
+        let w = wp.add(base * pairs * 2);
+        for p in 0..count {
+            block16(x, offs, p * step, w, base, init, acc.add(p * c));
+        }
+    }
+}
+
+/// 16 channels from `base` of one pixel (`pix` added to every tap offset), accumulators
+/// starting at `init`.
 ///
 /// # Safety
-/// AVX2 is available; every `x + off + base .. +16` is readable, `w` points to `pairs·32` i16,
-/// `acc + base .. +16` is writable.
+/// AVX2 is available; every `x + off + pix + base .. +16` is readable, `w` points to `pairs·32`
+/// i16, `init + base .. +16` is readable and `acc + base .. +16` writable.
+#[inline]
 #[target_feature(enable = "avx2")]
-unsafe fn block16(x: *const u8, offs: &[usize], w: *const i16, base: usize, zx: u8, acc: *mut i32) {
+unsafe fn block16(
+    x: *const u8,
+    offs: &[usize],
+    pix: usize,
+    w: *const i16,
+    base: usize,
+    init: *const i32,
+    acc: *mut i32,
+) {
     let taps = offs.len();
-    let z = _mm256_set1_epi16(zx as i16);
+    let x = x.add(pix + base);
     macro_rules! load {
         ($off:expr) => {
-            _mm256_sub_epi16(
-                _mm256_cvtepu8_epi16(_mm_loadu_si128(x.add($off + base) as *const __m128i)),
-                z,
-            )
+            _mm256_cvtepu8_epi16(_mm_loadu_si128(x.add($off) as *const __m128i))
         };
     }
-    let mut lo = _mm256_setzero_si256();
-    let mut hi = _mm256_setzero_si256();
+    // init in the lanes' channel order: lo holds channels 0-3 | 8-11, hi 4-7 | 12-15
+    let i0 = _mm256_loadu_si256(init.add(base) as *const __m256i);
+    let i1 = _mm256_loadu_si256(init.add(base + 8) as *const __m256i);
+    let (mut lo, mut hi) = split16(i0, i1);
     for p in 0..taps.div_ceil(2) {
         let a0 = load!(offs[2 * p]);
         let a1 = if 2 * p + 1 < taps {
@@ -173,7 +240,6 @@ unsafe fn block16(x: *const u8, offs: &[usize], w: *const i16, base: usize, zx: 
         lo = _mm256_add_epi32(lo, _mm256_madd_epi16(_mm256_unpacklo_epi16(a0, a1), wl));
         hi = _mm256_add_epi32(hi, _mm256_madd_epi16(_mm256_unpackhi_epi16(a0, a1), wh));
     }
-    // lo holds channels 0-3 | 8-11, hi 4-7 | 12-15
     _mm256_storeu_si256(
         acc.add(base) as *mut __m256i,
         _mm256_permute2x128_si256(lo, hi, 0x20),
@@ -184,25 +250,47 @@ unsafe fn block16(x: *const u8, offs: &[usize], w: *const i16, base: usize, zx: 
     );
 }
 
-/// 32 channels from `base`.
+/// Channels 0-7 (`i0`) and 8-15 (`i1`) of i32 values as the (lo, hi) lane order of
+/// [`block16`]: lo = 0-3 | 8-11, hi = 4-7 | 12-15 (the inverse of its final permutes).
+#[inline]
+#[target_feature(enable = "avx2")]
+unsafe fn split16(i0: __m256i, i1: __m256i) -> (__m256i, __m256i) {
+    (
+        _mm256_permute2x128_si256(i0, i1, 0x20),
+        _mm256_permute2x128_si256(i0, i1, 0x31),
+    )
+}
+
+/// 32 channels from `base` of one pixel.
 ///
 /// # Safety
-/// AVX-512F/BW is available; every `x + off + base .. +32` is readable, `w` points to
-/// `pairs·64` i16, `acc + base .. +32` is writable.
+/// AVX-512F/BW is available; every `x + off + pix + base .. +32` is readable, `w` points to
+/// `pairs·64` i16, `init + base .. +32` is readable and `acc + base .. +32` writable.
+#[inline]
 #[target_feature(enable = "avx512f,avx512bw")]
-unsafe fn block32(x: *const u8, offs: &[usize], w: *const i16, base: usize, zx: u8, acc: *mut i32) {
+unsafe fn block32(
+    x: *const u8,
+    offs: &[usize],
+    pix: usize,
+    w: *const i16,
+    base: usize,
+    init: *const i32,
+    acc: *mut i32,
+) {
     let taps = offs.len();
-    let z = _mm512_set1_epi16(zx as i16);
+    let x = x.add(pix + base);
     macro_rules! load {
         ($off:expr) => {
-            _mm512_sub_epi16(
-                _mm512_cvtepu8_epi16(_mm256_loadu_si256(x.add($off + base) as *const __m256i)),
-                z,
-            )
+            _mm512_cvtepu8_epi16(_mm256_loadu_si256(x.add($off) as *const __m256i))
         };
     }
-    let mut lo = _mm512_setzero_si512();
-    let mut hi = _mm512_setzero_si512();
+    // init in the lanes' channel order (the inverse of the final shuffles): lane L of lo holds
+    // channels 8L..8L+4, of hi 8L+4..8L+8
+    let i0 = _mm512_loadu_si512(init.add(base) as *const _); // channels 0-15
+    let i1 = _mm512_loadu_si512(init.add(base + 16) as *const _); // channels 16-31
+                                                                  // i0 lanes: [0-3, 4-7, 8-11, 12-15]; i1: [16-19, 20-23, 24-27, 28-31]
+    let mut lo = _mm512_shuffle_i64x2::<0b10_00_10_00>(i0, i1); // 0-3 8-11 16-19 24-27
+    let mut hi = _mm512_shuffle_i64x2::<0b11_01_11_01>(i0, i1); // 4-7 12-15 20-23 28-31
     for p in 0..taps.div_ceil(2) {
         let a0 = load!(offs[2 * p]);
         let a1 = if 2 * p + 1 < taps {
@@ -215,7 +303,6 @@ unsafe fn block32(x: *const u8, offs: &[usize], w: *const i16, base: usize, zx: 
         lo = _mm512_add_epi32(lo, _mm512_madd_epi16(_mm512_unpacklo_epi16(a0, a1), wl));
         hi = _mm512_add_epi32(hi, _mm512_madd_epi16(_mm512_unpackhi_epi16(a0, a1), wh));
     }
-    // lane L of lo holds channels 8L..8L+4, of hi 8L+4..8L+8
     let t0 = _mm512_shuffle_i64x2::<0b01_00_01_00>(lo, hi); // lo.0 lo.1 hi.0 hi.1
     let t1 = _mm512_shuffle_i64x2::<0b11_10_11_10>(lo, hi); // lo.2 lo.3 hi.2 hi.3
     _mm512_storeu_si512(
