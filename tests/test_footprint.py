@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import io
 import pathlib
 import sys
@@ -136,13 +137,18 @@ def test_resnet18_state_dict_is_under_a_3_9th_of_fp32(resnet18):
 
 
 def test_resnet18_footprint_has_no_hidden_copies(resnet18):
-    _, q = resnet18
+    # a deep copy: the state_dict test may have asked the shared fixture for its int8 weight
+    # tensors, which modules then keep (see docs/api.md, memory_footprint)
+    q = copy.deepcopy(resnet18[1])
     footprint, essential = fq.memory_footprint(q), _essential_bytes(q)
     ratio = footprint / essential
     print(f"ResNet-18 footprint {footprint} B, int8 weights + bias + qparams {essential} B: {ratio:.3f}x")
     assert footprint >= essential
-    if ratio > 1.1:
-        pytest.xfail(
-            f"footprint is {ratio:.2f}x the int8 weights + fp32 bias + qparams (goal <= 1.1x): each module keeps its "
-            "int8 weight tensor (_w, the canonical state_dict copy) and the packed kernel copy (_packed) side by side"
-        )
+    assert ratio <= 1.1, f"footprint is {ratio:.3f}x the int8 weights + fp32 bias + qparams"
+    # asking for the weights rebuilds the int8 tensors from the packed form; the values are the same
+    w0 = [m.weight().int_repr().clone() for m in _weighted(q)]
+    assert fq.memory_footprint(q) > footprint
+    fresh = copy.deepcopy(q)
+    assert fq.memory_footprint(fresh) == footprint
+    for m, w in zip(_weighted(fresh), w0):
+        assert torch.equal(m.weight().int_repr(), w)

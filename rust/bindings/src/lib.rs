@@ -823,6 +823,11 @@ impl PackedConv {
         self.inner.bytes()
     }
 
+    /// The int8 weights back in torch's layout, flattened `[out * in/groups * kd * kh * kw]`.
+    fn unpack<'py>(&self, py: Python<'py>) -> Bound<'py, PyArray1<i8>> {
+        PyArray1::from_vec(py, self.inner.unpack())
+    }
+
     /// Whether the direct depthwise kernel runs this conv (groups = in = out channels).
     #[getter]
     fn depthwise(&self) -> bool {

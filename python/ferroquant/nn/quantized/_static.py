@@ -98,6 +98,9 @@ class OutputQParams(AtomicLoad):
         # torch.jit.script calls this before compiling: the output dtype's name for the scripted
         # forward (TorchScript cannot hold the QDtype)
         self._out_dtype_name = self._out_dtype.name
+        nxt = getattr(super(), "__prepare_scriptable__", None)  # the weighted modules' (int8 weight)
+        if nxt is not None:
+            nxt()
         return self
 
     def _init_output(

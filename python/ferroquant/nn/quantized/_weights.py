@@ -167,7 +167,13 @@ def _normal(t: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
 
 class WeightedQuantModule(AtomicLoad, nn.Module):
     """Holds an int8 weight (as a QTensor's parts) and a float bias, with the shared
-    state_dict scheme; subclasses build their packed form in ``_pack``."""
+    state_dict scheme; subclasses build their packed form in ``_pack``.
+
+    The packed form is what forward reads, and it holds the int8 values exactly; the plain int8
+    tensor ``_w`` is released after packing (``_w is None``: no second copy of the weights in
+    memory) and rebuilt from the packed form on first use — ``weight()``, ``state_dict()``,
+    pickling, ``torch.jit.script`` — after which it is the module's own tensor again: edits to it
+    in place are picked up by the next forward, as before."""
 
     _version = 1
     # Not part of the scripted module: packed weights live outside TorchScript (the scripted
@@ -189,13 +195,36 @@ class WeightedQuantModule(AtomicLoad, nn.Module):
             self._w_axis = -1
             self._bias: Optional[torch.Tensor] = torch.zeros(weight_shape[0]) if has_bias else None
 
+    # -- the int8 weight tensor, released after packing ------------------------------------------
+    def _int8_weight(self) -> torch.Tensor:
+        """The module's int8 weight tensor, rebuilt from the packed form if it was released."""
+        w = self._w
+        if w is None:
+            with torch.inference_mode(False):  # a normal tensor: it needs a version counter
+                w = torch.from_numpy(self._packed.unpack()).reshape(self._weight_shape)
+            self._w = w
+            # the packed form holds exactly these values: track this tensor's edits from now on
+            self._packed_src = (w, w._version, *self._packed_src[2:])
+        return w
+
+    def _release_int8_weight(self) -> None:
+        """Drops the int8 tensor once packed (nobody else holds it yet: it came from a copy)."""
+        self._w = None
+        self._packed_src = (None, 0, *self._packed_src[2:])
+
+    def __prepare_scriptable__(self) -> Any:
+        # the scripted forward passes the int8 tensor to torch.ops.ferroquant.*
+        self._int8_weight()
+        return self
+
     # -- the torch.ao accessors -------------------------------------------------------------------
     def weight(self) -> QTensor:
         """The int8 weight; its ``int_repr()`` is the module's own tensor (edits in place are
         picked up by the next forward)."""
+        w = self._int8_weight()
         if self._w_axis < 0:
-            return QTensor(self._w, float(self._w_scale[0]), int(self._w_zp[0]), qint8)
-        return QTensor(self._w, self._w_scale.double(), self._w_zp, qint8, axis=self._w_axis)
+            return QTensor(w, float(self._w_scale[0]), int(self._w_zp[0]), qint8)
+        return QTensor(w, self._w_scale.double(), self._w_zp, qint8, axis=self._w_axis)
 
     def bias(self) -> Optional[torch.Tensor]:
         return self._bias
@@ -247,6 +276,7 @@ class WeightedQuantModule(AtomicLoad, nn.Module):
         data, scale, zp, bias = _normal(data), _normal(scale), _normal(zp), _normal(bias)
         self._w, self._w_scale, self._w_zp, self._w_axis, self._bias = data, scale, zp, axis, bias
         self._set_packed(packed)
+        self._release_int8_weight()
 
     # -- packed weights ---------------------------------------------------------------------------
     def _pack(self, w: torch.Tensor, scale: torch.Tensor, zp: torch.Tensor) -> Any:  # pragma: no cover - abstract
@@ -260,7 +290,7 @@ class WeightedQuantModule(AtomicLoad, nn.Module):
         # what was packed, to notice in-place edits (tensor._version) or replaced tensors
         self._packed_src = (
             self._w,
-            self._w._version,
+            0 if self._w is None else self._w._version,
             self._w_scale,
             self._w_scale._version,
             self._w_zp,
@@ -268,8 +298,9 @@ class WeightedQuantModule(AtomicLoad, nn.Module):
             self._bias,
         )
 
-    def _rebuild(self) -> None:
-        """Repacks from the canonical int8 weight and qparams, after checking them."""
+    def _rebuild(self, release: bool = False) -> None:
+        """Repacks from the canonical int8 weight and qparams, after checking them; with
+        ``release``, drops the int8 tensor afterwards (only where no caller can hold it)."""
         channels = 1 if self._w_axis < 0 else self._weight_shape[0]
         name = getattr(self, "_fq_name", None)
         where = f"{type(self).__name__} '{name}'" if name else type(self).__name__
@@ -283,10 +314,12 @@ class WeightedQuantModule(AtomicLoad, nn.Module):
                 "values (or load_state_dict / set_weight_bias valid ones)"
             ) from None
         try:
-            packed = self._pack(self._w.contiguous(), scale.to(torch.float32), zp)
+            packed = self._pack(self._int8_weight().contiguous(), scale.to(torch.float32), zp)
         except (ValueError, TypeError, MemoryError, RuntimeError) as e:
             raise_named(e, where)
         self._set_packed(packed)
+        if release:
+            self._release_int8_weight()
 
     def _fresh_packed(self) -> Any:
         """The packed weights, repacked first when the int8 weight, its qparams or the bias were
@@ -297,7 +330,7 @@ class WeightedQuantModule(AtomicLoad, nn.Module):
             or s is not self._w_scale
             or z is not self._w_zp
             or b is not self._bias
-            or w._version != wv
+            or (w is not None and w._version != wv)
             or s._version != sv
             or z._version != zv
         ):
@@ -324,7 +357,11 @@ class WeightedQuantModule(AtomicLoad, nn.Module):
     # Packed weights are machine-specific native objects: pickling (torch.save of a whole model,
     # copy.deepcopy) keeps the canonical int8 data and rebuilds them on the way back.
     def __getstate__(self) -> dict:
+        released = self._w is None
+        self._int8_weight()
         state = self.__dict__.copy()
+        if released:
+            self._release_int8_weight()
         state.pop("_packed", None)
         state.pop("_bias_np", None)
         state.pop("_packed_src", None)
@@ -332,12 +369,12 @@ class WeightedQuantModule(AtomicLoad, nn.Module):
 
     def __setstate__(self, state: dict) -> None:
         super().__setstate__(state)
-        self._rebuild()
+        self._rebuild(release=True)
 
     # -- state_dict -------------------------------------------------------------------------------
     def _save_to_state_dict(self, destination: dict, prefix: str, keep_vars: bool) -> None:
         super()._save_to_state_dict(destination, prefix, keep_vars)
-        destination[prefix + "weight"] = self._w
+        destination[prefix + "weight"] = self._int8_weight()
         destination[prefix + "weight_scale"] = self._w_scale
         destination[prefix + "weight_zero_point"] = self._w_zp
         destination[prefix + "weight_axis"] = torch.tensor(self._w_axis, dtype=torch.int64)
@@ -367,6 +404,7 @@ class WeightedQuantModule(AtomicLoad, nn.Module):
             if self._bias is not None:
                 self._bias = _normal(bias)
             self._set_packed(packed)
+            self._release_int8_weight()
 
         return [*changes, apply]
 

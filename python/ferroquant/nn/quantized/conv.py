@@ -89,7 +89,7 @@ class _ConvNd(OutputQParams, WeightedQuantModule):
         self.padding_mode = padding_mode
         self._init_output()
         self._init_weight_storage((out_channels, in_channels // groups, *self.kernel_size), bias)
-        self._rebuild()
+        self._rebuild(release=True)
 
     def _pads(self) -> list[tuple[int, int]]:
         """(before, after) padding per spatial dim."""

@@ -32,7 +32,7 @@ class Linear(OutputQParams, WeightedQuantModule):
         self.out_features = out_features
         self._init_output()
         self._init_weight_storage((out_features, in_features), bias_)
-        self._rebuild()
+        self._rebuild(release=True)
 
     def _pack(self, w: torch.Tensor, scale: torch.Tensor, zp: torch.Tensor) -> PackedLinear:
         return PackedLinear(w.numpy(), scale.numpy(), zp.to(torch.int32).numpy())

@@ -97,6 +97,17 @@ impl PackedDepthwise {
         Ok(v)
     }
 
+    /// The weights back in torch's layout `[c, 1, taps]`.
+    pub(crate) fn unpack(&self) -> Vec<i8> {
+        let mut w = vec![0i8; self.w.len()];
+        for t in 0..self.taps {
+            for ch in 0..self.c {
+                w[ch * self.taps + t] = self.w[t * self.c + ch];
+            }
+        }
+        w
+    }
+
     /// Bytes held (for memory accounting).
     pub(crate) fn bytes(&self) -> usize {
         self.w.len() + self.zero_points.len() * 4 + self.scales.len() * 4

@@ -187,6 +187,30 @@ impl PackedConv {
     pub fn out_channels(&self) -> usize {
         self.cout
     }
+    /// The int8 weights back in torch's layout `[cout, cin/groups, kd, kh, kw]` (the values
+    /// [`PackedConv::new`] was given).
+    pub fn unpack(&self) -> Vec<i8> {
+        if let Some(dw) = &self.depthwise {
+            return dw.unpack();
+        }
+        let (cout_g, cin_g) = (self.cout / self.geom.groups, self.cin / self.geom.groups);
+        let taps: usize = self.geom.kernel.iter().product();
+        let k = taps * cin_g;
+        let mut w = vec![0i8; self.cout * k];
+        for (gi, pw) in self.groups.iter().enumerate() {
+            // the group's GEMM rows are [cout_g, taps, cin_g]; torch's are [cout_g, cin_g, taps]
+            let wg = pw.unpack();
+            for o in 0..cout_g {
+                let dst = &mut w[(gi * cout_g + o) * k..(gi * cout_g + o + 1) * k];
+                for c in 0..cin_g {
+                    for t in 0..taps {
+                        dst[c * taps + t] = wg[o * k + t * cin_g + c];
+                    }
+                }
+            }
+        }
+        w
+    }
     /// Whether the direct depthwise kernel runs this conv.
     pub fn is_depthwise(&self) -> bool {
         self.depthwise.is_some()
@@ -882,6 +906,28 @@ mod tests {
             }
         }
         crate::threading::set_parallel_min_macs(old);
+    }
+
+    #[test]
+    fn unpack_returns_the_packed_weights_in_torch_layout() {
+        for (cin, cout, groups, kernel) in [
+            (6, 4, 2, [1, 3, 2]),
+            (5, 5, 5, [1, 3, 3]),
+            (3, 8, 1, [2, 2, 3]),
+            (16, 16, 16, [1, 1, 5]),
+        ] {
+            let geom = ConvGeometry {
+                kernel,
+                stride: [1, 1, 1],
+                padding: [0, 0, 0],
+                dilation: [1, 1, 1],
+                groups,
+            };
+            let n = cout * cin / groups * kernel.iter().product::<usize>();
+            let w: Vec<i8> = (0..n).map(|i| ((i * 71 + 3) % 256) as u8 as i8).collect();
+            let pc = PackedConv::new(&w, cout, cin, geom, &[0.5], &[0]).unwrap();
+            assert_eq!(pc.unpack(), w, "cin {cin} cout {cout} groups {groups}");
+        }
     }
 
     #[test]

@@ -60,7 +60,7 @@ class Linear(WeightedQuantModule):
         #: (+) quantize activations with one scale / zero point per row (per token; the default)
         self.per_row_activations = True
         self._init_weight_storage((out_features, in_features), bias_)
-        self._rebuild()
+        self._rebuild(release=True)
 
     def _pack(self, w: torch.Tensor, scale: torch.Tensor, zp: torch.Tensor) -> PackedLinear:
         return PackedLinear(w.numpy(), scale.numpy(), zp.to(torch.int32).numpy())
