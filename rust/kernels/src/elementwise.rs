@@ -61,7 +61,14 @@ pub fn add_requant<T: QInt>(
             "add_requant outputs quint8 or qint8".into(),
         ));
     }
-    with_features(engine, AddLoop { a, b, o, relu, out });
+    let work = AddLoop {
+        a,
+        b,
+        o,
+        relu,
+        _t: std::marker::PhantomData,
+    };
+    with_features(engine, work, out);
     Ok(())
 }
 
@@ -70,14 +77,15 @@ struct AddLoop<'a, T: QInt> {
     b: QOperand<'a>,
     o: QOutput,
     relu: bool,
-    out: &'a mut [T],
+    _t: std::marker::PhantomData<T>,
 }
 
 impl<T: QInt> Vectorized for AddLoop<'_, T> {
+    type Elem = T;
     type Out = ();
     #[inline(always)]
-    fn run(self) {
-        let AddLoop { a, b, o, relu, out } = self;
+    fn run(self, out: &mut [T]) {
+        let AddLoop { a, b, o, relu, .. } = self;
         let inv = 1.0f32 / o.scale;
         let (lo, hi) = (
             (o.qmin - o.zero_point) as f32,

@@ -7,17 +7,15 @@
 //! `panel[g*64 + c*4 + t] = W[col0 + c][4g + t]`. That is one zmm for `vpdpbusd`, two ymm for
 //! AVX-VNNI, four 16-byte rows for the AVX2 widening kernel and four q-registers for `sdot`.
 
-use crate::arch::{float_kernels, Engine};
+use crate::arch::{with_features, Engine, Vectorized};
 use std::sync::OnceLock;
 
 use crate::error::{check_len, checked_numel, try_vec, KernelError, Result};
 use crate::qparams::{choose_qparams_dynamic, DynamicQParams};
 use crate::quantize::quantize_one_8bit;
 
-/// Columns per packed panel.
-pub const NR: usize = 16;
-/// K elements grouped together for one 4-way dot product.
-pub const KR: usize = 4;
+/// Columns per packed panel, and K elements per group: the micro-kernels' layout contract.
+pub use crate::arch::{KR, NR};
 
 /// The largest `Σ_k |w[j][k] − zw[j]|` a weight column may have. A GEMM accumulates in int32
 /// (with wrapping adds, exact modulo 2³² whatever the order); its true result
@@ -372,8 +370,7 @@ impl PackedA {
     ) -> Result<(Self, DynamicQParams)> {
         check_len("activation", checked_numel(&[m, k], "activation")?, x.len())?;
         check_u8_range(qmin, qmax)?;
-        let fk = float_kernels(engine);
-        let (lo, hi) = (fk.min_max)(x).unwrap_or((0.0, 0.0));
+        let (lo, hi) = with_features(engine, MinMax(x), &mut []).unwrap_or((0.0, 0.0));
         let qp = choose_qparams_dynamic(lo, hi, qmin, qmax)?;
         let kp = padded_k(k);
         let mut data = try_vec(
@@ -383,7 +380,15 @@ impl PackedA {
         )?;
         let mut row_sums = try_vec(m, 0i32, "activation row sums")?;
         if k > 0 {
-            (fk.quantize_rows)(x, k, kp, qp.scale, qp.zero_point, &mut data, &mut row_sums);
+            let rows = QuantizeRows {
+                x,
+                k,
+                kp,
+                scale: qp.scale,
+                zp: qp.zero_point,
+                sums: &mut row_sums,
+            };
+            with_features(engine, rows, &mut data);
         }
         let max = max_u8(&data);
         Ok((
@@ -414,7 +419,6 @@ impl PackedA {
     ) -> Result<(Self, Vec<DynamicQParams>)> {
         check_len("activation", checked_numel(&[m, k], "activation")?, x.len())?;
         check_u8_range(qmin, qmax)?;
-        let fk = float_kernels(engine);
         let kp = padded_k(k);
         let mut data = try_vec(
             checked_numel(&[m, kp], "packed activations")?,
@@ -425,17 +429,20 @@ impl PackedA {
         let mut qps = Vec::with_capacity(m);
         for i in 0..m {
             let row = &x[i * k..(i + 1) * k];
-            let (lo, hi) = (fk.min_max)(row).unwrap_or((0.0, 0.0));
+            let (lo, hi) = with_features(engine, MinMax(row), &mut []).unwrap_or((0.0, 0.0));
             let qp = choose_qparams_dynamic(lo, hi, qmin, qmax)?;
             if k > 0 {
-                (fk.quantize_rows)(
-                    row,
-                    k,
-                    kp,
-                    qp.scale,
-                    qp.zero_point,
+                with_features(
+                    engine,
+                    QuantizeRows {
+                        x: row,
+                        k,
+                        kp,
+                        scale: qp.scale,
+                        zp: qp.zero_point,
+                        sums: &mut row_sums[i..i + 1],
+                    },
                     &mut data[i * kp..(i + 1) * kp],
-                    &mut row_sums[i..i + 1],
                 );
             }
             qps.push(qp);
@@ -552,8 +559,42 @@ fn max_u8(data: &[u8]) -> u8 {
     data.iter().fold(0u8, |m, &v| m.max(v))
 }
 
+/// The min/max pass of dynamic quantization, compiled per ISA (exact on every engine).
+struct MinMax<'a>(&'a [f32]);
+
+impl Vectorized for MinMax<'_> {
+    type Elem = ();
+    type Out = Option<(f32, f32)>;
+    #[inline(always)]
+    fn run(self, _: &mut [()]) -> Self::Out {
+        crate::qparams::min_max_body(self.0)
+    }
+}
+
+/// The quantize-and-pack pass of dynamic quantization, compiled per ISA (elementwise: the same
+/// bits on every engine).
+struct QuantizeRows<'a> {
+    x: &'a [f32],
+    k: usize,
+    kp: usize,
+    scale: f32,
+    zp: i32,
+    sums: &'a mut [i32],
+}
+
+impl Vectorized for QuantizeRows<'_> {
+    type Elem = u8;
+    type Out = ();
+    #[inline(always)]
+    fn run(self, data: &mut [u8]) {
+        quantize_rows_body(
+            self.x, self.k, self.kp, self.scale, self.zp, data, self.sums,
+        )
+    }
+}
+
 /// Quantizes rows of `k` floats into rows of `kp` bytes (zero padded) with their sums
-/// (docs/numerics.md decision D3, over 0..=255). Inlined into ISA-specific wrappers (`arch::FloatKernels`).
+/// (docs/numerics.md decision D3, over 0..=255). Inlined into [`QuantizeRows`], compiled per ISA.
 #[inline(always)]
 pub(crate) fn quantize_rows_body(
     x: &[f32],

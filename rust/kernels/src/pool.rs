@@ -39,8 +39,8 @@ pub fn max_pool_u8(
                 osp,
                 c,
                 geom,
-                out: &mut out,
             },
+            &mut out,
         );
     }
     Ok((out, osp))
@@ -52,20 +52,19 @@ struct MaxLines<'a> {
     osp: [usize; 3],
     c: usize,
     geom: &'a ConvGeometry,
-    out: &'a mut [u8],
 }
 
 impl Vectorized for MaxLines<'_> {
+    type Elem = u8;
     type Out = ();
     #[inline(always)]
-    fn run(self) {
+    fn run(self, out: &mut [u8]) {
         let MaxLines {
             x,
             sp,
             osp,
             c,
             geom,
-            out,
         } = self;
         let inside = |v: isize, n: usize| v >= 0 && (v as usize) < n;
         let mut rows: Vec<usize> = Vec::new();

@@ -141,7 +141,7 @@ pub fn min_max(x: &[f32]) -> Option<(f32, f32)> {
     min_max_body(x)
 }
 
-/// The loop of [`min_max`], inlined into ISA-specific wrappers (`arch::FloatKernels`).
+/// The loop of [`min_max`], also compiled per ISA for dynamic quantization (`packed::MinMax`).
 #[inline(always)]
 pub(crate) fn min_max_body(x: &[f32]) -> Option<(f32, f32)> {
     if x.is_empty() {

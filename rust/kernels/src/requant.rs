@@ -191,6 +191,11 @@ pub trait OutputStage: Sync {
     fn check_rows(&self, _m: usize) -> Result<()> {
         Ok(())
     }
+    /// Whether `store` reads the output it writes (an accumulating stage): then every tile must
+    /// see the output's current values.
+    fn reads_output(&self) -> bool {
+        false
+    }
 }
 
 /// Exact i32 accumulators (zero points corrected), no further processing.
@@ -231,6 +236,8 @@ pub struct DequantF32 {
     w_scales: Vec<f32>,
     bias: Vec<f32>,
     relu: bool,
+    /// Add into the output (`out += …`) instead of overwriting it.
+    accumulate: bool,
 }
 
 impl DequantF32 {
@@ -257,7 +264,17 @@ impl DequantF32 {
             w_scales: w.scales().to_vec(),
             bias,
             relu,
+            accumulate: false,
         })
+    }
+
+    /// This stage adding into the output instead of overwriting it:
+    /// `out = out + fma(acc, s, b)` (then `max(·, 0)` with ReLU, on the sum) — for results that
+    /// sum several GEMMs (an RNN cell's input and hidden projections into one gate buffer, the
+    /// rows of an embedding bag), with no temporary output.
+    pub fn accumulating(mut self) -> Self {
+        self.accumulate = true;
+        self
     }
 
     /// The same stage for activations quantized per row with scales `row_scales`.
@@ -284,6 +301,9 @@ impl DequantF32 {
 
 impl OutputStage for DequantF32 {
     type Out = f32;
+    fn reads_output(&self) -> bool {
+        self.accumulate
+    }
     fn check_rows(&self, m: usize) -> Result<()> {
         match &self.row_scales {
             Some(s) => check_len("per-row activation scales", m, s.len()),
@@ -311,7 +331,12 @@ impl OutputStage for DequantF32 {
                     &row_scale[..t.cols]
                 }
             };
-            if self.relu {
+            if self.accumulate {
+                for (((o, &a), &s), &b) in o.iter_mut().zip(&acc[..t.cols]).zip(s).zip(b) {
+                    let v = *o + (a as f32).mul_add(s, b);
+                    *o = if self.relu { v.max(0.0) } else { v };
+                }
+            } else if self.relu {
                 for (((o, &a), &s), &b) in o.iter_mut().zip(&acc[..t.cols]).zip(s).zip(b) {
                     *o = (a as f32).mul_add(s, b).max(0.0);
                 }

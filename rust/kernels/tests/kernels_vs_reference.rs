@@ -562,3 +562,59 @@ fn per_row_scales_and_per_channel_dequantize_scales_are_checked() {
     );
     assert_eq!(out, [1.0, 2.0, 4.0, 6.0]);
 }
+
+/// `DequantF32::accumulating` adds into the output: two GEMMs into one buffer (an RNN cell's
+/// input and hidden projections) equal the sum of their separate outputs, on every engine and
+/// thread count, ReLU applied to the sum.
+#[test]
+fn accumulating_output_stage_adds_gemms_into_one_buffer() {
+    // small; columns split over threads; rows split over threads
+    for (m, k1, k2, n) in [(7, 37, 20, 50), (300, 300, 100, 200), (1024, 512, 64, 16)] {
+        if m > 7 {
+            assert_eq!(ferroquant_kernels::threads_for(m * n * k1, 2), 2);
+        }
+        accumulating_case(m, k1, k2, n);
+    }
+}
+
+fn accumulating_case(m: usize, k1: usize, k2: usize, n: usize) {
+    let mut r = Rng(7);
+    let a1: Vec<u8> = (0..m * k1).map(|_| r.u8_upto(255)).collect();
+    let a2: Vec<u8> = (0..m * k2).map(|_| r.u8_upto(255)).collect();
+    let w1: Vec<i8> = (0..n * k1).map(|_| r.i8()).collect();
+    let w2: Vec<i8> = (0..n * k2).map(|_| r.i8()).collect();
+    let b1: Vec<f32> = (0..n).map(|_| r.f32()).collect();
+    let b2: Vec<f32> = (0..n).map(|_| r.f32()).collect();
+    let p1 = PackedA::from_u8(&a1, m, k1, 3).unwrap();
+    let p2 = PackedA::from_u8(&a2, m, k2, 250).unwrap();
+    let pw1 = PackedWeights::new(&w1, n, k1, &[0.02], &[1]).unwrap();
+    let s2: Vec<f32> = (0..n).map(|j| 0.01 + j as f32 * 1e-4).collect();
+    let pw2 = PackedWeights::new(&w2, n, k2, &s2, &vec![0; n]).unwrap();
+    for relu in [false, true] {
+        for e in available_engines() {
+            for threads in [1, 2] {
+                let (mut sep1, mut sep2) = (vec![0f32; m * n], vec![0f32; m * n]);
+                let st1 = DequantF32::new(0.05, &pw1, Some(&b1), false).unwrap();
+                let st2 = DequantF32::new(0.03, &pw2, Some(&b2), false).unwrap();
+                gemm(e, &p1, &pw1, &st1, &mut sep1, threads).unwrap();
+                gemm(e, &p2, &pw2, &st2, &mut sep2, threads).unwrap();
+                let want: Vec<f32> = sep1
+                    .iter()
+                    .zip(&sep2)
+                    .map(|(&x, &y)| if relu { (x + y).max(0.0) } else { x + y })
+                    .collect();
+                let mut out = vec![0f32; m * n];
+                gemm(e, &p1, &pw1, &st1, &mut out, threads).unwrap();
+                let acc = DequantF32::new(0.03, &pw2, Some(&b2), relu)
+                    .unwrap()
+                    .accumulating();
+                gemm(e, &p2, &pw2, &acc, &mut out, threads).unwrap();
+                let same = out
+                    .iter()
+                    .zip(&want)
+                    .all(|(a, b)| a.to_bits() == b.to_bits());
+                assert!(same, "engine {} threads {threads} relu {relu}", e.name());
+            }
+        }
+    }
+}

@@ -1,23 +1,14 @@
 //! The portable micro-kernel: plain Rust on the packed layout, always compiled.
 //! It is the reference every SIMD kernel is tested against, bit for bit.
 
-use super::{check_dot_args, TileKernel};
-use crate::packed::{PackedA, PackedWeights, KR, NR};
+use super::tile::{AForm, Panels, TileKernel, KR, NR};
 
-pub(crate) const KERNEL: TileKernel = TileKernel { mr: 4, np: 1, dot };
+pub(crate) const KERNEL: TileKernel = TileKernel::new(4, 1, AForm::Bytes, false, dot);
 
-fn dot(
-    pa: &PackedA,
-    r0: usize,
-    rows: usize,
-    pw: &PackedWeights,
-    p0: usize,
-    panels: usize,
-    out: &mut [i32],
-) {
-    check_dot_args(&KERNEL, pa, r0, rows, pw, p0, panels, out);
-    let (kp, a) = (pa.kp(), pa.rows(r0, rows));
-    let w = pw.panel_data(p0, panels);
+/// # Safety
+/// None beyond [`TileKernel::dot`]'s length checks (plain Rust, bounds-checked).
+unsafe fn dot(p: &Panels<'_>, out: &mut [i32]) {
+    let (kp, rows, panels, a, w) = (p.kp, p.rows, p.panels, p.a, p.w);
     let ld = KERNEL.np * NR;
     for r in 0..rows {
         let arow = &a[r * kp..(r + 1) * kp];

@@ -177,14 +177,7 @@ pub(crate) fn depthwise<T: QInt>(
     // weigh them so that threads start at a similar amount of time
     let threads = threads_for(macs.saturating_mul(8), threads).min(lines);
     if threads <= 1 {
-        with_features(
-            engine,
-            Lines {
-                ctx: &ctx,
-                l0: 0,
-                out,
-            },
-        );
+        with_features(engine, Lines { ctx: &ctx, l0: 0 }, out);
     } else {
         let per = lines.div_ceil(threads * 4);
         let parts: Vec<Mutex<&mut [T]>> = out.chunks_mut(per * line_len).map(Mutex::new).collect();
@@ -195,8 +188,8 @@ pub(crate) fn depthwise<T: QInt>(
                 Lines {
                     ctx: &ctx,
                     l0: i * per,
-                    out: &mut part,
                 },
+                &mut part,
             );
         });
     }
@@ -207,14 +200,14 @@ pub(crate) fn depthwise<T: QInt>(
 struct Lines<'a, 'c, T: QInt> {
     ctx: &'a Ctx<'c, T>,
     l0: usize,
-    out: &'a mut [T],
 }
 
 impl<T: QInt> Vectorized for Lines<'_, '_, T> {
+    type Elem = T;
     type Out = ();
     #[inline(always)]
-    fn run(self) {
-        run_lines(self.ctx, self.l0, self.out)
+    fn run(self, out: &mut [T]) {
+        run_lines(self.ctx, self.l0, out)
     }
 }
 

@@ -5,7 +5,7 @@ pub mod reference;
 
 use std::sync::Mutex;
 
-use crate::arch::{needs_bcast16, run_block_for, tile_kernel, Engine, TileKernel};
+use crate::arch::{tile_kernel, with_features, AForm, Engine, Panels, TileKernel, Vectorized};
 use crate::error::{check_len, KernelError, Result};
 use crate::packed::{PackedA, PackedWeights, NR};
 use crate::requant::{Correction, OutAt, OutputStage, Tile};
@@ -35,18 +35,17 @@ pub fn gemm<S: OutputStage>(
         crate::error::checked_numel(&[m, n], "output")?,
         out.len(),
     )?;
-    if !engine.is_available() {
-        return Err(KernelError::KernelUnavailable(format!(
+    let kern = tile_kernel(engine, m, w.panels(), a.max_value()).ok_or_else(|| {
+        KernelError::KernelUnavailable(format!(
             "engine {:?} is not available on this CPU",
             engine.name()
-        )));
-    }
+        ))
+    })?;
     if m == 0 {
         return Ok(());
     }
     let corr = Correction::new(a, w);
-    let kern = tile_kernel(engine, a, w);
-    if needs_bcast16(engine, a) {
+    if kern.a_form == AForm::Bcast16 {
         a.prepare_bcast16()?;
     }
     let groups = w.panels().div_ceil(kern.np);
@@ -83,11 +82,18 @@ pub fn gemm<S: OutputStage>(
             .map(|g0| g0..(g0 + per_task).min(groups))
             .collect();
         let parts: Vec<Mutex<Vec<S::Out>>> = tasks.iter().map(|_| Mutex::new(Vec::new())).collect();
+        let out_view: &[S::Out] = out;
         parallel_for(threads, tasks.len(), &|t| {
             let gs = tasks[t].clone();
             let c0 = gs.start * cols_per_group;
             let c1 = (gs.end * cols_per_group).min(n);
             let mut buf = vec![S::Out::default(); m * (c1 - c0)];
+            if stage.reads_output() {
+                // an accumulating stage adds to what is there: start from the output's columns
+                for (dst, src) in buf.chunks_exact_mut(c1 - c0).zip(out_view.chunks_exact(n)) {
+                    dst.copy_from_slice(&src[c0..c1]);
+                }
+            }
             run_block_for(
                 engine,
                 &job,
@@ -137,6 +143,38 @@ pub fn gemm<S: OutputStage>(
     Ok(())
 }
 
+/// [`run_block`] compiled with `engine`'s vector features (FMA on the x86 engines), so that
+/// output stages use hardware FMA; results are the same either way (`mul_add` is a correctly
+/// rounded FMA on every path).
+#[inline(always)]
+fn run_block_for<S: OutputStage>(
+    engine: Engine,
+    job: &Job<'_, S>,
+    rows: std::ops::Range<usize>,
+    gs: std::ops::Range<usize>,
+    out: &mut [S::Out],
+    at: OutAt,
+) {
+    with_features(engine, Block { job, rows, gs, at }, out)
+}
+
+/// A block of tiles, compiled per ISA.
+struct Block<'b, 'j, S: OutputStage> {
+    job: &'b Job<'j, S>,
+    rows: std::ops::Range<usize>,
+    gs: std::ops::Range<usize>,
+    at: OutAt,
+}
+
+impl<S: OutputStage> Vectorized for Block<'_, '_, S> {
+    type Elem = S::Out;
+    type Out = ();
+    #[inline(always)]
+    fn run(self, out: &mut [S::Out]) {
+        run_block(self.job, self.rows, self.gs, out, self.at)
+    }
+}
+
 /// Everything a block of tiles needs besides its ranges.
 pub(crate) struct Job<'j, S: OutputStage> {
     pub kern: TileKernel,
@@ -147,8 +185,8 @@ pub(crate) struct Job<'j, S: OutputStage> {
 }
 
 /// Computes rows `rows` × panel groups `gs` into `out` (laid out as `at` says).
-/// `#[inline(always)]` so that the engine's wrapper (`arch::run_block_for`) compiles it, output
-/// stage included, with the engine's float features (FMA on x86).
+/// `#[inline(always)]` so that [`run_block_for`] compiles it, output stage included, with the
+/// engine's float features (FMA on x86).
 #[inline(always)]
 pub(crate) fn run_block<S: OutputStage>(
     job: &Job<'_, S>,
@@ -173,9 +211,24 @@ pub(crate) fn run_block<S: OutputStage>(
         let col0 = p0 * NR;
         let cols = (panels * NR).min(n - col0);
         let mut r0 = rows.start;
+        let (wp, cs) = (w.panel_data(p0, panels), w.panel_col_sums(p0, panels));
         while r0 < rows.end {
             let nr = kern.mr.min(rows.end - r0);
-            (kern.dot)(a, r0, nr, w, p0, panels, &mut dots);
+            let tile = Panels {
+                a: a.rows(r0, nr),
+                a16: if kern.a_form == AForm::Bcast16 {
+                    a.rows_bcast16(r0, nr)
+                } else {
+                    &[]
+                },
+                kp: a.kp(),
+                rows: nr,
+                a_max: a.max_value(),
+                w: wp,
+                col_sums: cs,
+                panels,
+            };
+            kern.dot(&tile, &mut dots);
             stage.store(
                 corr,
                 Tile {

@@ -6,36 +6,17 @@
 use std::arch::aarch64::*;
 use std::arch::asm;
 
-use super::super::{check_dot_args, TileKernel};
-use crate::packed::{PackedA, PackedWeights, NR};
+use super::super::tile::{AForm, Panels, TileKernel, NR};
 
 pub(crate) const MR: usize = 4;
 pub(crate) const NP: usize = 1;
-pub(crate) const KERNEL: TileKernel = TileKernel {
-    mr: MR,
-    np: NP,
-    dot,
-};
+pub(crate) const KERNEL: TileKernel = TileKernel::new(MR, NP, AForm::Bytes, false, dot);
 
-fn dot(
-    pa: &PackedA,
-    r0: usize,
-    rows: usize,
-    pw: &PackedWeights,
-    p0: usize,
-    panels: usize,
-    out: &mut [i32],
-) {
-    check_dot_args(&KERNEL, pa, r0, rows, pw, p0, panels, out);
-    let (kp, a) = (pa.kp(), pa.rows(r0, rows));
-    let w = pw.panel_data(p0, panels);
-    let csum = pw.panel_col_sums(p0, panels);
-    assert!(csum.len() >= NR, "column sums too short");
-    assert!(
-        super::has_dotprod(),
-        "neon_dotprod kernel called on a CPU without DotProd"
-    );
-    // SAFETY: DotProd checked above; lengths checked by check_dot_args and the csum assert.
+/// # Safety
+/// The CPU supports DotProd; [`TileKernel::dot`] checked the lengths (panels == 1, column sums
+/// of the panel included).
+unsafe fn dot(p: &Panels<'_>, out: &mut [i32]) {
+    let (kp, rows, a, w, csum) = (p.kp, p.rows, p.a, p.w, p.col_sums);
     unsafe {
         match rows {
             1 => tile::<1>(a.as_ptr(), kp, w.as_ptr(), csum.as_ptr(), out.as_mut_ptr()),

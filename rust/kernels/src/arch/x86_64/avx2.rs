@@ -9,36 +9,17 @@
 
 use std::arch::x86_64::*;
 
-use super::super::{check_dot_args, TileKernel};
-use crate::packed::{PackedA, PackedWeights, NR};
+use super::super::tile::{AForm, Panels, TileKernel, NR};
 
 pub(crate) const MR: usize = 6;
 pub(crate) const NP: usize = 1;
-pub(crate) const KERNEL: TileKernel = TileKernel {
-    mr: MR,
-    np: NP,
-    dot,
-};
+pub(crate) const KERNEL: TileKernel = TileKernel::new(MR, NP, AForm::Bcast16, false, dot);
 
-fn dot(
-    pa: &PackedA,
-    r0: usize,
-    rows: usize,
-    pw: &PackedWeights,
-    p0: usize,
-    panels: usize,
-    out: &mut [i32],
-) {
-    check_dot_args(&KERNEL, pa, r0, rows, pw, p0, panels, out);
-    assert!(
-        super::has_avx2_fma(),
-        "avx2 kernel called on a CPU without AVX2"
-    );
-    let kp = pa.kp();
-    let a = pa.rows_bcast16(r0, rows);
-    let w = pw.panel_data(p0, 1);
-    // SAFETY: CPU features checked above; `a` holds rows*(kp/4)*16 i16, `w` one panel of
-    // kp*16 bytes, and check_dot_args proved `out` holds rows*16 i32 (panels == 1).
+/// # Safety
+/// The CPU supports AVX2; [`TileKernel::dot`] checked the lengths: `p.a16` holds
+/// rows*(kp/4)*16 i16, `p.w` one panel of kp*16 bytes, `out` rows*16 i32 (panels == 1).
+unsafe fn dot(p: &Panels<'_>, out: &mut [i32]) {
+    let (kp, rows, a, w) = (p.kp, p.rows, p.a16, p.w);
     unsafe {
         let (a, w, o) = (a.as_ptr(), w.as_ptr(), out.as_mut_ptr());
         match rows {
@@ -129,36 +110,13 @@ pub(crate) const MR7: usize = 6;
 /// per 3 instructions (the exact kernel above needs 2 instructions per 16). Activations are
 /// read as plain bytes (one 4-byte broadcast per row and K group), weights as packed; one
 /// ymm holds one K group of 8 columns, so a tile is 6 rows × 2 ymm (16 columns).
-pub(crate) const KERNEL_7BIT: TileKernel = TileKernel {
-    mr: MR7,
-    np: 1,
-    dot: dot_7bit,
-};
+pub(crate) const KERNEL_7BIT: TileKernel = TileKernel::new(MR7, 1, AForm::Bytes, true, dot_7bit);
 
-fn dot_7bit(
-    pa: &PackedA,
-    r0: usize,
-    rows: usize,
-    pw: &PackedWeights,
-    p0: usize,
-    panels: usize,
-    out: &mut [i32],
-) {
-    check_dot_args(&KERNEL_7BIT, pa, r0, rows, pw, p0, panels, out);
-    assert!(
-        super::has_avx2_fma(),
-        "avx2 kernel called on a CPU without AVX2"
-    );
-    // Exactness rests on this: a value above 127 could saturate an i16 pair sum.
-    assert!(
-        pa.fits_7bit(),
-        "7-bit AVX2 kernel given activations above 127"
-    );
-    let kp = pa.kp();
-    let a = pa.rows(r0, rows);
-    let w = pw.panel_data(p0, 1);
-    // SAFETY: CPU features checked above; check_dot_args proved `a` holds rows*kp bytes, `w`
-    // one panel of kp*16 bytes and `out` rows*16 i32 (panels == 1).
+/// # Safety
+/// The CPU supports AVX2; [`TileKernel::dot`] checked the lengths (`p.a` rows*kp bytes, `p.w`
+/// one panel of kp*16 bytes, `out` rows*16 i32) and that every activation is at most 127.
+unsafe fn dot_7bit(p: &Panels<'_>, out: &mut [i32]) {
+    let (kp, rows, a, w) = (p.kp, p.rows, p.a, p.w);
     unsafe {
         match rows {
             1 => tile7::<1>(a.as_ptr(), kp, w.as_ptr(), out.as_mut_ptr()),

@@ -3,92 +3,52 @@
 
 use std::arch::x86_64::*;
 
-use super::super::{check_dot_args, TileKernel};
-use crate::packed::{PackedA, PackedWeights, NR};
+use super::super::tile::{AForm, Panels, TileKernel, NR};
 
 pub(crate) const MR: usize = 8;
 pub(crate) const NP: usize = 3;
-pub(crate) const KERNEL: TileKernel = TileKernel {
-    mr: MR,
-    np: NP,
-    dot,
-};
+pub(crate) const KERNEL: TileKernel = TileKernel::new(MR, NP, AForm::Bytes, false, dot);
 
 /// 6 rows × 64 columns: for weights of a multiple of 4 panels but not of 3 (64, 128, 256
 /// columns), which [`KERNEL`] would finish with a 1- or 2-panel tile. Per K group it loads 10
 /// values for 24 `vpdpbusd` (the 8×48 tile: 11).
-pub(crate) const KERNEL_64: TileKernel = TileKernel {
-    mr: 6,
-    np: 4,
-    dot: dot64,
-};
+pub(crate) const KERNEL_64: TileKernel = TileKernel::new(6, 4, AForm::Bytes, false, dot64);
 
-fn dot64(
-    pa: &PackedA,
-    r0: usize,
-    rows: usize,
-    pw: &PackedWeights,
-    p0: usize,
-    panels: usize,
-    out: &mut [i32],
-) {
-    dot_tiles::<4>(&KERNEL_64, pa, r0, rows, pw, p0, panels, out)
+/// # Safety
+/// The CPU supports AVX-512 VNNI; [`TileKernel::dot`] checked the lengths.
+unsafe fn dot64(p: &Panels<'_>, out: &mut [i32]) {
+    dot_tiles::<4>(p, out)
 }
 
-fn dot(
-    pa: &PackedA,
-    r0: usize,
-    rows: usize,
-    pw: &PackedWeights,
-    p0: usize,
-    panels: usize,
-    out: &mut [i32],
-) {
-    dot_tiles::<NP>(&KERNEL, pa, r0, rows, pw, p0, panels, out)
+/// # Safety
+/// The CPU supports AVX-512 VNNI; [`TileKernel::dot`] checked the lengths.
+unsafe fn dot(p: &Panels<'_>, out: &mut [i32]) {
+    dot_tiles::<NP>(p, out)
 }
 
-/// The `dot` of a `vpdpbusd` tile kernel `kern` with `LD = kern.np` panels per output row
-/// (up to 8 rows, 4 panels): checks, then one monomorphised tile per row and panel count.
+/// The `dot` of a `vpdpbusd` tile kernel with `LD` panels per output row (up to 8 rows, 4
+/// panels): one monomorphised tile per row and panel count.
+///
+/// # Safety
+/// The CPU supports AVX-512 VNNI; `p.rows ≤ 8`, `p.panels ≤ LD ≤ 4`, `p.a` holds `rows·kp` bytes,
+/// `p.w` `panels·kp·16` bytes and `out` `rows·LD·16` i32 (checked by [`TileKernel::dot`] for a
+/// kernel with `np = LD`).
 #[inline(always)]
-#[allow(clippy::too_many_arguments)]
-fn dot_tiles<const LD: usize>(
-    kern: &TileKernel,
-    pa: &PackedA,
-    r0: usize,
-    rows: usize,
-    pw: &PackedWeights,
-    p0: usize,
-    panels: usize,
-    out: &mut [i32],
-) {
-    assert!(
-        kern.np == LD && LD <= 4 && kern.mr <= 8,
-        "tile kernel shape"
-    );
-    check_dot_args(kern, pa, r0, rows, pw, p0, panels, out);
-    let (kp, a) = (pa.kp(), pa.rows(r0, rows));
-    let w = pw.panel_data(p0, panels);
-    assert!(
-        super::has_avx512vnni(),
-        "avx512vnni kernel called on a CPU without AVX-512 VNNI"
-    );
+unsafe fn dot_tiles<const LD: usize>(p: &Panels<'_>, out: &mut [i32]) {
+    let (kp, a, w, panels) = (p.kp, p.a.as_ptr(), p.w.as_ptr(), p.panels);
+    let o = out.as_mut_ptr();
     macro_rules! go {
         ($r:literal) => {
-            // SAFETY: the CPU features were checked above; check_dot_args proved that `a` holds
-            // `rows*kp` bytes, `w` holds `panels*kp*16` bytes and `out` holds `rows*LD*16` i32,
-            // with panels ≤ LD.
-            unsafe {
-                match panels {
-                    1 => tile::<$r, 1, LD>(a.as_ptr(), kp, w.as_ptr(), out.as_mut_ptr()),
-                    2 => tile::<$r, 2, LD>(a.as_ptr(), kp, w.as_ptr(), out.as_mut_ptr()),
-                    3 if LD >= 3 => tile::<$r, 3, LD>(a.as_ptr(), kp, w.as_ptr(), out.as_mut_ptr()),
-                    _ if LD >= 4 => tile::<$r, 4, LD>(a.as_ptr(), kp, w.as_ptr(), out.as_mut_ptr()),
-                    _ => unreachable!("panels ≤ LD (check_dot_args)"),
-                }
+            match panels {
+                1 => tile::<$r, 1, LD>(a, kp, w, o),
+                2 => tile::<$r, 2, LD>(a, kp, w, o),
+                3 if LD >= 3 => tile::<$r, 3, LD>(a, kp, w, o),
+                _ if LD >= 4 => tile::<$r, 4, LD>(a, kp, w, o),
+                _ => unreachable!("panels ≤ LD (TileKernel::dot)"),
             }
         };
     }
-    match rows {
+    match p.rows {
         1 => go!(1),
         2 => go!(2),
         3 => go!(3),
@@ -135,28 +95,12 @@ unsafe fn tile<const R: usize, const P: usize, const LD: usize>(
 /// How many K groups (64 bytes each per panel) ahead the GEMV prefetches.
 const PREFETCH_GROUPS: usize = 16;
 
-pub(crate) const GEMV: TileKernel = TileKernel {
-    mr: 4,
-    np: 8,
-    dot: gemv_dot,
-};
+pub(crate) const GEMV: TileKernel = TileKernel::new(4, 8, AForm::Bytes, false, gemv_dot);
 
-fn gemv_dot(
-    pa: &PackedA,
-    r0: usize,
-    rows: usize,
-    pw: &PackedWeights,
-    p0: usize,
-    panels: usize,
-    out: &mut [i32],
-) {
-    check_dot_args(&GEMV, pa, r0, rows, pw, p0, panels, out);
-    let (kp, a) = (pa.kp(), pa.rows(r0, rows));
-    let w = pw.panel_data(p0, panels);
-    assert!(
-        super::has_avx512vnni(),
-        "avx512vnni kernel called on a CPU without AVX-512 VNNI"
-    );
+/// # Safety
+/// The CPU supports AVX-512 VNNI; [`TileKernel::dot`] checked the lengths.
+unsafe fn gemv_dot(p: &Panels<'_>, out: &mut [i32]) {
+    let (kp, rows, panels, a, w) = (p.kp, p.rows, p.panels, p.a, p.w);
     let ld = GEMV.np * NR;
     let mut p0 = 0;
     while p0 < panels {
@@ -173,8 +117,9 @@ fn gemv_dot(
         };
         let wp = &w[p0 * kp * NR..(p0 + chunk) * kp * NR];
         let o = &mut out[p0 * NR..];
-        // SAFETY: features checked above; `a` holds rows*kp bytes, `wp` chunk*kp*16 bytes and
-        // `o` holds (rows-1)*ld + chunk*16 i32 from its start (check_dot_args: rows*np*16 total).
+        // SAFETY: the CPU supports AVX-512 VNNI (the caller's contract); `a` holds rows*kp bytes,
+        // `wp` chunk*kp*16 bytes and `o` (rows-1)*ld + chunk*16 i32 from its start
+        // (TileKernel::dot checked rows*np*16 in total).
         unsafe {
             macro_rules! go {
                 ($r:literal) => {

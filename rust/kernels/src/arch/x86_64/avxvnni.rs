@@ -3,34 +3,16 @@
 
 use std::arch::x86_64::*;
 
-use super::super::{check_dot_args, TileKernel};
-use crate::packed::{PackedA, PackedWeights, NR};
+use super::super::tile::{AForm, Panels, TileKernel, NR};
 
 pub(crate) const MR: usize = 6;
 pub(crate) const NP: usize = 1;
-pub(crate) const KERNEL: TileKernel = TileKernel {
-    mr: MR,
-    np: NP,
-    dot,
-};
+pub(crate) const KERNEL: TileKernel = TileKernel::new(MR, NP, AForm::Bytes, false, dot);
 
-fn dot(
-    pa: &PackedA,
-    r0: usize,
-    rows: usize,
-    pw: &PackedWeights,
-    p0: usize,
-    panels: usize,
-    out: &mut [i32],
-) {
-    check_dot_args(&KERNEL, pa, r0, rows, pw, p0, panels, out);
-    let (kp, a) = (pa.kp(), pa.rows(r0, rows));
-    let w = pw.panel_data(p0, panels);
-    assert!(
-        super::has_avxvnni(),
-        "avxvnni kernel called on a CPU without AVX-VNNI"
-    );
-    // SAFETY: CPU features checked above; lengths checked by check_dot_args (panels == 1).
+/// # Safety
+/// The CPU supports AVX-VNNI; [`TileKernel::dot`] checked the lengths (panels == 1).
+unsafe fn dot(p: &Panels<'_>, out: &mut [i32]) {
+    let (kp, rows, a, w) = (p.kp, p.rows, p.a, p.w);
     unsafe {
         match rows {
             1 => tile::<1>(a.as_ptr(), kp, w.as_ptr(), out.as_mut_ptr()),
