@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import copy
+
 import ferroquant as fq
 import pytest
 import torch
@@ -141,3 +143,56 @@ def test_max_pool_cases_the_u8_path_leaves_to_torch() -> None:
         F.max_pool2d(q, 9)
     with pytest.raises(TypeError, match="max_pool2d_with_indices"):
         F.max_pool2d(q, 2, return_indices=True)
+
+
+class _ConvBNAct(torch.nn.Module):
+    def __init__(self, act: torch.nn.Module) -> None:
+        super().__init__()
+        self.quant, self.dequant = fq.QuantStub(), fq.DeQuantStub()
+        self.conv = torch.nn.Conv2d(4, 8, 3, padding=1)
+        self.bn = torch.nn.BatchNorm2d(8)
+        self.act = act
+        with torch.no_grad():
+            self.bn.running_mean.uniform_(-0.5, 0.5)
+            self.bn.running_var.uniform_(0.5, 2.0)
+            self.bn.weight.uniform_(0.5, 4.0)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.dequant(self.act(self.bn(self.conv(self.quant(x)))))
+
+
+@pytest.mark.parametrize("act", [torch.nn.ReLU6(), torch.nn.Hardtanh(0.0, 2.5)])
+def test_conv_bn_relu6_and_hardtanh_fuse_into_the_conv_output_stage(act: torch.nn.Module) -> None:
+    """[Conv, BN, ReLU6 / Hardtanh(0, max)] fuse (beyond torch.ao) into a quantized ConvReLU2d: the
+    activation runs in the float module while calibrating, so the output observer sees [0, max],
+    and the fused ReLU clamp with that range is the activation's clamp: the same integers as a
+    fused ReLU with the same calibration, outputs in [0, max], close to the float model."""
+    torch.manual_seed(0)
+    model = _ConvBNAct(act).eval()
+    x = torch.randn(2, 4, 9, 9) * 3
+    with torch.no_grad():
+        want = model(x)
+    fused = fq.fuse_modules(model, [["conv", "bn", "act"]])
+    assert isinstance(fused.conv, fq.nn.intrinsic.ConvReLU2d) and isinstance(fused.conv[1], type(act))
+    fused.qconfig = fq.get_default_qconfig("x86")
+    prepared = fq.prepare(fused)
+    with torch.no_grad():
+        prepared(x)
+    as_relu = copy.deepcopy(prepared)
+    as_relu.conv[1] = torch.nn.ReLU()  # same observers and calibration, a plain fused ReLU
+    q, q_relu = fq.convert(prepared), fq.convert(as_relu)
+    assert isinstance(q.conv, fq.nn.intrinsic.quantized.ConvReLU2d)
+    top = act.max_val
+    assert 0 < q.conv.scale * (q.conv.quant_max - q.conv.zero_point) <= top + q.conv.scale
+    with torch.no_grad():
+        got, same = q(x), q_relu(x)
+    assert torch.equal(got, same)
+    assert got.min() >= 0 and got.max() <= top + 1e-6
+    # input quantization dominates the error; a loose float check that the clamp is at `top`
+    assert (got - want).abs().max() <= 0.1 * top
+
+
+def test_hardtanh_with_a_negative_floor_is_not_fused() -> None:
+    model = _ConvBNAct(torch.nn.Hardtanh(-1.0, 1.0)).eval()
+    with pytest.raises(NotImplementedError, match="min_val=0"):
+        fq.fuse_modules(model, [["conv", "bn", "act"]])

@@ -1,5 +1,6 @@
-"""``fuse_modules``: fold BatchNorm into the conv / linear before it and merge a following ReLU,
-as torch.ao does in eval mode (BN folded with ``torch.nn.utils.fusion``: W·γ/√(var+ε), the
+"""``fuse_modules``: fold BatchNorm into the conv / linear before it and merge a following ReLU
+(beyond torch.ao: also ReLU6 and Hardtanh(0, max), which quantize to the same clamp — see
+``_relu_like``), as torch.ao does in eval mode (BN folded with ``torch.nn.utils.fusion``: W·γ/√(var+ε), the
 rsqrt form; docs/numerics.md, "BatchNorm folding")."""
 
 from __future__ import annotations
@@ -33,16 +34,30 @@ def _conv_bn(conv: nn.Module, bn: nn.Module) -> nn.Module:
     return fuse_conv_bn_eval(conv, bn)
 
 
+def _relu_like(act: nn.Module) -> nn.Module:
+    """``act`` if its quantized form is a fused ReLU: ReLU, ReLU6 and Hardtanh(0, max). The fused
+    module runs ``act`` itself while calibrating, so its output observer sees values in
+    ``[0, max]``; the quantized module then clamps to ``[zero_point, quant_max]``, and
+    ``quant_max`` (the observed maximum) is at most ``quantize(max)`` — the same clamp as
+    ``act`` on the integers, in the conv's output stage."""
+    if isinstance(act, nn.Hardtanh) and not isinstance(act, nn.ReLU6) and act.min_val != 0:
+        raise NotImplementedError(
+            f"fusing Hardtanh needs min_val=0 (a ReLU with an upper bound), got min_val={act.min_val}; keep it as "
+            "a separate module"
+        )
+    return act
+
+
 def _conv_bn_relu(conv: nn.Module, bn: nn.Module, relu: nn.Module) -> nn.Module:
-    return _CONV_RELU[type(conv)](_conv_bn(conv, bn), relu)
+    return _CONV_RELU[type(conv)](_conv_bn(conv, bn), _relu_like(relu))
 
 
 def _conv_relu(conv: nn.Module, relu: nn.Module) -> nn.Module:
-    return _CONV_RELU[type(conv)](conv, relu)
+    return _CONV_RELU[type(conv)](conv, _relu_like(relu))
 
 
 def _linear_relu(linear: nn.Module, relu: nn.Module) -> nn.Module:
-    return nni.LinearReLU(linear, relu)
+    return nni.LinearReLU(linear, _relu_like(relu))
 
 
 def _linear_bn(linear: nn.Module, bn: nn.Module) -> nn.Module:
@@ -56,13 +71,17 @@ def _bn_relu(bn: nn.Module, relu: nn.Module) -> nn.Module:
     return _BN_RELU[type(bn)](bn, relu)
 
 
+_RELU_LIKE = (nn.ReLU, nn.ReLU6, nn.Hardtanh)
 _FUSERS: dict[tuple[type, ...], Callable[..., nn.Module]] = {}
 for _c in _CONV:
     for _b in _BN:
         _FUSERS[(_c, _b)] = _conv_bn
-        _FUSERS[(_c, _b, nn.ReLU)] = _conv_bn_relu
-    _FUSERS[(_c, nn.ReLU)] = _conv_relu
-_FUSERS[(nn.Linear, nn.ReLU)] = _linear_relu
+        for _r in _RELU_LIKE:
+            _FUSERS[(_c, _b, _r)] = _conv_bn_relu
+    for _r in _RELU_LIKE:
+        _FUSERS[(_c, _r)] = _conv_relu
+for _r in _RELU_LIKE:
+    _FUSERS[(nn.Linear, _r)] = _linear_relu
 for _b in _BN:
     _FUSERS[(nn.Linear, _b)] = _linear_bn
     _FUSERS[(_b, nn.ReLU)] = _bn_relu
@@ -113,7 +132,9 @@ def fuse_modules(
 ) -> nn.Module:
     """Fuses each list of submodule names (e.g. ``[["conv1", "bn1", "relu1"], ["fc", "relu"]]``,
     nested names like ``"layer1.0.conv1"`` work): [Conv, BN], [Conv, BN, ReLU], [Conv, ReLU],
-    [Linear, ReLU], [Linear, BN], [BN, ReLU] (1d/2d/3d)."""
+    [Linear, ReLU], [Linear, BN], [BN, ReLU] (1d/2d/3d); beyond torch.ao, ReLU6 or Hardtanh(0, max)
+    in place of the ReLU after a conv or linear (quantized as a fused ReLU with the observed
+    range)."""
     if not inplace:
         model = copy.deepcopy(model)
     groups = [modules_to_fuse] if modules_to_fuse and isinstance(modules_to_fuse[0], str) else modules_to_fuse
