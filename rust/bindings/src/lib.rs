@@ -266,9 +266,10 @@ fn choose_qparams_dynamic(min: f32, max: f32, qmin: i32, qmax: i32) -> PyResult<
     Ok((q.scale_f64, q.zero_point))
 }
 
+/// Quantizes `x` with the GIL held: one pass over the input, read in place (no copy first).
 fn quantize_into<'py, T: QInt + numpy::Element>(
     py: Python<'py>,
-    x: Vec<f32>,
+    x: &[f32],
     shape: &[usize],
     scale: f32,
     zp: i32,
@@ -276,8 +277,7 @@ fn quantize_into<'py, T: QInt + numpy::Element>(
     qmax: i32,
 ) -> PyResult<Bound<'py, PyAny>> {
     let mut out = output::<T>(shape, "the quantized output")?;
-    py.detach(|| k::quantize::quantize_per_tensor(&x, scale, zp, qmin, qmax, &mut out))
-        .map_err(to_py)?;
+    k::quantize::quantize_per_tensor(x, scale, zp, qmin, qmax, &mut out).map_err(to_py)?;
     Ok(PyArray1::from_vec(py, out).reshape(shape)?.into_any())
 }
 
@@ -294,16 +294,15 @@ fn quantize_per_tensor<'py>(
     qmax: i32,
     dtype: &str,
 ) -> PyResult<Bound<'py, PyAny>> {
-    let (xs, shape) = take::<f32>(x, "input")?;
     let zero_point = zp_i32(zero_point)?;
-    match dtype {
-        "quint8" => quantize_into::<u8>(py, xs, &shape, scale, zero_point, qmin, qmax),
-        "qint8" => quantize_into::<i8>(py, xs, &shape, scale, zero_point, qmin, qmax),
-        "qint32" => quantize_into::<i32>(py, xs, &shape, scale, zero_point, qmin, qmax),
+    with_values::<f32, _>(x, "input", |xs, shape| match dtype {
+        "quint8" => quantize_into::<u8>(py, xs, shape, scale, zero_point, qmin, qmax),
+        "qint8" => quantize_into::<i8>(py, xs, shape, scale, zero_point, qmin, qmax),
+        "qint32" => quantize_into::<i32>(py, xs, shape, scale, zero_point, qmin, qmax),
         other => Err(pyo3::exceptions::PyTypeError::new_err(format!(
             "unsupported quantized dtype {other:?}; use quint8, qint8 or qint32"
         ))),
-    }
+    })
 }
 
 /// Quantized `a + b` (with `relu`, `max(a + b, 0)`) on quint8 arrays of one shape, requantized
