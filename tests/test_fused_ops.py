@@ -196,3 +196,35 @@ def test_hardtanh_with_a_negative_floor_is_not_fused() -> None:
     model = _ConvBNAct(torch.nn.Hardtanh(-1.0, 1.0)).eval()
     with pytest.raises(NotImplementedError, match="min_val=0"):
         fq.fuse_modules(model, [["conv", "bn", "act"]])
+
+
+@pytest.mark.parametrize("channels_last", [False, True])
+@pytest.mark.parametrize("out_dtype", ["quint8", "qint8"])
+def test_table_ops_equal_their_float_definitions(channels_last: bool, out_dtype: str) -> None:
+    """Hardswish and QFunctional.cat requantization on quint8 inputs run as 256-entry tables of
+    their float definitions: the same integers as the float path, the layout kept."""
+    from ferroquant.nn.quantized import Hardswish
+
+    a = _operand((2, 16, 5, 7), 0.07, 120, channels_last, 3)
+    b = _operand((2, 8, 5, 7), 0.03, 10, channels_last, 4)
+    dt = fq.qint8 if out_dtype == "qint8" else fq.quint8
+    zp = -3 if out_dtype == "qint8" else 40
+    hs = Hardswish(0.04, 0)
+    hs._init_output(0.04, zp, dt.qmin + 2, dt.qmax - 1, dt)
+    got = hs(a)
+    d = a.dequantize()
+    want = torch.clamp(
+        fq.quantize_per_tensor(d * torch.clamp(d + 3.0, 0.0, 6.0) / 6.0, 0.04, zp, dt).int_repr(),
+        dt.qmin + 2,
+        dt.qmax - 1,
+    )
+    assert torch.equal(got.int_repr(), want)
+    assert got.int_repr().stride() == a.int_repr().stride()
+    q = _qf(0.05, zp, dt.qmin + 1, dt.qmax - 2, out_dtype)
+    got = q.cat([a, b], dim=1)
+    want = torch.clamp(
+        fq.quantize_per_tensor(torch.cat([a.dequantize(), b.dequantize()], 1), 0.05, zp, dt).int_repr(),
+        dt.qmin + 1,
+        dt.qmax - 2,
+    )
+    assert torch.equal(got.int_repr(), want)

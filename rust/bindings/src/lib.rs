@@ -383,6 +383,45 @@ fn add_requant<'py>(
     }
 }
 
+/// `table[x]` elementwise: `x` a uint8 array of any shape, `table` 256 uint8 or int8 values
+/// (any function of one quint8 input, computed by its float definition). Runs with the GIL held
+/// (one pass; a contiguous input is read in place).
+#[pyfunction]
+fn lut_u8<'py>(
+    py: Python<'py>,
+    x: &Bound<'py, PyAny>,
+    table: &Bound<'py, PyAny>,
+) -> PyResult<Bound<'py, PyAny>> {
+    let xa = arr::<u8>(x, "x")?;
+    let shape = xa.shape().to_vec();
+    let xv;
+    let xd = match xa.as_slice() {
+        Ok(s) => s,
+        Err(_) => {
+            xv = owned(&xa, "x")?;
+            &xv[..]
+        }
+    };
+    macro_rules! run {
+        ($t:ty) => {{
+            let t = take1::<$t>(table, "table")?;
+            let mut out = output::<$t>(&shape, "the lookup output")?;
+            k::elementwise::lut_u8(engine(), xd, &t, &mut out).map_err(to_py)?;
+            Ok(PyArray1::from_vec(py, out).reshape(shape)?.into_any())
+        }};
+    }
+    if arr1::<u8>(table, "table").is_ok() {
+        run!(u8)
+    } else if arr1::<i8>(table, "table").is_ok() {
+        run!(i8)
+    } else {
+        Err(pyo3::exceptions::PyTypeError::new_err(format!(
+            "lut_u8: table must be a 1-D numpy array of 256 uint8 or int8 values, got {}",
+            describe(table)
+        )))
+    }
+}
+
 /// Max pooling of a channels-last quint8 array `x` `[N, D, H, W, C]` (conv1d/2d-style inputs
 /// with D = H = 1 / D = 1) → `[N, OD, OH, OW, C]`, floor mode, padding ≤ kernel / 2. Runs with the
 /// GIL held (one memory-bound pass; a contiguous input is read in place).
@@ -929,6 +968,7 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(quantize_per_tensor, m)?)?;
     m.add_function(wrap_pyfunction!(add_requant, m)?)?;
     m.add_function(wrap_pyfunction!(max_pool_nhwc, m)?)?;
+    m.add_function(wrap_pyfunction!(lut_u8, m)?)?;
     m.add_function(wrap_pyfunction!(quantize_per_channel, m)?)?;
     m.add_function(wrap_pyfunction!(dequantize_per_tensor, m)?)?;
     m.add_function(wrap_pyfunction!(dequantize_per_channel, m)?)?;

@@ -1,5 +1,6 @@
 //! Elementwise ops on quantized tensors, requantization fused: the residual `add` / `add_relu`
-//! of `FloatFunctional` in one pass over u8 data (no float tensors in between).
+//! of `FloatFunctional` in one pass over u8 data (no float tensors in between), and lookup
+//! tables for any function of one 8-bit input (activations such as hardswish, requantization).
 //!
 //! The arithmetic is exactly the float definition (dequantize each input, add in f32, ReLU,
 //! quantize by docs/numerics.md D3), written once and compiled per ISA: every engine gives the
@@ -104,6 +105,33 @@ impl<T: QInt> Vectorized for AddLoop<'_, T> {
     }
 }
 
+/// `out[i] = table[x[i]]`: any function of one quint8 input (dequantize → activation →
+/// quantize, or a requantization) as a 256-entry table computed once per call by the float
+/// definition, so the result is that definition's, bit for bit. Plain loops, compiled per ISA.
+pub fn lut_u8<T: QInt>(engine: Engine, x: &[u8], table: &[T], out: &mut [T]) -> Result<()> {
+    check_len("lookup table", 256, table.len())?;
+    check_len("output", x.len(), out.len())?;
+    let table: &[T; 256] = table.try_into().expect("length checked");
+    with_features(engine, Lut { x, table }, out);
+    Ok(())
+}
+
+struct Lut<'a, T> {
+    x: &'a [u8],
+    table: &'a [T; 256],
+}
+
+impl<T: QInt> Vectorized for Lut<'_, T> {
+    type Elem = T;
+    type Out = ();
+    #[inline(always)]
+    fn run(self, out: &mut [T]) {
+        for (o, &v) in out.iter_mut().zip(self.x) {
+            *o = self.table[v as usize];
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -166,6 +194,19 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn lookup_tables_map_every_byte_on_every_engine() {
+        let x: Vec<u8> = (0..1000).map(|i| ((i * 131 + 7) % 256) as u8).collect();
+        let table: Vec<i8> = (0..256).map(|v| (255 - v) as u8 as i8).collect();
+        for e in available_engines() {
+            let mut out = vec![0i8; x.len()];
+            lut_u8(e, &x, &table, &mut out).unwrap();
+            assert!(out.iter().zip(&x).all(|(&o, &v)| o == table[v as usize]));
+        }
+        let mut out = vec![0i8; x.len()];
+        assert!(lut_u8(Engine::Scalar, &x, &table[..255], &mut out).is_err());
     }
 
     #[test]

@@ -6,6 +6,7 @@ import torch
 from torch import nn
 
 from ...qtensor import QTensor, quantize_per_tensor
+from ._lut import apply_table
 from ._script import (
     QArg,
     QTuple,
@@ -18,6 +19,10 @@ from ._script import (
 from ._static import OutputQParams, output_qparams, require_qtensor
 
 __all__ = ["ReLU6", "Hardswish"]
+
+
+def _hardswish(d: torch.Tensor) -> torch.Tensor:
+    return d * torch.clamp(d + 3.0, 0.0, 6.0) / 6.0
 
 
 class ReLU6(nn.Module):
@@ -81,9 +86,11 @@ class Hardswish(OutputQParams, nn.Module):
     @torch.jit.unused
     def _forward_eager(self, x: QArg) -> QArg:
         q = require_qtensor(self, x)
-        d = q.dequantize()
-        h = d * torch.clamp(d + 3.0, 0.0, 6.0) / 6.0
-        out = quantize_per_tensor(h, self.scale, self.zero_point, self._out_dtype)
+        # quint8 in: a 256-entry table of this very definition, one lookup per element
+        fused = apply_table(q, _hardswish, self.scale, self.zero_point, self.quant_min, self.quant_max, self._out_dtype)
+        if fused is not None:
+            return fused
+        out = quantize_per_tensor(_hardswish(q.dequantize()), self.scale, self.zero_point, self._out_dtype)
         data = torch.clamp(out.int_repr(), self.quant_min, self.quant_max)
         return QTensor(data, self.scale, self.zero_point, self._out_dtype)
 

@@ -20,6 +20,7 @@ from ..._dtypes import per_tensor_affine, quint8
 from ..._ops import raise_named
 from ...observer import CalibrationError
 from ...qtensor import QTensor, quantize_per_tensor
+from ._lut import apply_table, dense_flat, from_flat
 from ._script import (
     QArg,
     QArgList,
@@ -73,6 +74,10 @@ def _check_scalar(module: nn.Module, op: str, c: Any) -> None:
         raise TypeError(f"{module_name(module)}: {op}: the scalar c must be a real number, got {type(c).__name__}")
     if not math.isfinite(c):
         raise ValueError(f"{module_name(module)}: {op}: the scalar c must be finite, got {c!r}")
+
+
+def _identity(v: torch.Tensor) -> torch.Tensor:
+    return v
 
 
 def _requant(values: torch.Tensor, scale: float, zp: int, qmin: int, qmax: int, dtype: Any) -> QTensor:
@@ -230,18 +235,18 @@ class QFunctional(OutputQParams, nn.Module):
         if a.dtype != quint8 or b.dtype != quint8 or self._out_dtype.name not in ("quint8", "qint8"):
             return None
         da, db = a.int_repr(), b.int_repr()
-        if da.shape != db.shape or da.stride() != db.stride() or da.device.type != "cpu":
+        if da.shape != db.shape or da.stride() != db.stride():
+            return None
+        dense_a, dense_b = dense_flat(da), dense_flat(db)
+        if dense_a is None or dense_b is None:  # overlapping or gappy strides, not on the CPU
             return None
         self._check_observed()
-        perm = sorted(range(da.dim()), key=lambda i: -da.stride(i))
-        va, vb = da.permute(perm), db.permute(perm)
-        if not va.is_contiguous():  # overlapping or gappy strides
-            return None
+        (fa, perm), (fb, _) = dense_a, dense_b
         out = _core.add_requant(
-            va.reshape(-1).numpy(),
+            fa.numpy(),
             a.q_scale(),
             a.q_zero_point(),
-            vb.reshape(-1).numpy(),
+            fb.numpy(),
             b.q_scale(),
             b.q_zero_point(),
             self.scale,
@@ -251,9 +256,8 @@ class QFunctional(OutputQParams, nn.Module):
             relu,
             self._out_dtype.name,
         )
-        inverse = [perm.index(i) for i in range(da.dim())]
-        data = torch.from_numpy(out).reshape(va.shape).permute(inverse)
-        return QTensor(data, self.scale, self.zero_point, self._out_dtype)
+        data = from_flat(torch.from_numpy(out), da, perm)
+        return QTensor._trusted(data, self.scale, self.zero_point, self._out_dtype)
 
     def add_relu(self, x: QArg, y: QArg) -> QArg:
         if torch.jit.is_scripting():
@@ -376,6 +380,19 @@ class QFunctional(OutputQParams, nn.Module):
         )
         if same:
             return QTensor(torch.cat([t.int_repr() for t in qs], dim=dim), self.scale, self.zero_point, self._out_dtype)
+        # quint8 inputs: each requantized to the output qparams through a 256-entry table (the
+        # same bits as dequantize → quantize), then one integer concatenation
+        parts = [
+            apply_table(t, _identity, self.scale, self.zero_point, self.quant_min, self.quant_max, self._out_dtype)
+            for t in qs
+        ]
+        if all(p is not None for p in parts):
+            return QTensor._trusted(
+                torch.cat([p.int_repr() for p in parts if p is not None], dim=dim),
+                self.scale,
+                self.zero_point,
+                self._out_dtype,
+            )
         return self._out(torch.cat([t.dequantize() for t in qs], dim=dim))
 
     def add_scalar(self, x: QArg, c: float) -> QArg:
