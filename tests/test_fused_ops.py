@@ -228,3 +228,43 @@ def test_table_ops_equal_their_float_definitions(channels_last: bool, out_dtype:
         dt.qmax - 2,
     )
     assert torch.equal(got.int_repr(), want)
+
+
+def test_u8_paths_keep_torch_layouts() -> None:
+    """Results are contiguous unless the input is channels-last (conv outputs), as torch.ao's
+    are: `.view` after pooling a plain NCHW tensor or adding transposed operands works."""
+    import torch.nn.functional as F
+
+    q = fq.quantize_per_tensor(torch.randn(2, 3, 8, 8), 0.1, 10, fq.quint8)
+    assert F.max_pool2d(q, 2).int_repr().is_contiguous()
+    assert F.max_pool2d(q, 2).int_repr().view(2, -1).shape == (2, 48)
+    q1 = fq.quantize_per_tensor(torch.randn(2, 4, 9), 0.1, 10, fq.quint8)
+    assert F.max_pool1d(q1, 3, 2).int_repr().is_contiguous()
+    cl = fq.QTensor(q.int_repr().contiguous(memory_format=torch.channels_last), 0.1, 10, fq.quint8)
+    assert F.max_pool2d(cl, 2).int_repr().is_contiguous(memory_format=torch.channels_last)
+    d = torch.randint(0, 256, (4, 6), dtype=torch.uint8).t()
+    y = _qf(0.1, 3).add(fq.QTensor(d, 0.05, 3, fq.quint8), fq.QTensor(d.t().contiguous().t(), 0.07, 5, fq.quint8))
+    assert y.int_repr().is_contiguous()
+
+
+def test_concurrent_weight_calls_share_one_rebuilt_tensor() -> None:
+    """A released int8 weight rebuilt by several threads at once: every caller gets the module's
+    own tensor (an edit through any of them reaches the next forward)."""
+    import threading
+
+    for _ in range(20):
+        m = fq.nn.quantized.Linear(64, 32)
+        assert m._w is None
+        got: list[torch.Tensor] = []
+        barrier = threading.Barrier(4)
+
+        def ask(m: torch.nn.Module, got: list, barrier: threading.Barrier) -> None:
+            barrier.wait()
+            got.append(m.weight().int_repr())
+
+        threads = [threading.Thread(target=ask, args=(m, got, barrier)) for _ in range(4)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert all(g is m._w for g in got)

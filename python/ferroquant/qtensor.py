@@ -516,6 +516,8 @@ def _max_pool_u8(nd: int, d: torch.Tensor, args: tuple, kwargs: dict) -> Optiona
     params.update(kwargs)
     if d.dtype != torch.uint8 or d.dim() != nd + 2 or params.get("ceil_mode") or d.device.type != "cpu":
         return None
+    if d.numel() == 0:  # torch decides (it rejects some empty inputs)
+        return None
     k = _ints(params.get("kernel_size"), nd)
     stride = params.get("stride")
     s = k if stride is None or (isinstance(stride, (tuple, list)) and len(stride) == 0) else _ints(stride, nd)
@@ -532,7 +534,9 @@ def _max_pool_u8(nd: int, d: torch.Tensor, args: tuple, kwargs: dict) -> Optiona
     except ValueError:  # an input smaller than the window: torch's own error from the float path
         return None
     y = torch.from_numpy(out)
-    return y.reshape(y.shape[0], *y.shape[4 - nd : 4], y.shape[4]).movedim(-1, 1)
+    y = y.reshape(y.shape[0], *y.shape[4 - nd : 4], y.shape[4]).movedim(-1, 1)
+    # the input's layout: channels innermost stays so (conv outputs), anything else is contiguous
+    return y if cl.is_contiguous() else y.contiguous()
 
 
 def _float_pool(fn: Callable, nd: int) -> Callable:

@@ -7,8 +7,9 @@ use crate::error::{check_len, checked_numel, try_vec, KernelError, Result};
 
 /// Max pooling of `x` (`[n, d, h, w, c]` u8, channels-last) with `geom` (kernel, stride,
 /// padding, dilation; `groups` unused): returns `[n, od, oh, ow, c]` and the output spatial
-/// size (floor mode). Every window must hold at least one input element (torch's rule
-/// `padding ≤ kernel / 2` guarantees it).
+/// size (floor mode), with torch's rule `padding ≤ kernel / 2`. A window that holds no input
+/// element (possible with dilation, e.g. kernel 2, padding 1, dilation 3 on a width of 2) gives
+/// 0, as torch.ao's quantized max pooling does.
 pub fn max_pool_u8(
     engine: Engine,
     x: &[u8],

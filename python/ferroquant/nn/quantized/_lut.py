@@ -11,7 +11,7 @@ from ... import _core
 from ..._dtypes import QDtype, per_tensor_affine, quint8
 from ...qtensor import QTensor, quantize_per_tensor
 
-__all__ = ["dense_flat", "from_flat", "apply_table"]
+__all__ = ["dense_flat", "from_flat", "keeps_layout", "apply_table"]
 
 
 def dense_flat(d: torch.Tensor) -> Optional[tuple[torch.Tensor, list[int]]]:
@@ -29,9 +29,23 @@ def dense_flat(d: torch.Tensor) -> Optional[tuple[torch.Tensor, list[int]]]:
 
 def from_flat(flat: torch.Tensor, like: torch.Tensor, perm: list[int]) -> torch.Tensor:
     """The inverse of :func:`dense_flat`: ``flat`` (memory order of ``like``) with ``like``'s
-    logical shape and memory layout."""
+    logical shape, in ``like``'s memory layout when that is contiguous or channels-last (the
+    layouts torch's ops keep), else contiguous (as torch returns for other permutations)."""
     shape = [like.shape[i] for i in perm]
-    return flat.reshape(shape).permute([perm.index(i) for i in range(like.dim())])
+    out = flat.reshape(shape).permute([perm.index(i) for i in range(like.dim())])
+    return out if keeps_layout(like) else out.contiguous()
+
+
+def keeps_layout(t: torch.Tensor) -> bool:
+    """Whether an elementwise result should keep ``t``'s memory layout: contiguous, or channels
+    innermost (channels-last 2d / 3d, and a conv1d's [N, C, L] activations stored as [N, L, C])."""
+    if t.is_contiguous():
+        return True
+    if t.dim() == 4 and t.is_contiguous(memory_format=torch.channels_last):
+        return True
+    if t.dim() == 5 and t.is_contiguous(memory_format=torch.channels_last_3d):
+        return True
+    return t.dim() == 3 and t.movedim(1, -1).is_contiguous()
 
 
 def apply_table(

@@ -14,6 +14,7 @@ or its qparams were changed in place since packing (``_fresh_packed``).
 
 from __future__ import annotations
 
+import threading
 from typing import Any, Callable, Optional
 
 import torch
@@ -165,6 +166,10 @@ def _normal(t: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
         return t.clone()
 
 
+# serialises rebuilding released int8 weights (rare, and quick)
+_REBUILD_LOCK = threading.Lock()
+
+
 class WeightedQuantModule(AtomicLoad, nn.Module):
     """Holds an int8 weight (as a QTensor's parts) and a float bias, with the shared
     state_dict scheme; subclasses build their packed form in ``_pack``.
@@ -197,14 +202,18 @@ class WeightedQuantModule(AtomicLoad, nn.Module):
 
     # -- the int8 weight tensor, released after packing ------------------------------------------
     def _int8_weight(self) -> torch.Tensor:
-        """The module's int8 weight tensor, rebuilt from the packed form if it was released."""
+        """The module's int8 weight tensor, rebuilt from the packed form if it was released
+        (under a lock: two threads asking at once must get the same tensor)."""
         w = self._w
         if w is None:
-            with torch.inference_mode(False):  # a normal tensor: it needs a version counter
-                w = torch.from_numpy(self._packed.unpack()).reshape(self._weight_shape)
-            self._w = w
-            # the packed form holds exactly these values: track this tensor's edits from now on
-            self._packed_src = (w, w._version, *self._packed_src[2:])
+            with _REBUILD_LOCK:
+                w = self._w
+                if w is None:
+                    with torch.inference_mode(False):  # a normal tensor: it needs a version counter
+                        w = torch.from_numpy(self._packed.unpack()).reshape(self._weight_shape)
+                    # the packed form holds exactly these values: track this tensor's edits from now on
+                    self._packed_src = (w, w._version, *self._packed_src[2:])
+                    self._w = w
         return w
 
     def _release_int8_weight(self) -> None:

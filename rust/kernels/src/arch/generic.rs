@@ -9,7 +9,7 @@ pub(crate) const KERNEL: TileKernel = TileKernel::new(4, 1, AForm::Bytes, false,
 /// None beyond [`TileKernel::dot`]'s length checks (plain Rust, bounds-checked).
 unsafe fn dot(p: &Panels<'_>, out: &mut [i32]) {
     let (kp, rows, panels, a, w) = (p.kp, p.rows, p.panels, p.a, p.w);
-    let ld = KERNEL.np * NR;
+    let ld = KERNEL.np() * NR;
     for r in 0..rows {
         let arow = &a[r * kp..(r + 1) * kp];
         for p in 0..panels {

@@ -59,18 +59,37 @@ pub(crate) type DotFn = unsafe fn(&Panels<'_>, &mut [i32]);
 
 /// A micro-kernel: exact `u8 × s8 → i32` dot products of up to `mr` activation rows with up to
 /// `np` weight panels.
+///
+/// Its fields are private (read through the methods): nothing outside `arch` can build one or
+/// change what [`TileKernel::dot`] checks.
 #[derive(Clone, Copy)]
 pub(crate) struct TileKernel {
-    pub mr: usize,
-    pub np: usize,
-    /// The activation form `dot` reads.
-    pub a_form: AForm,
-    /// Exact only for activations ≤ 127 (AVX2's `vpmaddubsw` kernel).
-    pub needs_7bit: bool,
+    mr: usize,
+    np: usize,
+    a_form: AForm,
+    needs_7bit: bool,
     dot: DotFn,
 }
 
 impl TileKernel {
+    /// Activation rows per tile.
+    pub(crate) fn mr(&self) -> usize {
+        self.mr
+    }
+    /// Weight panels per tile.
+    pub(crate) fn np(&self) -> usize {
+        self.np
+    }
+    /// The activation form `dot` reads.
+    pub(crate) fn a_form(&self) -> AForm {
+        self.a_form
+    }
+    /// Exact only for activations ≤ 127 (AVX2's `vpmaddubsw` kernel).
+    #[cfg(all(test, target_arch = "x86_64"))]
+    pub(crate) fn needs_7bit(&self) -> bool {
+        self.needs_7bit
+    }
+
     /// For the ISA files: a kernel whose `dot` needs the instructions of its engine.
     pub(super) const fn new(
         mr: usize,
@@ -131,7 +150,7 @@ pub(crate) fn tile_kernel(
     let _ = (m, panels, a_max);
     Some(match engine {
         #[cfg(target_arch = "x86_64")]
-        Engine::Avx512Vnni if m <= x86_64::avx512vnni::GEMV.mr => x86_64::avx512vnni::GEMV,
+        Engine::Avx512Vnni if m <= x86_64::avx512vnni::GEMV.mr() => x86_64::avx512vnni::GEMV,
         #[cfg(target_arch = "x86_64")]
         Engine::Avx512Vnni if panels % 4 == 0 && panels % 3 != 0 => x86_64::avx512vnni::KERNEL_64,
         #[cfg(target_arch = "x86_64")]
@@ -162,8 +181,8 @@ mod tests {
         }
         let k7 = tile_kernel(Engine::Avx2, 16, 2, 127).unwrap();
         let k8 = tile_kernel(Engine::Avx2, 16, 2, 128).unwrap();
-        assert!(k7.needs_7bit && !k8.needs_7bit);
-        assert_eq!(k8.a_form, AForm::Bcast16);
+        assert!(k7.needs_7bit() && !k8.needs_7bit());
+        assert_eq!(k8.a_form(), AForm::Bcast16);
     }
 
     #[test]

@@ -45,10 +45,10 @@ pub fn gemm<S: OutputStage>(
         return Ok(());
     }
     let corr = Correction::new(a, w);
-    if kern.a_form == AForm::Bcast16 {
+    if kern.a_form() == AForm::Bcast16 {
         a.prepare_bcast16()?;
     }
-    let groups = w.panels().div_ceil(kern.np);
+    let groups = w.panels().div_ceil(kern.np());
     let macs = m.saturating_mul(n).saturating_mul(a.kp());
     // parallelism sized by the work and bounded by the machine
     let threads = threads_for(macs, threads);
@@ -59,7 +59,7 @@ pub fn gemm<S: OutputStage>(
         stage,
         corr: &corr,
     };
-    let cols_per_group = kern.np * NR;
+    let cols_per_group = kern.np() * NR;
     if threads == 1 {
         run_block_for(
             engine,
@@ -118,8 +118,8 @@ pub fn gemm<S: OutputStage>(
         }
     } else {
         // Few columns: split the rows; each task owns a contiguous band of output rows.
-        let row_blocks = m.div_ceil(kern.mr);
-        let per_task = row_blocks.div_ceil(threads * 2).max(1) * kern.mr;
+        let row_blocks = m.div_ceil(kern.mr());
+        let per_task = row_blocks.div_ceil(threads * 2).max(1) * kern.mr();
         let bands: Vec<Mutex<&mut [S::Out]>> =
             out.chunks_mut(per_task * n).map(Mutex::new).collect();
         parallel_for(threads, bands.len(), &|t| {
@@ -203,20 +203,20 @@ pub(crate) fn run_block<S: OutputStage>(
         corr,
     } = *job;
     let n = w.n();
-    let ld = kern.np * NR;
-    let mut dots = vec![0i32; kern.mr * ld];
+    let ld = kern.np() * NR;
+    let mut dots = vec![0i32; kern.mr() * ld];
     for g in gs {
-        let p0 = g * kern.np;
-        let panels = kern.np.min(w.panels() - p0);
+        let p0 = g * kern.np();
+        let panels = kern.np().min(w.panels() - p0);
         let col0 = p0 * NR;
         let cols = (panels * NR).min(n - col0);
         let mut r0 = rows.start;
         let (wp, cs) = (w.panel_data(p0, panels), w.panel_col_sums(p0, panels));
         while r0 < rows.end {
-            let nr = kern.mr.min(rows.end - r0);
+            let nr = kern.mr().min(rows.end - r0);
             let tile = Panels {
                 a: a.rows(r0, nr),
-                a16: if kern.a_form == AForm::Bcast16 {
+                a16: if kern.a_form() == AForm::Bcast16 {
                     a.rows_bcast16(r0, nr)
                 } else {
                     &[]

@@ -101,7 +101,7 @@ pub(crate) const GEMV: TileKernel = TileKernel::new(4, 8, AForm::Bytes, false, g
 /// The CPU supports AVX-512 VNNI; [`TileKernel::dot`] checked the lengths.
 unsafe fn gemv_dot(p: &Panels<'_>, out: &mut [i32]) {
     let (kp, rows, panels, a, w) = (p.kp, p.rows, p.panels, p.a, p.w);
-    let ld = GEMV.np * NR;
+    let ld = GEMV.np() * NR;
     let mut p0 = 0;
     while p0 < panels {
         let left = panels - p0;

@@ -71,9 +71,10 @@ fn check(
     );
     assert!(init.len() >= c, "initial accumulators too short");
     assert!(acc.len() >= count * c, "accumulators too short");
-    let last = (count - 1) * step;
+    let last = (count - 1).checked_mul(step).expect("pixel run too long");
     for &o in offs {
-        assert!(o + last + c <= x.len(), "tap outside the input");
+        let end = o.checked_add(last).and_then(|v| v.checked_add(c));
+        assert!(end.is_some_and(|e| e <= x.len()), "tap outside the input");
     }
 }
 
