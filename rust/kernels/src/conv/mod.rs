@@ -354,6 +354,10 @@ thread_local! {
 /// im2col matrix, only one block per thread (L2-sized).
 const BLOCK_BYTES: usize = 256 << 10;
 
+/// The fewest output pixels per thread for blocks to run in parallel (fewer: blocks run one
+/// after another and the GEMM of each is threaded over its columns).
+const PARALLEL_BLOCK_MIN_ROWS: usize = 64;
+
 /// Output pixels per block for patches of `k` bytes: about [`BLOCK_BYTES`], a multiple of 24
 /// (every micro-kernel's row count divides it), at least 24.
 fn block_rows(k: usize) -> usize {
@@ -503,14 +507,15 @@ fn conv_static_blocked<T: QInt>(
     let rows = match block {
         Some(b) => b,
         None => {
-            // about block_rows(k) pixels per block, the block count a multiple of the threads
-            // when blocks run in parallel (7 blocks on 2 threads would leave one idle 1/7 of
-            // the time), rows a multiple of 24 (every micro-kernel's row count divides it)
+            // about block_rows(k) pixels per block; with threads and enough pixels, at least one
+            // block per thread and a multiple of the threads (7 blocks on 2 threads would leave
+            // one idle 1/7 of the time), so that im2col runs in parallel too; rows a multiple of
+            // 8 (whole tiles of the 8-row kernels)
             let mut blocks = pixels.div_ceil(block_rows(k));
-            if threads > 1 && blocks >= 2 * threads {
-                blocks = blocks.div_ceil(threads) * threads;
+            if threads > 1 && pixels >= threads * PARALLEL_BLOCK_MIN_ROWS {
+                blocks = blocks.max(threads).div_ceil(threads) * threads;
             }
-            pixels.div_ceil(blocks).div_ceil(24) * 24
+            pixels.div_ceil(blocks).div_ceil(8) * 8
         }
     }
     .clamp(1, pixels);
@@ -545,7 +550,7 @@ fn conv_static_blocked<T: QInt>(
         }
         Ok(())
     };
-    if threads <= 1 || blocks < 2 * threads {
+    if threads <= 1 || blocks < threads {
         for (bi, dst) in out.chunks_mut(rows * cout).enumerate() {
             run_block(bi, dst, threads)?;
         }
