@@ -133,6 +133,22 @@ fn with_values<T: numpy::Element + Copy + Default, R>(
     }
 }
 
+/// `a`'s values in C order, read in place when contiguous, else copied into `buf` (for work that
+/// runs with the GIL held and reads its input once).
+fn in_place<'a, T: numpy::Element + Copy + Default>(
+    a: &'a PyReadonlyArrayDyn<'_, T>,
+    what: &str,
+    buf: &'a mut Vec<T>,
+) -> PyResult<&'a [T]> {
+    match a.as_slice() {
+        Ok(s) => Ok(s),
+        Err(_) => {
+            *buf = owned(a, what)?;
+            Ok(&buf[..])
+        }
+    }
+}
+
 /// [`take`] for 1-D arrays.
 fn take1<T: numpy::Element + Copy>(o: &Bound<'_, PyAny>, what: &str) -> PyResult<Vec<T>> {
     let a = arr1::<T>(o, what)?;
@@ -336,21 +352,9 @@ fn add_requant<'py>(
         )));
     }
     let shape = aa.shape().to_vec();
-    let (av, bv);
-    let ad = match aa.as_slice() {
-        Ok(s) => s,
-        Err(_) => {
-            av = owned(&aa, "a")?;
-            &av[..]
-        }
-    };
-    let bd = match ba.as_slice() {
-        Ok(s) => s,
-        Err(_) => {
-            bv = owned(&ba, "b")?;
-            &bv[..]
-        }
-    };
+    let (mut av, mut bv) = (Vec::new(), Vec::new());
+    let ad = in_place(&aa, "a", &mut av)?;
+    let bd = in_place(&ba, "b", &mut bv)?;
     let qa = k::elementwise::QOperand {
         data: ad,
         scale: a_scale,
@@ -394,14 +398,8 @@ fn lut_u8<'py>(
 ) -> PyResult<Bound<'py, PyAny>> {
     let xa = arr::<u8>(x, "x")?;
     let shape = xa.shape().to_vec();
-    let xv;
-    let xd = match xa.as_slice() {
-        Ok(s) => s,
-        Err(_) => {
-            xv = owned(&xa, "x")?;
-            &xv[..]
-        }
-    };
+    let mut xv = Vec::new();
+    let xd = in_place(&xa, "x", &mut xv)?;
     macro_rules! run {
         ($t:ty) => {{
             let t = take1::<$t>(table, "table")?;
@@ -448,14 +446,8 @@ fn max_pool_nhwc<'py>(
         dilation: triple(dilation, "dilation")?,
         groups: 1,
     };
-    let xv;
-    let xd = match xa.as_slice() {
-        Ok(s) => s,
-        Err(_) => {
-            xv = owned(&xa, "x")?;
-            &xv[..]
-        }
-    };
+    let mut xv = Vec::new();
+    let xd = in_place(&xa, "x", &mut xv)?;
     let sp = [shape[1], shape[2], shape[3]];
     let (out, osp) =
         k::pool::max_pool_u8(engine(), xd, shape[0], sp, shape[4], &geom).map_err(to_py)?;

@@ -98,20 +98,7 @@ pub(crate) fn run_avx2(
         super::has_avx2_fma(),
         "AVX2 depthwise kernel on a CPU without AVX2"
     );
-    check(x, offs, step, count, wp, init, c, acc);
-    // SAFETY: AVX2 checked; check() proved every read and write in bounds (see run_avx2_impl).
-    unsafe {
-        run_avx2_impl(
-            x.as_ptr(),
-            offs,
-            step,
-            count,
-            wp.as_ptr(),
-            init.as_ptr(),
-            c,
-            acc.as_mut_ptr(),
-        )
-    }
+    run_checked(run_avx2_impl, x, offs, step, count, wp, init, c, acc)
 }
 
 /// [`run_avx2`] with 32-channel AVX-512 blocks (then one 16-channel block), `wp` from
@@ -131,10 +118,31 @@ pub(crate) fn run_avx512(
         super::has_avx512vnni(),
         "AVX-512 depthwise kernel on a CPU without AVX-512"
     );
+    run_checked(run_avx512_impl, x, offs, step, count, wp, init, c, acc)
+}
+
+/// `run_avx2_impl` / `run_avx512_impl` (whose instructions the caller checked) after
+/// checking every length.
+type RunImpl =
+    unsafe fn(*const u8, &[usize], usize, usize, *const i16, *const i32, usize, *mut i32);
+
+#[allow(clippy::too_many_arguments)]
+fn run_checked(
+    f: RunImpl,
+    x: &[u8],
+    offs: &[usize],
+    step: usize,
+    count: usize,
+    wp: &[i16],
+    init: &[i32],
+    c: usize,
+    acc: &mut [i32],
+) {
     check(x, offs, step, count, wp, init, c, acc);
-    // SAFETY: AVX-512 checked; check() proved every read and write in bounds.
+    // SAFETY: the callers checked the CPU features of `f`; check() proved every read and write
+    // in bounds (see run_avx2_impl's contract).
     unsafe {
-        run_avx512_impl(
+        f(
             x.as_ptr(),
             offs,
             step,
