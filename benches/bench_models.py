@@ -1,7 +1,7 @@
 """Whole models: ferroquant vs torch's int8 engine (and fp32), same process, one thread.
 
     python benches/bench_models.py [--threads 1] [--seq 128] [--models encoder,resnet18,mobilenet_v2]
-                                   [--engine auto] [--torch-avx2] [--json out.json]
+                                   [--engine auto] [--torch-avx2] [--peers] [--json out.json]
 
 Models from shared/design/ANCHORS.md: the 4-layer BERT-base-size encoder (dynamic
 quantization of every nn.Linear, each library's default dynamic qconfig), T=128, batch 1. Reports
@@ -12,6 +12,12 @@ ResNet-18 and MobileNetV2 (benches/models.py, random weights): eager static quan
 ``get_default_qconfig("x86")`` in both libraries (conv-bn(-relu) fused, the same float weights,
 calibrated on the same random batches), batch 1, 224x224. Reports median ms, the cosine similarity
 of each int8 output with the fp32 one, and state_dict sizes (bytes of ``torch.save``).
+
+``--peers`` adds other engines' int8 flows on the same float CNNs, calibration batches and input
+(benches/peers.py): onnxruntime (torch.onnx.export, ``quantize_static`` QDQ, per-channel) and
+OpenVINO (``convert_model``, ``nncf.quantize``), each with ``--threads`` threads; reported as
+median ms, cosine vs fp32 and ms / ferroquant ms. ``pip install '.[bench]'`` installs them; a
+missing one is skipped with a note.
 """
 
 from __future__ import annotations
@@ -28,6 +34,7 @@ import torch
 from torch import nn
 
 sys.path.insert(0, __file__.rsplit("/", 1)[0])
+import peers  # noqa: E402
 from _common import (  # noqa: E402
     add_torch_avx2_flag,
     apply_torch_avx2_flag,
@@ -99,7 +106,7 @@ def _quantize_cnn(name: str, lib: Any, float_functional: type, ref: nn.Module, c
     return lib.convert(prepared)
 
 
-def bench_cnn(name: str, size: int = 224, calib_batches: int = 3) -> dict:
+def bench_cnn(name: str, size: int = 224, calib_batches: int = 3, with_peers: bool = False, threads: int = 1) -> dict:
     torch.manual_seed(0)
     ref = CNNS[name]().eval()
     init_weights(ref)
@@ -112,7 +119,7 @@ def bench_cnn(name: str, size: int = 224, calib_batches: int = 3) -> dict:
         t_fp32 = median_seconds(lambda: ref(x), min_time=1.0, repeats=7)
         t_torch = median_seconds(lambda: theirs(x), min_time=1.0, repeats=7)
         t_ours = median_seconds(lambda: ours(x), min_time=1.0, repeats=7)
-    return {
+    row = {
         "model": f"{CNN_TITLES[name]} 1x3x{size}x{size} (static, x86 qconfig)",
         "fp32_ms": t_fp32 * 1e3,
         "torch_int8_ms": t_torch * 1e3,
@@ -124,6 +131,9 @@ def bench_cnn(name: str, size: int = 224, calib_batches: int = 3) -> dict:
         "state_dict_bytes_torch_int8": _state_dict_bytes(theirs),
         "state_dict_bytes_ferroquant": _state_dict_bytes(ours),
     }
+    if with_peers:
+        row["peers"] = peers.bench_peers(CNN_TITLES[name], ref, calib, x, y_ref, threads, t_ours * 1e3, median_seconds)
+    return row
 
 
 def _model_list(text: str) -> list[str]:
@@ -159,6 +169,26 @@ def _print_cnn_table(rows: list[dict]) -> None:
         )
 
 
+def _print_peer_table(rows: list[dict]) -> None:
+    """The CNN rows again, each followed by the other engines' int8 rows (--peers); the ratio is
+    this row's ms / ferroquant's ms (above 1: ferroquant is faster)."""
+    print("| model, int8 engine | int8 ms | ms / ferroquant ms | cosine vs fp32 |")
+    print("|---|---|---|---|")
+    for r in rows:
+        title = r["model"].split(" 1x", 1)[0]
+        fq_ms = r["ferroquant_ms"]
+        print(f"| {title} ferroquant | {fq_ms:.2f} | 1.00 | {r['cosine_ferroquant']:.5f} |")
+        print(
+            f"| {title} torch.ao int8 | {r['torch_int8_ms']:.2f} | {r['torch_int8_ms'] / fq_ms:.2f} | "
+            f"{r['cosine_torch']:.5f} |"
+        )
+        for p in r.get("peers", []):
+            if "error" in p:
+                print(f"| {p['model']} | not available: {p['error']} | | |")
+            else:
+                print(f"| {p['model']} | {p['int8_ms']:.2f} | {p['ratio_vs_ferroquant']:.2f} | {p['cosine']:.5f} |")
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--threads", type=int, default=1)
@@ -170,6 +200,11 @@ def main() -> int:
         help=f"comma-separated, from {', '.join(MODELS)} (default: all)",
     )
     ap.add_argument("--engine", default="auto", help="ferroquant engine (auto or a name)")
+    ap.add_argument(
+        "--peers",
+        action="store_true",
+        help="also onnxruntime and OpenVINO+NNCF int8 on the CNNs (benches/peers.py; pip install '.[bench]')",
+    )
     ap.add_argument("--json")
     add_torch_avx2_flag(ap)
     args = ap.parse_args()
@@ -180,7 +215,10 @@ def main() -> int:
     torch.backends.quantized.engine = "x86"
     info = machine_info()
     rows = [bench_encoder(args.seq)] if "encoder" in args.models else []
-    cnn_rows = [bench_cnn(name) for name in CNNS if name in args.models]
+    if args.peers:
+        for engine, pip in peers.missing().items():
+            print(f"note: --peers skips {engine}: not installed ({pip})")
+    cnn_rows = [bench_cnn(name, with_peers=args.peers, threads=args.threads) for name in CNNS if name in args.models]
     print(f"# models: ferroquant vs torch {info['torch']} int8, {args.threads} thread(s)")
     print(describe(info))
     if rows:
@@ -189,8 +227,16 @@ def main() -> int:
     if cnn_rows:
         print()
         _print_cnn_table(cnn_rows)
+        if args.peers:
+            print()
+            print(f"other engines (--peers): {', '.join(f'{k} {v}' for k, v in peers.versions().items()) or 'none'}")
+            print()
+            _print_peer_table(cnn_rows)
     if args.json:
-        write_json(args.json, {"machine": info, "threads": args.threads, "rows": rows, "cnn_rows": cnn_rows})
+        payload = {"machine": info, "threads": args.threads, "rows": rows, "cnn_rows": cnn_rows}
+        if args.peers:
+            payload["peer_versions"] = peers.versions()
+        write_json(args.json, payload)
     return 0
 
 
