@@ -110,3 +110,40 @@ fn depthwise_weights_check_their_qparams() {
     }
     assert!(PackedConv::new(&w, 2, 2, geom, &[0.5, -1.0], &[0, 0]).is_err());
 }
+
+/// A depthwise conv over an input of width 0 with padding (all outputs from padding taps)
+/// underflowed computing the interior run of a line (found by the conv target).
+#[test]
+fn depthwise_over_an_empty_width_is_all_padding() {
+    use ferroquant_kernels::conv::{conv_static, ConvGeometry, PackedConv};
+    let geom = ConvGeometry {
+        kernel: [1, 1, 1],
+        stride: [1, 1, 1],
+        padding: [0, 0, 1],
+        dilation: [1, 1, 1],
+        groups: 16,
+    };
+    let pc = PackedConv::new(&[1i8; 16], 16, 16, geom, &[0.5], &[0]).unwrap();
+    for e in ferroquant_kernels::available_engines() {
+        let (out, osp) = conv_static::<u8>(
+            e,
+            &[],
+            1,
+            [1, 1, 0],
+            0.1,
+            7,
+            &pc,
+            None,
+            0.2,
+            3,
+            0,
+            255,
+            false,
+            1,
+        )
+        .unwrap();
+        assert_eq!(osp, [1, 1, 2]);
+        // padding taps add (zx - zx)·w = 0: every output is the output zero point
+        assert!(out.iter().all(|&v| v == 3), "{}", e.name());
+    }
+}

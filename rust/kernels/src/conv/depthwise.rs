@@ -224,7 +224,7 @@ fn run_lines<T: QInt>(ctx: &Ctx<'_, T>, l0: usize, out: &mut [T]) {
     let span = (kw_n - 1) * dw;
     let ow_lo = pw.div_ceil(sw).min(osp[2]);
     let ow_hi = if sp[2] + pw > span {
-        ((sp[2] - 1 + pw - span) / sw + 1).clamp(ow_lo, osp[2])
+        ((sp[2] + pw - span - 1) / sw + 1).clamp(ow_lo, osp[2])
     } else {
         ow_lo
     };
