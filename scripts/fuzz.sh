@@ -4,7 +4,7 @@
 # RUSTC_BOOTSTRAP=1 (sanitizers and -Cpasses=sancov-module are nightly-only flags; nothing else
 # in the project uses RUSTC_BOOTSTRAP).
 #
-#   bash scripts/fuzz.sh                 # long run: 200,000 executions per target (1 M in total)
+#   bash scripts/fuzz.sh                 # long run: 200,000 executions per target (1.2 M in total)
 #   bash scripts/fuzz.sh --smoke         # ~8,000 executions per target (a couple of minutes)
 #   bash scripts/fuzz.sh --runs N        # N executions per target
 #   bash scripts/fuzz.sh --targets "gemm conv" [--max-time S] [--build-only]
@@ -23,7 +23,7 @@ FUZZ=$ROOT/rust/fuzz
 
 RUNS=200000
 MAX_TIME=0
-TARGETS="pack gemm conv requantize quantize"
+TARGETS="pack gemm conv requantize quantize elementwise"
 BUILD_ONLY=0
 while [ $# -gt 0 ]; do
   case "$1" in

@@ -54,3 +54,4 @@ replay!(gemm);
 replay!(conv);
 replay!(requantize);
 replay!(quantize);
+replay!(elementwise);
