@@ -308,19 +308,16 @@ def run_conv_static(
     """Static quantized conv on quint8 ``data [N, C, *spatial]`` (any memory format) with
     ``pads`` (before, after) per spatial dim, the packed weights holding the ``before`` part →
     ``[N, Cout, *out_spatial]``, stored channels-last."""
-    nd = data.dim() - 2
     extra = [after - before for before, after in pads]
     if any(extra):  # asymmetric 'same' padding: pad the far side with the zero point
         pad_arg: list[int] = []
         for e in reversed(extra):
             pad_arg += [0, e]
         data = F.pad(data.float(), pad_arg, value=float(x_zero_point)).to(torch.uint8)
-    # channels-last view [N, D, H, W, C], no copy here: the kernel binding copies the (possibly
+    # channels-last view [N, *spatial, C], no copy here: the kernel binding copies the (possibly
     # strided) array into its own channels-last buffer in one pass
-    cl = data.movedim(1, -1)
-    x5 = cl.reshape(cl.shape[0], *([1] * (3 - nd)), *cl.shape[1:])
     out = packed.conv_static(
-        x5.numpy(),
+        data.movedim(1, -1).numpy(),
         x_scale,
         x_zero_point,
         bias,
@@ -332,8 +329,7 @@ def run_conv_static(
         dtype,
         get_num_threads(),
     )
-    y = torch.from_numpy(out)  # [N, OD, OH, OW, Cout]
-    return y.reshape(y.shape[0], *y.shape[4 - nd : 4], y.shape[4]).movedim(-1, 1)
+    return torch.from_numpy(out).movedim(-1, 1)  # [N, *out_spatial, Cout] viewed as [N, Cout, ...]
 
 
 def _bias_array(bias: Optional[torch.Tensor]) -> Optional[np.ndarray]:

@@ -864,7 +864,8 @@ impl PackedConv {
         self.inner.is_depthwise()
     }
 
-    /// Static quantized conv on a channels-last quint8 input [N, D, H, W, C] → [N, OD, OH, OW, Cout].
+    /// Static quantized conv on a channels-last quint8 input [N, *spatial, C] (1 to 3 spatial dims:
+    /// conv1d [N, W, C], conv2d [N, H, W, C], conv3d [N, D, H, W, C]) → [N, *out_spatial, Cout].
     #[pyo3(signature = (x, x_scale, x_zp, bias, out_scale, out_zp, qmin, qmax, relu=false, out_dtype="quint8", threads=1))]
     #[allow(clippy::too_many_arguments)]
     fn conv_static<'py>(
@@ -883,14 +884,18 @@ impl PackedConv {
         threads: usize,
     ) -> PyResult<Bound<'py, PyAny>> {
         let (xs, shape) = take::<u8>(x, "input")?;
-        if shape.len() != 5 || shape[4] != self.inner.in_channels() {
+        let nd = shape.len().wrapping_sub(2);
+        if !(1..=3).contains(&nd) || shape[nd + 1] != self.inner.in_channels() {
             return Err(value_error(format!(
-                "conv input must be channels-last [N, D, H, W, {}], got {shape:?}",
+                "conv input must be channels-last [N, *spatial (1 to 3 dims), {}], got {shape:?}",
                 self.inner.in_channels()
             )));
         }
         let b = owned_bias(bias)?;
-        let (n, sp) = (shape[0], [shape[1], shape[2], shape[3]]);
+        // spatial dims lifted to (d, h, w) with leading 1s
+        let mut sp = [1usize; 3];
+        sp[3 - nd..].copy_from_slice(&shape[1..=nd]);
+        let n = shape[0];
         let e = engine();
         let pc = &self.inner;
         let cout = pc.out_channels();
@@ -916,9 +921,10 @@ impl PackedConv {
                         )
                     })
                     .map_err(to_py)?;
-                Ok(PyArray1::from_vec(py, out)
-                    .reshape(vec![n, osp[0], osp[1], osp[2], cout])?
-                    .into_any())
+                let mut oshape = vec![n];
+                oshape.extend_from_slice(&osp[3 - nd..]);
+                oshape.push(cout);
+                Ok(PyArray1::from_vec(py, out).reshape(oshape)?.into_any())
             }};
         }
         match out_dtype {
