@@ -344,6 +344,10 @@ impl ConvInput<'_> {
     }
 }
 
+/// The largest im2col buffer a thread keeps between calls (blocks are ~[`BLOCK_BYTES`]; only a
+/// K so large that 24 rows exceed it makes one bigger).
+const KEEP_IM2COL_BYTES: usize = 4 * BLOCK_BYTES;
+
 thread_local! {
     /// Each thread's im2col block buffer, reused from block to block and call to call (about
     /// [`BLOCK_BYTES`]; a block's rows are all rewritten before use).
@@ -546,7 +550,11 @@ fn conv_static_blocked<T: QInt>(
                     d[gi * cout_g..(gi + 1) * cout_g].copy_from_slice(s);
                 }
             }
-            IM2COL.with(|c| c.set(a.into_data()));
+            let buf = a.into_data();
+            // keep a usual block's buffer for the next call; let a huge one (enormous K) go
+            if buf.capacity() <= KEEP_IM2COL_BYTES {
+                IM2COL.with(|c| c.set(buf));
+            }
         }
         Ok(())
     };
