@@ -5,6 +5,7 @@
 //! The loops below are written once and are bit-identical on every ISA: they use only
 //! IEEE-exact operations (no FMA contraction happens in Rust).
 
+use crate::arch::{with_features, Vectorized};
 use crate::error::{check_len, KernelError, Result};
 use crate::qparams::{check_range, check_scale, QDtype};
 
@@ -129,8 +130,38 @@ pub(crate) fn quantize_per_tensor_unchecked<T: QInt>(
     } else {
         let lo = (qmin - zero_point) as f32;
         let hi = (qmax - zero_point) as f32;
-        for (o, &v) in out.iter_mut().zip(x) {
-            *o = T::from_i32(quantize_one_8bit(v, inv, lo, hi, zero_point));
+        // elementwise, so the same bits on every engine: compiled with the current engine's
+        // vector features (AVX-512 / AVX2 make the NaN and clamp selects cheap)
+        let work = Quant8 {
+            x,
+            inv,
+            lo,
+            hi,
+            zero_point,
+            _t: std::marker::PhantomData,
+        };
+        with_features(crate::current_engine(), work, out);
+    }
+}
+
+/// The 8-bit quantize loop, compiled per ISA.
+struct Quant8<'a, T> {
+    x: &'a [f32],
+    inv: f32,
+    lo: f32,
+    hi: f32,
+    zero_point: i32,
+    _t: std::marker::PhantomData<T>,
+}
+
+impl<T: QInt> Vectorized for Quant8<'_, T> {
+    type Elem = T;
+    type Out = ();
+    #[inline(always)]
+    fn run(self, out: &mut [T]) {
+        let (inv, lo, hi, zp) = (self.inv, self.lo, self.hi, self.zero_point);
+        for (o, &v) in out.iter_mut().zip(self.x) {
+            *o = T::from_i32(quantize_one_8bit(v, inv, lo, hi, zp));
         }
     }
 }
