@@ -241,39 +241,12 @@ impl PackedA {
     /// Wraps already-quantized u8 activations with zero point `zero_point`.
     pub fn from_u8(a: &[u8], m: usize, k: usize, zero_point: i32) -> Result<Self> {
         check_len("activation", checked_numel(&[m, k], "activation")?, a.len())?;
-        if !(0..=255).contains(&zero_point) {
-            return Err(KernelError::InvalidQParams(format!(
-                "quint8 activation zero point {zero_point} is outside [0, 255]"
-            )));
-        }
-        let kp = padded_k(k);
-        let mut data = try_vec(
-            checked_numel(&[m, kp], "packed activations")?,
-            0u8,
-            "packed activations",
-        )?;
-        let mut row_sums = try_vec(m, 0i32, "activation row sums")?;
-        if k > 0 {
-            for ((src, dst), rs) in a
-                .chunks_exact(k)
-                .zip(data.chunks_exact_mut(kp))
-                .zip(&mut row_sums)
-            {
-                dst[..k].copy_from_slice(src);
-                *rs = src.iter().map(|&v| v as i32).sum();
+        Self::from_fill(m, k, zero_point, true, |data, kp| {
+            if k > 0 {
+                for (src, dst) in a.chunks_exact(k).zip(data.chunks_exact_mut(kp)) {
+                    dst[..k].copy_from_slice(src);
+                }
             }
-        }
-        let max = max_u8(&data);
-        Ok(PackedA {
-            m,
-            k,
-            kp,
-            data,
-            row_sums,
-            zero_point,
-            row_zero_points: None,
-            max,
-            bcast16: OnceLock::new(),
         })
     }
 
