@@ -17,6 +17,7 @@
 // `is_multiple_of` needs Rust 1.87; this crate also builds for aarch64 with rustc 1.85.
 #![allow(clippy::manual_is_multiple_of)]
 
+mod aligned;
 // Micro-kernels index fixed-size register arrays by row and column on purpose.
 #[allow(clippy::needless_range_loop)]
 pub mod arch;

@@ -39,3 +39,57 @@ pub(crate) fn depthwise_kernel(engine: Engine) -> Option<DepthwiseKernel> {
         _ => None,
     }
 }
+
+/// Where one line of output pixels reads an engine's column buffers (see
+/// [`DepthwiseLineKernel`]).
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct LineGeometry {
+    /// Channels, and kernel columns.
+    pub c: usize,
+    pub kw: usize,
+    /// Column step between output pixels (stride) and between kernel columns (dilation).
+    pub stride: usize,
+    pub dilation: usize,
+    /// Output pixels.
+    pub count: usize,
+}
+
+/// An engine's depthwise kernel for whole lines of output pixels, borders included: the kernel
+/// rows a line reads are interleaved four at a time into column buffers ("quads", zero points
+/// where a column or row is outside the input), then every pixel accumulates from them.
+///
+/// - `column_stride(c)`: channels per buffer column;
+/// - `weights(w, rows, kw, c)`: the kernel's weights from centered weights (`[rows·kw][c]`,
+///   i16), `None` where this kernel cannot take them (then [`DepthwiseKernel`] runs);
+/// - `build_quad(rows, c, lead, zx, buf)`: one quad from four input rows (`None`: all zero
+///   point), buffer column `col` = input column `col − lead`;
+/// - `accumulate(quads, geometry, weights, init, acc)`: `acc[p·cs + ch] = init[ch] + Σ` over
+///   every tap, `cs = column_stride(c)`. Exact integers, as the portable loop.
+#[derive(Clone, Copy)]
+pub(crate) struct DepthwiseLineKernel {
+    pub column_stride: fn(usize) -> usize,
+    pub weights: LineWeightsFn,
+    pub build_quad: BuildQuadFn,
+    pub accumulate: AccumulateLineFn,
+}
+
+/// `weights(w, rows, kw, c)`, see [`DepthwiseLineKernel`].
+pub(crate) type LineWeightsFn = fn(&[i16], usize, usize, usize) -> Option<Vec<i8>>;
+/// `build_quad(rows, c, lead, zx, buf)`, see [`DepthwiseLineKernel`].
+pub(crate) type BuildQuadFn = fn(&[Option<&[u8]>; 4], usize, usize, u8, &mut [u8]);
+/// `accumulate(quads, geometry, weights, init, acc)`, see [`DepthwiseLineKernel`].
+pub(crate) type AccumulateLineFn = fn(&[&[u8]], &LineGeometry, &[i8], &[i32], &mut [i32]);
+
+/// The line kernel of `engine`, where it has one.
+pub(crate) fn depthwise_line_kernel(engine: Engine) -> Option<DepthwiseLineKernel> {
+    match engine {
+        #[cfg(target_arch = "x86_64")]
+        Engine::Avx512Vnni if x86_64::has_avx512vnni() => Some(DepthwiseLineKernel {
+            column_stride: x86_64::depthwise_vnni::column_stride,
+            weights: x86_64::depthwise_vnni::line_weights,
+            build_quad: x86_64::depthwise_vnni::build_quad,
+            accumulate: x86_64::depthwise_vnni::accumulate,
+        }),
+        _ => None,
+    }
+}

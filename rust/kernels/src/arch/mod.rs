@@ -20,7 +20,9 @@ pub(crate) mod vectorize;
 #[cfg(target_arch = "x86_64")]
 pub mod x86_64;
 
-pub(crate) use depthwise::{depthwise_kernel, DepthwiseKernel};
+pub(crate) use depthwise::{
+    depthwise_kernel, depthwise_line_kernel, DepthwiseKernel, DepthwiseLineKernel, LineGeometry,
+};
 pub use engine::{
     available_engines, best_engine, current_engine, engine_setting, set_engine, Engine, ALL_ENGINES,
 };

@@ -10,35 +10,81 @@
 //! thread count gives the same integers, hence the same bits.
 
 use super::{ConvGeometry, ConvInput};
-use crate::arch::{depthwise_kernel, with_features, DepthwiseKernel, Engine, Vectorized};
+use crate::aligned::Aligned;
+use crate::arch::{
+    depthwise_kernel, depthwise_line_kernel, with_features, DepthwiseKernel, DepthwiseLineKernel,
+    Engine, LineGeometry, Vectorized, ALL_ENGINES,
+};
 use crate::error::{check_len, try_vec, KernelError, Result};
 use crate::packed::MAX_COLUMN_ABS_SUM;
 use crate::quantize::QInt;
 use crate::requant::Requantize;
 use crate::threading::{parallel_for, threads_for};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex, OnceLock};
 
 /// Depthwise weights: int8 `[taps][c]` (channels innermost, as the input), with per-channel
-/// zero points and scales.
-#[derive(Debug, Clone)]
+/// zero points and scales, and each engine's kernel weights, prepared on first use.
+#[derive(Clone)]
 pub(crate) struct PackedDepthwise {
     c: usize,
+    /// Kernel rows (`kd·kh`) and columns (`kw`); `taps = rows·kw`.
+    rows: usize,
+    kw: usize,
     taps: usize,
     w: Vec<i8>,
     zero_points: Vec<i32>,
     scales: Vec<f32>,
+    prepared: [OnceLock<Arc<Prepared>>; ALL_ENGINES.len()],
+}
+
+impl std::fmt::Debug for PackedDepthwise {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PackedDepthwise")
+            .field("c", &self.c)
+            .field("taps", &self.taps)
+            .finish_non_exhaustive()
+    }
+}
+
+/// What one engine runs a depthwise conv with: the centered weights `w − zw` (`[taps][c]`,
+/// i16) for the portable loop, their per-channel sums (the input zero point enters as
+/// `−zx·Σ_t (w − zw)`), and the engine's kernel with its weights: the whole-line kernel where it
+/// takes these weights, else the pixel-run kernel.
+struct Prepared {
+    w: Vec<i16>,
+    sums: Vec<i32>,
+    kernel: Option<EngineKernel>,
+}
+
+impl Prepared {
+    fn bytes(&self) -> usize {
+        self.w.len() * 2
+            + self.sums.len() * 4
+            + match &self.kernel {
+                Some(EngineKernel::Lines(_, wl)) => wl.bytes(),
+                Some(EngineKernel::Runs(_, wp)) => wp.len() * 2,
+                None => 0,
+            }
+    }
+}
+
+enum EngineKernel {
+    Lines(DepthwiseLineKernel, Aligned<i8>),
+    Runs(DepthwiseKernel, Vec<i16>),
 }
 
 impl PackedDepthwise {
     /// `w`: torch's `[c, 1, kd, kh, kw]`; `scales` / `zero_points`: length 1 or `c` (checked by
     /// the caller, as are the channel count and kernel size).
+    /// `kernel`: `[kd, kh, kw]`.
     pub(crate) fn new(
         w: &[i8],
         c: usize,
-        taps: usize,
+        kernel: [usize; 3],
         scales: &[f32],
         zero_points: &[i32],
     ) -> Result<Self> {
+        let taps = kernel.iter().product::<usize>();
         check_len("depthwise convolution weight", c * taps, w.len())?;
         // the checks PackedWeights::new makes for the GEMM path
         for &s in scales {
@@ -73,11 +119,52 @@ impl PackedDepthwise {
             .collect();
         Ok(PackedDepthwise {
             c,
+            rows: kernel[0] * kernel[1],
+            kw: kernel[2],
             taps,
             w: wt,
             zero_points,
             scales,
+            prepared: Default::default(),
         })
+    }
+
+    /// `engine`'s kernel weights, prepared once per engine.
+    fn prepared(&self, engine: Engine) -> Result<Arc<Prepared>> {
+        let slot = &self.prepared[ALL_ENGINES.iter().position(|&e| e == engine).unwrap_or(0)];
+        if let Some(p) = slot.get() {
+            return Ok(p.clone());
+        }
+        let (c, taps) = (self.c, self.taps);
+        let w = self.centered()?;
+        let sums = (0..c)
+            .map(|ch| (0..taps).map(|t| w[t * c + ch] as i32).sum())
+            .collect();
+        let line_weights = match depthwise_line_kernel(engine) {
+            Some(k) => match (k.weights)(&w, self.rows, self.kw, c) {
+                Some(wl) => Some((
+                    k,
+                    Aligned::from_slice(&wl, "depthwise convolution weights")?,
+                )),
+                None => None,
+            },
+            None => None,
+        };
+        let kernel = line_weights
+            .map(|(k, wl)| EngineKernel::Lines(k, wl))
+            .or_else(|| {
+                depthwise_kernel(engine)
+                    .filter(|k| (k.done)(c) == c)
+                    .map(|k| EngineKernel::Runs(k, (k.prepare)(&w, taps, c)))
+            });
+        // the portable loop (and with it the centered weights) never runs beside a line kernel
+        let w = match kernel {
+            Some(EngineKernel::Lines(..)) => Vec::new(),
+            _ => w,
+        };
+        Ok(slot
+            .get_or_init(|| Arc::new(Prepared { w, sums, kernel }))
+            .clone())
     }
 
     /// One scale per channel.
@@ -108,9 +195,15 @@ impl PackedDepthwise {
         w
     }
 
-    /// Bytes held (for memory accounting).
+    /// Bytes held (for memory accounting), the engines' prepared weights included.
     pub(crate) fn bytes(&self) -> usize {
-        self.w.len() + self.zero_points.len() * 4 + self.scales.len() * 4
+        let prepared: usize = self
+            .prepared
+            .iter()
+            .filter_map(|p| p.get())
+            .map(|p| p.bytes())
+            .sum();
+        self.w.len() + self.zero_points.len() * 4 + self.scales.len() * 4 + prepared
     }
 }
 
@@ -123,7 +216,10 @@ struct Ctx<'a, T: QInt> {
     w: &'a [i16],
     /// The engine's kernel for runs of pixels with every tap inside, its weights and initial
     /// accumulators `−zx·Σ_t (w − zw)`.
-    fast: Option<(DepthwiseKernel, Vec<i16>, Vec<i32>)>,
+    fast: Option<(DepthwiseKernel, &'a [i16], Vec<i32>)>,
+    /// The engine's whole-line kernel (borders included) where it takes these weights, its
+    /// weights and initial accumulators (padded to its column stride); it replaces `fast`.
+    lines: Option<(DepthwiseLineKernel, &'a [i8], Vec<i32>)>,
     c: usize,
     stage: &'a Requantize<T>,
 }
@@ -145,7 +241,7 @@ pub(crate) fn depthwise<T: QInt>(
             engine.name()
         )));
     }
-    let w = dw.centered()?;
+    let prep = dw.prepared(engine)?;
     let c = dw.c;
     let line_len = input.osp[2] * c;
     if out.is_empty() || line_len == 0 {
@@ -153,22 +249,24 @@ pub(crate) fn depthwise<T: QInt>(
     }
     let lines = out.len() / line_len;
     let zx = input.zp as i32;
-    let fast = depthwise_kernel(engine)
-        .filter(|k| (k.done)(c) == c)
-        .map(|k| {
-            let wp = (k.prepare)(&w, dw.taps, c);
-            let init = (0..c)
-                .map(|ch| {
-                    let sum: i32 = (0..dw.taps).map(|t| w[t * c + ch] as i32).sum();
-                    sum.wrapping_mul(-zx)
-                })
-                .collect();
-            (k, wp, init)
-        });
+    let init = |n: usize| -> Vec<i32> {
+        let mut v: Vec<i32> = prep.sums.iter().map(|s| s.wrapping_mul(-zx)).collect();
+        v.resize(n.max(c), 0);
+        v
+    };
+    let (mut fast, mut line_kernel) = (None, None);
+    match &prep.kernel {
+        Some(EngineKernel::Lines(k, wl)) => {
+            line_kernel = Some((*k, wl.as_slice(), init((k.column_stride)(c))));
+        }
+        Some(EngineKernel::Runs(k, wp)) => fast = Some((*k, wp.as_slice(), init(c))),
+        None => {}
+    }
     let ctx = Ctx {
         input,
-        w: &w,
+        w: &prep.w,
         fast,
+        lines: line_kernel,
         c,
         stage,
     };
@@ -214,6 +312,16 @@ impl<T: QInt> Vectorized for Lines<'_, '_, T> {
 /// Lines `l0..` of output into `out` (whole lines).
 #[inline(always)]
 fn run_lines<T: QInt>(ctx: &Ctx<'_, T>, l0: usize, out: &mut [T]) {
+    match &ctx.lines {
+        Some(lines) => run_lines_with(ctx, lines, l0, out),
+        None => run_lines_portable(ctx, l0, out),
+    }
+}
+
+/// Lines `l0..` of output into `out`: the engine's pixel-run kernel inside, the portable loop
+/// at the borders (and everywhere for engines without a kernel).
+#[inline(always)]
+fn run_lines_portable<T: QInt>(ctx: &Ctx<'_, T>, l0: usize, out: &mut [T]) {
     let input = ctx.input;
     let (geom, sp, osp, c) = (&input.geom, input.sp, input.osp, ctx.c);
     let zx = input.zp as i16;
@@ -292,6 +400,73 @@ fn run_lines<T: QInt>(ctx: &Ctx<'_, T>, l0: usize, out: &mut [T]) {
                 }
             }
             pixel(ctx, x, zx, &taps, &mut acc, px);
+        }
+    }
+}
+
+/// Lines `l0..` of output into `out` through an engine's line kernel: per line, the kernel
+/// rows it reads go into quad buffers (four rows each, zero points outside the input), then
+/// the kernel accumulates every pixel and one requantization pass per pixel follows.
+#[inline(always)]
+fn run_lines_with<T: QInt>(
+    ctx: &Ctx<'_, T>,
+    (k, wl, init): &(DepthwiseLineKernel, &[i8], Vec<i32>),
+    l0: usize,
+    out: &mut [T],
+) {
+    let input = ctx.input;
+    let (geom, sp, osp, c) = (&input.geom, input.sp, input.osp, ctx.c);
+    let [kd_n, kh_n, kw_n] = geom.kernel;
+    let (sw, pw, dw) = (geom.stride[2], geom.padding[2], geom.dilation[2]);
+    let rows = kd_n * kh_n;
+    let quads = rows.div_ceil(4);
+    let cs = (k.column_stride)(c);
+    let line = LineGeometry {
+        c,
+        kw: kw_n,
+        stride: sw,
+        dilation: dw,
+        count: osp[2],
+    };
+    let width = (osp[2] - 1) * sw + (kw_n - 1) * dw + 1;
+    let quad_len = width * cs * 4;
+    // cache-line aligned: the kernel loads whole 64-byte blocks of both
+    let (Ok(mut buf), Ok(mut acc)) = (
+        Aligned::new(quads * quad_len, 0u8, "depthwise line buffers"),
+        Aligned::new(osp[2] * cs, 0i32, "depthwise line buffers"),
+    ) else {
+        return run_lines_portable(ctx, l0, out);
+    };
+    let (buf, acc) = (buf.as_mut_slice(), acc.as_mut_slice());
+    let row_len = sp[2] * c;
+    for (li, out_line) in out.chunks_exact_mut(osp[2] * c).enumerate() {
+        let l = l0 + li;
+        let oh = l % osp[1];
+        let od = (l / osp[1]) % osp[0];
+        let b = l / (osp[1] * osp[0]);
+        // kernel row r (= kd·kh_n + kh) → its input row, None when in the padding
+        let row = |r: usize| -> Option<&[u8]> {
+            if r >= rows {
+                return None;
+            }
+            let id = (od * geom.stride[0] + (r / kh_n) * geom.dilation[0]) as isize
+                - geom.padding[0] as isize;
+            let ih = (oh * geom.stride[1] + (r % kh_n) * geom.dilation[1]) as isize
+                - geom.padding[1] as isize;
+            if id < 0 || id as usize >= sp[0] || ih < 0 || ih as usize >= sp[1] {
+                return None;
+            }
+            let at = ((b * sp[0] + id as usize) * sp[1] + ih as usize) * row_len;
+            Some(&input.x[at..at + row_len])
+        };
+        for (q, qb) in buf.chunks_exact_mut(quad_len).enumerate() {
+            let four = [row(4 * q), row(4 * q + 1), row(4 * q + 2), row(4 * q + 3)];
+            (k.build_quad)(&four, c, pw, input.zp, qb);
+        }
+        let qs: Vec<&[u8]> = buf.chunks_exact(quad_len).collect();
+        (k.accumulate)(&qs, &line, wl, init, acc);
+        for (px, a) in out_line.chunks_exact_mut(c).zip(acc.chunks_exact(cs)) {
+            ctx.stage.requantize_row(&a[..c], 0, px);
         }
     }
 }

@@ -138,7 +138,7 @@ impl PackedConv {
             check_len("per-channel weight zero points", cout, zero_points.len())?;
         }
         if depthwise::applies(&geom, cin, cout) {
-            let dw = depthwise::PackedDepthwise::new(w, cout, taps, scales, zero_points)?;
+            let dw = depthwise::PackedDepthwise::new(w, cout, geom.kernel, scales, zero_points)?;
             return Ok(PackedConv {
                 geom,
                 cin,
@@ -813,8 +813,10 @@ mod tests {
         let old = crate::threading::set_parallel_min_macs(0);
         // (spatial, kernel, stride, padding, dilation)
         type Geom = ([usize; 3], [usize; 3], [usize; 3], [usize; 3], [usize; 3]);
-        let geoms: [Geom; 6] = [
+        let geoms: [Geom; 8] = [
             ([1, 9, 8], [1, 3, 3], [1, 1, 1], [0, 1, 1], [1, 1, 1]),
+            ([1, 3, 2], [1, 3, 3], [1, 1, 1], [0, 2, 3], [1, 1, 1]),
+            ([1, 7, 9], [1, 7, 7], [1, 2, 3], [0, 3, 3], [1, 1, 1]),
             ([1, 11, 10], [1, 5, 5], [1, 2, 2], [0, 2, 2], [1, 1, 1]),
             ([1, 9, 9], [1, 3, 3], [1, 2, 1], [0, 2, 1], [1, 2, 2]),
             ([1, 1, 13], [1, 1, 3], [1, 1, 1], [0, 0, 1], [1, 1, 1]),
@@ -835,85 +837,105 @@ mod tests {
                 let x: Vec<u8> = (0..n * sp.iter().product::<usize>() * c)
                     .map(|i| ((i * 97 + gi * 13 + c) % 256) as u8)
                     .collect();
-                let w: Vec<i8> = (0..c * taps)
-                    .map(|i| ((i * 53 + 7 * c) % 256) as u8 as i8)
-                    .collect();
-                let zw: Vec<i32> = (0..c).map(|j| (j as i32 * 37) % 21 - 10).collect();
-                let scales = vec![1.0f32; c];
-                let pc = PackedConv::new(&w, c, c, geom, &scales, &zw).unwrap();
-                assert!(pc.depthwise.is_some());
-                let zx = 200;
-                let osp = geom.output_size(sp).unwrap();
-                // exact accumulators
-                let mut want = Vec::new();
-                for b in 0..n {
-                    for od in 0..osp[0] {
-                        for oh in 0..osp[1] {
-                            for ow in 0..osp[2] {
-                                for ch in 0..c {
-                                    let mut s = 0i64;
-                                    for t in 0..taps {
-                                        let (kd, kh, kw) = (
-                                            t / (kernel[1] * kernel[2]),
-                                            (t / kernel[2]) % kernel[1],
-                                            t % kernel[2],
-                                        );
-                                        let o = [od, oh, ow];
-                                        let kk = [kd, kh, kw];
-                                        let mut idx = [0usize; 3];
-                                        let mut inside = true;
-                                        for a in 0..3 {
-                                            let v = (o[a] * stride[a] + kk[a] * dilation[a])
-                                                as isize
-                                                - padding[a] as isize;
-                                            inside &= v >= 0 && (v as usize) < sp[a];
-                                            idx[a] = v.max(0) as usize;
+                // weights: full range with zero points (w − zw past i8: the pixel-run
+                // kernels), full range symmetric and small with zero points (w − zw fits in
+                // i8: the engines' line kernels)
+                for variant in 0..3 {
+                    let w: Vec<i8> = (0..c * taps)
+                        .map(|i| {
+                            let v = ((i * 53 + 7 * c) % 256) as u8 as i8;
+                            if variant == 2 {
+                                v / 3
+                            } else {
+                                v
+                            }
+                        })
+                        .collect();
+                    let zw: Vec<i32> = (0..c)
+                        .map(|j| {
+                            if variant == 1 {
+                                0
+                            } else {
+                                (j as i32 * 37) % 21 - 10
+                            }
+                        })
+                        .collect();
+                    let scales = vec![1.0f32; c];
+                    let pc = PackedConv::new(&w, c, c, geom, &scales, &zw).unwrap();
+                    assert!(pc.depthwise.is_some());
+                    let zx = 200;
+                    let osp = geom.output_size(sp).unwrap();
+                    // exact accumulators
+                    let mut want = Vec::new();
+                    for b in 0..n {
+                        for od in 0..osp[0] {
+                            for oh in 0..osp[1] {
+                                for ow in 0..osp[2] {
+                                    for ch in 0..c {
+                                        let mut s = 0i64;
+                                        for t in 0..taps {
+                                            let (kd, kh, kw) = (
+                                                t / (kernel[1] * kernel[2]),
+                                                (t / kernel[2]) % kernel[1],
+                                                t % kernel[2],
+                                            );
+                                            let o = [od, oh, ow];
+                                            let kk = [kd, kh, kw];
+                                            let mut idx = [0usize; 3];
+                                            let mut inside = true;
+                                            for a in 0..3 {
+                                                let v = (o[a] * stride[a] + kk[a] * dilation[a])
+                                                    as isize
+                                                    - padding[a] as isize;
+                                                inside &= v >= 0 && (v as usize) < sp[a];
+                                                idx[a] = v.max(0) as usize;
+                                            }
+                                            if inside {
+                                                let pix = ((b * sp[0] + idx[0]) * sp[1] + idx[1])
+                                                    * sp[2]
+                                                    + idx[2];
+                                                let xv = x[pix * c + ch] as i64 - zx as i64;
+                                                s += xv * (w[ch * taps + t] as i64 - zw[ch] as i64);
+                                            }
                                         }
-                                        if inside {
-                                            let pix = ((b * sp[0] + idx[0]) * sp[1] + idx[1])
-                                                * sp[2]
-                                                + idx[2];
-                                            let xv = x[pix * c + ch] as i64 - zx as i64;
-                                            s += xv * (w[ch * taps + t] as i64 - zw[ch] as i64);
-                                        }
+                                        want.push(s);
                                     }
-                                    want.push(s);
                                 }
                             }
                         }
                     }
-                }
-                let amax = want.iter().map(|v| v.abs()).max().unwrap().max(1) as f64;
-                let out_scale = (amax / 100.0).log2().ceil().exp2().max(1.0) as f32;
-                let expect: Vec<i8> = want
-                    .iter()
-                    .map(|&v| {
-                        ((v as f64) / out_scale as f64)
-                            .round_ties_even()
-                            .clamp(-128.0, 127.0) as i8
-                    })
-                    .collect();
-                let args = ConvArgs {
-                    x_scale: 1.0,
-                    x_zp: zx,
-                    bias: None,
-                    out_scale,
-                    out_zp: 0,
-                    qmin: -128,
-                    qmax: 127,
-                    relu: false,
-                };
-                for e in available_engines() {
-                    for threads in [1, 3] {
-                        let (got, _) =
-                            conv_static_blocked::<i8>(e, &x, n, sp, &pc, &args, threads, None)
-                                .unwrap();
-                        assert_eq!(
+                    let amax = want.iter().map(|v| v.abs()).max().unwrap().max(1) as f64;
+                    let out_scale = (amax / 100.0).log2().ceil().exp2().max(1.0) as f32;
+                    let expect: Vec<i8> = want
+                        .iter()
+                        .map(|&v| {
+                            ((v as f64) / out_scale as f64)
+                                .round_ties_even()
+                                .clamp(-128.0, 127.0) as i8
+                        })
+                        .collect();
+                    let args = ConvArgs {
+                        x_scale: 1.0,
+                        x_zp: zx,
+                        bias: None,
+                        out_scale,
+                        out_zp: 0,
+                        qmin: -128,
+                        qmax: 127,
+                        relu: false,
+                    };
+                    for e in available_engines() {
+                        for threads in [1, 3] {
+                            let (got, _) =
+                                conv_static_blocked::<i8>(e, &x, n, sp, &pc, &args, threads, None)
+                                    .unwrap();
+                            assert_eq!(
                             got,
                             expect,
-                            "geometry {gi} channels {c} engine {} threads {threads}",
+                            "geometry {gi} channels {c} weights {variant} engine {} threads {threads}",
                             e.name()
                         );
+                        }
                     }
                 }
             }
