@@ -7,6 +7,7 @@
 //! `panel[g*64 + c*4 + t] = W[col0 + c][4g + t]`. That is one zmm for `vpdpbusd`, two ymm for
 //! AVX-VNNI, four 16-byte rows for the AVX2 widening kernel and four q-registers for `sdot`.
 
+use crate::aligned::Aligned;
 use crate::arch::{with_features, Engine, Vectorized};
 use std::sync::OnceLock;
 
@@ -37,7 +38,8 @@ pub struct PackedWeights {
     n: usize,
     k: usize,
     kp: usize,
-    data: Vec<i8>,
+    /// Panels on a cache-line boundary (the kernels load them 64 bytes at a time).
+    data: Aligned<i8>,
     col_sums: Vec<i32>,
     col_sums_padded: Vec<i32>,
     zero_points: Vec<i32>,
@@ -89,13 +91,14 @@ impl PackedWeights {
         }
         let kp = padded_k(k);
         let panels = n.div_ceil(NR);
-        let mut data = try_vec(
+        let mut data = Aligned::new(
             checked_numel(&[panels, kp, NR], "packed weight")?,
             0i8,
             "packed weights",
         )?;
+        let packed = data.as_mut_slice();
         for (j, row) in w.chunks_exact(k).enumerate() {
-            let panel = &mut data[(j / NR) * kp * NR..(j / NR + 1) * kp * NR];
+            let panel = &mut packed[(j / NR) * kp * NR..(j / NR + 1) * kp * NR];
             let c = j % NR;
             for (kk, &v) in row.iter().enumerate() {
                 panel[(kk / KR) * NR * KR + c * KR + kk % KR] = v;
@@ -143,7 +146,7 @@ impl PackedWeights {
     }
     /// Bytes held: the packed panels and the per-column sums, zero points and scales.
     pub fn bytes(&self) -> usize {
-        self.data.len()
+        self.data.bytes()
             + 4 * (self.col_sums.len()
                 + self.col_sums_padded.len()
                 + self.zero_points.len()
@@ -158,7 +161,7 @@ impl PackedWeights {
     }
     /// The bytes of panels `p0..p0+count`.
     pub fn panel_data(&self, p0: usize, count: usize) -> &[i8] {
-        &self.data[p0 * self.kp * NR..(p0 + count) * self.kp * NR]
+        &self.data.as_slice()[p0 * self.kp * NR..(p0 + count) * self.kp * NR]
     }
     /// Column sums of panels `p0..p0+count`, zero for padding columns.
     pub fn panel_col_sums(&self, p0: usize, count: usize) -> &[i32] {
