@@ -145,6 +145,110 @@ def test_max_pool_cases_the_u8_path_leaves_to_torch() -> None:
         F.max_pool2d(q, 2, return_indices=True)
 
 
+def _avg_rule(pool, x: torch.Tensor, zp: int, args: tuple, kwargs: dict) -> torch.Tensor:
+    """``rne(mean(q − zp) + zp)`` on float64 (exact for 8-bit sums), clamped to quint8."""
+    return torch.round(pool(x.to(torch.float64) - zp, *args, **kwargs) + zp).clamp(0, 255).to(torch.uint8)
+
+
+@pytest.mark.parametrize(
+    "nd, shape, args, kwargs",
+    [
+        (2, (2, 16, 11, 9), (3, 2, 1), {}),
+        (2, (1, 64, 12, 12), (3,), {"stride": 2, "padding": 1, "count_include_pad": False}),
+        (2, (1, 7, 7, 10), (3,), {"stride": 2, "padding": 1, "ceil_mode": True}),
+        (2, (2, 5, 9, 10), (2,), {"divisor_override": 3}),
+        (
+            2,
+            (1, 17, 13, 11),
+            ((3, 2),),
+            {"stride": (2, 1), "padding": (1, 0), "ceil_mode": True, "count_include_pad": False},
+        ),
+        (1, (2, 7, 13), (3, 2, 1), {}),
+        (3, (1, 4, 5, 6, 7), (3, 2, 1), {}),
+    ],
+)
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last", "transposed"])
+def test_avg_pool_on_u8_equals_the_rule(
+    nd: int, shape: tuple[int, ...], args: tuple, kwargs: dict, layout: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import torch.nn.functional as F
+
+    g = torch.Generator().manual_seed(len(shape) + len(kwargs))
+    x = torch.randint(0, 256, shape, generator=g, dtype=torch.uint8)
+    if layout == "channels_last" and nd == 2:
+        x = x.contiguous(memory_format=torch.channels_last)
+    if layout == "transposed":  # the last two axes' memory order swapped (Fortran-like)
+        x = x.transpose(-1, -2).contiguous().transpose(-1, -2)
+    q = fq.QTensor(x, 0.1, 7, fq.quint8)
+    calls = []
+    real = _core.avg_pool_nhwc
+    monkeypatch.setattr(_core, "avg_pool_nhwc", lambda *a: calls.append(1) or real(*a))
+    pool = {1: F.avg_pool1d, 2: F.avg_pool2d, 3: F.avg_pool3d}[nd]
+    got = pool(q, *args, **kwargs)
+    assert calls, "the u8 path did not run"
+    assert torch.equal(got.int_repr(), _avg_rule(pool, x, 7, args, kwargs))
+    assert got.q_scale() == 0.1 and got.q_zero_point() == 7
+    if layout == "channels_last" and nd == 2:
+        assert got.int_repr().is_contiguous(memory_format=torch.channels_last)
+
+
+@pytest.mark.parametrize(
+    "nd, shape, size",
+    [(2, (1, 1280, 7, 7), 1), (2, (2, 3, 7, 9), (3, None)), (1, (2, 5, 10), 4), (3, (1, 2, 5, 6, 7), (2, 3, 4))],
+)
+def test_adaptive_avg_pool_on_u8_equals_the_rule(
+    nd: int, shape: tuple[int, ...], size: object, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import torch.nn.functional as F
+
+    x = torch.randint(0, 256, shape, generator=torch.Generator().manual_seed(nd), dtype=torch.uint8)
+    q = fq.QTensor(x, 0.05, 128, fq.quint8)
+    calls = []
+    real = _core.avg_pool_nhwc
+    monkeypatch.setattr(_core, "avg_pool_nhwc", lambda *a: calls.append(1) or real(*a))
+    pool = {1: F.adaptive_avg_pool1d, 2: F.adaptive_avg_pool2d, 3: F.adaptive_avg_pool3d}[nd]
+    got = pool(q, size)
+    assert calls, "the u8 path did not run"
+    assert torch.equal(got.int_repr(), _avg_rule(pool, x, 128, (size,), {}))
+
+
+def test_avg_pool_cases_the_u8_path_leaves_to_torch() -> None:
+    import torch.nn.functional as F
+
+    x = torch.randint(0, 256, (1, 3, 7, 7), dtype=torch.uint8)
+    q = fq.QTensor(x, 0.1, 3, fq.quint8)
+    with pytest.raises(RuntimeError, match="pad should be"):
+        F.avg_pool2d(q, 2, padding=2)
+    with pytest.raises(RuntimeError):
+        F.avg_pool2d(q, 9)
+    with pytest.raises(RuntimeError):
+        F.avg_pool2d(q, 2, divisor_override=0)
+    # unbatched input and qint8 data: the float path, the same rule
+    assert torch.equal(F.avg_pool2d(q[0], 3).int_repr(), _avg_rule(F.avg_pool2d, x[0], 3, (3,), {}))
+    qi = fq.QTensor(x.to(torch.int8), 0.1, 0, fq.qint8)
+    want = torch.round(F.avg_pool2d(x.to(torch.int8).double(), 3))
+    assert torch.equal(F.avg_pool2d(qi, 3).int_repr(), want.to(torch.int8))
+
+
+def test_u8_kernels_read_fortran_ordered_arrays_in_logical_order() -> None:
+    """Regression: a Fortran-ordered numpy view (contiguous, but not in C order) was read in its
+    memory order."""
+    import numpy as np
+
+    a = np.asfortranarray(np.arange(24, dtype=np.uint8).reshape(1, 1, 4, 6, 1))
+    c = np.ascontiguousarray(a)
+    ones = [1, 1, 1]
+    assert np.array_equal(_core.max_pool_nhwc(a, ones, ones, [0, 0, 0], ones), c)
+    whole = ([0], [1], [1])
+    w = [whole, ([0, 1, 2, 3], [1, 2, 3, 4], [1, 1, 1, 1]), ([0, 1, 2, 3, 4, 5], [1, 2, 3, 4, 5, 6], [1] * 6)]
+    assert np.array_equal(_core.avg_pool_nhwc(a, w, None, 0, 0, 255), c)
+    f = np.asfortranarray(np.linspace(-1, 1, 24, dtype=np.float32).reshape(4, 6))
+    assert np.array_equal(
+        _core.quantize_per_tensor(f, 0.01, 0, -128, 127, "qint8"),
+        _core.quantize_per_tensor(np.ascontiguousarray(f), 0.01, 0, -128, 127, "qint8"),
+    )
+
+
 class _ConvBNAct(torch.nn.Module):
     def __init__(self, act: torch.nn.Module) -> None:
         super().__init__()

@@ -51,6 +51,14 @@ def lut_u8(x: npt.NDArray[np.uint8], table: npt.NDArray[np.generic]) -> npt.NDAr
 def max_pool_nhwc(
     x: npt.NDArray[np.uint8], kernel: list[int], stride: list[int], padding: list[int], dilation: list[int]
 ) -> npt.NDArray[np.uint8]: ...
+def avg_pool_nhwc(
+    x: npt.NDArray[np.uint8],
+    windows: list[tuple[list[int], list[int], list[int]]],
+    divisor_override: Optional[int],
+    zp: int,
+    qmin: int,
+    qmax: int,
+) -> npt.NDArray[np.uint8]: ...
 def dequantize_per_tensor(q: npt.NDArray[np.generic], scale: float, zero_point: int) -> npt.NDArray[np.float32]: ...
 def dequantize_per_channel(
     q: npt.NDArray[np.generic],

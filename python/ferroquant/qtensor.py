@@ -21,6 +21,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from . import _avg_pool as _avg_pool_rs
 from . import _core
 from ._dtypes import (
     QDtype,
@@ -633,6 +634,9 @@ def _avg_pool(fn: Callable) -> Callable:
     def pooled(x: QTensor, *args: Any, **kwargs: Any) -> QTensor:
         x._need_per_tensor(fn.__name__)
         d, z = x.int_repr(), x.q_zero_point()
+        fast = _avg_pool_fast(fn, d, z, x.dtype, args, kwargs)
+        if fast is not None:
+            return x._with_data(fast)
         if d.dtype == torch.int32:
             # float32 is not exact for int32 values: sum and divide on int64 instead
             q = torch.clamp(_exact_avg_pool(fn, d.to(torch.int64) - z, z, args, kwargs), x.dtype.qmin, x.dtype.qmax)
@@ -642,6 +646,23 @@ def _avg_pool(fn: Callable) -> Callable:
         return x._with_data(q.to(d.dtype))
 
     return pooled
+
+
+def _avg_pool_fast(
+    fn: Callable, d: torch.Tensor, z: int, dtype: QDtype, args: tuple, kwargs: dict
+) -> Optional[torch.Tensor]:
+    """quint8 average pooling in Rust (batched CPU input, windows torch accepts), else None."""
+    nd = _ADAPTIVE_POOL_DIMS.get(fn) or _AVG_POOL_DIMS.get(fn)
+    if d.dtype != torch.uint8 or d.device.type != "cpu" or nd is None or d.dim() != nd + 2 or d.numel() == 0:
+        return None
+    if fn in _ADAPTIVE_POOL_DIMS:
+        windows, divisor = _avg_pool_rs.adaptive_windows(nd, d.shape, args, kwargs), None
+    else:
+        found = _avg_pool_rs.avg_windows(nd, d.shape, args, kwargs)
+        windows, divisor = (None, None) if found is None else found
+    if windows is None:
+        return None
+    return _avg_pool_rs.avg_pool_u8(d, nd, windows, divisor, z, dtype.qmin, dtype.qmax)
 
 
 _AVG_POOL_DIMS = {

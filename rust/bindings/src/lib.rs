@@ -140,9 +140,12 @@ fn in_place<'a, T: numpy::Element + Copy + Default>(
     what: &str,
     buf: &'a mut Vec<T>,
 ) -> PyResult<&'a [T]> {
-    match a.as_slice() {
-        Ok(s) => Ok(s),
-        Err(_) => {
+    // ndarray's `as_slice` is C order only (rust-numpy's would also take a Fortran-ordered
+    // array, whose memory order is not the logical one)
+    let v: numpy::ndarray::ArrayViewD<'a, T> = a.as_array();
+    match v.to_slice() {
+        Some(s) => Ok(s),
+        None => {
             *buf = owned(a, what)?;
             Ok(&buf[..])
         }
@@ -451,6 +454,62 @@ fn max_pool_nhwc<'py>(
     let sp = [shape[1], shape[2], shape[3]];
     let (out, osp) =
         k::pool::max_pool_u8(engine(), xd, shape[0], sp, shape[4], &geom).map_err(to_py)?;
+    Ok(PyArray1::from_vec(py, out)
+        .reshape(vec![shape[0], osp[0], osp[1], osp[2], shape[4]])?
+        .into_any())
+}
+
+/// Average pooling (plain or adaptive) of a channels-last quint8 array `x` `[N, D, H, W, C]`
+/// with zero point `zp`: `windows` holds, per spatial axis (D, H, W), the `(start, end, count)`
+/// of every output position (the input range summed, and the window's size toward the divisor);
+/// `out = clamp(rne(Σ(q − zp) / divisor + zp), qmin, qmax)`, `divisor = divisor_override` or
+/// the product of the counts. Runs with the GIL held (one memory-bound pass).
+#[pyfunction]
+#[pyo3(signature = (x, windows, divisor_override, zp, qmin, qmax))]
+#[allow(clippy::type_complexity)]
+fn avg_pool_nhwc<'py>(
+    py: Python<'py>,
+    x: &Bound<'py, PyAny>,
+    windows: Vec<(Vec<usize>, Vec<usize>, Vec<usize>)>,
+    divisor_override: Option<usize>,
+    zp: i32,
+    qmin: i32,
+    qmax: i32,
+) -> PyResult<Bound<'py, PyAny>> {
+    let xa = arr::<u8>(x, "x")?;
+    let shape = xa.shape().to_vec();
+    if shape.len() != 5 {
+        return Err(value_error(format!(
+            "avg_pool_nhwc: x must be 5-D [N, D, H, W, C], got shape {shape:?}"
+        )));
+    }
+    let axes: [k::pool::PoolAxis; 3] = windows
+        .into_iter()
+        .map(|(start, end, count)| k::pool::PoolAxis { start, end, count })
+        .collect::<Vec<_>>()
+        .try_into()
+        .map_err(|v: Vec<_>| {
+            value_error(format!(
+                "avg_pool_nhwc: windows must give 3 axes (D, H, W), got {}",
+                v.len()
+            ))
+        })?;
+    let mut xv = Vec::new();
+    let xd = in_place(&xa, "x", &mut xv)?;
+    let sp = [shape[1], shape[2], shape[3]];
+    let (out, osp) = k::pool::avg_pool_u8(
+        engine(),
+        xd,
+        shape[0],
+        sp,
+        shape[4],
+        &axes,
+        divisor_override,
+        zp,
+        qmin,
+        qmax,
+    )
+    .map_err(to_py)?;
     Ok(PyArray1::from_vec(py, out)
         .reshape(vec![shape[0], osp[0], osp[1], osp[2], shape[4]])?
         .into_any())
@@ -966,6 +1025,7 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(quantize_per_tensor, m)?)?;
     m.add_function(wrap_pyfunction!(add_requant, m)?)?;
     m.add_function(wrap_pyfunction!(max_pool_nhwc, m)?)?;
+    m.add_function(wrap_pyfunction!(avg_pool_nhwc, m)?)?;
     m.add_function(wrap_pyfunction!(lut_u8, m)?)?;
     m.add_function(wrap_pyfunction!(quantize_per_channel, m)?)?;
     m.add_function(wrap_pyfunction!(dequantize_per_tensor, m)?)?;
