@@ -296,8 +296,11 @@ impl PackedA {
         let mut row_sums = try_vec(m, 0i32, "activation row sums")?;
         fill(&mut data, kp);
         if kp > k {
+            // at most 3 bytes per row (K rounds up to 4): stores, not a memset call per row
             for row in data.chunks_exact_mut(kp) {
-                row[k..].fill(0);
+                for b in &mut row[k..] {
+                    *b = 0;
+                }
             }
         }
         let mut max = if stats { 0u8 } else { u8::MAX };

@@ -14,10 +14,17 @@ pub trait QInt: Copy + Send + Sync + Default + 'static {
     const DTYPE: QDtype;
     fn from_i32(v: i32) -> Self;
     fn to_i32(self) -> i32;
+    /// The slice as bytes when `Self` is `u8` (for kernels that store bytes), else None.
+    fn as_u8_mut(_s: &mut [Self]) -> Option<&mut [u8]> {
+        None
+    }
 }
 
 impl QInt for u8 {
     const DTYPE: QDtype = QDtype::QUInt8;
+    fn as_u8_mut(s: &mut [u8]) -> Option<&mut [u8]> {
+        Some(s)
+    }
     #[inline(always)]
     fn from_i32(v: i32) -> Self {
         v as u8

@@ -9,6 +9,7 @@
 //! `zw[j]`), `acc = Σ a·w − za·colsum[j] − zw[j]·rowsum[i] + K·za·zw[j]`, computed with
 //! wrapping i32 arithmetic (exact whenever the true value fits in i32).
 
+use crate::arch::PlainRequant;
 use crate::error::{check_len, KernelError, Result};
 use crate::packed::{PackedA, PackedWeights};
 use crate::quantize::{rne_to_i32, QInt};
@@ -444,6 +445,19 @@ impl<T: QInt> Requantize<T> {
 }
 
 impl<T: QInt> Requantize<T> {
+    /// The plain rule as data (`bias` = `bias_q`, `mult`, `lo`, `hi`, `zp` = `out_zp`), for kernels that requantize in
+    /// their registers: `rne(clamp((acc + bias_q[j])·mult[j], lo, hi)) + out_zp`. None when the
+    /// stage needs the general rule (a NaN could arise).
+    pub(crate) fn plain_parts(&self) -> Option<PlainRequant<'_>> {
+        self.plain.then_some(PlainRequant {
+            bias: &self.bias_q,
+            mult: &self.mult,
+            lo: self.lo,
+            hi: self.hi,
+            zp: self.out_zp,
+        })
+    }
+
     /// Requantizes exact accumulators `acc` of output columns `col0..col0 + acc.len()` into
     /// `out` (the rule above).
     #[inline(always)]

@@ -54,6 +54,18 @@ pub(crate) struct LineGeometry {
     pub count: usize,
 }
 
+/// The plain requantization rule as data for a line kernel: `rne(clamp((acc + bias[ch])·
+/// mult[ch], lo, hi)) + zp` (the `Requantize` stage's plain rule; `bias` and `mult` padded to
+/// the kernel's column stride).
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct PlainRequant<'a> {
+    pub bias: &'a [f32],
+    pub mult: &'a [f32],
+    pub lo: f32,
+    pub hi: f32,
+    pub zp: i32,
+}
+
 /// An engine's depthwise kernel for whole lines of output pixels, borders included: the kernel
 /// rows a line reads are interleaved four at a time into column buffers ("quads", zero points
 /// where a column or row is outside the input), then every pixel accumulates from them.
@@ -64,19 +76,25 @@ pub(crate) struct LineGeometry {
 /// - `build_quad(rows, c, lead, zx, buf)`: one quad from four input rows (`None`: all zero
 ///   point), buffer column `col` = input column `col − lead`;
 /// - `accumulate(quads, geometry, weights, init, acc)`: `acc[p·cs + ch] = init[ch] + Σ` over
-///   every tap, `cs = column_stride(c)`. Exact integers, as the portable loop.
+///   every tap, `cs = column_stride(c)`. Exact integers, as the portable loop;
+/// - `accumulate_requant(quads, geometry, weights, init, rq, out)`: the same accumulators
+///   requantized by `rq` straight from registers into bytes `out[p·c + ch]`.
 #[derive(Clone, Copy)]
 pub(crate) struct DepthwiseLineKernel {
     pub column_stride: fn(usize) -> usize,
     pub weights: LineWeightsFn,
     pub build_quad: BuildQuadFn,
     pub accumulate: AccumulateLineFn,
+    pub accumulate_requant: AccumulateRequantFn,
 }
 
 /// `weights(w, rows, kw, c)`, see [`DepthwiseLineKernel`].
 pub(crate) type LineWeightsFn = fn(&[i16], usize, usize, usize) -> Option<Vec<i8>>;
 /// `build_quad(rows, c, lead, zx, buf)`, see [`DepthwiseLineKernel`].
 pub(crate) type BuildQuadFn = fn(&[Option<&[u8]>; 4], usize, usize, u8, &mut [u8]);
+/// `accumulate_requant(quads, geometry, weights, init, rq, out)`, see [`DepthwiseLineKernel`].
+pub(crate) type AccumulateRequantFn =
+    fn(&[&[u8]], &LineGeometry, &[i8], &[i32], &PlainRequant<'_>, &mut [u8]);
 /// `accumulate(quads, geometry, weights, init, acc)`, see [`DepthwiseLineKernel`].
 pub(crate) type AccumulateLineFn = fn(&[&[u8]], &LineGeometry, &[i8], &[i32], &mut [i32]);
 
@@ -89,6 +107,7 @@ pub(crate) fn depthwise_line_kernel(engine: Engine) -> Option<DepthwiseLineKerne
             weights: x86_64::depthwise_vnni::line_weights,
             build_quad: x86_64::depthwise_vnni::build_quad,
             accumulate: x86_64::depthwise_vnni::accumulate,
+            accumulate_requant: x86_64::depthwise_vnni::accumulate_requant,
         }),
         _ => None,
     }

@@ -22,6 +22,7 @@ pub mod x86_64;
 
 pub(crate) use depthwise::{
     depthwise_kernel, depthwise_line_kernel, DepthwiseKernel, DepthwiseLineKernel, LineGeometry,
+    PlainRequant,
 };
 pub use engine::{
     available_engines, best_engine, current_engine, engine_setting, set_engine, Engine, ALL_ENGINES,

@@ -13,7 +13,7 @@ use super::{ConvGeometry, ConvInput};
 use crate::aligned::Aligned;
 use crate::arch::{
     depthwise_kernel, depthwise_line_kernel, with_features, DepthwiseKernel, DepthwiseLineKernel,
-    Engine, LineGeometry, Vectorized, ALL_ENGINES,
+    Engine, LineGeometry, PlainRequant, Vectorized, ALL_ENGINES,
 };
 use crate::error::{check_len, try_vec, KernelError, Result};
 use crate::packed::MAX_COLUMN_ABS_SUM;
@@ -29,6 +29,7 @@ pub(crate) struct PackedDepthwise {
     c: usize,
     /// Kernel rows (`kd·kh`) and columns (`kw`); `taps = rows·kw`.
     rows: usize,
+    kh: usize,
     kw: usize,
     taps: usize,
     w: Vec<i8>,
@@ -61,7 +62,9 @@ impl Prepared {
         self.w.len() * 2
             + self.sums.len() * 4
             + match &self.kernel {
-                Some(EngineKernel::Lines(_, wl)) => wl.bytes(),
+                Some(EngineKernel::Lines(_, wl, w1)) => {
+                    wl.bytes() + w1.as_ref().map_or(0, |w| w.bytes())
+                }
                 Some(EngineKernel::Runs(_, wp)) => wp.len() * 2,
                 None => 0,
             }
@@ -69,7 +72,10 @@ impl Prepared {
 }
 
 enum EngineKernel {
-    Lines(DepthwiseLineKernel, Aligned<i8>),
+    /// The line kernel, its weights, and (for one-row-deep 2-d kernels whose row count is not a
+    /// multiple of 4) the weights one row down: then a quad of the rows of two consecutive
+    /// output lines serves both (stride and dilation 1 along the height).
+    Lines(DepthwiseLineKernel, Aligned<i8>, Option<Aligned<i8>>),
     Runs(DepthwiseKernel, Vec<i16>),
 }
 
@@ -120,6 +126,7 @@ impl PackedDepthwise {
         Ok(PackedDepthwise {
             c,
             rows: kernel[0] * kernel[1],
+            kh: kernel[1],
             kw: kernel[2],
             taps,
             w: wt,
@@ -142,16 +149,28 @@ impl PackedDepthwise {
             .collect();
         let line_weights = match depthwise_line_kernel(engine) {
             Some(k) => match (k.weights)(&w, self.rows, self.kw, c) {
-                Some(wl) => Some((
-                    k,
-                    Aligned::from_slice(&wl, "depthwise convolution weights")?,
-                )),
+                Some(wl) => {
+                    let what = "depthwise convolution weights";
+                    let shifted = if self.rows == self.kh && self.rows % 4 != 0 {
+                        // kernel row r at quad row r + 1: a zero row first
+                        let mut down = vec![0i16; self.kw * c];
+                        down.extend_from_slice(&w);
+                        (k.weights)(&down, self.rows + 1, self.kw, c)
+                    } else {
+                        None
+                    };
+                    let w1 = match shifted {
+                        Some(v) => Some(Aligned::from_slice(&v, what)?),
+                        None => None,
+                    };
+                    Some((k, Aligned::from_slice(&wl, what)?, w1))
+                }
                 None => None,
             },
             None => None,
         };
         let kernel = line_weights
-            .map(|(k, wl)| EngineKernel::Lines(k, wl))
+            .map(|(k, wl, w1)| EngineKernel::Lines(k, wl, w1))
             .or_else(|| {
                 depthwise_kernel(engine)
                     .filter(|k| (k.done)(c) == c)
@@ -219,9 +238,29 @@ struct Ctx<'a, T: QInt> {
     fast: Option<(DepthwiseKernel, &'a [i16], Vec<i32>)>,
     /// The engine's whole-line kernel (borders included) where it takes these weights, its
     /// weights and initial accumulators (padded to its column stride); it replaces `fast`.
-    lines: Option<(DepthwiseLineKernel, &'a [i8], Vec<i32>)>,
+    lines: Option<LineCtx<'a>>,
     c: usize,
     stage: &'a Requantize<T>,
+}
+
+/// The line kernel of one call: its weights (and the shifted ones for line pairs), the initial
+/// accumulators, and the requantization as data when it can run in the kernel's registers
+/// (u8 outputs, plain stage), padded to the kernel's column stride.
+struct LineCtx<'a> {
+    k: DepthwiseLineKernel,
+    w: &'a [i8],
+    w_down: Option<&'a [i8]>,
+    init: Vec<i32>,
+    rq: Option<PaddedRequant>,
+}
+
+/// A plain requantization rule with its factors padded to a line kernel's column stride.
+struct PaddedRequant {
+    bias: Vec<f32>,
+    mult: Vec<f32>,
+    lo: f32,
+    hi: f32,
+    zp: i32,
 }
 
 /// Output pixels of `[n, od, oh, ow]` go in lines of `ow` pixels; `out` holds lines
@@ -256,8 +295,30 @@ pub(crate) fn depthwise<T: QInt>(
     };
     let (mut fast, mut line_kernel) = (None, None);
     match &prep.kernel {
-        Some(EngineKernel::Lines(k, wl)) => {
-            line_kernel = Some((*k, wl.as_slice(), init((k.column_stride)(c))));
+        Some(EngineKernel::Lines(k, wl, w1)) => {
+            let cs = (k.column_stride)(c);
+            let pad = |v: &[f32]| {
+                let mut p = v.to_vec();
+                p.resize(cs.max(v.len()), 0.0);
+                p
+            };
+            let rq = stage
+                .plain_parts()
+                .filter(|_| T::DTYPE == crate::qparams::QDtype::QUInt8)
+                .map(|p| PaddedRequant {
+                    bias: pad(p.bias),
+                    mult: pad(p.mult),
+                    lo: p.lo,
+                    hi: p.hi,
+                    zp: p.zp,
+                });
+            line_kernel = Some(LineCtx {
+                k: *k,
+                w: wl.as_slice(),
+                w_down: w1.as_ref().map(|w| w.as_slice()),
+                init: init(cs),
+                rq,
+            });
         }
         Some(EngineKernel::Runs(k, wp)) => fast = Some((*k, wp.as_slice(), init(c))),
         None => {}
@@ -313,7 +374,7 @@ impl<T: QInt> Vectorized for Lines<'_, '_, T> {
 #[inline(always)]
 fn run_lines<T: QInt>(ctx: &Ctx<'_, T>, l0: usize, out: &mut [T]) {
     match &ctx.lines {
-        Some(lines) => run_lines_with(ctx, lines, l0, out),
+        Some(lc) => run_lines_with(ctx, lc, l0, out),
         None => run_lines_portable(ctx, l0, out),
     }
 }
@@ -405,21 +466,19 @@ fn run_lines_portable<T: QInt>(ctx: &Ctx<'_, T>, l0: usize, out: &mut [T]) {
 }
 
 /// Lines `l0..` of output into `out` through an engine's line kernel: per line, the kernel
-/// rows it reads go into quad buffers (four rows each, zero points outside the input), then
-/// the kernel accumulates every pixel and one requantization pass per pixel follows.
+/// rows it reads go into quad buffers (four rows each, zero points outside the input), then the
+/// kernel accumulates every pixel and requantizes (in its registers for u8 outputs). Two
+/// consecutive lines of a 2-d kernel with `kh % 4 != 0`, stride and dilation 1 along the height
+/// share one set of quads (rows `oh − ph ..`), the second line through the shifted weights.
 #[inline(always)]
-fn run_lines_with<T: QInt>(
-    ctx: &Ctx<'_, T>,
-    (k, wl, init): &(DepthwiseLineKernel, &[i8], Vec<i32>),
-    l0: usize,
-    out: &mut [T],
-) {
+fn run_lines_with<T: QInt>(ctx: &Ctx<'_, T>, lc: &LineCtx<'_>, l0: usize, out: &mut [T]) {
     let input = ctx.input;
     let (geom, sp, osp, c) = (&input.geom, input.sp, input.osp, ctx.c);
     let [kd_n, kh_n, kw_n] = geom.kernel;
     let (sw, pw, dw) = (geom.stride[2], geom.padding[2], geom.dilation[2]);
     let rows = kd_n * kh_n;
     let quads = rows.div_ceil(4);
+    let k = &lc.k;
     let cs = (k.column_stride)(c);
     let line = LineGeometry {
         c,
@@ -428,6 +487,9 @@ fn run_lines_with<T: QInt>(
         dilation: dw,
         count: osp[2],
     };
+    let w_down = lc.w_down.filter(|_| {
+        geom.stride[1] == 1 && geom.dilation[1] == 1 && (rows + 1).div_ceil(4) == quads
+    });
     let width = (osp[2] - 1) * sw + (kw_n - 1) * dw + 1;
     let quad_len = width * cs * 4;
     // cache-line aligned: the kernel loads whole 64-byte blocks of both
@@ -438,35 +500,71 @@ fn run_lines_with<T: QInt>(
         return run_lines_portable(ctx, l0, out);
     };
     let (buf, acc) = (buf.as_mut_slice(), acc.as_mut_slice());
+    let rq = lc.rq.as_ref().map(|p| PlainRequant {
+        bias: &p.bias,
+        mult: &p.mult,
+        lo: p.lo,
+        hi: p.hi,
+        zp: p.zp,
+    });
     let row_len = sp[2] * c;
-    for (li, out_line) in out.chunks_exact_mut(osp[2] * c).enumerate() {
+    // input row (id, ih) of batch b, None when in the padding
+    let input_row = |b: usize, id: isize, ih: isize| -> Option<&[u8]> {
+        if id < 0 || id as usize >= sp[0] || ih < 0 || ih as usize >= sp[1] {
+            return None;
+        }
+        let at = ((b * sp[0] + id as usize) * sp[1] + ih as usize) * row_len;
+        Some(&input.x[at..at + row_len])
+    };
+    // one output line from the quads in `buf` with weights `w`
+    let mut finish = |out_line: &mut [T], w: &[i8], buf: &[u8]| {
+        let qs: Vec<&[u8]> = buf.chunks_exact(quad_len).collect();
+        match (&rq, T::as_u8_mut(out_line)) {
+            (Some(rq), Some(bytes)) => (k.accumulate_requant)(&qs, &line, w, &lc.init, rq, bytes),
+            (_, _) => {
+                (k.accumulate)(&qs, &line, w, &lc.init, acc);
+                for (px, a) in out_line.chunks_exact_mut(c).zip(acc.chunks_exact(cs)) {
+                    ctx.stage.requantize_row(&a[..c], 0, px);
+                }
+            }
+        }
+    };
+    let line_len = osp[2] * c;
+    let n_lines = out.len() / line_len;
+    let mut li = 0;
+    while li < n_lines {
         let l = l0 + li;
         let oh = l % osp[1];
         let od = (l / osp[1]) % osp[0];
         let b = l / (osp[1] * osp[0]);
-        // kernel row r (= kd·kh_n + kh) → its input row, None when in the padding
-        let row = |r: usize| -> Option<&[u8]> {
-            if r >= rows {
-                return None;
-            }
-            let id = (od * geom.stride[0] + (r / kh_n) * geom.dilation[0]) as isize
-                - geom.padding[0] as isize;
-            let ih = (oh * geom.stride[1] + (r % kh_n) * geom.dilation[1]) as isize
-                - geom.padding[1] as isize;
-            if id < 0 || id as usize >= sp[0] || ih < 0 || ih as usize >= sp[1] {
-                return None;
-            }
-            let at = ((b * sp[0] + id as usize) * sp[1] + ih as usize) * row_len;
-            Some(&input.x[at..at + row_len])
-        };
+        let id0 = (od * geom.stride[0]) as isize - geom.padding[0] as isize;
+        let ih0 = (oh * geom.stride[1]) as isize - geom.padding[1] as isize;
+        let pair = w_down.filter(|_| li + 1 < n_lines && oh + 1 < osp[1]);
         for (q, qb) in buf.chunks_exact_mut(quad_len).enumerate() {
-            let four = [row(4 * q), row(4 * q + 1), row(4 * q + 2), row(4 * q + 3)];
+            let four: [Option<&[u8]>; 4] = std::array::from_fn(|j| {
+                let r = 4 * q + j;
+                if pair.is_some() {
+                    // quad row r: input row ih0 + r (kd = 1, rows kh + 1 for the pair)
+                    (r <= rows)
+                        .then(|| input_row(b, id0, ih0 + r as isize))
+                        .flatten()
+                } else if r < rows {
+                    let id = id0 + ((r / kh_n) * geom.dilation[0]) as isize;
+                    let ih = ih0 + ((r % kh_n) * geom.dilation[1]) as isize;
+                    input_row(b, id, ih)
+                } else {
+                    None
+                }
+            });
             (k.build_quad)(&four, c, pw, input.zp, qb);
         }
-        let qs: Vec<&[u8]> = buf.chunks_exact(quad_len).collect();
-        (k.accumulate)(&qs, &line, wl, init, acc);
-        for (px, a) in out_line.chunks_exact_mut(c).zip(acc.chunks_exact(cs)) {
-            ctx.stage.requantize_row(&a[..c], 0, px);
+        let (first, rest) = out[li * line_len..].split_at_mut(line_len);
+        finish(first, lc.w, buf);
+        if let Some(w1) = pair {
+            finish(&mut rest[..line_len], w1, buf);
+            li += 2;
+        } else {
+            li += 1;
         }
     }
 }

@@ -249,7 +249,6 @@ impl ConvInput<'_> {
         let (geom, sp, osp, c) = (&self.geom, self.sp, self.osp, self.c);
         let [kd_n, kh_n, kw_n] = geom.kernel;
         let k = kd_n * kh_n * kw_n * cin_g;
-        let plane = kh_n * kw_n * cin_g; // bytes of one kd slice of a patch
         let line = kw_n * cin_g; // bytes of one (kd, kh) line of a patch
         let runs = geom.dilation[2] == 1 && cin_g == c;
         let zp = self.zp;
@@ -267,80 +266,93 @@ impl ConvInput<'_> {
             return;
         }
         let inside = |v: isize, n: usize| v >= 0 && (v as usize) < n;
-        // output position of the first row, then stepped row by row (no divisions per row)
-        let r0 = rows.start;
-        let (mut ow, mut oh) = (r0 % osp[2], (r0 / osp[2]) % osp[1]);
-        let (mut od, mut b) = (
-            (r0 / (osp[2] * osp[1])) % osp[0],
-            r0 / (osp[2] * osp[1] * osp[0]),
-        );
-        for row in data.chunks_exact_mut(kp).take(rows.len()) {
-            let row = &mut row[..k];
-            let (ow, oh, od, b) = {
-                let here = (ow, oh, od, b);
-                ow += 1;
-                if ow == osp[2] {
-                    ow = 0;
-                    oh += 1;
-                    if oh == osp[1] {
-                        oh = 0;
-                        od += 1;
-                        if od == osp[0] {
-                            od = 0;
-                            b += 1;
-                        }
-                    }
-                }
-                here
-            };
-            let iw0 = (ow * geom.stride[2]) as isize - geom.padding[2] as isize;
+        let mut data_rows = data.chunks_exact_mut(kp).take(rows.len());
+        // rows (output pixels) go by segments of one output line: the input rows a line reads
+        // are found once per segment, then each pixel with its whole kernel width inside the
+        // input copies one run per kernel row
+        let mut src_rows: Vec<Option<usize>> = Vec::with_capacity(kd_n * kh_n);
+        let mut r = rows.start;
+        while r < rows.end {
+            let ow_first = r % osp[2];
+            let oh = (r / osp[2]) % osp[1];
+            let od = (r / (osp[2] * osp[1])) % osp[0];
+            let b = r / (osp[2] * osp[1] * osp[0]);
+            let seg = (osp[2] - ow_first).min(rows.end - r);
+            src_rows.clear();
             for kd in 0..kd_n {
                 let id = (od * geom.stride[0] + kd * geom.dilation[0]) as isize
                     - geom.padding[0] as isize;
-                let dst_d = &mut row[kd * plane..(kd + 1) * plane];
-                if !inside(id, sp[0]) {
-                    dst_d.fill(zp);
-                    continue;
-                }
                 for kh in 0..kh_n {
                     let ih = (oh * geom.stride[1] + kh * geom.dilation[1]) as isize
                         - geom.padding[1] as isize;
-                    let dst = &mut dst_d[kh * line..(kh + 1) * line];
-                    if !inside(ih, sp[1]) {
-                        dst.fill(zp);
-                        continue;
-                    }
-                    let pix0 = ((b * sp[0] + id as usize) * sp[1] + ih as usize) * sp[2];
-                    if runs {
-                        // taps lo..hi fall inside the row of the input
-                        let lo = (-iw0).clamp(0, kw_n as isize) as usize;
-                        let hi = (sp[2] as isize - iw0).clamp(lo as isize, kw_n as isize) as usize;
-                        // (the empty fills skipped: a call per line costs more than the copy)
-                        if lo > 0 {
+                    src_rows.push(
+                        (inside(id, sp[0]) && inside(ih, sp[1]))
+                            .then(|| ((b * sp[0] + id as usize) * sp[1] + ih as usize) * sp[2]),
+                    );
+                }
+            }
+            for ow in ow_first..ow_first + seg {
+                let row = &mut data_rows.next().expect("one packed row per output pixel")[..k];
+                let iw0 = (ow * geom.stride[2]) as isize - geom.padding[2] as isize;
+                let whole = runs && iw0 >= 0 && iw0 as usize + kw_n <= sp[2];
+                for (dst, src) in row.chunks_exact_mut(line).zip(&src_rows) {
+                    match src {
+                        None => dst.fill(zp),
+                        Some(pix0) if whole => {
+                            let at = (pix0 + iw0 as usize) * c;
+                            copy_run(dst, &self.x[at..at + line]);
+                        }
+                        Some(pix0) if runs => {
+                            // taps lo..hi fall inside the row of the input
+                            let lo = (-iw0).clamp(0, kw_n as isize) as usize;
+                            let hi =
+                                (sp[2] as isize - iw0).clamp(lo as isize, kw_n as isize) as usize;
                             dst[..lo * c].fill(zp);
-                        }
-                        if hi > lo {
-                            let src = (pix0 + (iw0 + lo as isize) as usize) * c;
-                            dst[lo * c..hi * c].copy_from_slice(&self.x[src..src + (hi - lo) * c]);
-                        }
-                        if hi < kw_n {
+                            if hi > lo {
+                                let at = (pix0 + (iw0 + lo as isize) as usize) * c;
+                                dst[lo * c..hi * c]
+                                    .copy_from_slice(&self.x[at..at + (hi - lo) * c]);
+                            }
                             dst[hi * c..].fill(zp);
                         }
-                    } else {
-                        for kw in 0..kw_n {
-                            let iw = iw0 + (kw * geom.dilation[2]) as isize;
-                            let d = &mut dst[kw * cin_g..(kw + 1) * cin_g];
-                            if inside(iw, sp[2]) {
-                                let src = (pix0 + iw as usize) * c + gi * cin_g;
-                                d.copy_from_slice(&self.x[src..src + cin_g]);
-                            } else {
-                                d.fill(zp);
+                        Some(pix0) => {
+                            for kw in 0..kw_n {
+                                let iw = iw0 + (kw * geom.dilation[2]) as isize;
+                                let d = &mut dst[kw * cin_g..(kw + 1) * cin_g];
+                                if inside(iw, sp[2]) {
+                                    let at = (pix0 + iw as usize) * c + gi * cin_g;
+                                    d.copy_from_slice(&self.x[at..at + cin_g]);
+                                } else {
+                                    d.fill(zp);
+                                }
                             }
                         }
                     }
                 }
             }
+            r += seg;
         }
+    }
+}
+
+/// `dst.copy_from_slice(src)` for one im2col run: runs of up to 32 bytes (a stem's 3x3 rows of
+/// 3 channels: 9 bytes) as two overlapping fixed-size moves instead of a `memcpy` call.
+#[inline(always)]
+fn copy_run(dst: &mut [u8], src: &[u8]) {
+    let n = dst.len();
+    macro_rules! two {
+        ($w:expr) => {{
+            let a: [u8; $w] = src[..$w].try_into().unwrap();
+            let b: [u8; $w] = src[n - $w..n].try_into().unwrap();
+            dst[..$w].copy_from_slice(&a);
+            dst[n - $w..].copy_from_slice(&b);
+        }};
+    }
+    match n {
+        4..=7 => two!(4),
+        8..=15 => two!(8),
+        16..=32 => two!(16),
+        _ => dst.copy_from_slice(src),
     }
 }
 
@@ -924,6 +936,16 @@ mod tests {
                         qmax: 127,
                         relu: false,
                     };
+                    // u8 outputs (requantized inside the line kernels), zero point 128, with
+                    // and without a fused ReLU
+                    let expect_u8 = |relu: bool| -> Vec<u8> {
+                        want.iter()
+                            .map(|&v| {
+                                let q = ((v as f64) / out_scale as f64).round_ties_even() + 128.0;
+                                q.clamp(if relu { 128.0 } else { 0.0 }, 255.0) as u8
+                            })
+                            .collect()
+                    };
                     for e in available_engines() {
                         for threads in [1, 3] {
                             let (got, _) =
@@ -935,6 +957,26 @@ mod tests {
                             "geometry {gi} channels {c} weights {variant} engine {} threads {threads}",
                             e.name()
                         );
+                            for relu in [false, true] {
+                                let args_u8 = ConvArgs {
+                                    out_zp: 128,
+                                    qmin: 0,
+                                    qmax: 255,
+                                    relu,
+                                    ..args
+                                };
+                                let (got, _) = conv_static_blocked::<u8>(
+                                    e, &x, n, sp, &pc, &args_u8, threads, None,
+                                )
+                                .unwrap();
+                                assert_eq!(
+                                    got,
+                                    expect_u8(relu),
+                                    "u8 relu {relu} geometry {gi} channels {c} weights {variant} \
+                                     engine {} threads {threads}",
+                                    e.name()
+                                );
+                            }
                         }
                     }
                 }

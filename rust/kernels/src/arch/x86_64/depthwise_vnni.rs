@@ -10,7 +10,7 @@
 //! against the initial accumulator `−zx·Σ_t (w − zw)`, so border pixels take the same path.
 //! Used when every centered weight `w − zw` fits in i8 (always so for symmetric weights).
 
-use crate::arch::depthwise::LineGeometry;
+use crate::arch::depthwise::{LineGeometry, PlainRequant};
 use std::arch::x86_64::*;
 
 /// Channels per column of a quad buffer: `c` rounded up to 64 (one zmm per 16 of them).
@@ -128,16 +128,9 @@ unsafe fn build_quad_impl(
     }
 }
 
-/// `acc[p·cs + ch] = init[ch] + Σ_q Σ_k Σ_r quads[q][((p·stride + k·dilation)·cs + ch)·4 + r] ·
-/// w[((k·nq + q)·cs + ch)·4 + r]` for `p < count` and `ch` below `c` rounded up to 16
-/// (`cs = column_stride(c)`, `w` from [`line_weights`], `nq = quads.len()`); exact i32.
-pub(crate) fn accumulate(
-    quads: &[&[u8]],
-    g: &LineGeometry,
-    w: &[i8],
-    init: &[i32],
-    acc: &mut [i32],
-) {
+/// Checks the arguments of [`accumulate`] / [`accumulate_requant`] and returns the quad
+/// pointers.
+fn check_line(quads: &[&[u8]], g: &LineGeometry, w: &[i8], init: &[i32]) -> Vec<*const u8> {
     assert!(
         super::has_avx512vnni(),
         "AVX-512 VNNI depthwise kernel on a CPU without it"
@@ -159,22 +152,127 @@ pub(crate) fn accumulate(
         "line weights too short"
     );
     assert!(init.len() >= cs, "initial accumulators too short");
+    quads.iter().map(|q| q.as_ptr()).collect()
+}
+
+/// `acc[p·cs + ch] = init[ch] + Σ_q Σ_k Σ_r quads[q][((p·stride + k·dilation)·cs + ch)·4 + r] ·
+/// w[((k·nq + q)·cs + ch)·4 + r]` for `p < count` and `ch` below `c` rounded up to 16
+/// (`cs = column_stride(c)`, `w` from [`line_weights`], `nq = quads.len()`); exact i32.
+pub(crate) fn accumulate(
+    quads: &[&[u8]],
+    g: &LineGeometry,
+    w: &[i8],
+    init: &[i32],
+    acc: &mut [i32],
+) {
+    let ptrs = check_line(quads, g, w, init);
+    let cs = column_stride(g.c);
     assert!(acc.len() >= g.count * cs, "accumulators too short");
-    let ptrs: Vec<*const u8> = quads.iter().map(|q| q.as_ptr()).collect();
-    // SAFETY: AVX-512 VNNI checked above; every read below is within the lengths checked above:
-    // pixel p, column k reads quad column p·stride + k·dilation ≤ span, channels < cs.
-    unsafe { accumulate_impl(&ptrs, g, w.as_ptr(), init.as_ptr(), acc.as_mut_ptr()) }
+    let store = StoreI32 {
+        acc: acc.as_mut_ptr(),
+        cs,
+    };
+    // SAFETY: AVX-512 VNNI checked; every read is within the lengths check_line proved (pixel
+    // p, column k reads quad column p·stride + k·dilation ≤ span, channels < cs) and every
+    // write within acc[.. count·cs] (checked above).
+    unsafe { accumulate_impl(&ptrs, g, w.as_ptr(), init.as_ptr(), &store) }
+}
+
+/// [`accumulate`] followed by the plain requantization of each accumulator, written as bytes:
+/// `out[p·c + ch] = rne(clamp((acc + bias[ch])·mult[ch], lo, hi)) + zp` for `ch < c` (the same
+/// bits as `Requantize`'s plain rule; `bias` and `mult` hold `cs` values, the outputs lie in a
+/// byte's range by the caller's clamp bounds).
+pub(crate) fn accumulate_requant(
+    quads: &[&[u8]],
+    g: &LineGeometry,
+    w: &[i8],
+    init: &[i32],
+    rq: &PlainRequant<'_>,
+    out: &mut [u8],
+) {
+    let ptrs = check_line(quads, g, w, init);
+    let cs = column_stride(g.c);
+    assert!(
+        rq.bias.len() >= cs && rq.mult.len() >= cs,
+        "requantization factors too short"
+    );
+    assert!(out.len() >= g.count * g.c, "output too short");
+    let store = StoreBytes {
+        out: out.as_mut_ptr(),
+        c: g.c,
+        bias: rq.bias.as_ptr(),
+        mult: rq.mult.as_ptr(),
+        lo: rq.lo,
+        hi: rq.hi,
+        zp: rq.zp,
+    };
+    // SAFETY: as in `accumulate`; StoreBytes writes out[p·c + ch] for ch < c only (masked) and
+    // reads bias/mult below cs (checked above).
+    unsafe { accumulate_impl(&ptrs, g, w.as_ptr(), init.as_ptr(), &store) }
+}
+
+/// What happens to 16 finished accumulators (channels `ch..ch + 16` of pixel `p`).
+trait Finish {
+    /// # Safety
+    /// AVX-512F/BW available; the pixel and channels are inside the line the store was made for.
+    unsafe fn finish(&self, p: usize, ch: usize, v: __m512i);
+}
+
+/// Accumulators to `acc[p·cs + ch ..]`.
+struct StoreI32 {
+    acc: *mut i32,
+    cs: usize,
+}
+
+impl Finish for StoreI32 {
+    #[inline(always)]
+    unsafe fn finish(&self, p: usize, ch: usize, v: __m512i) {
+        _mm512_storeu_si512(self.acc.add(p * self.cs + ch) as *mut _, v);
+    }
+}
+
+/// Requantized bytes to `out[p·c + ch ..]`, channels past `c` masked off.
+struct StoreBytes {
+    out: *mut u8,
+    c: usize,
+    bias: *const f32,
+    mult: *const f32,
+    lo: f32,
+    hi: f32,
+    zp: i32,
+}
+
+impl Finish for StoreBytes {
+    #[inline(always)]
+    unsafe fn finish(&self, p: usize, ch: usize, v: __m512i) {
+        let b = _mm512_loadu_ps(self.bias.add(ch));
+        let m = _mm512_loadu_ps(self.mult.add(ch));
+        let f = _mm512_mul_ps(_mm512_add_ps(_mm512_cvtepi32_ps(v), b), m);
+        let f = _mm512_min_ps(
+            _mm512_max_ps(f, _mm512_set1_ps(self.lo)),
+            _mm512_set1_ps(self.hi),
+        );
+        // round half to even (the default rounding mode), then the zero point
+        let q = _mm512_add_epi32(_mm512_cvtps_epi32(f), _mm512_set1_epi32(self.zp));
+        let left = self.c - ch;
+        let mask: __mmask16 = if left >= 16 {
+            0xFFFF
+        } else {
+            (1u16 << left) - 1
+        };
+        _mm512_mask_cvtepi32_storeu_epi8(self.out.add(p * self.c + ch) as *mut _, mask, q);
+    }
 }
 
 /// # Safety
-/// As checked by [`accumulate`].
+/// As checked by [`check_line`], with `store` valid for every pixel and channel of the line.
 #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
-unsafe fn accumulate_impl(
+unsafe fn accumulate_impl<F: Finish>(
     quads: &[*const u8],
     g: &LineGeometry,
     w: *const i8,
     init: *const i32,
-    acc: *mut i32,
+    store: &F,
 ) {
     // (quad column offset, weights) of every (kernel column, quad), in bytes from the line start
     let cs = column_stride(g.c);
@@ -191,10 +289,10 @@ unsafe fn accumulate_impl(
     for g0 in (0..g.c).step_by(64) {
         // about 12 accumulators: pixels × 16-channel blocks
         match (g.c - g0).min(64).div_ceil(16) {
-            4 => group::<4, 3>(&taps, g, init, acc, g0),
-            3 => group::<3, 4>(&taps, g, init, acc, g0),
-            2 => group::<2, 6>(&taps, g, init, acc, g0),
-            _ => group::<1, 8>(&taps, g, init, acc, g0),
+            4 => group::<4, 3, F>(&taps, g, init, store, g0),
+            3 => group::<3, 4, F>(&taps, g, init, store, g0),
+            2 => group::<2, 6, F>(&taps, g, init, store, g0),
+            _ => group::<1, 8, F>(&taps, g, init, store, g0),
         }
     }
 }
@@ -206,11 +304,11 @@ unsafe fn accumulate_impl(
 /// As [`accumulate_impl`]; `taps` from it.
 #[inline]
 #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
-unsafe fn group<const S: usize, const P: usize>(
+unsafe fn group<const S: usize, const P: usize, F: Finish>(
     taps: &[(*const u8, *const i8)],
     g: &LineGeometry,
     init: *const i32,
-    acc: *mut i32,
+    store: &F,
     g0: usize,
 ) {
     let cs = column_stride(g.c);
@@ -236,7 +334,7 @@ unsafe fn group<const S: usize, const P: usize>(
         }
         for (i, ai) in a.iter().enumerate() {
             for j in 0..S {
-                _mm512_storeu_si512(acc.add((p + i) * cs + g0 + 16 * j) as *mut _, ai[j]);
+                store.finish(p + i, g0 + 16 * j, ai[j]);
             }
         }
         p += P;
@@ -253,7 +351,7 @@ unsafe fn group<const S: usize, const P: usize>(
             }
         }
         for j in 0..S {
-            _mm512_storeu_si512(acc.add(p * cs + g0 + 16 * j) as *mut _, a[j]);
+            store.finish(p, g0 + 16 * j, a[j]);
         }
         p += 1;
     }
