@@ -37,6 +37,29 @@ impl<T: Copy> Aligned<T> {
         Ok(Aligned { v, off, len })
     }
 
+    /// `len` elements in the storage of `v` (a buffer from [`Aligned::into_vec`]: callers that
+    /// run often keep one per thread instead of allocating and faulting in fresh memory). The
+    /// elements hold whatever the buffer held, or `fill` where it grows.
+    pub(crate) fn reuse(mut v: Vec<T>, len: usize, fill: T, what: &str) -> Result<Self> {
+        let extra = ALIGN / std::mem::size_of::<T>().max(1);
+        let need = len.saturating_add(extra);
+        if v.len() < need {
+            v.try_reserve_exact(need - v.len()).map_err(|_| {
+                crate::error::KernelError::OutOfMemory(format!(
+                    "cannot allocate {what} ({need} elements)"
+                ))
+            })?;
+            v.resize(need, fill);
+        }
+        let off = v.as_ptr().align_offset(ALIGN).min(extra);
+        Ok(Aligned { v, off, len })
+    }
+
+    /// The storage back, for [`Aligned::reuse`].
+    pub(crate) fn into_vec(self) -> Vec<T> {
+        self.v
+    }
+
     /// A copy of `src`, aligned.
     pub(crate) fn from_slice(src: &[T], what: &str) -> Result<Self>
     where
@@ -74,6 +97,9 @@ mod tests {
             if len > 0 {
                 assert_eq!(a.as_slice().as_ptr() as usize % ALIGN, 0);
             }
+            let r = Aligned::reuse(a.into_vec(), len + 3, 9u8, "test").unwrap();
+            assert_eq!(r.as_slice().len(), len + 3);
+            assert_eq!(r.as_slice().as_ptr() as usize % ALIGN, 0);
             let src: Vec<i32> = (0..len as i32).collect();
             let b = Aligned::from_slice(&src, "test").unwrap().clone();
             assert_eq!(b.as_slice(), &src[..]);

@@ -9,7 +9,7 @@
 //! `zw[j]`), `acc = Σ a·w − za·colsum[j] − zw[j]·rowsum[i] + K·za·zw[j]`, computed with
 //! wrapping i32 arithmetic (exact whenever the true value fits in i32).
 
-use crate::arch::PlainRequant;
+use crate::arch::{FusedOut, Panels, PlainRequant, TileKernel};
 use crate::error::{check_len, KernelError, Result};
 use crate::packed::{PackedA, PackedWeights};
 use crate::quantize::{rne_to_i32, QInt};
@@ -45,7 +45,10 @@ impl<'a> Correction<'a> {
                     .wrapping_mul(zw)
                     .wrapping_sub(za.wrapping_mul(cs))
             })
-            .collect();
+            .collect::<Vec<i32>>();
+        // padded to whole panels for kernels that read 16 columns at a time
+        let mut col_term = col_term;
+        col_term.resize(w.panels() * crate::packed::NR, 0);
         Correction {
             col_term,
             row_za,
@@ -195,6 +198,22 @@ pub trait OutputStage: Sync {
     /// Whether `store` reads the output it writes (an accumulating stage): then every tile must
     /// see the output's current values.
     fn reads_output(&self) -> bool {
+        false
+    }
+    /// Computes and stores the tile `p` (rows from `row0`, columns from `col0`) in one pass
+    /// through the kernel's requantizing entry, where the stage and the kernel allow it; false
+    /// (nothing done) otherwise, and the driver runs `dot` + [`OutputStage::store`]. A hook for
+    /// this crate's driver: its kernel types cannot be named or built outside the crate.
+    #[allow(private_interfaces)]
+    fn store_fused(
+        &self,
+        _corr: &Correction<'_>,
+        _kern: &TileKernel,
+        _p: &Panels<'_>,
+        _at_tile: (usize, usize),
+        _out: &mut [Self::Out],
+        _at: OutAt,
+    ) -> bool {
         false
     }
 }
@@ -358,6 +377,8 @@ impl OutputStage for DequantF32 {
 pub struct Requantize<T: QInt> {
     /// Every `mult` finite and > 0 and every `bias_q` finite: `v` is never NaN.
     plain: bool,
+    /// Output columns (`mult` and `bias_q` are padded past them to whole 16-column panels).
+    n: usize,
     mult: Vec<f32>,
     bias_q: Vec<f32>,
     out_zp: i32,
@@ -432,8 +453,14 @@ impl<T: QInt> Requantize<T> {
         // positive: then the store clamps with plain min/max (the usual case, vectorised)
         let plain = mult.iter().all(|&m: &f32| m.is_finite() && m > 0.0)
             && bias_q.iter().all(|b: &f32| b.is_finite());
+        // padded to whole panels (mult 1, bias 0) for kernels that read 16 columns at a time
+        let (mut mult, mut bias_q) = (mult, bias_q);
+        let padded = n.div_ceil(crate::packed::NR) * crate::packed::NR;
+        mult.resize(padded, 1.0);
+        bias_q.resize(padded, 0.0);
         Ok(Requantize {
             plain,
+            n,
             mult,
             bias_q,
             out_zp,
@@ -530,6 +557,41 @@ impl<T: QInt> Requantize<T> {
 
 impl<T: QInt> OutputStage for Requantize<T> {
     type Out = T;
+    #[inline(always)]
+    #[allow(private_interfaces)]
+    fn store_fused(
+        &self,
+        corr: &Correction<'_>,
+        kern: &TileKernel,
+        p: &Panels<'_>,
+        (row0, col0): (usize, usize),
+        out: &mut [T],
+        at: OutAt,
+    ) -> bool {
+        // u8 outputs, the plain rule, and a correction without row terms
+        if !kern.requantizes() || !self.plain || corr.row_za.is_some() || corr.has_w_zp {
+            return false;
+        }
+        let width = p.panels * crate::packed::NR;
+        let cols = width.min(self.n - col0);
+        let start = (row0 - at.row0) * at.ld + (col0 - at.col0);
+        let Some(bytes) = T::as_u8_mut(&mut out[start..]) else {
+            return false;
+        };
+        let f = FusedOut {
+            off: &corr.col_term[col0..col0 + width],
+            rq: PlainRequant {
+                bias: &self.bias_q[col0..col0 + width],
+                mult: &self.mult[col0..col0 + width],
+                lo: self.lo,
+                hi: self.hi,
+                zp: self.out_zp,
+            },
+            cols,
+            ld: at.ld,
+        };
+        kern.dot_requant(p, &f, bytes)
+    }
     #[inline(always)]
     fn store(&self, corr: &Correction<'_>, t: Tile<'_>, out: &mut [T], at: OutAt) {
         let mut acc = [0i32; MAX_TILE_COLS];

@@ -27,7 +27,7 @@ pub(crate) use depthwise::{
 pub use engine::{
     available_engines, best_engine, current_engine, engine_setting, set_engine, Engine, ALL_ENGINES,
 };
-pub(crate) use tile::{tile_kernel, AForm, Panels, TileKernel};
+pub(crate) use tile::{tile_kernel, AForm, FusedOut, Panels, TileKernel};
 pub use tile::{KR, NR};
 pub(crate) use vectorize::{with_features, Vectorized};
 

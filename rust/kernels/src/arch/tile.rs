@@ -57,6 +57,24 @@ pub(crate) struct Panels<'a> {
 /// The CPU supports the kernel's instructions, and [`TileKernel::dot`]'s checks hold.
 pub(crate) type DotFn = unsafe fn(&Panels<'_>, &mut [i32]);
 
+/// A tile requantized in the kernel's registers (u8 outputs): for row `r < rows` and column
+/// `c < cols`, `out[r·ld + c] = rne(clamp((dot + off[c] + bias[c])·mult[c], lo, hi)) + zp`, the
+/// output stage's plain rule with the zero-point correction `off` (per column: no row term).
+/// `off`, `rq.bias` and `rq.mult` hold at least `panels·16` values.
+#[derive(Clone, Copy)]
+pub(crate) struct FusedOut<'a> {
+    pub off: &'a [i32],
+    pub rq: super::PlainRequant<'a>,
+    pub cols: usize,
+    pub ld: usize,
+}
+
+/// `dot_requant(panels, fused, out)`, see [`FusedOut`].
+///
+/// # Safety
+/// The CPU supports the kernel's instructions, and [`TileKernel::dot_requant`]'s checks hold.
+pub(crate) type DotRequantFn = unsafe fn(&Panels<'_>, &FusedOut<'_>, &mut [u8]);
+
 /// A micro-kernel: exact `u8 × s8 → i32` dot products of up to `mr` activation rows with up to
 /// `np` weight panels.
 ///
@@ -69,6 +87,7 @@ pub(crate) struct TileKernel {
     a_form: AForm,
     needs_7bit: bool,
     dot: DotFn,
+    dot_requant: Option<DotRequantFn>,
 }
 
 impl TileKernel {
@@ -104,12 +123,60 @@ impl TileKernel {
             a_form,
             needs_7bit,
             dot,
+            dot_requant: None,
         }
+    }
+
+    /// For the ISA files: the same kernel with a requantizing entry ([`FusedOut`]).
+    pub(super) const fn with_requant(self, f: DotRequantFn) -> Self {
+        TileKernel {
+            dot_requant: Some(f),
+            ..self
+        }
+    }
+
+    /// Whether [`TileKernel::dot_requant`] runs on this kernel.
+    pub(crate) fn requantizes(&self) -> bool {
+        self.dot_requant.is_some()
+    }
+
+    /// The tile's dot products requantized into `out` (see [`FusedOut`]), after checking every
+    /// length; false (nothing written) when this kernel has no requantizing entry.
+    #[inline]
+    pub(crate) fn dot_requant(&self, p: &Panels<'_>, f: &FusedOut<'_>, out: &mut [u8]) -> bool {
+        let Some(run) = self.dot_requant else {
+            return false;
+        };
+        self.check(p);
+        let width = p.panels * NR;
+        assert!(f.cols >= 1 && f.cols <= width, "columns out of range");
+        assert!(
+            f.off.len() >= width && f.rq.bias.len() >= width && f.rq.mult.len() >= width,
+            "requantization factors too short"
+        );
+        assert!(f.ld >= f.cols, "output rows overlap");
+        assert!(
+            out.len() >= (p.rows - 1) * f.ld + f.cols,
+            "output tile too short"
+        );
+        // SAFETY: as in `dot`; the lengths were checked above.
+        unsafe { run(p, f, out) };
+        true
     }
 
     /// Runs the kernel after checking every length it relies on.
     #[inline]
     pub(crate) fn dot(&self, p: &Panels<'_>, out: &mut [i32]) {
+        self.check(p);
+        assert!(out.len() >= p.rows * self.np * NR, "output tile too short");
+        // SAFETY: a TileKernel comes only from `tile_kernel`, which hands out kernels of engines
+        // this CPU runs; the lengths were checked above.
+        unsafe { (self.dot)(p, out) }
+    }
+
+    /// The checks on the operands both entries rely on.
+    #[inline]
+    fn check(&self, p: &Panels<'_>) {
         assert_eq!(p.kp % KR, 0, "kp must be a multiple of 4");
         assert!((1..=self.mr).contains(&p.rows), "rows out of range");
         assert!((1..=self.np).contains(&p.panels), "panels out of range");
@@ -122,15 +189,11 @@ impl TileKernel {
         }
         assert!(p.w.len() >= p.panels * p.kp * NR, "weight panels too short");
         assert!(p.col_sums.len() >= p.panels * NR, "column sums too short");
-        assert!(out.len() >= p.rows * self.np * NR, "output tile too short");
         // exactness rests on this: a value above 127 could saturate an i16 pair sum
         assert!(
             !self.needs_7bit || p.a_max <= 127,
             "7-bit kernel given activations above 127"
         );
-        // SAFETY: a TileKernel comes only from `tile_kernel`, which hands out kernels of engines
-        // this CPU runs; the lengths were checked above.
-        unsafe { (self.dot)(p, out) }
     }
 }
 

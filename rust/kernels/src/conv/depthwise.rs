@@ -492,14 +492,25 @@ fn run_lines_with<T: QInt>(ctx: &Ctx<'_, T>, lc: &LineCtx<'_>, l0: usize, out: &
     });
     let width = (osp[2] - 1) * sw + (kw_n - 1) * dw + 1;
     let quad_len = width * cs * 4;
-    // cache-line aligned: the kernel loads whole 64-byte blocks of both
-    let (Ok(mut buf), Ok(mut acc)) = (
-        Aligned::new(quads * quad_len, 0u8, "depthwise line buffers"),
-        Aligned::new(osp[2] * cs, 0i32, "depthwise line buffers"),
+    // cache-line aligned (the kernel loads whole 64-byte blocks of both), kept by the thread
+    // from call to call; the accumulators only where the kernel cannot requantize
+    let acc_len = if lc.rq.is_some() && T::DTYPE == crate::qparams::QDtype::QUInt8 {
+        0
+    } else {
+        osp[2] * cs
+    };
+    let (Ok(mut buf_a), Ok(mut acc_a)) = (
+        Aligned::reuse(
+            LINE_BUF.take(),
+            quads * quad_len,
+            0u8,
+            "depthwise line buffers",
+        ),
+        Aligned::reuse(LINE_ACC.take(), acc_len, 0i32, "depthwise line buffers"),
     ) else {
         return run_lines_portable(ctx, l0, out);
     };
-    let (buf, acc) = (buf.as_mut_slice(), acc.as_mut_slice());
+    let (buf, acc) = (buf_a.as_mut_slice(), acc_a.as_mut_slice());
     let rq = lc.rq.as_ref().map(|p| PlainRequant {
         bias: &p.bias,
         mult: &p.mult,
@@ -566,6 +577,24 @@ fn run_lines_with<T: QInt>(ctx: &Ctx<'_, T>, lc: &LineCtx<'_>, l0: usize, out: &
         } else {
             li += 1;
         }
+    }
+    keep(&LINE_BUF, buf_a.into_vec());
+    keep(&LINE_ACC, acc_a.into_vec());
+}
+
+/// The largest line buffer a thread keeps between calls (bytes).
+const KEEP_LINE_BYTES: usize = 1 << 20;
+
+thread_local! {
+    /// Each thread's quad buffers and accumulators, reused from call to call.
+    static LINE_BUF: std::cell::Cell<Vec<u8>> = const { std::cell::Cell::new(Vec::new()) };
+    static LINE_ACC: std::cell::Cell<Vec<i32>> = const { std::cell::Cell::new(Vec::new()) };
+}
+
+/// Puts `v` back into the thread's slot unless it is larger than [`KEEP_LINE_BYTES`].
+fn keep<T>(slot: &'static std::thread::LocalKey<std::cell::Cell<Vec<T>>>, v: Vec<T>) {
+    if v.len() * std::mem::size_of::<T>() <= KEEP_LINE_BYTES {
+        slot.set(v);
     }
 }
 

@@ -228,6 +228,10 @@ pub(crate) fn run_block<S: OutputStage>(
                 col_sums: cs,
                 panels,
             };
+            if stage.store_fused(corr, &kern, &tile, (r0, col0), out, at) {
+                r0 += nr;
+                continue;
+            }
             kern.dot(&tile, &mut dots);
             stage.store(
                 corr,

@@ -3,16 +3,18 @@
 
 use std::arch::x86_64::*;
 
-use super::super::tile::{AForm, Panels, TileKernel, NR};
+use super::super::tile::{AForm, FusedOut, Panels, TileKernel, NR};
 
 pub(crate) const MR: usize = 8;
 pub(crate) const NP: usize = 3;
-pub(crate) const KERNEL: TileKernel = TileKernel::new(MR, NP, AForm::Bytes, false, dot);
+pub(crate) const KERNEL: TileKernel =
+    TileKernel::new(MR, NP, AForm::Bytes, false, dot).with_requant(dot_requant::<NP>);
 
 /// 6 rows × 64 columns: for weights of a multiple of 4 panels but not of 3 (64, 128, 256
 /// columns), which [`KERNEL`] would finish with a 1- or 2-panel tile. Per K group it loads 10
 /// values for 24 `vpdpbusd` (the 8×48 tile: 11).
-pub(crate) const KERNEL_64: TileKernel = TileKernel::new(6, 4, AForm::Bytes, false, dot64);
+pub(crate) const KERNEL_64: TileKernel =
+    TileKernel::new(6, 4, AForm::Bytes, false, dot64).with_requant(dot_requant::<4>);
 
 /// # Safety
 /// The CPU supports AVX-512 VNNI; [`TileKernel::dot`] checked the lengths.
@@ -88,6 +90,93 @@ unsafe fn tile<const R: usize, const P: usize, const LD: usize>(
     for r in 0..R {
         for p in 0..P {
             _mm512_storeu_si512(out.add(r * LD * NR + p * NR) as *mut _, acc[r][p]);
+        }
+    }
+}
+
+/// The requantizing entry of a tile kernel with `LD` panels per row (see [`FusedOut`]).
+///
+/// # Safety
+/// The CPU supports AVX-512 VNNI; [`TileKernel::dot_requant`] checked the lengths
+/// (`p.panels ≤ LD`).
+unsafe fn dot_requant<const LD: usize>(p: &Panels<'_>, f: &FusedOut<'_>, out: &mut [u8]) {
+    let (kp, a, w, panels) = (p.kp, p.a.as_ptr(), p.w.as_ptr(), p.panels);
+    let o = out.as_mut_ptr();
+    macro_rules! go {
+        ($r:literal) => {
+            match panels {
+                1 => tile_rq::<$r, 1>(a, kp, w, f, o),
+                2 => tile_rq::<$r, 2>(a, kp, w, f, o),
+                3 if LD >= 3 => tile_rq::<$r, 3>(a, kp, w, f, o),
+                _ if LD >= 4 => tile_rq::<$r, 4>(a, kp, w, f, o),
+                _ => unreachable!("panels ≤ LD (TileKernel::dot_requant)"),
+            }
+        };
+    }
+    match p.rows {
+        1 => go!(1),
+        2 => go!(2),
+        3 => go!(3),
+        4 => go!(4),
+        5 => go!(5),
+        6 => go!(6),
+        7 => go!(7),
+        _ => go!(8),
+    }
+}
+
+/// [`tile`] with the requantization of [`FusedOut`] applied in registers and u8 stores
+/// (channels past `f.cols` masked off).
+///
+/// # Safety
+/// As [`tile`]; `f.off`, `f.rq.bias`, `f.rq.mult` hold `P·16` values; `out` holds
+/// `(R − 1)·f.ld + f.cols` bytes.
+#[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
+unsafe fn tile_rq<const R: usize, const P: usize>(
+    a: *const u8,
+    kp: usize,
+    w: *const i8,
+    f: &FusedOut<'_>,
+    out: *mut u8,
+) {
+    let groups = kp / 4;
+    let stride = kp * NR;
+    let mut acc = [[_mm512_setzero_si512(); P]; R];
+    for g in 0..groups {
+        let mut wv = [_mm512_setzero_si512(); P];
+        for p in 0..P {
+            wv[p] = _mm512_loadu_si512(w.add(p * stride + g * 64) as *const _);
+        }
+        for r in 0..R {
+            let av = _mm512_set1_epi32((a.add(r * kp + g * 4) as *const i32).read_unaligned());
+            for p in 0..P {
+                acc[r][p] = _mm512_dpbusd_epi32(acc[r][p], av, wv[p]);
+            }
+        }
+    }
+    let (lo, hi) = (_mm512_set1_ps(f.rq.lo), _mm512_set1_ps(f.rq.hi));
+    let zp = _mm512_set1_epi32(f.rq.zp);
+    for p in 0..P {
+        let c = p * NR;
+        if c >= f.cols {
+            break;
+        }
+        let left = f.cols - c;
+        let mask: __mmask16 = if left >= 16 {
+            0xFFFF
+        } else {
+            (1u16 << left) - 1
+        };
+        let off = _mm512_loadu_si512(f.off.as_ptr().add(c) as *const _);
+        let bias = _mm512_loadu_ps(f.rq.bias.as_ptr().add(c));
+        let mult = _mm512_loadu_ps(f.rq.mult.as_ptr().add(c));
+        for r in 0..R {
+            let v = _mm512_add_epi32(acc[r][p], off);
+            let x = _mm512_mul_ps(_mm512_add_ps(_mm512_cvtepi32_ps(v), bias), mult);
+            let x = _mm512_min_ps(_mm512_max_ps(x, lo), hi);
+            // round half to even (the default rounding mode), then the zero point
+            let q = _mm512_add_epi32(_mm512_cvtps_epi32(x), zp);
+            _mm512_mask_cvtepi32_storeu_epi8(out.add(r * f.ld + c) as *mut _, mask, q);
         }
     }
 }
