@@ -83,7 +83,7 @@ pub fn linear_dynamic_with(
 /// and releases the GIL only for [`DynamicInput::linear`], which reads nothing Python owns.)
 #[derive(Debug, Clone)]
 pub struct DynamicInput {
-    a: PackedA,
+    a: PackedA<'static>,
     /// One entry, or one per row.
     pub qparams: Vec<DynamicQParams>,
     opts: DynamicOptions,

@@ -9,6 +9,7 @@
 
 use crate::aligned::Aligned;
 use crate::arch::{with_features, Engine, Vectorized};
+use std::borrow::Cow;
 use std::sync::OnceLock;
 
 use crate::error::{check_len, checked_numel, try_vec, KernelError, Result};
@@ -220,14 +221,16 @@ fn extend_bcast16(data: &[u8], v: &mut Vec<i16>) {
     }
 }
 
-/// u8 activations (`[M, K]`) copied into rows of `kp` bytes (zero padded), with row sums
-/// and the activation zero point. Building it from floats quantizes in the same pass.
+/// u8 activations (`[M, K]`) in rows of `kp` bytes (zero padded), with row sums and the
+/// activation zero point. Building it from floats quantizes in the same pass. The rows are
+/// owned, or borrowed where the caller's activations already are packed rows
+/// ([`PackedA::borrowed`]: a 1x1 convolution's channels-last input).
 #[derive(Debug, Clone)]
-pub struct PackedA {
+pub struct PackedA<'a> {
     m: usize,
     k: usize,
     kp: usize,
-    data: Vec<u8>,
+    data: Cow<'a, [u8]>,
     row_sums: Vec<i32>,
     zero_point: i32,
     /// Per-row zero points when the rows were quantized with their own qparams.
@@ -240,7 +243,7 @@ pub struct PackedA {
     bcast16: OnceLock<Vec<i16>>,
 }
 
-impl PackedA {
+impl PackedA<'_> {
     /// Wraps already-quantized u8 activations with zero point `zero_point`.
     pub fn from_u8(a: &[u8], m: usize, k: usize, zero_point: i32) -> Result<Self> {
         check_len("activation", checked_numel(&[m, k], "activation")?, a.len())?;
@@ -250,6 +253,55 @@ impl PackedA {
                     dst[..k].copy_from_slice(src);
                 }
             }
+        })
+    }
+
+    /// Rows that already are packed (`m` rows of `k` bytes, `k` a multiple of 4: no padding),
+    /// borrowed without a copy: a 1x1 convolution's channels-last input block. `stats` as in
+    /// [`PackedA::from_fill`].
+    pub fn borrowed(
+        rows: &[u8],
+        m: usize,
+        k: usize,
+        zero_point: i32,
+        stats: bool,
+    ) -> Result<PackedA<'_>> {
+        if !(0..=255).contains(&zero_point) {
+            return Err(KernelError::InvalidQParams(format!(
+                "quint8 activation zero point {zero_point} is outside [0, 255]"
+            )));
+        }
+        if padded_k(k) != k {
+            return Err(KernelError::ShapeMismatch {
+                what: "borrowed activation rows".into(),
+                expected: "a row length that is a multiple of 4".into(),
+                got: format!("{k}"),
+            });
+        }
+        check_len(
+            "activation",
+            checked_numel(&[m, k], "activation")?,
+            rows.len(),
+        )?;
+        let mut row_sums = try_vec(m, 0i32, "activation row sums")?;
+        let mut max = if stats { 0u8 } else { u8::MAX };
+        if k > 0 && stats {
+            for (row, rs) in rows.chunks_exact(k).zip(&mut row_sums) {
+                let (s, mx) = sum_max_u8(row);
+                *rs = s;
+                max = max.max(mx);
+            }
+        }
+        Ok(PackedA {
+            m,
+            k,
+            kp: k,
+            data: Cow::Borrowed(rows),
+            row_sums,
+            zero_point,
+            row_zero_points: None,
+            max,
+            bcast16: OnceLock::new(),
         })
     }
 
@@ -315,7 +367,7 @@ impl PackedA {
             m,
             k,
             kp,
-            data,
+            data: Cow::Owned(data),
             row_sums,
             zero_point,
             row_zero_points: None,
@@ -375,7 +427,7 @@ impl PackedA {
                 m,
                 k,
                 kp,
-                data,
+                data: Cow::Owned(data),
                 row_sums,
                 zero_point: qp.zero_point,
                 row_zero_points: None,
@@ -432,7 +484,7 @@ impl PackedA {
             m,
             k,
             kp,
-            data,
+            data: Cow::Owned(data),
             row_sums,
             zero_point: 0,
             row_zero_points: Some(zps),
@@ -446,9 +498,12 @@ impl PackedA {
         self.m
     }
 
-    /// The packed rows' storage, for [`PackedA::from_fill_reusing`].
+    /// The packed rows' storage, for [`PackedA::from_fill_reusing`] (empty when borrowed).
     pub fn into_data(self) -> Vec<u8> {
-        self.data
+        match self.data {
+            Cow::Owned(v) => v,
+            Cow::Borrowed(_) => Vec::new(),
+        }
     }
 
     /// Per-row zero points, when the rows were quantized per row.
@@ -604,6 +659,21 @@ pub(crate) fn quantize_rows_body(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn borrowed_rows_equal_copied_rows_and_bad_ones_are_errors() {
+        let a: Vec<u8> = (0..24u32).map(|i| (i * 37 % 256) as u8).collect();
+        let b = PackedA::borrowed(&a, 3, 8, 5, true).unwrap();
+        let c = PackedA::from_u8(&a, 3, 8, 5).unwrap();
+        assert_eq!(b.rows(0, 3), c.rows(0, 3));
+        assert_eq!(b.row_sums(), c.row_sums());
+        assert_eq!(b.max_value(), c.max_value());
+        assert_eq!((b.kp(), b.zero_point()), (8, 5));
+        assert!(b.into_data().is_empty());
+        assert!(PackedA::borrowed(&a[..18], 3, 6, 5, true).is_err()); // K not a multiple of 4
+        assert!(PackedA::borrowed(&a[..20], 3, 8, 5, true).is_err()); // too short
+        assert!(PackedA::borrowed(&a, 3, 8, 256, true).is_err()); // zero point
+    }
 
     #[test]
     fn pack_unpack_round_trip_odd_sizes() {

@@ -233,6 +233,19 @@ struct ConvInput<'a> {
 }
 
 impl ConvInput<'_> {
+    /// The input rows of output pixels `rows` when they already are packed activation rows: a
+    /// 1x1 conv (one group, stride 1, no padding) whose channel count is a multiple of 4 reads
+    /// input pixel r for output pixel r, `c` bytes each.
+    fn pointwise_rows(&self, rows: std::ops::Range<usize>) -> Option<&[u8]> {
+        let g = &self.geom;
+        let pointwise = g.groups == 1
+            && g.kernel == [1, 1, 1]
+            && g.stride == [1, 1, 1]
+            && g.padding == [0; 3]
+            && self.c % crate::arch::KR == 0;
+        pointwise.then(|| &self.x[rows.start * self.c..rows.end * self.c])
+    }
+
     /// im2col of output pixels `rows` (flattened over `[n, od, oh, ow]`) for group `gi`
     /// (`cin_g` channels), written straight into packed rows (`kp` bytes apart, the first
     /// `taps·cin_g` written): K ordered (kd, kh, kw, c), padded taps at the zero point. Along the
@@ -550,10 +563,16 @@ fn conv_static_blocked<T: QInt>(
             // row sums feed only the weight zero-point correction, the largest value only
             // AVX2's kernel choice
             let stats = pw.has_zero_points() || engine == Engine::Avx2;
-            let buf = IM2COL.with(|c| c.take());
-            let a = PackedA::from_fill_reusing(buf, m, k, args.x_zp, stats, |data, kp| {
-                input.im2col(gi, cin_g, r.clone(), data, kp)
-            })?;
+            let a = match input.pointwise_rows(r.clone()) {
+                // a 1x1 conv's block already is packed rows: the GEMM reads the input in place
+                Some(rows) => PackedA::borrowed(rows, m, k, args.x_zp, stats)?,
+                None => {
+                    let buf = IM2COL.with(|c| c.take());
+                    PackedA::from_fill_reusing(buf, m, k, args.x_zp, stats, |data, kp| {
+                        input.im2col(gi, cin_g, r.clone(), data, kp)
+                    })?
+                }
+            };
             if g == 1 {
                 gemm(engine, &a, pw, stage, dst, gemm_threads)?;
             } else {
@@ -564,7 +583,7 @@ fn conv_static_blocked<T: QInt>(
             }
             let buf = a.into_data();
             // keep a usual block's buffer for the next call; let a huge one (enormous K) go
-            if buf.capacity() <= KEEP_IM2COL_BYTES {
+            if buf.capacity() > 0 && buf.capacity() <= KEEP_IM2COL_BYTES {
                 IM2COL.with(|c| c.set(buf));
             }
         }

@@ -178,7 +178,7 @@ impl<S: OutputStage> Vectorized for Block<'_, '_, S> {
 /// Everything a block of tiles needs besides its ranges.
 pub(crate) struct Job<'j, S: OutputStage> {
     pub kern: TileKernel,
-    pub a: &'j PackedA,
+    pub a: &'j PackedA<'j>,
     pub w: &'j PackedWeights,
     pub stage: &'j S,
     pub corr: &'j Correction<'j>,
