@@ -1,14 +1,14 @@
 //! `cargo bench -p ferroquant-kernels --bench conv [-- filter]`: static int8 convolutions on
 //! every engine this CPU has, one thread, batch 1, channels-last u8 activations in 0..127 and
-//! symmetric per-channel weights (torch's x86 qconfig): the shapes of the convolution issue and
-//! MobileNetV2's depthwise layers. Throughput is in MACs.
+//! symmetric per-channel weights (torch's x86 qconfig): the shapes of the convolution issue,
+//! MobileNetV2's depthwise layers and stem, and grouped convs (ResNeXt-style). Throughput is in MACs.
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use ferroquant_kernels::available_engines;
 use ferroquant_kernels::conv::{conv_static, ConvGeometry, PackedConv};
 
 /// (name, cin, cout, size, kernel, stride, groups)
-const SHAPES: [(&str, usize, usize, usize, usize, usize, usize); 11] = [
+const SHAPES: [(&str, usize, usize, usize, usize, usize, usize); 13] = [
     ("3x3_64_56", 64, 64, 56, 3, 1, 1),
     ("3x3_256_14", 256, 256, 14, 3, 1, 1),
     ("1x1_128x512_28", 128, 512, 28, 1, 1, 1),
@@ -20,6 +20,8 @@ const SHAPES: [(&str, usize, usize, usize, usize, usize, usize); 11] = [
     ("dw3x3_576_14", 576, 576, 14, 3, 1, 576),
     ("dw3x3_960_7", 960, 960, 7, 3, 1, 960),
     ("dw5x5_240_14", 240, 240, 14, 5, 1, 240),
+    ("g32_3x3_128_56", 128, 128, 56, 3, 1, 32),
+    ("g8_3x3_64_56", 64, 64, 56, 3, 1, 8),
 ];
 
 fn bench_conv(c: &mut Criterion) {

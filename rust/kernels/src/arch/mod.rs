@@ -5,6 +5,7 @@
 //! - [`tile`]: the GEMM micro-kernel interface (raw packed panels) and the kernel table.
 //! - [`vectorize`]: plain-Rust loops compiled per ISA.
 //! - [`depthwise`]: the depthwise-convolution kernel table.
+//! - [`grouped`]: the grouped-convolution kernel table (few channels per group).
 //! - `generic` (portable reference), `x86_64/*`, `aarch64/*`: the ISA code.
 //!
 //! `#[cfg(target_arch)]` only decides which files compile; the engine that runs is chosen at
@@ -15,6 +16,7 @@ pub(crate) mod aarch64;
 pub(crate) mod depthwise;
 pub mod engine;
 pub(crate) mod generic;
+pub(crate) mod grouped;
 pub(crate) mod tile;
 pub(crate) mod vectorize;
 #[cfg(target_arch = "x86_64")]
@@ -26,6 +28,10 @@ pub(crate) use depthwise::{
 };
 pub use engine::{
     available_engines, best_engine, current_engine, engine_setting, set_engine, Engine, ALL_ENGINES,
+};
+pub(crate) use grouped::{
+    grouped_kernel, plan as grouped_plan, weights as grouped_weights, GroupedAccumulateFn,
+    GroupedBlock,
 };
 pub(crate) use tile::{tile_kernel, AForm, FusedOut, Panels, TileKernel};
 pub use tile::{KR, NR};

@@ -8,6 +8,7 @@
 //! (A faster direct depthwise kernel and implicit GEMM come with the conv performance work.)
 
 mod depthwise;
+mod grouped;
 
 use crate::arch::Engine;
 use crate::error::{check_len, checked_numel, try_vec, KernelError, Result};
@@ -97,6 +98,9 @@ pub struct PackedConv {
     groups: Vec<PackedWeights>,
     /// The weights of a depthwise conv (groups = in = out channels), run by the direct kernel.
     depthwise: Option<depthwise::PackedDepthwise>,
+    /// A grouped conv's weights for the engines' grouped kernels (few channels per group, no
+    /// weight zero points), beside the per-group GEMM weights other engines run.
+    grouped: Option<grouped::PackedGrouped>,
 }
 
 impl PackedConv {
@@ -145,6 +149,7 @@ impl PackedConv {
                 cout,
                 groups: Vec::new(),
                 depthwise: Some(dw),
+                grouped: None,
             });
         }
         let mut groups = Vec::with_capacity(g);
@@ -169,12 +174,22 @@ impl PackedConv {
             };
             groups.push(PackedWeights::new(&wg, cout_g, k, s, z)?);
         }
+        // few output channels per group leave the GEMM's 16-column panels mostly empty
+        let grouped = if g > 1 && cout_g < 32 && zero_points.iter().all(|&z| z == 0) {
+            let s: Vec<f32> = (0..cout)
+                .map(|o| scales[if scales.len() == 1 { 0 } else { o }])
+                .collect();
+            grouped::PackedGrouped::new(w, cin, cout, g, taps, s)?
+        } else {
+            None
+        };
         Ok(PackedConv {
             geom,
             cin,
             cout,
             groups,
             depthwise: None,
+            grouped,
         })
     }
 
@@ -219,6 +234,7 @@ impl PackedConv {
     pub fn bytes(&self) -> usize {
         self.groups.iter().map(PackedWeights::bytes).sum::<usize>()
             + self.depthwise.as_ref().map_or(0, |d| d.bytes())
+            + self.grouped.as_ref().map_or(0, |g| g.bytes())
     }
 }
 
@@ -499,6 +515,29 @@ fn conv_static_blocked<T: QInt>(
         depthwise::depthwise(engine, dw, &input, &stage, &mut out, threads)?;
         return Ok((out, osp));
     }
+    if let (Some(gp), Some(kernel)) = (&pc.grouped, crate::arch::grouped_kernel(engine)) {
+        let stage = Requantize::<T>::with_scales(
+            args.x_scale,
+            gp.scales(),
+            args.bias,
+            args.out_scale,
+            args.out_zp,
+            args.qmin,
+            args.qmax,
+            args.relu,
+        )?;
+        let mut out = try_vec(out_numel, T::default(), "the convolution output")?;
+        let input = ConvInput {
+            x,
+            sp: spatial,
+            c: cin,
+            geom,
+            osp,
+            zp: args.x_zp as u8,
+        };
+        grouped::grouped(engine, kernel, gp, &input, &stage, &mut out, threads)?;
+        return Ok((out, osp));
+    }
     // every group's stage is built (and validated) before any work
     let stages = pc
         .groups
@@ -766,6 +805,72 @@ mod tests {
                 [1, 1, 1],
                 1,
             ), // pointwise, K = C
+            (
+                2,
+                [1, 6, 7],
+                16,
+                8,
+                [1, 3, 3],
+                [1, 1, 2],
+                [0, 1, 1],
+                [1, 1, 1],
+                4,
+            ), // grouped: 4 in, 2 out channels per group
+            (
+                1,
+                [1, 5, 5],
+                32,
+                48,
+                [1, 3, 3],
+                [1, 2, 1],
+                [0, 2, 1],
+                [1, 2, 1],
+                8,
+            ), // grouped: 4 in, 6 out per group, dilated
+            (
+                1,
+                [2, 4, 4],
+                24,
+                36,
+                [2, 3, 3],
+                [1, 1, 1],
+                [1, 1, 1],
+                [1, 1, 1],
+                3,
+            ), // grouped conv3d: 8 in, 12 out per group
+            (
+                1,
+                [1, 3, 9],
+                80,
+                30,
+                [1, 1, 3],
+                [1, 1, 1],
+                [0, 0, 1],
+                [1, 1, 1],
+                2,
+            ), // grouped conv1d: 40 in (a window past 64 bytes: the GEMM path), 15 out
+            (
+                1,
+                [1, 4, 5],
+                64,
+                64,
+                [1, 3, 3],
+                [1, 1, 1],
+                [0, 1, 1],
+                [1, 1, 1],
+                16,
+            ), // grouped: 4 in, 4 out per group (ResNeXt-style)
+            (
+                2,
+                [1, 5, 4],
+                48,
+                16,
+                [1, 2, 3],
+                [1, 1, 1],
+                [0, 1, 1],
+                [1, 1, 1],
+                2,
+            ), // grouped: 24 in (6 quads: two kernel passes), 8 out per group
         ];
         for (ci, &(n, sp, cin, cout, kernel, stride, padding, dilation, groups)) in
             cases.iter().enumerate()
