@@ -9,7 +9,71 @@
 
 use std::arch::x86_64::*;
 
-use super::super::tile::{AForm, Panels, TileKernel, NR};
+use super::super::tile::{AForm, FusedOut, Panels, TileKernel, NR};
+
+/// The accumulators of an `R`-row 7-bit tile: per row, columns 0-7 and 8-15 (expanded inside
+/// the `#[target_feature]` callers).
+macro_rules! acc7 {
+    ($r:expr, $a:expr, $kp:expr, $w:expr) => {{
+        let (a, kp, w) = ($a, $kp, $w);
+        let ones = _mm256_set1_epi16(1);
+        let mut acc = [[_mm256_setzero_si256(); 2]; $r];
+        for g in 0..kp / 4 {
+            let w0 = _mm256_loadu_si256(w.add(g * 64) as *const _);
+            let w1 = _mm256_loadu_si256(w.add(g * 64 + 32) as *const _);
+            for r in 0..$r {
+                let av = _mm256_set1_epi32((a.add(r * kp + g * 4) as *const i32).read_unaligned());
+                let p0 = _mm256_madd_epi16(_mm256_maddubs_epi16(av, w0), ones);
+                let p1 = _mm256_madd_epi16(_mm256_maddubs_epi16(av, w1), ones);
+                acc[r][0] = _mm256_add_epi32(acc[r][0], p0);
+                acc[r][1] = _mm256_add_epi32(acc[r][1], p1);
+            }
+        }
+        acc
+    }};
+}
+
+/// Requantizes one row of a 16-column tile (accumulators of columns 0-7 in `$v0`, 8-15 in
+/// `$v1`) by a [`FusedOut`] `$f` and stores its first `$f.cols` bytes at `$out`: the output
+/// stage's plain rule, `rne(clamp((acc + off + bias)·mult, lo, hi)) + zp`, packed to bytes
+/// (exact: the values lie in `[0, 255]` by the clamp bounds). A macro so that it expands inside
+/// the caller's `#[target_feature]` function (AVX2 at least): `f.off`, `f.rq.bias`, `f.rq.mult`
+/// hold 16 values, `$out` `f.cols ≤ 16` bytes.
+macro_rules! store_requant16 {
+    ($v0:expr, $v1:expr, $f:expr, $out:expr) => {{
+        let f: &FusedOut<'_> = $f;
+        let (lo, hi) = (_mm256_set1_ps(f.rq.lo), _mm256_set1_ps(f.rq.hi));
+        let zp = _mm256_set1_epi32(f.rq.zp);
+        macro_rules! one {
+            ($v:expr, $c:expr) => {{
+                let v =
+                    _mm256_add_epi32($v, _mm256_loadu_si256(f.off.as_ptr().add($c) as *const _));
+                let b = _mm256_loadu_ps(f.rq.bias.as_ptr().add($c));
+                let m = _mm256_loadu_ps(f.rq.mult.as_ptr().add($c));
+                let x = _mm256_mul_ps(_mm256_add_ps(_mm256_cvtepi32_ps(v), b), m);
+                let x = _mm256_min_ps(_mm256_max_ps(x, lo), hi);
+                // round half to even (the default rounding mode), then the zero point
+                _mm256_add_epi32(_mm256_cvtps_epi32(x), zp)
+            }};
+        }
+        let (q0, q1) = (one!($v0, 0), one!($v1, 8));
+        // i32 → i16 → u8 in column order (packs work per 128-bit lane)
+        let p16 = _mm256_permute4x64_epi64::<0b11_01_10_00>(_mm256_packs_epi32(q0, q1));
+        let p8 = _mm_packus_epi16(
+            _mm256_castsi256_si128(p16),
+            _mm256_extracti128_si256::<1>(p16),
+        );
+        let out: *mut u8 = $out;
+        if f.cols >= 16 {
+            _mm_storeu_si128(out as *mut _, p8);
+        } else {
+            let mut tmp = [0u8; 16];
+            _mm_storeu_si128(tmp.as_mut_ptr() as *mut _, p8);
+            std::ptr::copy_nonoverlapping(tmp.as_ptr(), out, f.cols);
+        }
+    }};
+}
+pub(super) use store_requant16;
 
 pub(crate) const MR: usize = 6;
 pub(crate) const NP: usize = 1;
@@ -110,7 +174,8 @@ pub(crate) const MR7: usize = 6;
 /// per 3 instructions (the exact kernel above needs 2 instructions per 16). Activations are
 /// read as plain bytes (one 4-byte broadcast per row and K group), weights as packed; one
 /// ymm holds one K group of 8 columns, so a tile is 6 rows × 2 ymm (16 columns).
-pub(crate) const KERNEL_7BIT: TileKernel = TileKernel::new(MR7, 1, AForm::Bytes, true, dot_7bit);
+pub(crate) const KERNEL_7BIT: TileKernel =
+    TileKernel::new(MR7, 1, AForm::Bytes, true, dot_7bit).with_requant(dot_7bit_requant);
 
 /// # Safety
 /// The CPU supports AVX2; [`TileKernel::dot`] checked the lengths (`p.a` rows*kp bytes, `p.w`
@@ -134,21 +199,43 @@ unsafe fn dot_7bit(p: &Panels<'_>, out: &mut [i32]) {
 /// `kp*16` bytes; `out` to `R*16` writable i32; `kp % 4 == 0`.
 #[target_feature(enable = "avx2")]
 unsafe fn tile7<const R: usize>(a: *const u8, kp: usize, w: *const i8, out: *mut i32) {
-    let ones = _mm256_set1_epi16(1);
-    let mut acc = [[_mm256_setzero_si256(); 2]; R];
-    for g in 0..kp / 4 {
-        let w0 = _mm256_loadu_si256(w.add(g * 64) as *const _);
-        let w1 = _mm256_loadu_si256(w.add(g * 64 + 32) as *const _);
-        for r in 0..R {
-            let av = _mm256_set1_epi32((a.add(r * kp + g * 4) as *const i32).read_unaligned());
-            let p0 = _mm256_madd_epi16(_mm256_maddubs_epi16(av, w0), ones);
-            let p1 = _mm256_madd_epi16(_mm256_maddubs_epi16(av, w1), ones);
-            acc[r][0] = _mm256_add_epi32(acc[r][0], p0);
-            acc[r][1] = _mm256_add_epi32(acc[r][1], p1);
-        }
-    }
+    let acc = acc7!(R, a, kp, w);
     for r in 0..R {
         _mm256_storeu_si256(out.add(r * NR) as *mut _, acc[r][0]);
         _mm256_storeu_si256(out.add(r * NR + 8) as *mut _, acc[r][1]);
+    }
+}
+
+/// [`tile7`] requantized by [`FusedOut`] into bytes, rows `f.ld` apart.
+///
+/// # Safety
+/// As [`tile7`]; `f` and `out` as [`TileKernel::dot_requant`] checked them.
+#[target_feature(enable = "avx2")]
+unsafe fn tile7_rq<const R: usize>(
+    a: *const u8,
+    kp: usize,
+    w: *const i8,
+    f: &FusedOut<'_>,
+    out: *mut u8,
+) {
+    let acc = acc7!(R, a, kp, w);
+    for (r, row) in acc.iter().enumerate() {
+        store_requant16!(row[0], row[1], f, out.add(r * f.ld));
+    }
+}
+
+/// The requantizing entry of [`KERNEL_7BIT`] (see [`FusedOut`]).
+///
+/// # Safety
+/// As [`dot_7bit`], with [`TileKernel::dot_requant`]'s checks.
+unsafe fn dot_7bit_requant(p: &Panels<'_>, f: &FusedOut<'_>, out: &mut [u8]) {
+    let (kp, a, w, o) = (p.kp, p.a.as_ptr(), p.w.as_ptr(), out.as_mut_ptr());
+    match p.rows {
+        1 => tile7_rq::<1>(a, kp, w, f, o),
+        2 => tile7_rq::<2>(a, kp, w, f, o),
+        3 => tile7_rq::<3>(a, kp, w, f, o),
+        4 => tile7_rq::<4>(a, kp, w, f, o),
+        5 => tile7_rq::<5>(a, kp, w, f, o),
+        _ => tile7_rq::<6>(a, kp, w, f, o),
     }
 }

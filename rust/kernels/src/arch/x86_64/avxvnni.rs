@@ -3,11 +3,33 @@
 
 use std::arch::x86_64::*;
 
-use super::super::tile::{AForm, Panels, TileKernel, NR};
+use super::super::tile::{AForm, FusedOut, Panels, TileKernel, NR};
+use super::avx2::store_requant16;
+
+/// The accumulators of an `R`-row tile: per row, columns 0-7 and 8-15 (expanded inside the
+/// `#[target_feature]` callers).
+macro_rules! acc {
+    ($r:expr, $a:expr, $kp:expr, $w:expr) => {{
+        let (a, kp, w) = ($a, $kp, $w);
+        let mut lo = [_mm256_setzero_si256(); $r];
+        let mut hi = [_mm256_setzero_si256(); $r];
+        for g in 0..kp / 4 {
+            let w0 = _mm256_loadu_si256(w.add(g * 64) as *const _);
+            let w1 = _mm256_loadu_si256(w.add(g * 64 + 32) as *const _);
+            for r in 0..$r {
+                let av = _mm256_set1_epi32((a.add(r * kp + g * 4) as *const i32).read_unaligned());
+                lo[r] = _mm256_dpbusd_avx_epi32(lo[r], av, w0);
+                hi[r] = _mm256_dpbusd_avx_epi32(hi[r], av, w1);
+            }
+        }
+        (lo, hi)
+    }};
+}
 
 pub(crate) const MR: usize = 6;
 pub(crate) const NP: usize = 1;
-pub(crate) const KERNEL: TileKernel = TileKernel::new(MR, NP, AForm::Bytes, false, dot);
+pub(crate) const KERNEL: TileKernel =
+    TileKernel::new(MR, NP, AForm::Bytes, false, dot).with_requant(dot_requant);
 
 /// # Safety
 /// The CPU supports AVX-VNNI; [`TileKernel::dot`] checked the lengths (panels == 1).
@@ -30,20 +52,43 @@ unsafe fn dot(p: &Panels<'_>, out: &mut [i32]) {
 /// `out` to `R*16` writable i32; `kp % 4 == 0`.
 #[target_feature(enable = "avx2,avxvnni")]
 unsafe fn tile<const R: usize>(a: *const u8, kp: usize, w: *const i8, out: *mut i32) {
-    let groups = kp / 4;
-    let mut lo = [_mm256_setzero_si256(); R];
-    let mut hi = [_mm256_setzero_si256(); R];
-    for g in 0..groups {
-        let w0 = _mm256_loadu_si256(w.add(g * 64) as *const _);
-        let w1 = _mm256_loadu_si256(w.add(g * 64 + 32) as *const _);
-        for r in 0..R {
-            let av = _mm256_set1_epi32((a.add(r * kp + g * 4) as *const i32).read_unaligned());
-            lo[r] = _mm256_dpbusd_avx_epi32(lo[r], av, w0);
-            hi[r] = _mm256_dpbusd_avx_epi32(hi[r], av, w1);
-        }
-    }
+    let (lo, hi) = acc!(R, a, kp, w);
     for r in 0..R {
         _mm256_storeu_si256(out.add(r * NR) as *mut _, lo[r]);
         _mm256_storeu_si256(out.add(r * NR + 8) as *mut _, hi[r]);
+    }
+}
+
+/// [`tile`] requantized by [`FusedOut`] into bytes, rows `f.ld` apart.
+///
+/// # Safety
+/// As [`tile`]; `f` and `out` as [`TileKernel::dot_requant`] checked them.
+#[target_feature(enable = "avx2,avxvnni")]
+unsafe fn tile_rq<const R: usize>(
+    a: *const u8,
+    kp: usize,
+    w: *const i8,
+    f: &FusedOut<'_>,
+    out: *mut u8,
+) {
+    let (lo, hi) = acc!(R, a, kp, w);
+    for r in 0..R {
+        store_requant16!(lo[r], hi[r], f, out.add(r * f.ld));
+    }
+}
+
+/// The requantizing entry of [`KERNEL`] (see [`FusedOut`]).
+///
+/// # Safety
+/// The CPU supports AVX-VNNI; [`TileKernel::dot_requant`] checked the lengths (panels == 1).
+unsafe fn dot_requant(p: &Panels<'_>, f: &FusedOut<'_>, out: &mut [u8]) {
+    let (kp, a, w, o) = (p.kp, p.a.as_ptr(), p.w.as_ptr(), out.as_mut_ptr());
+    match p.rows {
+        1 => tile_rq::<1>(a, kp, w, f, o),
+        2 => tile_rq::<2>(a, kp, w, f, o),
+        3 => tile_rq::<3>(a, kp, w, f, o),
+        4 => tile_rq::<4>(a, kp, w, f, o),
+        5 => tile_rq::<5>(a, kp, w, f, o),
+        _ => tile_rq::<6>(a, kp, w, f, o),
     }
 }
