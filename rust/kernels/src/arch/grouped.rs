@@ -1,14 +1,15 @@
 //! Grouped convolutions with few channels per group: the engines' kernel table, and the plan
-//! every engine's kernel shares (which input dwords each block of 16 output channels reads).
-//! The driver is `conv::grouped`.
+//! every engine's kernel shares (which input dwords each block of 16 (zmm) or 8 (ymm) output
+//! channels reads). The driver is `conv::grouped`.
 
 use super::Engine;
 
 #[cfg(target_arch = "x86_64")]
 use super::x86_64;
 
-/// Where 16 output channels find their inputs: the window's first input byte in a pixel, its
-/// load mask (bytes inside the pixel), and per K quad the dword each lane takes.
+/// Where a block of output channels (16 or 8 lanes) finds its inputs: the window's first input
+/// byte in a pixel, its load mask (bytes of the window inside the pixel), and per K quad the
+/// dword each lane takes (the first `lanes` entries).
 #[derive(Clone, Debug)]
 pub(crate) struct GroupedBlock {
     pub window: usize,
@@ -16,38 +17,43 @@ pub(crate) struct GroupedBlock {
     pub idx: Vec<[i32; 16]>,
 }
 
-/// The blocks of a grouped conv with `c` input channels per pixel, `cin_g` / `cout_g` channels
-/// per group (`cin_g` a multiple of 4) and `cout` outputs (padded to 16): None when a block's
-/// inputs do not fit one 64-byte window.
+/// The blocks of `lanes` (16 or 8) output channels of a grouped conv with `c` input channels
+/// per pixel, `cin_g` / `cout_g` channels per group (`cin_g` a multiple of 4) and `cout` outputs
+/// (padded to a whole block): None when a block's inputs do not fit one window of `4·lanes`
+/// bytes.
 pub(crate) fn plan(
     c: usize,
     cin_g: usize,
     cout_g: usize,
     cout: usize,
+    lanes: usize,
 ) -> Option<Vec<GroupedBlock>> {
+    if lanes != 16 && lanes != 8 {
+        return None;
+    }
     if cin_g == 0 || cin_g % 4 != 0 || cout_g == 0 || cout % cout_g != 0 || c < cin_g {
         return None;
     }
     let quads = cin_g / 4;
     let mut blocks = Vec::new();
-    for o0 in (0..cout).step_by(16) {
+    for o0 in (0..cout).step_by(lanes) {
         let g0 = o0 / cout_g;
         let window = g0 * cin_g;
         let mut idx = Vec::with_capacity(quads);
         for q in 0..quads {
-            let mut lanes = [0i32; 16];
-            for (l, v) in lanes.iter_mut().enumerate() {
-                // padding lanes past cout read the window's first dword (their weights are 0)
+            let mut idx_q = [0i32; 16];
+            for (l, v) in idx_q.iter_mut().enumerate().take(lanes) {
+                // padding lanes past cout read a dword of the window (their weights are 0)
                 let o = (o0 + l).min(cout - 1);
                 let dword = (o / cout_g) * quads + q - g0 * quads;
-                if dword >= 16 {
+                if dword >= lanes {
                     return None;
                 }
                 *v = dword as i32;
             }
-            idx.push(lanes);
+            idx.push(idx_q);
         }
-        let inside = c - window;
+        let inside = (c - window).min(4 * lanes);
         let mask = if inside >= 64 {
             !0u64
         } else {
@@ -73,17 +79,77 @@ pub(crate) fn weights(w: &[i8], cout: usize, cin_g: usize, taps: usize) -> Vec<i
     out
 }
 
+/// [`weights`] for kernels without 4-way byte dot products (AVX2): per tap, quad and parity
+/// (bytes 0, 2 / bytes 1, 3 of each output's dword), i16 pairs `[taps][quads][2][coutp][2]`,
+/// so that `vpmaddwd` on the even and odd bytes of the permuted inputs adds all four products.
+pub(crate) fn weights_split16(w8: &[i8], taps: usize, quads: usize, coutp: usize) -> Vec<i16> {
+    let mut out = vec![0i16; taps * quads * 2 * coutp * 2];
+    for t in 0..taps {
+        for q in 0..quads {
+            for o in 0..coutp {
+                let src = &w8[((t * quads + q) * coutp + o) * 4..][..4];
+                for parity in 0..2 {
+                    let dst = (((t * quads + q) * 2 + parity) * coutp + o) * 2;
+                    out[dst] = src[parity] as i16;
+                    out[dst + 1] = src[parity + 2] as i16;
+                }
+            }
+        }
+    }
+    out
+}
+
+/// A grouped kernel's weights: the bytes of [`weights`], or their [`weights_split16`] form.
+#[derive(Clone, Copy)]
+pub(crate) enum GroupedWeights<'a> {
+    Bytes(&'a [i8]),
+    Split16(&'a [i16]),
+}
+
 /// `accumulate(x, taps, step, count, blocks, w, n_taps, acc)`: the exact accumulators of a run
 /// of `count` output pixels, `acc[p·coutp + o] = Σ_(t, off) Σ_j x[off + p·step + group(o)·cin_g +
 /// j]·w[o][j][t]` (see the x86 kernel).
-pub(crate) type GroupedAccumulateFn =
-    fn(&[u8], &[(usize, usize)], usize, usize, &[GroupedBlock], &[i8], usize, &mut [i32]);
+pub(crate) type GroupedAccumulateFn = fn(
+    &[u8],
+    &[(usize, usize)],
+    usize,
+    usize,
+    &[GroupedBlock],
+    GroupedWeights<'_>,
+    usize,
+    &mut [i32],
+);
+
+/// An engine's grouped kernel: its block width (16 or 8 output channels), the weight form it
+/// reads, and its entry.
+#[derive(Clone, Copy)]
+pub(crate) struct GroupedKernel {
+    pub lanes: usize,
+    pub split16: bool,
+    pub accumulate: GroupedAccumulateFn,
+}
 
 /// The grouped-convolution kernel of `engine`, where it has one (else im2col + GEMM runs).
-pub(crate) fn grouped_kernel(engine: Engine) -> Option<GroupedAccumulateFn> {
+pub(crate) fn grouped_kernel(engine: Engine) -> Option<GroupedKernel> {
     match engine {
         #[cfg(target_arch = "x86_64")]
-        Engine::Avx512Vnni if x86_64::has_avx512vnni() => Some(x86_64::grouped_vnni::accumulate),
+        Engine::Avx512Vnni if x86_64::has_avx512vnni() => Some(GroupedKernel {
+            lanes: 16,
+            split16: false,
+            accumulate: x86_64::grouped_vnni::accumulate,
+        }),
+        #[cfg(target_arch = "x86_64")]
+        Engine::AvxVnni if x86_64::has_avxvnni() => Some(GroupedKernel {
+            lanes: 8,
+            split16: false,
+            accumulate: x86_64::grouped_avx2::accumulate_avxvnni,
+        }),
+        #[cfg(target_arch = "x86_64")]
+        Engine::Avx2 if x86_64::has_avx2_fma() => Some(GroupedKernel {
+            lanes: 8,
+            split16: true,
+            accumulate: x86_64::grouped_avx2::accumulate_avx2,
+        }),
         _ => None,
     }
 }

@@ -30,8 +30,8 @@ pub use engine::{
     available_engines, best_engine, current_engine, engine_setting, set_engine, Engine, ALL_ENGINES,
 };
 pub(crate) use grouped::{
-    grouped_kernel, plan as grouped_plan, weights as grouped_weights, GroupedAccumulateFn,
-    GroupedBlock,
+    grouped_kernel, plan as grouped_plan, weights as grouped_weights,
+    weights_split16 as grouped_weights_split16, GroupedBlock, GroupedKernel, GroupedWeights,
 };
 pub(crate) use tile::{tile_kernel, AForm, FusedOut, Panels, TileKernel};
 pub use tile::{KR, NR};

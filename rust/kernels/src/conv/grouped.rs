@@ -12,14 +12,14 @@
 use super::ConvInput;
 use crate::aligned::Aligned;
 use crate::arch::{
-    grouped_plan, grouped_weights, with_features, Engine, GroupedAccumulateFn, GroupedBlock,
-    Vectorized,
+    grouped_plan, grouped_weights, grouped_weights_split16, with_features, Engine, GroupedBlock,
+    GroupedKernel, GroupedWeights, Vectorized,
 };
 use crate::error::Result;
 use crate::quantize::QInt;
 use crate::requant::Requantize;
 use crate::threading::{parallel_for, threads_for};
-use std::sync::Mutex;
+use std::sync::{Mutex, OnceLock};
 
 /// A grouped conv's weights for the grouped kernels.
 #[derive(Clone, Debug)]
@@ -27,9 +27,13 @@ pub(crate) struct PackedGrouped {
     cin_g: usize,
     cout: usize,
     taps: usize,
-    blocks: Vec<GroupedBlock>,
+    /// The plans for blocks of 16 (zmm) and 8 (ymm) output channels, where they fit.
+    blocks16: Option<Vec<GroupedBlock>>,
+    blocks8: Option<Vec<GroupedBlock>>,
     /// `[taps][quads][cout rounded up to 16][4]`, see `arch::grouped_weights`.
     w: Aligned<i8>,
+    /// The same as i16 pairs for AVX2 (`arch::grouped_weights_split16`), built on first use.
+    w16: OnceLock<Vec<i16>>,
     /// `Σ_j w[o][j][t]` per tap (`[taps][cout]`) and over every tap (`[cout]`).
     tap_sums: Vec<i32>,
     sums: Vec<i32>,
@@ -48,9 +52,11 @@ impl PackedGrouped {
         scales: Vec<f32>,
     ) -> Result<Option<Self>> {
         let (cin_g, cout_g) = (cin / groups, cout / groups);
-        let Some(blocks) = grouped_plan(cin, cin_g, cout_g, cout) else {
+        let blocks16 = grouped_plan(cin, cin_g, cout_g, cout, 16);
+        let blocks8 = grouped_plan(cin, cin_g, cout_g, cout, 8);
+        if blocks16.is_none() && blocks8.is_none() {
             return Ok(None);
-        };
+        }
         let mut tap_sums = vec![0i32; taps * cout];
         for o in 0..cout {
             for j in 0..cin_g {
@@ -67,8 +73,10 @@ impl PackedGrouped {
             cin_g,
             cout,
             taps,
-            blocks,
+            blocks16,
+            blocks8,
             w: Aligned::from_slice(&wv, "grouped convolution weights")?,
+            w16: OnceLock::new(),
             tap_sums,
             sums,
             scales,
@@ -80,23 +88,49 @@ impl PackedGrouped {
         &self.scales
     }
 
+    /// The plan for `kernel`'s block width, where it fits.
+    pub(crate) fn blocks_for(&self, kernel: &GroupedKernel) -> Option<&[GroupedBlock]> {
+        match kernel.lanes {
+            16 => self.blocks16.as_deref(),
+            _ => self.blocks8.as_deref(),
+        }
+    }
+
+    /// The weights in the form `kernel` reads.
+    fn weights_for(&self, kernel: &GroupedKernel) -> GroupedWeights<'_> {
+        if kernel.split16 {
+            let coutp = self.cout.div_ceil(16) * 16;
+            let w16 = self.w16.get_or_init(|| {
+                grouped_weights_split16(self.w.as_slice(), self.taps, self.cin_g / 4, coutp)
+            });
+            GroupedWeights::Split16(w16)
+        } else {
+            GroupedWeights::Bytes(self.w.as_slice())
+        }
+    }
+
     /// Bytes held (for memory accounting).
     pub(crate) fn bytes(&self) -> usize {
+        let plans = [&self.blocks16, &self.blocks8]
+            .iter()
+            .filter_map(|b| b.as_ref())
+            .map(|b| b.iter().map(|b| b.idx.len() * 64 + 16).sum::<usize>())
+            .sum::<usize>();
         self.w.bytes()
+            + self.w16.get().map_or(0, |v| v.len() * 2)
             + (self.tap_sums.len() + self.sums.len()) * 4
             + self.scales.len() * 4
-            + self
-                .blocks
-                .iter()
-                .map(|b| b.idx.len() * 64 + 16)
-                .sum::<usize>()
+            + plans
     }
 }
 
-/// Runs the conv through `kernel` into `out` (`[pixels, cout]`), lines over threads.
+/// Runs the conv through `kernel` (with its plan `blocks`) into `out` (`[pixels, cout]`),
+/// lines over threads.
+#[allow(clippy::too_many_arguments)]
 pub(crate) fn grouped<T: QInt>(
     engine: Engine,
-    kernel: GroupedAccumulateFn,
+    kernel: GroupedKernel,
+    blocks: &[GroupedBlock],
     gp: &PackedGrouped,
     input: &ConvInput<'_>,
     stage: &Requantize<T>,
@@ -112,6 +146,8 @@ pub(crate) fn grouped<T: QInt>(
         input,
         gp,
         kernel,
+        blocks,
+        w: gp.weights_for(&kernel),
         stage,
     };
     let macs = out.len().saturating_mul(gp.taps * gp.cin_g);
@@ -139,7 +175,9 @@ pub(crate) fn grouped<T: QInt>(
 struct Ctx<'a, T: QInt> {
     input: &'a ConvInput<'a>,
     gp: &'a PackedGrouped,
-    kernel: GroupedAccumulateFn,
+    kernel: GroupedKernel,
+    blocks: &'a [GroupedBlock],
+    w: GroupedWeights<'a>,
     stage: &'a Requantize<T>,
 }
 
@@ -164,7 +202,7 @@ fn run_lines<T: QInt>(ctx: &Ctx<'_, T>, l0: usize, out: &mut [T]) {
     let (geom, sp, osp, c, cout) = (&input.geom, input.sp, input.osp, input.c, gp.cout);
     let [kd_n, kh_n, kw_n] = geom.kernel;
     let (sw, pw, dw) = (geom.stride[2], geom.padding[2], geom.dilation[2]);
-    let coutp = gp.blocks.len() * 16;
+    let coutp = ctx.blocks.len() * ctx.kernel.lanes;
     let zx = input.zp as i32;
     // the output columns whose kw taps all fall inside the input row
     let span = (kw_n - 1) * dw;
@@ -208,13 +246,13 @@ fn run_lines<T: QInt>(ctx: &Ctx<'_, T>, l0: usize, out: &mut [T]) {
             }
             let count = ow_hi - ow_lo;
             let run = &mut acc[..count * coutp];
-            (ctx.kernel)(
+            (ctx.kernel.accumulate)(
                 input.x,
                 &taps,
                 sw * c,
                 count,
-                &gp.blocks,
-                gp.w.as_slice(),
+                ctx.blocks,
+                ctx.w,
                 gp.taps,
                 run,
             );
@@ -238,16 +276,7 @@ fn run_lines<T: QInt>(ctx: &Ctx<'_, T>, l0: usize, out: &mut [T]) {
                 }
             }
             let a = &mut acc[..coutp];
-            (ctx.kernel)(
-                input.x,
-                &taps,
-                0,
-                1,
-                &gp.blocks,
-                gp.w.as_slice(),
-                gp.taps,
-                a,
-            );
+            (ctx.kernel.accumulate)(input.x, &taps, 0, 1, ctx.blocks, ctx.w, gp.taps, a);
             inside_sums.fill(0);
             for &(t, _) in &taps {
                 let ts = &gp.tap_sums[t * cout..(t + 1) * cout];

@@ -515,7 +515,11 @@ fn conv_static_blocked<T: QInt>(
         depthwise::depthwise(engine, dw, &input, &stage, &mut out, threads)?;
         return Ok((out, osp));
     }
-    if let (Some(gp), Some(kernel)) = (&pc.grouped, crate::arch::grouped_kernel(engine)) {
+    let grouped_run = pc.grouped.as_ref().and_then(|gp| {
+        let kernel = crate::arch::grouped_kernel(engine)?;
+        Some((gp, kernel, gp.blocks_for(&kernel)?))
+    });
+    if let Some((gp, kernel, blocks)) = grouped_run {
         let stage = Requantize::<T>::with_scales(
             args.x_scale,
             gp.scales(),
@@ -535,7 +539,9 @@ fn conv_static_blocked<T: QInt>(
             osp,
             zp: args.x_zp as u8,
         };
-        grouped::grouped(engine, kernel, gp, &input, &stage, &mut out, threads)?;
+        grouped::grouped(
+            engine, kernel, blocks, gp, &input, &stage, &mut out, threads,
+        )?;
         return Ok((out, osp));
     }
     // every group's stage is built (and validated) before any work

@@ -9,7 +9,7 @@
 //! products. A 3x3 conv with 4 channels per group does 9 such steps per 16 outputs, where the
 //! im2col + GEMM path ran one 16-column GEMM per group on a 4-channel im2col.
 
-use crate::arch::grouped::GroupedBlock;
+use crate::arch::grouped::{GroupedBlock, GroupedWeights};
 use std::arch::x86_64::*;
 
 /// A run of `count` output pixels: pixel `p` reads tap `t` at byte offset `off + p·step` of `x`
@@ -22,7 +22,7 @@ pub(crate) fn accumulate(
     step: usize,
     count: usize,
     blocks: &[GroupedBlock],
-    w: &[i8],
+    w: GroupedWeights<'_>,
     n_taps: usize,
     acc: &mut [i32],
 ) {
@@ -30,6 +30,9 @@ pub(crate) fn accumulate(
         super::has_avx512vnni(),
         "AVX-512 VNNI grouped kernel on a CPU without it"
     );
+    let GroupedWeights::Bytes(w) = w else {
+        panic!("the AVX-512 VNNI grouped kernel reads byte weights");
+    };
     let coutp = blocks.len() * 16;
     assert!(count > 0, "no pixels");
     assert!(acc.len() >= count * coutp, "accumulators too short");
