@@ -200,7 +200,7 @@ pub trait OutputStage: Sync {
     fn reads_output(&self) -> bool {
         false
     }
-    /// Computes and stores the tile `p` (rows from `row0`, columns from `col0`) in one pass
+    /// Computes and stores the tile `p` (rows from `row0`, `cols` columns from `col0`) in one pass
     /// through the kernel's requantizing entry, where the stage and the kernel allow it; false
     /// (nothing done) otherwise, and the driver runs `dot` + [`OutputStage::store`]. A hook for
     /// this crate's driver: its kernel types cannot be named or built outside the crate.
@@ -210,7 +210,7 @@ pub trait OutputStage: Sync {
         _corr: &Correction<'_>,
         _kern: &TileKernel,
         _p: &Panels<'_>,
-        _at_tile: (usize, usize),
+        _at_tile: (usize, usize, usize),
         _out: &mut [Self::Out],
         _at: OutAt,
     ) -> bool {
@@ -564,7 +564,7 @@ impl<T: QInt> OutputStage for Requantize<T> {
         corr: &Correction<'_>,
         kern: &TileKernel,
         p: &Panels<'_>,
-        (row0, col0): (usize, usize),
+        (row0, col0, cols): (usize, usize, usize),
         out: &mut [T],
         at: OutAt,
     ) -> bool {
@@ -573,7 +573,10 @@ impl<T: QInt> OutputStage for Requantize<T> {
             return false;
         }
         let width = p.panels * crate::packed::NR;
-        let cols = width.min(self.n - col0);
+        // the stage must cover the tile's columns (else the driver's store reports it)
+        if col0 + cols > self.n || cols > width {
+            return false;
+        }
         let start = (row0 - at.row0) * at.ld + (col0 - at.col0);
         let Some(bytes) = T::as_u8_mut(&mut out[start..]) else {
             return false;

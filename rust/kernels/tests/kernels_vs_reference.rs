@@ -620,3 +620,27 @@ fn accumulating_case(m: usize, k1: usize, k2: usize, n: usize) {
         }
     }
 }
+
+/// A requantization stage built for more columns than the weights have (the public API lets a
+/// caller do it): every engine, fused or not, writes only the GEMM's columns and agrees.
+#[test]
+fn a_stage_wider_than_the_weights_writes_only_the_gemm_columns() {
+    let (m, k, n) = (9usize, 12usize, 20usize);
+    let mut r = Rng(77);
+    let a: Vec<u8> = (0..m * k).map(|_| r.u8_upto(127)).collect();
+    let w: Vec<i8> = (0..n * k).map(|_| r.i8()).collect();
+    let wide: Vec<i8> = (0..32 * k).map(|_| r.i8()).collect();
+    let pw = PackedWeights::new(&w, n, k, &[0.01], &[0]).unwrap();
+    let pw_wide = PackedWeights::new(&wide, 32, k, &[0.01], &[0]).unwrap();
+    let pa = PackedA::from_u8(&a, m, k, 3).unwrap();
+    let stage = Requantize::<u8>::new(0.02, &pw_wide, None, 0.37, 77, 0, 255, false).unwrap();
+    let mut base: Option<Vec<u8>> = None;
+    for e in available_engines() {
+        let mut q = vec![0u8; m * n];
+        gemm(e, &pa, &pw, &stage, &mut q, 1).unwrap();
+        match &base {
+            None => base = Some(q),
+            Some(b) => assert_same(&q, b, e, 1, "wide stage"),
+        }
+    }
+}

@@ -8,8 +8,9 @@ use super::Engine;
 use super::x86_64;
 
 /// Where a block of output channels (16 or 8 lanes) finds its inputs: the window's first input
-/// byte in a pixel, its load mask (bytes of the window inside the pixel), and per K quad the
-/// dword each lane takes (the first `lanes` entries).
+/// byte in a pixel, its load mask (bytes of the window inside the pixel: the zmm kernel's masked
+/// load; the ymm kernels read whole windows, whose bytes past the pixel are never selected), and
+/// per K quad the dword each lane takes (the first `lanes` entries).
 #[derive(Clone, Debug)]
 pub(crate) struct GroupedBlock {
     pub window: usize,

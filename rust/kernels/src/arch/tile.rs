@@ -155,10 +155,10 @@ impl TileKernel {
             "requantization factors too short"
         );
         assert!(f.ld >= f.cols, "output rows overlap");
-        assert!(
-            out.len() >= (p.rows - 1) * f.ld + f.cols,
-            "output tile too short"
-        );
+        let end = (p.rows - 1)
+            .checked_mul(f.ld)
+            .and_then(|v| v.checked_add(f.cols));
+        assert!(end.is_some_and(|e| out.len() >= e), "output tile too short");
         // SAFETY: as in `dot`; the lengths were checked above.
         unsafe { run(p, f, out) };
         true

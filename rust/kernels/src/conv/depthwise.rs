@@ -176,11 +176,8 @@ impl PackedDepthwise {
                     .filter(|k| (k.done)(c) == c)
                     .map(|k| EngineKernel::Runs(k, (k.prepare)(&w, taps, c)))
             });
-        // the portable loop (and with it the centered weights) never runs beside a line kernel
-        let w = match kernel {
-            Some(EngineKernel::Lines(..)) => Vec::new(),
-            _ => w,
-        };
+        // the centered weights stay: the portable loop is the fallback when a line kernel's
+        // buffers cannot be allocated
         Ok(slot
             .get_or_init(|| Arc::new(Prepared { w, sums, kernel }))
             .clone())

@@ -228,7 +228,7 @@ pub(crate) fn run_block<S: OutputStage>(
                 col_sums: cs,
                 panels,
             };
-            if stage.store_fused(corr, &kern, &tile, (r0, col0), out, at) {
+            if stage.store_fused(corr, &kern, &tile, (r0, col0, cols), out, at) {
                 r0 += nr;
                 continue;
             }

@@ -41,7 +41,7 @@ pub(crate) fn line_weights(w: &[i16], rows: usize, kw: usize, c: usize) -> Optio
 /// Fills one quad buffer `out` (`width·cs·4` bytes, `cs = column_stride(c)`): column `col` holds
 /// input column `col − lead` of the four `rows` (channels-last rows of `c` channels; `None`: a
 /// row of zero points), and the zero point `zx` where that column is outside the row; channels
-/// past `c` hold zeros (their weights are zero).
+/// past `c` hold zeros or the zero point (their weights are zero, so either adds nothing).
 pub(crate) fn build_quad(rows: &[Option<&[u8]>; 4], c: usize, lead: usize, zx: u8, out: &mut [u8]) {
     assert!(
         super::has_avx512vnni(),
@@ -144,12 +144,20 @@ fn check_line(quads: &[&[u8]], g: &LineGeometry, w: &[i8], init: &[i32]) -> Vec<
         .checked_mul(g.stride)
         .and_then(|v| v.checked_add((g.kw - 1).checked_mul(g.dilation)?))
         .expect("depthwise line too long");
+    let need = |v: &[usize]| v.iter().try_fold(1usize, |a, &b| a.checked_mul(b));
     for q in quads {
-        assert!(q.len() >= (span + 1) * cs * 4, "quad buffer too short");
+        assert!(
+            need(&[span + 1, cs, 4]).is_some_and(|n| q.len() >= n),
+            "quad buffer too short"
+        );
     }
     assert!(
-        w.len() >= g.kw * quads.len() * cs * 4,
+        need(&[g.kw, quads.len(), cs, 4]).is_some_and(|n| w.len() >= n),
         "line weights too short"
+    );
+    assert!(
+        need(&[g.stride, cs, 4]).is_some(),
+        "depthwise line stride too large"
     );
     assert!(init.len() >= cs, "initial accumulators too short");
     quads.iter().map(|q| q.as_ptr()).collect()
@@ -167,7 +175,10 @@ pub(crate) fn accumulate(
 ) {
     let ptrs = check_line(quads, g, w, init);
     let cs = column_stride(g.c);
-    assert!(acc.len() >= g.count * cs, "accumulators too short");
+    assert!(
+        g.count.checked_mul(cs).is_some_and(|n| acc.len() >= n),
+        "accumulators too short"
+    );
     let store = StoreI32 {
         acc: acc.as_mut_ptr(),
         cs,
@@ -196,7 +207,10 @@ pub(crate) fn accumulate_requant(
         rq.bias.len() >= cs && rq.mult.len() >= cs,
         "requantization factors too short"
     );
-    assert!(out.len() >= g.count * g.c, "output too short");
+    assert!(
+        g.count.checked_mul(g.c).is_some_and(|n| out.len() >= n),
+        "output too short"
+    );
     let store = StoreBytes {
         out: out.as_mut_ptr(),
         c: g.c,

@@ -24,22 +24,25 @@ fn check(
     let coutp = blocks.len() * 8;
     let wstride = coutp.div_ceil(16) * 16;
     assert!(count > 0, "no pixels");
-    assert!(acc.len() >= count * coutp, "accumulators too short");
+    let need = |v: &[usize]| v.iter().try_fold(1usize, |a, &b| a.checked_mul(b));
+    assert!(
+        need(&[count, coutp]).is_some_and(|n| acc.len() >= n),
+        "accumulators too short"
+    );
     let quads = blocks.first().map_or(0, |b| b.idx.len());
     assert!(blocks.iter().all(|b| b.idx.len() == quads), "ragged plan");
     assert!(
-        w_len >= n_taps * quads * wstride * w_per_quad,
+        need(&[n_taps, quads, wstride, w_per_quad]).is_some_and(|n| w_len >= n),
         "weights too short"
     );
     let last = (count - 1).checked_mul(step).expect("pixel run too long");
+    // each window load starts inside x and reads 32 bytes when they are inside, else a copy of
+    // the bytes that are (see `window`)
+    let far = blocks.iter().map(|b| b.window).max().unwrap_or(0);
     for &(t, off) in taps {
         assert!(t < n_taps, "tap index out of range");
-        // each window load reads 32 bytes when they are inside x, else a copy (see `window`)
-        assert!(
-            off.checked_add(last)
-                .is_some_and(|e| e < x.len() || blocks.is_empty()),
-            "tap outside the input"
-        );
+        let start = off.checked_add(last).and_then(|v| v.checked_add(far));
+        assert!(start.is_some_and(|e| e < x.len()), "tap outside the input");
     }
     (quads, coutp)
 }

@@ -35,10 +35,17 @@ pub(crate) fn accumulate(
     };
     let coutp = blocks.len() * 16;
     assert!(count > 0, "no pixels");
-    assert!(acc.len() >= count * coutp, "accumulators too short");
+    let need = |v: &[usize]| v.iter().try_fold(1usize, |a, &b| a.checked_mul(b));
+    assert!(
+        need(&[count, coutp]).is_some_and(|n| acc.len() >= n),
+        "accumulators too short"
+    );
     let quads = blocks.first().map_or(0, |b| b.idx.len());
     assert!(blocks.iter().all(|b| b.idx.len() == quads), "ragged plan");
-    assert!(w.len() >= n_taps * quads * coutp * 4, "weights too short");
+    assert!(
+        need(&[n_taps, quads, coutp, 4]).is_some_and(|n| w.len() >= n),
+        "weights too short"
+    );
     let last = (count - 1).checked_mul(step).expect("pixel run too long");
     // the masked loads read each window's bytes below its mask only
     let reach = blocks
@@ -143,10 +150,11 @@ unsafe fn run_from<const Q: usize>(
         for (j, v) in idx.iter_mut().enumerate().take(nq) {
             *v = _mm512_loadu_si512(b.idx[q0 + j].as_ptr() as *const _);
         }
-        let xb = x.add(b.window);
+        // wrapping: with no taps nothing is read
+        let xb = x.wrapping_add(b.window);
         let wb = w.add((q0 * coutp + bi * 16) * 4);
         for p in 0..count {
-            let xp = xb.add(p * step);
+            let xp = xb.wrapping_add(p * step);
             // two chains (taps in pairs, even and odd quads) so consecutive steps do not wait
             // on each other; named accumulators stay in registers
             let (mut a0, mut a1) = (_mm512_setzero_si512(), _mm512_setzero_si512());
