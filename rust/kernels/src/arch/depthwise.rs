@@ -2,6 +2,8 @@
 
 use super::Engine;
 
+#[cfg(target_arch = "aarch64")]
+use super::aarch64;
 #[cfg(target_arch = "x86_64")]
 use super::x86_64;
 
@@ -35,6 +37,12 @@ pub(crate) fn depthwise_kernel(engine: Engine) -> Option<DepthwiseKernel> {
             done: x86_64::depthwise::channels_done,
             prepare: x86_64::depthwise::pair_weights_avx2,
             run: x86_64::depthwise::run_avx2,
+        }),
+        #[cfg(target_arch = "aarch64")]
+        Engine::Neon | Engine::NeonDotprod => Some(DepthwiseKernel {
+            done: aarch64::depthwise::channels_done,
+            prepare: aarch64::depthwise::prepare,
+            run: aarch64::depthwise::run,
         }),
         _ => None,
     }

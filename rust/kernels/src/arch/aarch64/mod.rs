@@ -3,6 +3,7 @@
 
 use super::Engine;
 
+pub(crate) mod depthwise;
 pub(crate) mod neon;
 pub(crate) mod neon_dotprod;
 
