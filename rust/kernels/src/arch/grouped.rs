@@ -18,10 +18,26 @@ pub(crate) struct GroupedBlock {
     pub idx: Vec<[i32; 16]>,
 }
 
+/// The input dwords group `g`'s channels start in, and how many K quads every group needs: a
+/// group's `cin_g` channels start at byte `g·cin_g` of the pixel and span the dwords
+/// `⌊g·cin_g/4⌋ ..= ⌊(g·cin_g + cin_g − 1)/4⌋` (bytes of a neighbouring group in those dwords get
+/// weight 0).
+fn first_dword(g: usize, cin_g: usize) -> usize {
+    g * cin_g / 4
+}
+
+/// The K quads of a grouped conv: the most dwords any of its `groups` groups spans.
+pub(crate) fn quads(cin_g: usize, groups: usize) -> usize {
+    (0..groups)
+        .map(|g| (g * cin_g + cin_g - 1) / 4 - first_dword(g, cin_g) + 1)
+        .max()
+        .unwrap_or(0)
+}
+
 /// The blocks of `lanes` (16 or 8) output channels of a grouped conv with `c` input channels
-/// per pixel, `cin_g` / `cout_g` channels per group (`cin_g` a multiple of 4) and `cout` outputs
-/// (padded to a whole block): None when a block's inputs do not fit one window of `4·lanes`
-/// bytes.
+/// per pixel, `cin_g` / `cout_g` channels per group and `cout` outputs (padded to a whole
+/// block): lane `o` (group `g`) takes, for quad `q`, the input dword `⌊g·cin_g/4⌋ + q`. None when
+/// a block's dwords do not fit one window of `4·lanes` bytes.
 pub(crate) fn plan(
     c: usize,
     cin_g: usize,
@@ -32,21 +48,21 @@ pub(crate) fn plan(
     if lanes != 16 && lanes != 8 {
         return None;
     }
-    if cin_g == 0 || cin_g % 4 != 0 || cout_g == 0 || cout % cout_g != 0 || c < cin_g {
+    if cin_g == 0 || cout_g == 0 || cout % cout_g != 0 || c < cin_g {
         return None;
     }
-    let quads = cin_g / 4;
+    let quads = quads(cin_g, cout / cout_g);
     let mut blocks = Vec::new();
     for o0 in (0..cout).step_by(lanes) {
-        let g0 = o0 / cout_g;
-        let window = g0 * cin_g;
+        let d0 = first_dword(o0 / cout_g, cin_g);
+        let window = d0 * 4;
         let mut idx = Vec::with_capacity(quads);
         for q in 0..quads {
             let mut idx_q = [0i32; 16];
             for (l, v) in idx_q.iter_mut().enumerate().take(lanes) {
                 // padding lanes past cout read a dword of the window (their weights are 0)
                 let o = (o0 + l).min(cout - 1);
-                let dword = (o / cout_g) * quads + q - g0 * quads;
+                let dword = first_dword(o / cout_g, cin_g) + q - d0;
                 if dword >= lanes {
                     return None;
                 }
@@ -65,15 +81,20 @@ pub(crate) fn plan(
     Some(blocks)
 }
 
-/// Weights for [`accumulate`] from `w` (torch's `[cout, cin_g, taps]` int8, zero points 0):
-/// `[taps][quads][cout rounded up to 16][4]`.
-pub(crate) fn weights(w: &[i8], cout: usize, cin_g: usize, taps: usize) -> Vec<i8> {
-    let (quads, coutp) = (cin_g / 4, cout.div_ceil(16) * 16);
+/// Weights for the kernels from `w` (torch's `[cout, cin_g, taps]` int8, zero points 0):
+/// `[taps][quads][cout rounded up to 16][4]`, byte `b` of quad `q` of output `o` (group `g`)
+/// holding input channel `(⌊g·cin_g/4⌋ + q)·4 + b − g·cin_g` of its group, 0 where that is not
+/// one of the group's channels.
+pub(crate) fn weights(w: &[i8], cout: usize, cout_g: usize, cin_g: usize, taps: usize) -> Vec<i8> {
+    let (quads, coutp) = (quads(cin_g, cout / cout_g), cout.div_ceil(16) * 16);
     let mut out = vec![0i8; taps * quads * coutp * 4];
     for o in 0..cout {
+        let g = o / cout_g;
+        let skew = g * cin_g - first_dword(g, cin_g) * 4;
         for j in 0..cin_g {
+            let (q, b) = ((skew + j) / 4, (skew + j) % 4);
             for t in 0..taps {
-                out[((t * quads + j / 4) * coutp + o) * 4 + j % 4] = w[(o * cin_g + j) * taps + t];
+                out[((t * quads + q) * coutp + o) * 4 + b] = w[(o * cin_g + j) * taps + t];
             }
         }
     }

@@ -30,7 +30,7 @@ pub use engine::{
     available_engines, best_engine, current_engine, engine_setting, set_engine, Engine, ALL_ENGINES,
 };
 pub(crate) use grouped::{
-    grouped_kernel, plan as grouped_plan, weights as grouped_weights,
+    grouped_kernel, plan as grouped_plan, quads as grouped_quads, weights as grouped_weights,
     weights_split16 as grouped_weights_split16, GroupedBlock, GroupedKernel, GroupedWeights,
 };
 pub(crate) use tile::{tile_kernel, AForm, FusedOut, Panels, TileKernel};

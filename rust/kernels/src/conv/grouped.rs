@@ -7,13 +7,14 @@
 //! dwords through one permute), exact i32; taps in the padding are skipped and the input zero
 //! point enters as `−zx·Σ_(taps inside) w`. Then the GEMM path's requantization. Used for
 //! weights without zero points (symmetric, as torch's x86 qconfigs make them) where the plan
-//! fits (`arch::grouped_plan`); every engine gives the bits of the GEMM path.
+//! fits (`arch::grouped_plan`: any input channels per group whose block of output channels
+//! reads one window); every engine gives the bits of the GEMM path.
 
 use super::ConvInput;
 use crate::aligned::Aligned;
 use crate::arch::{
-    grouped_plan, grouped_weights, grouped_weights_split16, with_features, Engine, GroupedBlock,
-    GroupedKernel, GroupedWeights, Vectorized,
+    grouped_plan, grouped_quads, grouped_weights, grouped_weights_split16, with_features, Engine,
+    GroupedBlock, GroupedKernel, GroupedWeights, Vectorized,
 };
 use crate::error::Result;
 use crate::quantize::QInt;
@@ -25,6 +26,8 @@ use std::sync::{Mutex, OnceLock};
 #[derive(Clone, Debug)]
 pub(crate) struct PackedGrouped {
     cin_g: usize,
+    /// K quads per tap (`arch::grouped_quads`).
+    quads: usize,
     cout: usize,
     taps: usize,
     /// The plans for blocks of 16 (zmm) and 8 (ymm) output channels, where they fit.
@@ -68,9 +71,10 @@ impl PackedGrouped {
         let sums = (0..cout)
             .map(|o| (0..taps).map(|t| tap_sums[t * cout + o]).sum())
             .collect();
-        let wv = grouped_weights(w, cout, cin_g, taps);
+        let wv = grouped_weights(w, cout, cout_g, cin_g, taps);
         Ok(Some(PackedGrouped {
             cin_g,
+            quads: grouped_quads(cin_g, groups),
             cout,
             taps,
             blocks16,
@@ -101,7 +105,7 @@ impl PackedGrouped {
         if kernel.split16 {
             let coutp = self.cout.div_ceil(16) * 16;
             let w16 = self.w16.get_or_init(|| {
-                grouped_weights_split16(self.w.as_slice(), self.taps, self.cin_g / 4, coutp)
+                grouped_weights_split16(self.w.as_slice(), self.taps, self.quads, coutp)
             });
             GroupedWeights::Split16(w16)
         } else {

@@ -877,6 +877,50 @@ mod tests {
                 [1, 1, 1],
                 2,
             ), // grouped: 24 in (6 quads: two kernel passes), 8 out per group
+            (
+                1,
+                [1, 6, 5],
+                32,
+                64,
+                [1, 3, 3],
+                [1, 1, 1],
+                [0, 1, 1],
+                [1, 1, 1],
+                16,
+            ), // grouped: 2 in (two groups per input dword), 4 out per group
+            (
+                2,
+                [1, 5, 6],
+                6,
+                8,
+                [1, 3, 2],
+                [1, 2, 1],
+                [0, 1, 1],
+                [1, 1, 1],
+                2,
+            ), // grouped: 3 in (the second group straddles a dword), 4 out, C not a multiple of 4
+            (
+                1,
+                [1, 4, 7],
+                10,
+                10,
+                [1, 2, 3],
+                [1, 1, 1],
+                [0, 1, 0],
+                [1, 1, 2],
+                2,
+            ), // grouped: 5 in, 5 out per group, dilated
+            (
+                1,
+                [1, 5, 5],
+                8,
+                16,
+                [1, 3, 3],
+                [1, 1, 1],
+                [0, 1, 1],
+                [1, 1, 1],
+                8,
+            ), // grouped: 1 in, 2 out per group (a channel multiplier)
         ];
         for (ci, &(n, sp, cin, cout, kernel, stride, padding, dilation, groups)) in
             cases.iter().enumerate()
