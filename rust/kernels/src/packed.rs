@@ -547,6 +547,14 @@ impl PackedA<'_> {
         &b[r0 * self.kp * 4..(r0 + count) * self.kp * 4]
     }
 
+    /// The activations with their largest value computed (one pass compiled with `engine`'s
+    /// vector features), for GEMMs that need it but no row sums ([`PackedA::from_fill`] without
+    /// `stats` leaves it at 255): AVX2's kernel choice.
+    pub fn with_max_on(mut self, engine: Engine) -> Self {
+        self.max = with_features(engine, MaxU8(&self.data), &mut []);
+        self
+    }
+
     pub fn row_sums(&self) -> &[i32] {
         &self.row_sums
     }
@@ -591,6 +599,18 @@ fn sum_max_u8(row: &[u8]) -> (i32, u8) {
 /// The largest byte (0 when empty); a plain fold the compiler vectorises.
 fn max_u8(data: &[u8]) -> u8 {
     data.iter().fold(0u8, |m, &v| m.max(v))
+}
+
+/// The largest byte, compiled per ISA.
+struct MaxU8<'a>(&'a [u8]);
+
+impl Vectorized for MaxU8<'_> {
+    type Elem = ();
+    type Out = u8;
+    #[inline(always)]
+    fn run(self, _: &mut [()]) -> u8 {
+        max_u8(self.0)
+    }
 }
 
 /// The min/max pass of dynamic quantization, compiled per ISA (exact on every engine).

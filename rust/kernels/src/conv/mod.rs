@@ -605,9 +605,9 @@ fn conv_static_blocked<T: QInt>(
             Vec::new()
         };
         for (gi, (pw, stage)) in pc.groups.iter().zip(&stages).enumerate() {
-            // row sums feed only the weight zero-point correction, the largest value only
-            // AVX2's kernel choice
-            let stats = pw.has_zero_points() || engine == Engine::Avx2;
+            // row sums feed only the weight zero-point correction (computed with the largest
+            // value in one pass); AVX2's kernel choice needs the largest value alone
+            let stats = pw.has_zero_points();
             let a = match input.pointwise_rows(r.clone()) {
                 // a 1x1 conv's block already is packed rows: the GEMM reads the input in place
                 Some(rows) => PackedA::borrowed(rows, m, k, args.x_zp, stats)?,
@@ -617,6 +617,12 @@ fn conv_static_blocked<T: QInt>(
                         input.im2col(gi, cin_g, r.clone(), data, kp)
                     })?
                 }
+            };
+            // AVX2 picks its 7-bit kernel by the largest value: one vectorised max pass
+            let a = if engine == Engine::Avx2 && !stats {
+                a.with_max_on(engine)
+            } else {
+                a
             };
             if g == 1 {
                 gemm(engine, &a, pw, stage, dst, gemm_threads)?;
