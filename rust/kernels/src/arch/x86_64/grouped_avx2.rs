@@ -117,20 +117,55 @@ unsafe fn avx2_impl(
     coutp: usize,
     acc: *mut i32,
 ) {
+    match quads {
+        1 => avx2_q::<1>(x, len, taps, step, count, blocks, w, quads, coutp, acc),
+        2 => avx2_q::<2>(x, len, taps, step, count, blocks, w, quads, coutp, acc),
+        3 => avx2_q::<3>(x, len, taps, step, count, blocks, w, quads, coutp, acc),
+        4 => avx2_q::<4>(x, len, taps, step, count, blocks, w, quads, coutp, acc),
+        // a window holds 8 dwords: a plan never has more quads
+        _ => avx2_q::<8>(x, len, taps, step, count, blocks, w, quads, coutp, acc),
+    }
+}
+
+/// [`avx2_impl`] with at most `Q` quads: the block's permutations stay in registers.
+///
+/// # Safety
+/// As [`avx2_impl`], `quads ≤ Q`.
+#[allow(clippy::too_many_arguments)]
+#[inline]
+#[target_feature(enable = "avx2")]
+unsafe fn avx2_q<const Q: usize>(
+    x: *const u8,
+    len: usize,
+    taps: &[(usize, usize)],
+    step: usize,
+    count: usize,
+    blocks: &[GroupedBlock],
+    w: *const i16,
+    quads: usize,
+    coutp: usize,
+    acc: *mut i32,
+) {
     let low = _mm256_set1_epi32(0x00FF_00FF);
     let wstride = coutp.div_ceil(16) * 16;
+    let nq = quads.min(Q);
     for (bi, b) in blocks.iter().enumerate() {
+        let mut idx = [_mm256_setzero_si256(); Q];
+        for (q, v) in idx.iter_mut().enumerate().take(nq) {
+            *v = _mm256_loadu_si256(b.idx[q].as_ptr() as *const _);
+        }
+        let wb = w.add(bi * 16);
         for p in 0..count {
             // even and odd products in two chains
             let (mut a, mut a_odd) = (_mm256_setzero_si256(), _mm256_setzero_si256());
             for &(t, off) in taps {
                 let xw = window(x, len, off + p * step + b.window);
-                for q in 0..quads {
-                    let idx = _mm256_loadu_si256(b.idx[q].as_ptr() as *const _);
-                    let xq = _mm256_permutevar8x32_epi32(xw, idx);
+                let wt = wb.add(t * quads * 4 * wstride);
+                for (q, &iq) in idx.iter().enumerate().take(nq) {
+                    let xq = _mm256_permutevar8x32_epi32(xw, iq);
                     let even = _mm256_and_si256(xq, low);
                     let odd = _mm256_srli_epi16::<8>(xq);
-                    let wq = w.add(((t * quads + q) * 2 * wstride + bi * 8) * 2);
+                    let wq = wt.add(q * 4 * wstride);
                     let we = _mm256_loadu_si256(wq as *const _);
                     let wo = _mm256_loadu_si256(wq.add(wstride * 2) as *const _);
                     a = _mm256_add_epi32(a, _mm256_madd_epi16(even, we));
