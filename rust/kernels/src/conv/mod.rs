@@ -492,26 +492,30 @@ fn conv_static_blocked<T: QInt>(
     let pixels = checked_numel(&[n, osp[0], osp[1], osp[2]], "convolution output")?;
     let out_numel = checked_numel(&[pixels, cout], "convolution output")?;
     let (cin_g, cout_g) = (cin / g, cout / g);
-    if let Some(dw) = &pc.depthwise {
-        let stage = Requantize::<T>::with_scales(
+    let input = ConvInput {
+        x,
+        sp: spatial,
+        c: cin,
+        geom,
+        osp,
+        zp: args.x_zp as u8,
+    };
+    // the direct kernels' stage: one scale per output channel
+    let direct_stage = |scales: &[f32]| {
+        Requantize::<T>::with_scales(
             args.x_scale,
-            dw.scales(),
+            scales,
             args.bias,
             args.out_scale,
             args.out_zp,
             args.qmin,
             args.qmax,
             args.relu,
-        )?;
+        )
+    };
+    if let Some(dw) = &pc.depthwise {
+        let stage = direct_stage(dw.scales())?;
         let mut out = try_vec(out_numel, T::default(), "the convolution output")?;
-        let input = ConvInput {
-            x,
-            sp: spatial,
-            c: cin,
-            geom,
-            osp,
-            zp: args.x_zp as u8,
-        };
         depthwise::depthwise(engine, dw, &input, &stage, &mut out, threads)?;
         return Ok((out, osp));
     }
@@ -520,25 +524,8 @@ fn conv_static_blocked<T: QInt>(
         Some((gp, kernel, gp.blocks_for(&kernel)?))
     });
     if let Some((gp, kernel, blocks)) = grouped_run {
-        let stage = Requantize::<T>::with_scales(
-            args.x_scale,
-            gp.scales(),
-            args.bias,
-            args.out_scale,
-            args.out_zp,
-            args.qmin,
-            args.qmax,
-            args.relu,
-        )?;
+        let stage = direct_stage(gp.scales())?;
         let mut out = try_vec(out_numel, T::default(), "the convolution output")?;
-        let input = ConvInput {
-            x,
-            sp: spatial,
-            c: cin,
-            geom,
-            osp,
-            zp: args.x_zp as u8,
-        };
         grouped::grouped(
             engine, kernel, blocks, gp, &input, &stage, &mut out, threads,
         )?;
@@ -567,14 +554,6 @@ fn conv_static_blocked<T: QInt>(
     if pixels == 0 {
         return Ok((out, osp));
     }
-    let input = ConvInput {
-        x,
-        sp: spatial,
-        c: cin,
-        geom,
-        osp,
-        zp: args.x_zp as u8,
-    };
     let k = pc.groups[0].k();
     let macs = pixels.saturating_mul(cout).saturating_mul(k);
     let threads = threads_for(macs, threads);
