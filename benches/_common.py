@@ -10,16 +10,20 @@ import sys
 import time
 from typing import Any, Callable
 
-# FBGEMM (torch's x86 int8 engine) reads this when torch loads: "AVX2" makes it run its AVX2 code,
-# as on a CPU without AVX-512 / VNNI (saturating vpmaddubsw), on any x86 machine.
+# FBGEMM (torch's x86 int8 engine: Linear) reads this when torch loads: "AVX2" makes it run its AVX2
+# code, as on a CPU without AVX-512 / VNNI (saturating vpmaddubsw), on any x86 machine.
 TORCH_AVX2_ENV = "FBGEMM_ENABLE_INSTRUCTIONS"
+# The rest of torch's CPU code as on an AVX2-only CPU: oneDNN (the x86 engine's int8 convs, and
+# fp32 convs) and MKL (fp32 Linear) limited to AVX2. Set together with TORCH_AVX2_ENV.
+TORCH_AVX2_EXTRA_ENV = {"ONEDNN_MAX_CPU_ISA": "AVX2", "MKL_ENABLE_INSTRUCTIONS": "AVX2"}
 
 
 def add_torch_avx2_flag(ap: Any) -> None:
     ap.add_argument(
         "--torch-avx2",
         action="store_true",
-        help=f"run torch as on an AVX2-only CPU ({TORCH_AVX2_ENV}=AVX2; restarts the script with it set)",
+        help=f"run torch as on an AVX2-only CPU ({TORCH_AVX2_ENV}=AVX2, ONEDNN_MAX_CPU_ISA=AVX2, "
+        "MKL_ENABLE_INSTRUCTIONS=AVX2: int8 and fp32 alike; restarts the script with them set)",
     )
 
 
@@ -28,6 +32,7 @@ def apply_torch_avx2_flag(args: Any) -> None:
     must be set before torch loads, so this process cannot apply it to itself)."""
     if args.torch_avx2 and os.environ.get(TORCH_AVX2_ENV) != "AVX2":
         os.environ[TORCH_AVX2_ENV] = "AVX2"
+        os.environ.update(TORCH_AVX2_EXTRA_ENV)
         os.execv(sys.executable, [sys.executable, *sys.argv])
 
 
@@ -106,7 +111,11 @@ def machine_info() -> dict[str, Any]:
         "cpu_class": cpu_class(),
         "torch": torch.__version__,
         "torch_int8_path": ("VNNI, exact" if exact else "AVX2 vpmaddubsw, saturates above 127")
-        + (f" ({TORCH_AVX2_ENV}=AVX2)" if os.environ.get(TORCH_AVX2_ENV) == "AVX2" else ""),
+        + "".join(
+            f" ({name}=AVX2)"
+            for name in (TORCH_AVX2_ENV, *TORCH_AVX2_EXTRA_ENV)
+            if os.environ.get(name, "").upper() == "AVX2"
+        ),
         "ferroquant": fq.__version__,
         "engine": fq.backends.current_engine(),
         "engines": fq.backends.supported_engines,

@@ -29,13 +29,16 @@ def main() -> int:
     import ferroquant as fq
 
     exact = X.torch_full_range_exact()
-    print(f"ferroquant engine: {fq.backends.engine} ({fq.backends.supported_engines[0]} best here); "
-          f"torch int8 exact for 0..255 activations: {exact}"
-          + (" (torch forced to AVX2)" if X.torch_forced_to_avx2() else ""))
+    print(
+        f"ferroquant engine: {fq.backends.engine} ({fq.backends.supported_engines[0]} best here); "
+        f"torch int8 exact for 0..255 activations: {exact}"
+        + (" (torch forced to AVX2)" if X.torch_forced_to_avx2() else "")
+    )
     rng = "0..255" if exact else "0..127"
     print()
-    print("| case | layers vs float64: max LSB | torch compared at | elements | equal to torch "
-          "| within 1 LSB | max LSB |")
+    print(
+        "| case | layers vs float64: max LSB | torch compared at | elements | equal to torch | within 1 LSB | max LSB |"
+    )
     print("|---|---|---|---|---|---|---|")
     for name, (make, shape, fuse) in T.CASES.items():
         g = torch.Generator().manual_seed(1)
@@ -47,9 +50,11 @@ def main() -> int:
         if not exact:
             _, ct, a, b = T._both(make, calib, calib, fuse=fuse, reduce_range=True)
         lsb = (a - b).abs() / T._out_scale(ct)
-        print(f"| {name} | {worst} ({layers} layers) | {rng} | {lsb.numel()} | "
-              f"{(lsb < 0.5).float().mean().item() * 100:.2f} % | "
-              f"{(lsb <= 1.001).float().mean().item() * 100:.2f} % | {lsb.max().item():.2f} |")
+        print(
+            f"| {name} | {worst} ({layers} layers) | {rng} | {lsb.numel()} | "
+            f"{(lsb < 0.5).float().mean().item() * 100:.2f} % | "
+            f"{(lsb <= 1.001).float().mean().item() * 100:.2f} % | {lsb.max().item():.2f} |"
+        )
     return 0
 
 

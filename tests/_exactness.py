@@ -18,12 +18,14 @@ import ferroquant as fq
 import torch
 import torch.nn.functional as F
 
-# the env var that makes FBGEMM (torch's x86 engine) behave as on an AVX2-only CPU
+# the env vars that make torch's x86 int8 engine behave as on an AVX2-only CPU: FBGEMM (Linear)
+# and oneDNN (which the x86 engine uses for convs) restricted to their AVX2 code
 TORCH_AVX2_ENV = "FBGEMM_ENABLE_INSTRUCTIONS"
+TORCH_CONV_AVX2_ENV = "ONEDNN_MAX_CPU_ISA"
 
 
 @functools.cache
-def torch_full_range_exact() -> bool:
+def torch_linear_full_range_exact() -> bool:
     """Whether torch's int8 Linear is exact for activations in 0..255 on this process's CPU path.
 
     Probe: activations 255 and weights 127 make each u8×s8 pair sum 64770, which ``vpmaddubsw``
@@ -36,8 +38,28 @@ def torch_full_range_exact() -> bool:
     return int(y.int_repr().reshape(-1)[0]) == 130
 
 
+@functools.cache
+def torch_conv_full_range_exact() -> bool:
+    """The same probe through torch's int8 Conv2d (a 1x1 conv over 4 channels), which the x86
+    engine runs on oneDNN: exact with VNNI, saturating on oneDNN's AVX2 code."""
+    w = torch.quantize_per_tensor(torch.full((1, 4, 1, 1), 127.0), 1.0, 0, torch.qint8)
+    packed = torch.ops.quantized.conv2d_prepack(w, None, [1, 1], [0, 0], [1, 1], 1)
+    x = torch.quantize_per_tensor(torch.full((1, 4, 2, 2), 255.0), 1.0, 0, torch.quint8)
+    y = torch.ops.quantized.conv2d(x, packed, 1000.0, 0)
+    return int(y.int_repr().reshape(-1)[0]) == 130
+
+
+def torch_full_range_exact() -> bool:
+    """Whether torch's int8 Linear and Conv are both exact for activations in 0..255 here."""
+    return torch_linear_full_range_exact() and torch_conv_full_range_exact()
+
+
 def torch_forced_to_avx2() -> bool:
     return os.environ.get(TORCH_AVX2_ENV, "").upper() == "AVX2"
+
+
+def torch_conv_forced_to_avx2() -> bool:
+    return os.environ.get(TORCH_CONV_AVX2_ENV, "").upper() == "AVX2"
 
 
 def _dequantize64(q) -> torch.Tensor:

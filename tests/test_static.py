@@ -11,7 +11,14 @@ import pytest
 import torch
 import torch.ao.nn.quantized as tnnq
 import torch.ao.quantization as tq
-from _exactness import assert_layers_match_float64, torch_forced_to_avx2, torch_full_range_exact
+from _exactness import (
+    assert_layers_match_float64,
+    torch_conv_forced_to_avx2,
+    torch_conv_full_range_exact,
+    torch_forced_to_avx2,
+    torch_full_range_exact,
+    torch_linear_full_range_exact,
+)
 from torch import nn
 
 
@@ -90,7 +97,9 @@ def _parity(make_body, x_calib, x_test, per_channel=True, fuse=None):
 def test_torch_exactness_probe_sees_forced_avx2():
     # .ci/run repeats the parity tests with torch forced to its AVX2 code: check that it took
     if torch_forced_to_avx2():
-        assert not torch_full_range_exact()
+        assert not torch_linear_full_range_exact()
+    if torch_conv_forced_to_avx2():
+        assert not torch_conv_full_range_exact()
 
 
 CASES = {

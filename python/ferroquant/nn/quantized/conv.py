@@ -215,16 +215,40 @@ class _ConvNd(OutputQParams, WeightedQuantModule):
 
 
 class Conv1d(_ConvNd):
+    """Static quantized Conv1d (``torch.ao.nn.quantized.Conv1d``): a quint8 QTensor
+    [N, C, L] (stored channels-last) × int8 weights (per tensor or per output channel) →
+    quint8 QTensor with the calibrated output scale and zero point; bias kept in float. Stride,
+    padding (numbers or ``"same"``), dilation and groups (depthwise included) as ``nn.Conv1d``;
+    ``padding_mode="zeros"`` pads with the input's zero point. Built by ``convert`` (or
+    ``Conv1d.from_float``) from a calibrated float module.
+    """
+
     _NDIM = 1
     _FLOAT = nn.Conv1d
 
 
 class Conv2d(_ConvNd):
+    """Static quantized Conv2d (``torch.ao.nn.quantized.Conv2d``): a quint8 QTensor
+    [N, C, H, W] (stored channels-last) × int8 weights (per tensor or per output channel) →
+    quint8 QTensor with the calibrated output scale and zero point; bias kept in float. Stride,
+    padding (numbers or ``"same"``), dilation and groups (depthwise included) as ``nn.Conv2d``;
+    ``padding_mode="zeros"`` pads with the input's zero point. Built by ``convert`` (or
+    ``Conv2d.from_float``) from a calibrated float module.
+    """
+
     _NDIM = 2
     _FLOAT = nn.Conv2d
 
 
 class Conv3d(_ConvNd):
+    """Static quantized Conv3d (``torch.ao.nn.quantized.Conv3d``): a quint8 QTensor
+    [N, C, D, H, W] (stored channels-last) × int8 weights (per tensor or per output channel) →
+    quint8 QTensor with the calibrated output scale and zero point; bias kept in float. Stride,
+    padding (numbers or ``"same"``), dilation and groups (depthwise included) as ``nn.Conv3d``;
+    ``padding_mode="zeros"`` pads with the input's zero point. Built by ``convert`` (or
+    ``Conv3d.from_float``) from a calibrated float module.
+    """
+
     _NDIM = 3
     _FLOAT = nn.Conv3d
 
