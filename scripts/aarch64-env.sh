@@ -11,7 +11,12 @@ command -v qemu-aarch64-static >/dev/null || need+=(qemu-user-static)
 if [ ${#need[@]} -gt 0 ]; then
   apt-get update >&2 && DEBIAN_FRONTEND=noninteractive apt-get install -y "${need[@]}" >&2
 fi
-rm -rf "$R"; mkdir -p "$(dirname "$R")"
+# never delete through a mount (a bind-mounted source tree of an interrupted run, say)
+if [ -d "$R" ] && findmnt -rn -o TARGET | grep -q "^$R/"; then
+  echo "$R has mounts inside (findmnt | grep $R): unmount them before rebuilding the chroot" >&2
+  exit 1
+fi
+rm -rf --one-file-system "$R"; mkdir -p "$(dirname "$R")"
 debootstrap --variant=minbase trixie "$R" http://deb.debian.org/debian >&2
 cp /etc/resolv.conf "$R/etc/"
 mount -t proc proc "$R/proc"

@@ -36,9 +36,11 @@ if [[ "${RUSTFLAGS:-} ${CARGO_ENCODED_RUSTFLAGS:-}" == *target-cpu* ]]; then
 fi
 
 build_x86_64() {
-  python -c 'import ziglang' 2>/dev/null || pip install ziglang
+  # both come with `pip install '.[test]'`; installed here if a bare machine lacks them
+  python -c 'import ziglang' 2>/dev/null || pip install 'ziglang>=0.13,<0.18'
+  python -m maturin --version >/dev/null 2>&1 || pip install 'maturin>=1.5,<2'
   rm -f "$out"/ferroquant-*-manylinux*_x86_64.whl
-  (cd "$top" && maturin build --release --strip --locked --zig --compatibility "$POLICY" \
+  (cd "$top" && python -m maturin build --release --strip --locked --zig --compatibility "$POLICY" \
      --target x86_64-unknown-linux-gnu --out "$out")
   python "$top/scripts/check-wheel.py" "$out"/ferroquant-*-cp39-abi3-${POLICY}_x86_64.whl \
     --arch x86_64 --glibc 2.28
@@ -51,22 +53,30 @@ build_aarch64() {
   if [ ! -x "$R/opt/wheel-venv/bin/maturin" ] || [ ! -d "$R/opt/wheel-venv/lib/python3.13/site-packages/ziglang" ]; then
     cp /etc/resolv.conf "$R/etc/resolv.conf"
     chroot "$R" env -i PATH=/usr/bin:/bin HOME=/root sh -c \
-      'DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends python3 python3-venv' >&2
+      'apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends python3 python3-venv' >&2
     cp /etc/ssl/certs/ca-certificates.crt "$R/etc/ssl/certs/ca-certificates.crt"
     chroot "$R" env -i PATH=/usr/bin:/bin HOME=/root PIP_CERT=/etc/ssl/certs/ca-certificates.crt sh -c \
-      'python3 -m venv /opt/wheel-venv && /opt/wheel-venv/bin/pip install "maturin==1.16.0" ziglang' >&2
+      'python3 -m venv /opt/wheel-venv && /opt/wheel-venv/bin/pip install "maturin==1.16.0" "ziglang>=0.13,<0.18"' >&2
   fi
   S=/src/wheel-$$
+  # the cleanup is armed before the first mount: a bind mount of the source tree left behind would
+  # expose it to anything that later deletes the chroot
+  cleanup_aarch64() {
+    local m
+    for m in "$R$S" "$R/out-$$"; do
+      if mountpoint -q "$m"; then umount "$m" || umount -l "$m"; fi
+      rmdir "$m" 2>/dev/null || true
+    done
+    # /proc stays mounted while another build or test (scripts/test-aarch64.sh) uses the chroot
+    if [ -z "$(ls -A "$R/src" 2>/dev/null)" ] && mountpoint -q "$R/proc"; then
+      umount "$R/proc" || umount -l "$R/proc"
+    fi
+  }
+  trap cleanup_aarch64 EXIT
   mkdir -p "$R$S" "$R/out-$$"
   mount --bind "$top" "$R$S"
   mount --bind "$out" "$R/out-$$"
   mountpoint -q "$R/proc" || mount -t proc proc "$R/proc"
-  cleanup_aarch64() {
-    umount "$R$S" "$R/out-$$" 2>/dev/null || true; rmdir "$R$S" "$R/out-$$" 2>/dev/null || true
-    # /proc stays mounted while another build or test (scripts/test-aarch64.sh) uses the chroot
-    if [ -z "$(ls -A "$R/src" 2>/dev/null)" ]; then umount "$R/proc" 2>/dev/null || true; fi
-  }
-  trap cleanup_aarch64 EXIT
   cp /etc/ssl/certs/ca-certificates.crt "$R/etc/ssl/certs/ca-certificates.crt"
   rm -f "$out"/ferroquant-*-manylinux*_aarch64.whl
   # rustc 1.85 (trixie) is older than the bindings' declared rust-version: --ignore-rust-version,

@@ -10,6 +10,7 @@ Exit status 0 and one line per check when the wheel is good; the failed checks o
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import re
 import subprocess
 import sys
@@ -17,7 +18,11 @@ import tempfile
 import zipfile
 from pathlib import Path
 
-import tomllib
+try:
+    import tomllib
+except ImportError:  # Python < 3.11
+    import tomli as tomllib
+
 
 TOP = Path(__file__).resolve().parent.parent
 ELF_MACHINE = {"x86_64": 62, "aarch64": 183}
@@ -105,17 +110,18 @@ def check(wheel: Path, arch: str, glibc: str) -> list[str]:
                 ).stdout
             )
             (ok if stripped else problems).append("extension stripped of debug info")
-    # auditwheel's own verdict, when it is installed (pip install auditwheel; it reads any arch)
-    try:
-        shown = subprocess.run([sys.executable, "-m", "auditwheel", "show", str(wheel)], capture_output=True, text=True)
-    except OSError:
-        shown = None
-    if shown is not None and shown.returncode == 0:
-        verdict = " ".join(shown.stdout.split())
-        consistent = f'consistent with the following platform tag: "{policy}"' in verdict
-        (ok if consistent else problems).append(f"auditwheel show: {verdict[:160]}")
-    else:
+    # auditwheel's own verdict, when it is installed (pip install auditwheel; it reads any arch):
+    # the most compatible tag it allows must be at least as old as the wheel's
+    if importlib.util.find_spec("auditwheel") is None:
         print("note auditwheel not installed: its check skipped (pip install auditwheel)")
+    else:
+        shown = subprocess.run([sys.executable, "-m", "auditwheel", "show", str(wheel)], capture_output=True, text=True)
+        verdict = " ".join(shown.stdout.split())
+        m = re.search(r'consistent with the following platform tag: "manylinux_(\d+)_(\d+)_(\w+)"', verdict)
+        good = shown.returncode == 0 and m is not None and m.group(3) == arch
+        good = good and (int(m.group(1)), int(m.group(2))) <= version_tuple(glibc)
+        detail = verdict[:160] if shown.returncode == 0 else f"failed: {shown.stderr.strip()[-300:]}"
+        (ok if good else problems).append(f"auditwheel show: {detail}")
     return ok_and(ok, problems)
 
 

@@ -12,15 +12,19 @@ mode=${1:-test}
 
 # each run mounts its own tree at its own place, so concurrent runs (two clones) do not mix
 S=/src/$$
+# armed before the first mount, so an interrupted run leaves no bind mount of the tree behind
+cleanup() {
+  if mountpoint -q "$R$S"; then umount "$R$S" || umount -l "$R$S"; fi
+  rmdir "$R$S" 2>/dev/null || true
+  # /proc stays mounted while another run uses the chroot
+  if [ -z "$(ls -A "$R/src" 2>/dev/null)" ] && mountpoint -q "$R/proc"; then
+    umount "$R/proc" || umount -l "$R/proc"
+  fi
+}
+trap cleanup EXIT
 mkdir -p "$R$S"
 mount --bind "$top" "$R$S"
 mountpoint -q "$R/proc" || mount -t proc proc "$R/proc"
-cleanup() {
-  umount "$R$S" 2>/dev/null || true; rmdir "$R$S" 2>/dev/null || true
-  # /proc stays mounted while another run uses the chroot
-  if [ -z "$(ls -A "$R/src" 2>/dev/null)" ]; then umount "$R/proc" 2>/dev/null || true; fi
-}
-trap cleanup EXIT
 cp /etc/resolv.conf "$R/etc/resolv.conf"
 # The host's CA bundle (it may include a proxy's CA) lets cargo in the chroot reach crates.io.
 cp /etc/ssl/certs/ca-certificates.crt "$R/etc/ssl/certs/ca-certificates.crt"

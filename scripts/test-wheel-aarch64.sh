@@ -13,6 +13,9 @@
 set -euo pipefail
 top=$(cd "$(dirname "$0")/.." && pwd)
 [ $# -ge 1 ] || { echo "usage: $0 AARCH64_WHEEL [X86_64_WHEEL]" >&2; exit 2; }
+abspath() { echo "$(cd "$(dirname "$1")" && pwd)/$(basename "$1")"; }
+aarch64_wheel=$(abspath "$1")
+x86_wheel=${2:+$(abspath "$2")}
 R=$("$top/scripts/aarch64-env.sh")
 A=$R/opt/arm64-root          # the unpacked arm64 Python (a QEMU -L prefix)
 SITE=$R/opt/arm64-site       # numpy for it
@@ -37,9 +40,9 @@ if [ ! -d "$SITE/numpy" ]; then
 fi
 
 mkdir -p "$work/aarch64" "$work/x86_64"
-(cd "$work/aarch64" && python -m zipfile -e "$1" .)
-if [ $# -ge 2 ]; then
-  (cd "$work/x86_64" && python -m zipfile -e "$2" .)
+(cd "$work/aarch64" && python -m zipfile -e "$aarch64_wheel" .)
+if [ -n "$x86_wheel" ]; then
+  (cd "$work/x86_64" && python -m zipfile -e "$x86_wheel" .)
   x86_pkg=$work/x86_64/ferroquant
 else
   x86_pkg=$(python -c 'import ferroquant, os; print(os.path.dirname(ferroquant.__file__))')

@@ -3,11 +3,14 @@ the docs can rot:
 
 - ```python blocks run, in page order, in one namespace per page (a page reads as one session),
   in a temporary working directory. A block meant to fail is preceded by
-  ``<!-- docs-test: raises NameOfError -->`` and must raise that error.
-- ```bash blocks: each command is run when it is quick (the demo; ``--help`` of a benchmark,
-  checking every documented flag exists), or else shown to be run by CI (the same command in
-  .ci/run or scripts/test.sh) or to name things that exist (pip extras in pyproject.toml, cargo
-  bench targets and examples, scripts and their flags).
+  ``<!-- docs-test: raises NameOfError: regex -->`` (the page's text says it fails): every
+  statement but its last runs normally, and the last must raise that error, its message matching.
+- ```bash blocks: each command is run when it is quick (the demo; ``--help`` of a benchmark or
+  of mkdocs, checking every documented flag exists, optional ``[--flag]`` ones included), or else
+  shown to be run by CI (the same command, whole, in .ci/run or scripts/test.sh) or to name things
+  that exist (pip extras in pyproject.toml, the wheel's file name, cargo bench targets and
+  examples, scripts and the flags they handle). Long runs (benchmarks, fuzzing, wheel builds)
+  are not repeated here; CI runs their short forms.
 - ```text blocks are formulas and outputs, not code. A fence without a language fails.
 
 Plus: docs/coverage.md equals a fresh run of scripts/gen-coverage.py, every public name has a
@@ -16,6 +19,7 @@ docstring (the API reference is generated from them), and the site builds with m
 
 from __future__ import annotations
 
+import ast
 import importlib.util
 import re
 import shlex
@@ -25,9 +29,13 @@ import types
 from dataclasses import dataclass
 from pathlib import Path
 
+try:
+    import tomllib
+except ImportError:  # Python < 3.11
+    import tomli as tomllib
+
 import ferroquant as fq
 import pytest
-import tomllib
 import torch
 
 TOP = Path(__file__).resolve().parent.parent
@@ -41,7 +49,7 @@ class Block:
     line: int
     lang: str
     code: str
-    raises: str | None
+    raises: tuple[str, str | None] | None  # (exception type name, regex its message must match)
 
 
 def blocks(page: Path) -> list[Block]:
@@ -61,8 +69,9 @@ def blocks(page: Path) -> list[Block]:
         k = i - 1
         while k >= 0 and not lines[k].strip():
             k -= 1
-        marker = re.match(r"^\s*<!-- docs-test: raises (\w+) -->\s*$", lines[k]) if k >= 0 else None
-        found.append(Block(page, i + 1, lang, "\n".join(body) + "\n", marker.group(1) if marker else None))
+        marker = re.match(r"^\s*<!-- docs-test: raises (\w+)(?:: (.+?))? -->\s*$", lines[k]) if k >= 0 else None
+        raises = (marker.group(1), marker.group(2)) if marker else None
+        found.append(Block(page, i + 1, lang, "\n".join(body) + "\n", raises))
         i = j + 1
     return found
 
@@ -113,12 +122,19 @@ def test_python_blocks_run(page: Path, tmp_path, monkeypatch, restore_settings) 
     namespace = mod.__dict__
     for block in (b for b in ALL if b.page == page and b.lang == "python"):
         where = f"{rel(page)}:{block.line + 1}"
-        code = compile("\n" * block.line + block.code, mod.__file__, "exec")  # the page's line numbers
         if block.raises:
+            # every statement but the last runs normally; the last one must raise the error named
+            tree = ast.parse("\n" * block.line + block.code, mod.__file__)
+            *setup, last = tree.body
+            exec(compile(ast.Module(body=setup, type_ignores=[]), mod.__file__, "exec"), namespace)
+            name, pattern = block.raises
             with pytest.raises(Exception) as info:  # noqa: B017 (the type is checked by name below)
-                exec(code, namespace)
-            assert type(info.value).__name__ == block.raises, f"{where} raised {info.value!r}"
+                exec(compile(ast.Module(body=[last], type_ignores=[]), mod.__file__, "exec"), namespace)
+            assert type(info.value).__name__ == name, f"{where} raised {info.value!r}, not {name}"
+            if pattern:
+                assert re.search(pattern, str(info.value)), f"{where}: {info.value!r} does not match {pattern!r}"
         else:
+            code = compile("\n" * block.line + block.code, mod.__file__, "exec")  # the page's line numbers
             try:
                 exec(code, namespace)
             except Exception as e:
@@ -130,12 +146,24 @@ def commands(block: Block) -> list[str]:
     out = []
     for line in block.code.splitlines():
         line = re.sub(r"\s#\s.*$|^#.*$", "", line).strip()
-        line = re.sub(r"\[[^\]]*\]", "", line).strip()
+        # optional parts, `[--threads N]`: the brackets go, the flags stay (and are checked)
+        line = re.sub(r"\[(-[^\]]*)\]", r"\1", line).strip()
         out += [part.strip() for part in line.split("&&") if part.strip()]
     return out
 
 
-CI_TEXT = (TOP / ".ci" / "run").read_text() + (TOP / "scripts" / "test.sh").read_text()
+def ci_commands() -> set[str]:
+    """The commands CI runs (.ci/run and scripts/test.sh): lines joined across `\\`, split at `&&`."""
+    found = set()
+    for name in (".ci/run", "scripts/test.sh"):
+        text = (TOP / name).read_text().replace("\\\n", " ")
+        for line in text.splitlines():
+            line = re.sub(r"\s+", " ", line).strip()
+            found |= {part.strip() for part in line.split("&&") if part.strip()}
+    return found
+
+
+CI_COMMANDS = ci_commands()
 PYPROJECT = tomllib.loads((TOP / "pyproject.toml").read_text())
 _help_cache: dict[str, str] = {}
 
@@ -153,7 +181,7 @@ def check_command(cmd: str) -> str:
     argv = shlex.split(cmd)
     while argv and re.match(r"^[A-Z_][A-Z0-9_]*=", argv[0]):
         argv = argv[1:]
-    if cmd in CI_TEXT:
+    if re.sub(r"\s+", " ", cmd) in CI_COMMANDS:
         return "run by CI"
     if argv[:2] == ["pip", "install"] and re.fullmatch(r"dist/ferroquant-[^/]+\.whl", argv[-1]):
         version = tomllib.loads((TOP / "Cargo.toml").read_text())["workspace"]["package"]["version"]
@@ -200,9 +228,12 @@ def check_command(cmd: str) -> str:
         for flag in [a for a in argv[2:] if a.startswith("--")]:
             assert flag in text, f"{argv[1]} has no flag {flag}"
         return "--help lists the flags"
-    if argv[:2] == ["python", "-m"] and argv[2] == "mkdocs":
-        assert (TOP / "mkdocs.yml").is_file()
-        return "mkdocs.yml exists (test_site_builds builds it)"
+    if argv[:3] == ["python", "-m", "mkdocs"]:
+        assert argv[3] in ("build", "serve"), cmd
+        res = subprocess.run([sys.executable, "-m", "mkdocs", argv[3], "--help"], capture_output=True, text=True)
+        for flag in [a for a in argv[4:] if a.startswith("--")]:
+            assert flag in res.stdout, f"mkdocs {argv[3]} has no flag {flag}"
+        return "mkdocs flags exist (test_site_builds builds the site)"
     raise AssertionError(f"no rule checks the documented command {cmd!r}: add one to tests/test_docs.py")
 
 

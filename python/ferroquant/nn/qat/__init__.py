@@ -1,4 +1,4 @@
-"""``torch.ao.nn.qat`` counterpart: planned with the static and QAT workflows;
-nothing is exported yet."""
+"""``torch.ao.nn.qat`` counterpart: not available yet (quantization-aware training is open
+work); nothing is exported."""
 
 __all__: list[str] = []

@@ -1,4 +1,4 @@
-"""Functional quantized ops (``torch.ao.nn.quantized.functional``): planned with the static
-quantization work; nothing is exported yet."""
+"""Functional quantized ops (``torch.ao.nn.quantized.functional``): not available yet (open
+work); nothing is exported."""
 
 __all__: list[str] = []
