@@ -88,21 +88,26 @@ IMPLEMENTED = {
     "qconfig": ["QConfig", "get_default_qconfig", "default_dynamic_qconfig"],
     "qconfig_mapping": ["QConfigMapping"],
     "stubs": ["QuantStub", "DeQuantStub", "QuantWrapper"],
-    "quantize": ["quantize_dynamic", "prepare", "convert", "propagate_qconfig_"],
+    "quantize": ["quantize_dynamic", "prepare", "convert", "propagate_qconfig_", "prepare_qat", "quantize_qat"],
     "nn.quantized": ["Linear", "Conv1d", "Conv2d", "Conv3d", "Quantize", "DeQuantize"]
     + ["FloatFunctional", "QFunctional"],
     "nn.quantized.dynamic": ["Linear"],
-    "nn.intrinsic": ["LinearReLU", "ConvReLU1d", "ConvReLU2d", "ConvReLU3d"],
+    "nn.intrinsic": ["LinearReLU", "ConvReLU1d", "ConvReLU2d", "ConvReLU3d", "ConvBn2d", "ConvBnReLU2d", "LinearBn1d"],
     "nn.intrinsic.quantized": ["LinearReLU", "ConvReLU1d", "ConvReLU2d", "ConvReLU3d"],
+    "nn.qat": ["Linear", "Conv1d", "Conv2d", "Conv3d", "Embedding", "EmbeddingBag"],
+    "nn.intrinsic.qat": ["ConvBn1d", "ConvBn2d", "ConvBn3d", "ConvBnReLU1d", "ConvBnReLU2d", "ConvBnReLU3d"]
+    + ["ConvReLU1d", "ConvReLU2d", "ConvReLU3d", "LinearReLU", "LinearBn1d", "freeze_bn_stats", "update_bn_stats"],
 }
 # Modules whose content is planned work: they exist so that imports mirror torch.ao, export
 # nothing, and say so.
-PLANNED = ["quantize_fx", "nn.quantized.functional", "nn.intrinsic.qat", "nn.qat"]
+PLANNED = ["quantize_fx", "nn.quantized.functional"]
 TORCH_AO = {
     "nn.quantized": "torch.ao.nn.quantized",
     "nn.quantized.dynamic": "torch.ao.nn.quantized.dynamic",
     "nn.intrinsic": "torch.ao.nn.intrinsic",
     "nn.intrinsic.quantized": "torch.ao.nn.intrinsic.quantized",
+    "nn.qat": "torch.ao.nn.qat",
+    "nn.intrinsic.qat": "torch.ao.nn.intrinsic.qat",
 }
 
 

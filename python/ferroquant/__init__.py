@@ -34,6 +34,8 @@ from .fake_quantize import (
     FakeQuantizeBase,
     FixedQParamsFakeQuantize,
     FusedMovingAvgObsFakeQuantize,
+    default_embedding_fake_quant,
+    default_embedding_fake_quant_4bit,
     default_fake_quant,
     default_fused_act_fake_quant,
     default_fused_per_channel_wt_fake_quant,
@@ -46,7 +48,7 @@ from .fake_quantize import (
     enable_observer,
 )
 from .footprint import memory_footprint
-from .fuse_modules import fuse_modules
+from .fuse_modules import fuse_modules, fuse_modules_qat
 from .observer import (
     CalibrationError,
     FixedQParamsObserver,
@@ -74,6 +76,8 @@ from .qconfig import (
     default_debug_qconfig,
     default_dynamic_qconfig,
     default_dynamic_qconfig_torch,
+    default_embedding_qat_qconfig,
+    default_embedding_qat_qconfig_4bit,
     default_per_channel_qconfig,
     default_qat_qconfig,
     default_qat_qconfig_v2,
@@ -93,7 +97,15 @@ from .qconfig_mapping import QConfigMapping, get_default_qat_qconfig_mapping, ge
 from .qtensor import QTensor, dequantize, quantize_per_channel, quantize_per_tensor
 
 # as in torch.ao, the names quantize and fuse_modules are the functions (the modules stay importable)
-from .quantize import convert, prepare, propagate_qconfig_, quantize, quantize_dynamic
+from .quantize import (
+    convert,
+    prepare,
+    prepare_qat,
+    propagate_qconfig_,
+    quantize,
+    quantize_dynamic,
+    quantize_qat,
+)
 from .stubs import DeQuantStub, QuantStub, QuantWrapper
 
 __all__ = [name for name in dir() if not name.startswith("_")]

@@ -33,6 +33,14 @@ def quantize_per_channel(
     qmax: int,
     dtype: str,
 ) -> npt.NDArray[np.generic]: ...
+def fake_quantize(
+    x: npt.NDArray[np.float32],
+    scales: npt.NDArray[np.float32],
+    zero_points: npt.NDArray[np.int32],
+    axis: int,
+    qmin: int,
+    qmax: int,
+) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.uint8]]: ...
 def add_requant(
     a: npt.NDArray[np.uint8],
     a_scale: float,

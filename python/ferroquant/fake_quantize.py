@@ -17,7 +17,17 @@ from typing import Any
 import torch
 from torch import nn
 
-from ._dtypes import per_channel_symmetric, per_tensor_affine, per_tensor_symmetric, qint8, quint8, to_qscheme
+from . import _core
+from ._dtypes import (
+    per_channel_affine_float_qparams,
+    per_channel_symmetric,
+    per_tensor_affine,
+    per_tensor_symmetric,
+    qint8,
+    quint8,
+    to_qdtype,
+    to_qscheme,
+)
 from .observer import (
     FixedQParamsObserver,
     MovingAverageMinMaxObserver,
@@ -39,6 +49,8 @@ __all__ = [
     "default_fused_act_fake_quant",
     "default_fused_wt_fake_quant",
     "default_fused_per_channel_wt_fake_quant",
+    "default_embedding_fake_quant",
+    "default_embedding_fake_quant_4bit",
     "enable_fake_quant",
     "disable_fake_quant",
     "enable_observer",
@@ -46,28 +58,63 @@ __all__ = [
 ]
 
 
+def _kernel_fake_quant(
+    x: torch.Tensor, scale: torch.Tensor, zp: torch.Tensor, qmin: int, qmax: int, axis: int
+) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """The Rust kernel's one pass (values and mask), where it applies: a CPU float32 input and
+    integer zero points; ``None`` sends the caller to the torch-ops definition (same bits)."""
+    if x.device.type != "cpu" or x.dtype != torch.float32 or zp.is_floating_point() or x.numel() == 0:
+        return None
+    if not (-(1 << 20) <= qmin <= qmax <= (1 << 20)):
+        return None
+    s = scale.detach().to(torch.float32).reshape(-1).contiguous().numpy()
+    z = zp.detach().to(torch.int32).reshape(-1).contiguous().numpy()
+    if axis < 0 and (s.size != 1 or z.size != 1):
+        return None
+    out, mask = _core.fake_quantize(x.detach().contiguous().numpy(), s, z, axis, qmin, qmax)
+    return torch.from_numpy(out), torch.from_numpy(mask)
+
+
 class _FakeQuantFunction(torch.autograd.Function):
     """``q = clamp(rne(x·fl(1/scale)) + zp)``, ``out = fl(fl(q − zp)·scale)``; the gradient
-    passes where the rounded, unclamped ``q`` lies inside ``[quant_min, quant_max]``."""
+    passes where the rounded, unclamped ``q`` lies inside ``[quant_min, quant_max]``. One pass of
+    the Rust kernel on CPU float32 tensors; the same definition in torch ops otherwise."""
 
     @staticmethod
     def forward(
         ctx: Any, x: torch.Tensor, scale: torch.Tensor, zp: torch.Tensor, qmin: int, qmax: int, axis: int
     ) -> torch.Tensor:
+        fast = _kernel_fake_quant(x, scale, zp, qmin, qmax, axis)
+        if fast is not None:
+            out, mask = fast
+            ctx.save_for_backward(mask)
+            return out
+        return _FakeQuantFunction.torch_ops(ctx, x, scale, zp, qmin, qmax, axis)
+
+    @staticmethod
+    def torch_ops(
+        ctx: Any, x: torch.Tensor, scale: torch.Tensor, zp: torch.Tensor, qmin: int, qmax: int, axis: int
+    ) -> torch.Tensor:
+        """The definition in torch ops (any device and float dtype; float zero points)."""
         shape = [1] * x.dim()
         if axis >= 0:
             shape[axis] = -1
         s = scale.to(torch.float32).reshape(shape)
         z = zp.to(torch.float32).reshape(shape)
-        q = torch.round(x * (1.0 / s)) + z
+        if zp.is_floating_point():
+            # float zero points (per_channel_affine_float_qparams, embeddings): torch's rule
+            q = torch.round(x * (1.0 / s) + z)
+        else:
+            q = torch.round(x * (1.0 / s)) + z
         mask = (q >= qmin) & (q <= qmax)
-        ctx.save_for_backward(mask)
+        if ctx is not None:
+            ctx.save_for_backward(mask)
         return (torch.clamp(q, qmin, qmax) - z) * s
 
     @staticmethod
     def backward(ctx: Any, grad: torch.Tensor) -> tuple:
         (mask,) = ctx.saved_tensors
-        return grad * mask, None, None, None, None, None
+        return grad * mask.to(grad.dtype), None, None, None, None, None
 
 
 def fake_quantize(
@@ -134,10 +181,11 @@ class FakeQuantize(FakeQuantizeBase):
         self.quant_min = self.activation_post_process.quant_min
         self.quant_max = self.activation_post_process.quant_max
         self.is_dynamic = self.activation_post_process.is_dynamic
-        self.register_buffer("scale", torch.tensor([1.0], dtype=torch.float))
-        self.register_buffer("zero_point", torch.tensor([0], dtype=torch.int))
         self.dtype = self.activation_post_process.dtype
         self.qscheme = self.activation_post_process.qscheme
+        float_zp = to_qscheme(self.qscheme) == per_channel_affine_float_qparams
+        self.register_buffer("scale", torch.tensor([1.0], dtype=torch.float))
+        self.register_buffer("zero_point", torch.tensor([0], dtype=torch.float if float_zp else torch.int))
         self.ch_axis = getattr(self.activation_post_process, "ch_axis", -1)
         scheme = to_qscheme(self.qscheme)
         self.is_per_channel = scheme.per_channel
@@ -146,8 +194,12 @@ class FakeQuantize(FakeQuantizeBase):
     def calculate_qparams(self) -> tuple[torch.Tensor, torch.Tensor]:
         return self.activation_post_process.calculate_qparams()
 
+    def frozen_qparams(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The qparams the last forward used (what ``convert`` takes: no new observation)."""
+        return self.scale, self.zero_point
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.observer_enabled[0] == 1:
+        if self.observer_enabled.item() == 1:
             self.activation_post_process(x.detach())
             scale, zp = self.calculate_qparams()
             scale, zp = scale.to(self.scale.device), zp.to(self.zero_point.device)
@@ -156,9 +208,13 @@ class FakeQuantize(FakeQuantizeBase):
                 self.zero_point.resize_(zp.shape)
             self.scale.copy_(scale)
             self.zero_point.copy_(zp)
-        if self.fake_quant_enabled[0] == 1:
-            axis = self.ch_axis if self.is_per_channel else -1
+        if self.fake_quant_enabled.item() == 1:
+            axis = self.ch_axis % x.dim() if self.is_per_channel else -1
             x = fake_quantize(x, self.scale, self.zero_point, self.quant_min, self.quant_max, axis)
+            if not self.is_per_channel:
+                # the grid the values lie on, for ops that requantize onto their input's grid in the
+                # int8 model (average pooling): prepare_qat rounds their outputs the same way
+                x._fq_grid = (float(self.scale.reshape(-1)[0]), int(self.zero_point.reshape(-1)[0]), self.dtype)
         return x
 
     def extra_repr(self) -> str:
@@ -260,6 +316,25 @@ default_fused_per_channel_wt_fake_quant = FusedMovingAvgObsFakeQuantize.with_arg
     quant_max=127,
     dtype=qint8,
     qscheme=per_channel_symmetric,
+)
+#: Embedding weights for QAT: one scale and float zero point per row (torch.ao's
+#: ``default_embedding_fake_quant``).
+default_embedding_fake_quant = FakeQuantize.with_args(
+    observer=MovingAveragePerChannelMinMaxObserver,
+    qscheme=per_channel_affine_float_qparams,
+    dtype=quint8,
+    quant_min=0,
+    quant_max=255,
+    ch_axis=0,
+    averaging_constant=1,
+)
+#: The same with 4-bit rows (``quint4x2``).
+default_embedding_fake_quant_4bit = FakeQuantize.with_args(
+    observer=MovingAveragePerChannelMinMaxObserver,
+    qscheme=per_channel_affine_float_qparams,
+    ch_axis=0,
+    dtype=to_qdtype("quint4x2"),
+    averaging_constant=1,
 )
 default_fixed_qparams_range_neg1to1_fake_quant = FixedQParamsFakeQuantize.with_args(
     observer=default_fixed_qparams_range_neg1to1_observer

@@ -13,7 +13,7 @@ from torch.nn.utils.fusion import fuse_conv_bn_eval, fuse_linear_bn_eval
 
 from .nn import intrinsic as nni
 
-__all__ = ["fuse_modules", "fuse_known_modules", "get_fuser_method"]
+__all__ = ["fuse_modules", "fuse_modules_qat", "fuse_known_modules", "get_fuser_method"]
 
 _CONV = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
 _BN = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
@@ -25,7 +25,7 @@ def _need_eval(*mods: nn.Module) -> None:
     if any(m.training for m in mods):
         raise ValueError(
             "fuse_modules folds BatchNorm with its running statistics and needs the model in eval mode; call "
-            "model.eval() first (quantization-aware training fusion, fuse_modules_qat, is not available yet)"
+            "model.eval() first (for quantization-aware training, fuse a train-mode model with fuse_modules_qat)"
         )
 
 
@@ -71,6 +71,38 @@ def _bn_relu(bn: nn.Module, relu: nn.Module) -> nn.Module:
     return _BN_RELU[type(bn)](bn, relu)
 
 
+_CONV_BN_QAT = {nn.Conv1d: nni.ConvBn1d, nn.Conv2d: nni.ConvBn2d, nn.Conv3d: nni.ConvBn3d}
+_CONV_BN_RELU_QAT = {nn.Conv1d: nni.ConvBnReLU1d, nn.Conv2d: nni.ConvBnReLU2d, nn.Conv3d: nni.ConvBnReLU3d}
+
+
+def _check_bn(layer: nn.Module, bn: nn.Module) -> None:
+    channels = getattr(layer, "out_channels", getattr(layer, "out_features", None))
+    if bn.num_features != channels:
+        raise ValueError(
+            f"cannot fuse {type(layer).__name__} ({channels} output channels) with {type(bn).__name__} "
+            f"({bn.num_features} features): they must match"
+        )
+    if not (bn.affine and bn.track_running_stats):
+        raise ValueError(f"fusing needs a BatchNorm with affine=True and track_running_stats=True, got {bn}")
+
+
+def _conv_bn_qat(conv: nn.Module, bn: nn.Module) -> nn.Module:
+    _check_bn(conv, bn)
+    return _CONV_BN_QAT[type(conv)](conv, bn)
+
+
+def _conv_bn_relu_qat(conv: nn.Module, bn: nn.Module, relu: nn.Module) -> nn.Module:
+    _check_bn(conv, bn)
+    return _CONV_BN_RELU_QAT[type(conv)](conv, bn, _relu_like(relu))
+
+
+def _linear_bn_qat(linear: nn.Module, bn: nn.Module) -> nn.Module:
+    if not isinstance(bn, nn.BatchNorm1d):
+        raise NotImplementedError(f"Linear + BN fusion for QAT needs BatchNorm1d, got {type(bn).__name__}")
+    _check_bn(linear, bn)
+    return nni.LinearBn1d(linear, bn)
+
+
 _RELU_LIKE = (nn.ReLU, nn.ReLU6, nn.Hardtanh)
 _FUSERS: dict[tuple[type, ...], Callable[..., nn.Module]] = {}
 for _c in _CONV:
@@ -86,9 +118,22 @@ for _b in _BN:
     _FUSERS[(nn.Linear, _b)] = _linear_bn
     _FUSERS[(_b, nn.ReLU)] = _bn_relu
 
+# quantization-aware training (train mode): BatchNorm stays, inside the fused module, to be folded
+# while training by the QAT modules (ferroquant.nn.intrinsic.qat)
+_QAT_FUSERS: dict[tuple[type, ...], Callable[..., nn.Module]] = dict(_FUSERS)
+for _c in _CONV:
+    for _b in _BN:
+        _QAT_FUSERS[(_c, _b)] = _conv_bn_qat
+        for _r in _RELU_LIKE:
+            _QAT_FUSERS[(_c, _b, _r)] = _conv_bn_relu_qat
+for _b in _BN:
+    _QAT_FUSERS[(nn.Linear, _b)] = _linear_bn_qat
 
-def get_fuser_method(op_list: tuple[type, ...], additional_fuser_method_mapping: Optional[dict] = None) -> Callable:
-    mapping = {**_FUSERS, **(additional_fuser_method_mapping or {})}
+
+def get_fuser_method(
+    op_list: tuple[type, ...], additional_fuser_method_mapping: Optional[dict] = None, is_qat: bool = False
+) -> Callable:
+    mapping = {**(_QAT_FUSERS if is_qat else _FUSERS), **(additional_fuser_method_mapping or {})}
     fuser = mapping.get(tuple(op_list))
     if fuser is None:
         supported = ", ".join("[" + ", ".join(t.__name__ for t in k) + "]" for k in _FUSERS)
@@ -99,10 +144,9 @@ def get_fuser_method(op_list: tuple[type, ...], additional_fuser_method_mapping:
 def fuse_known_modules(
     mod_list: Sequence[nn.Module], is_qat: bool = False, additional_fuser_method_mapping: Optional[dict] = None
 ) -> list[nn.Module]:
-    """The fused module first, then ``nn.Identity`` for the others (so forward stays valid)."""
-    if is_qat:
-        raise NotImplementedError("quantization-aware training fusion (fuse_modules_qat) is not available yet")
-    fuser = get_fuser_method(tuple(type(m) for m in mod_list), additional_fuser_method_mapping)
+    """The fused module first, then ``nn.Identity`` for the others (so forward stays valid).
+    ``is_qat``: the train-mode fusion of ``fuse_modules_qat`` (BatchNorm kept for training)."""
+    fuser = get_fuser_method(tuple(type(m) for m in mod_list), additional_fuser_method_mapping, is_qat)
     fused = fuser(*mod_list)
     out: list[nn.Module] = [fused] + [nn.Identity() for _ in mod_list[1:]]
     # keep hooks of the last module on the fused one, as torch does
@@ -135,6 +179,17 @@ def fuse_modules(
     [Linear, ReLU], [Linear, BN], [BN, ReLU] (1d/2d/3d); beyond torch.ao, ReLU6 or Hardtanh(0, max)
     in place of the ReLU after a conv or linear (quantized as a fused ReLU with the observed
     range)."""
+    return _fuse(model, modules_to_fuse, inplace, fuser_func, fuse_custom_config_dict, is_qat=False)
+
+
+def _fuse(
+    model: nn.Module,
+    modules_to_fuse: Union[Sequence[str], Sequence[Sequence[str]]],
+    inplace: bool,
+    fuser_func: Callable[..., list[nn.Module]],
+    fuse_custom_config_dict: Optional[dict[str, Any]],
+    is_qat: bool,
+) -> nn.Module:
     if not inplace:
         model = copy.deepcopy(model)
     groups = [modules_to_fuse] if modules_to_fuse and isinstance(modules_to_fuse[0], str) else modules_to_fuse
@@ -142,9 +197,23 @@ def fuse_modules(
     for names in groups:
         mods = [_get(model, n) for n in names]
         if fuser_func is fuse_known_modules:
-            new = fuser_func(mods, additional_fuser_method_mapping=extra)
+            new = fuser_func(mods, is_qat=is_qat, additional_fuser_method_mapping=extra)
         else:
             new = fuser_func(mods)
         for n, m in zip(names, new):
             _set(model, n, m)
     return model
+
+
+def fuse_modules_qat(
+    model: nn.Module,
+    modules_to_fuse: Union[Sequence[str], Sequence[Sequence[str]]],
+    inplace: bool = False,
+    fuser_func: Callable[..., list[nn.Module]] = fuse_known_modules,
+    fuse_custom_config_dict: Optional[dict[str, Any]] = None,
+) -> nn.Module:
+    """``fuse_modules`` for quantization-aware training (model in train mode): [Conv, BN] and
+    [Conv, BN, ReLU] become ``nn.intrinsic.ConvBn*d`` / ``ConvBnReLU*d`` and [Linear, BN]
+    ``LinearBn1d``, keeping the BatchNorm, which ``prepare_qat``'s modules fold into the weight
+    while training; [Conv, ReLU], [Linear, ReLU], [BN, ReLU] fuse as in ``fuse_modules``."""
+    return _fuse(model, modules_to_fuse, inplace, fuser_func, fuse_custom_config_dict, is_qat=True)

@@ -5,7 +5,9 @@ from __future__ import annotations
 from torch import nn
 
 from .nn import intrinsic as nni
+from .nn import qat as nnqat
 from .nn import quantized as nnq
+from .nn.intrinsic import qat as nniqat
 from .nn.intrinsic import quantized as nniq
 from .nn.quantized import dynamic as nnqd
 from .nn.quantized.passthrough import PASSTHROUGH_MODULES
@@ -28,6 +30,24 @@ DEFAULT_STATIC_QUANT_MODULE_MAPPINGS: dict[type, type] = {
     nni.ConvReLU1d: nniq.ConvReLU1d,
     nni.ConvReLU2d: nniq.ConvReLU2d,
     nni.ConvReLU3d: nniq.ConvReLU3d,
+    # quantization-aware training modules: converted with their fake-quants' frozen qparams, BN folded
+    nnqat.Linear: nnq.Linear,
+    nnqat.Conv1d: nnq.Conv1d,
+    nnqat.Conv2d: nnq.Conv2d,
+    nnqat.Conv3d: nnq.Conv3d,
+    nniqat.LinearReLU: nniq.LinearReLU,
+    nniqat.LinearBn1d: nnq.Linear,
+    nniqat.ConvReLU1d: nniq.ConvReLU1d,
+    nniqat.ConvReLU2d: nniq.ConvReLU2d,
+    nniqat.ConvReLU3d: nniq.ConvReLU3d,
+    nniqat.ConvBn1d: nnq.Conv1d,
+    nniqat.ConvBn2d: nnq.Conv2d,
+    nniqat.ConvBn3d: nnq.Conv3d,
+    nniqat.ConvBnReLU1d: nniq.ConvReLU1d,
+    nniqat.ConvBnReLU2d: nniq.ConvReLU2d,
+    nniqat.ConvBnReLU3d: nniq.ConvReLU3d,
+    nnqat.Embedding: nnqat.modules.EmbeddingFromQAT,
+    nnqat.EmbeddingBag: nnqat.modules.EmbeddingBagFromQAT,
     nn.ReLU6: nnq.ReLU6,
     nn.Hardswish: nnq.Hardswish,
     nn.Dropout: nnq.Dropout,
@@ -35,6 +55,30 @@ DEFAULT_STATIC_QUANT_MODULE_MAPPINGS: dict[type, type] = {
     # nn.ReLU, pooling, nn.Flatten, nn.Identity, nn.Sequential: same modules, plus a TorchScript
     # path for quantized tensors (ferroquant.nn.quantized.passthrough); no observer of their own
     **PASSTHROUGH_MODULES,
+}
+
+#: Float (or fused) module type → QAT module type (``prepare_qat``'s default mapping).
+DEFAULT_QAT_MODULE_MAPPINGS: dict[type, type] = {
+    nn.Linear: nnqat.Linear,
+    # nn.MultiheadAttention's out_proj, as torch.ao maps it
+    nn.modules.linear.NonDynamicallyQuantizableLinear: nnqat.Linear,
+    nn.Conv1d: nnqat.Conv1d,
+    nn.Conv2d: nnqat.Conv2d,
+    nn.Conv3d: nnqat.Conv3d,
+    nni.LinearReLU: nniqat.LinearReLU,
+    nni.LinearBn1d: nniqat.LinearBn1d,
+    nni.ConvReLU1d: nniqat.ConvReLU1d,
+    nni.ConvReLU2d: nniqat.ConvReLU2d,
+    nni.ConvReLU3d: nniqat.ConvReLU3d,
+    nni.ConvBn1d: nniqat.ConvBn1d,
+    nni.ConvBn2d: nniqat.ConvBn2d,
+    nni.ConvBn3d: nniqat.ConvBn3d,
+    nni.ConvBnReLU1d: nniqat.ConvBnReLU1d,
+    nni.ConvBnReLU2d: nniqat.ConvBnReLU2d,
+    nni.ConvBnReLU3d: nniqat.ConvBnReLU3d,
+    # with a float-qparams weight fake-quant only (default_embedding_qat_qconfig), as torch.ao
+    nn.Embedding: nnqat.Embedding,
+    nn.EmbeddingBag: nnqat.EmbeddingBag,
 }
 
 #: torch.ao's own stub / FloatFunctional classes, recognised by name so models written for
@@ -56,6 +100,10 @@ def get_default_dynamic_quant_module_mappings() -> dict[type, type]:
 
 def get_default_static_quant_module_mappings() -> dict[type, type]:
     return dict(DEFAULT_STATIC_QUANT_MODULE_MAPPINGS)
+
+
+def get_default_qat_module_mappings() -> dict[type, type]:
+    return dict(DEFAULT_QAT_MODULE_MAPPINGS)
 
 
 def canonical_type(mod: nn.Module) -> type:

@@ -150,9 +150,21 @@ class ObserverBase(nn.Module):
         raise NotImplementedError
 
 
+def _finite(*ts: torch.Tensor) -> bool:
+    """Whether every value of the tensors is finite (one-element tensors through .item(): the
+    observers run this on every QAT step, so it is kept cheap)."""
+    for t in ts:
+        if t.numel() == 1:
+            if not math.isfinite(t.item()):
+                return False
+        elif not bool(torch.isfinite(t).all()):
+            return False
+    return True
+
+
 def _check_finite(obs: ObserverBase, lo: torch.Tensor, hi: torch.Tensor) -> None:
     """NaN / Inf are an error, not silent poison (torch would make the scale NaN; docs/numerics.md D5)."""
-    if not bool(torch.isfinite(lo).all()) or not bool(torch.isfinite(hi).all()):
+    if not _finite(lo, hi):
         kind = "NaN" if bool(torch.isnan(lo).any() or torch.isnan(hi).any()) else "Inf"
         raise ValueError(
             f"{obs._who()} saw {kind} in its input; calibration data must be finite "
@@ -180,7 +192,7 @@ def _as_float32(obs: ObserverBase, lo: torch.Tensor, hi: torch.Tensor) -> tuple[
     """The (finite) batch min and max as float32, the observers' buffer dtype; finite data
     beyond float32's range (float64 input) is an error, not a silent Inf."""
     lo32, hi32 = lo.to(torch.float32), hi.to(torch.float32)
-    if not bool(torch.isfinite(lo32).all()) or not bool(torch.isfinite(hi32).all()):
+    if not _finite(lo32, hi32):
         big = max(float(lo.abs().max()), float(hi.abs().max()))
         raise ValueError(
             f"{obs._who()} saw values as large as {big:.6g} ({lo.dtype}), beyond float32's range "
@@ -194,7 +206,7 @@ def _moving_average(old: torch.Tensor, new: torch.Tensor, c: float) -> torch.Ten
     """``old + c·(new − old)`` in float32 as torch computes it, in float64 where the float32
     difference overflows (finite values at opposite ends of float32's range)."""
     out = old + c * (new - old)
-    if not bool(torch.isfinite(out).all()):
+    if not _finite(out):
         out = (old.double() + c * (new.double() - old.double())).to(old.dtype)
     return out
 
@@ -259,7 +271,7 @@ class UniformQuantizationObserverBase(ObserverBase):
             raise CalibrationError(f"{self._who()}: min {min_val} is greater than max {max_val}")
         _check_finite(self, min_val, max_val)
         scale, zero_point = self._qparams_formula(min_val, max_val, self.eps)
-        if not bool(torch.isfinite(scale).all()):
+        if not _finite(scale):
             # float32 overflowed in max − min (finite data at opposite ends of float32's range):
             # the same formula in float64, scale rounded to float32 and the zero point taken from it
             scale64, _ = self._qparams_formula(min_val.double(), max_val.double(), self.eps.double())

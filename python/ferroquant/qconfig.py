@@ -19,6 +19,8 @@ from ._dtypes import per_channel_affine, quint8
 from .fake_quantize import (
     FakeQuantize,
     FusedMovingAvgObsFakeQuantize,
+    default_embedding_fake_quant,
+    default_embedding_fake_quant_4bit,
     default_fake_quant,
     default_fused_act_fake_quant,
     default_fused_per_channel_wt_fake_quant,
@@ -29,6 +31,7 @@ from .fake_quantize import (
 from .observer import (
     HistogramObserver,
     MovingAverageMinMaxObserver,
+    NoopObserver,
     PlaceholderObserver,
     _PartialWrapper,
     default_debug_observer,
@@ -61,6 +64,8 @@ __all__ = [
     "float_qparams_weight_only_qconfig_4bit",
     "default_qat_qconfig",
     "default_qat_qconfig_v2",
+    "default_embedding_qat_qconfig",
+    "default_embedding_qat_qconfig_4bit",
     "default_weight_only_qconfig",
     "default_activation_only_qconfig",
     "qconfig_equals",
@@ -133,6 +138,14 @@ float_qparams_weight_only_qconfig_4bit = QConfig(
 )
 default_qat_qconfig = QConfig(activation=default_fake_quant, weight=default_weight_fake_quant)
 default_qat_qconfig_v2 = QConfig(activation=default_fused_act_fake_quant, weight=default_fused_wt_fake_quant)
+#: Quantization-aware training of nn.Embedding / nn.EmbeddingBag: weights fake-quantized per row
+#: with float zero points, outputs float (torch.ao's ``default_embedding_qat_qconfig``).
+default_embedding_qat_qconfig = QConfig(
+    activation=NoopObserver.with_args(dtype=torch.float32), weight=default_embedding_fake_quant
+)
+default_embedding_qat_qconfig_4bit = QConfig(
+    activation=NoopObserver.with_args(dtype=torch.float32), weight=default_embedding_fake_quant_4bit
+)
 default_weight_only_qconfig = QConfig(activation=nn.Identity, weight=default_weight_fake_quant)
 default_activation_only_qconfig = QConfig(activation=default_fake_quant, weight=nn.Identity)
 

@@ -15,11 +15,12 @@ from .mappings import (
     NO_OUTPUT_OBSERVER,
     canonical_type,
     get_default_dynamic_quant_module_mappings,
+    get_default_qat_module_mappings,
     get_default_static_quant_module_mappings,
 )
 from .qconfig import QConfig, default_dynamic_qconfig
 
-__all__ = ["propagate_qconfig_", "prepare", "convert", "quantize", "quantize_dynamic"]
+__all__ = ["propagate_qconfig_", "prepare", "prepare_qat", "convert", "quantize", "quantize_qat", "quantize_dynamic"]
 
 QConfigSpec = Union[dict[Any, Optional[QConfig]], set, None]
 
@@ -156,8 +157,44 @@ def _warn_torch_engine() -> None:
         )
 
 
-def _observer_hook(module: nn.Module, inputs: Any, output: Any) -> None:
-    module.activation_post_process(output)
+def _observer_hook(module: nn.Module, inputs: Any, output: Any) -> Any:
+    # an observer returns its input; a fake-quant (QAT) returns the output rounded to its grid,
+    # which then flows on
+    return module.activation_post_process(output)
+
+
+_AVG_POOLS = (
+    nn.AvgPool1d,
+    nn.AvgPool2d,
+    nn.AvgPool3d,
+    nn.AdaptiveAvgPool1d,
+    nn.AdaptiveAvgPool2d,
+    nn.AdaptiveAvgPool3d,
+)
+
+
+def _qat_pool_hook(module: nn.Module, inputs: Any, output: Any) -> Any:
+    """Quantization-aware training: average pooling's output rounded as the int8 model rounds it
+    (the mean of the integers, requantized onto the input's grid), with the float pool's gradient.
+    Without it the fake-quant model would pass unrounded means on, and convert could not match it."""
+    x = inputs[0] if inputs else None
+    grid = getattr(x, "_fq_grid", None)
+    if grid is None or not isinstance(output, torch.Tensor) or x.dim() not in (3, 4, 5):
+        return output
+    from .qtensor import quantize_per_tensor
+
+    scale, zero_point, dtype = grid
+    with torch.no_grad():
+        exact = module(quantize_per_tensor(x.detach(), scale, zero_point, dtype)).dequantize()
+    out = output + (exact - output).detach()
+    out._fq_grid = grid
+    return out
+
+
+def _uses_fake_quant(qconfig: Any) -> bool:
+    from .fake_quantize import FakeQuantizeBase
+
+    return qconfig is not None and isinstance(qconfig.activation(), FakeQuantizeBase)
 
 
 def _add_observers(module: nn.Module, mapping: dict[type, type], prefix: str, custom: dict[type, type]) -> None:
@@ -165,6 +202,9 @@ def _add_observers(module: nn.Module, mapping: dict[type, type], prefix: str, cu
         full = f"{prefix}.{name}" if prefix else name
         kind = canonical_type(child)
         qconfig = getattr(child, "qconfig", None)
+        if isinstance(child, _AVG_POOLS) and _uses_fake_quant(qconfig):
+            child._fq_observer_hook = child.register_forward_hook(_qat_pool_hook)
+            continue
         if kind in custom and qconfig is not None:
             observed = custom[kind].from_float(child)
             setattr(module, name, observed)
@@ -281,4 +321,41 @@ def quantize(
     prepare(model, inplace=True)
     run_fn(model, *(run_args if isinstance(run_args, (list, tuple)) else [run_args]))
     convert(model, mapping, inplace=True)
+    return model
+
+
+def prepare_qat(model: nn.Module, mapping: Optional[dict[type, type]] = None, inplace: bool = False) -> nn.Module:
+    """Prepares a model for quantization-aware training: propagates ``model.qconfig`` (a QAT
+    qconfig, e.g. ``get_default_qat_qconfig("x86")``), swaps Linear / Conv and the fused modules of
+    ``fuse_modules_qat`` for their QAT versions (``ferroquant.nn.qat``, ``ferroquant.nn.intrinsic.qat``:
+    weights through the weight fake-quant, BatchNorm folded while training), and attaches output
+    fake-quants as ``prepare`` attaches observers. Train it, then ``convert(model.eval())``: the
+    int8 model uses the fake-quants' frozen qparams and computes what the fake-quant model computes
+    (within 1 LSB; docs/numerics.md D6/D7)."""
+    _warn_torch_engine()
+    if not inplace:
+        model = copy.deepcopy(model)
+    propagate_qconfig_(model)
+    if not any(getattr(m, "qconfig", None) is not None for m in model.modules()):
+        warnings.warn(
+            "prepare_qat: no module has a qconfig, so nothing will be fake-quantized; set model.qconfig "
+            "(e.g. ferroquant.get_default_qat_qconfig('x86'))",
+            UserWarning,
+            stacklevel=2,
+        )
+    _swap_modules(model, mapping if mapping is not None else get_default_qat_module_mappings())
+    prepare(model, inplace=True)
+    return model
+
+
+def quantize_qat(model: nn.Module, run_fn: Callable[..., Any], run_args: Any, inplace: bool = False) -> nn.Module:
+    """Quantization-aware training in one call: ``prepare_qat``, ``run_fn(model, *run_args)`` (your
+    training loop, model in train mode), ``convert`` in eval mode."""
+    if not inplace:
+        model = copy.deepcopy(model)
+    model.train()
+    prepare_qat(model, inplace=True)
+    run_fn(model, *(run_args if isinstance(run_args, (list, tuple)) else [run_args]))
+    model.eval()
+    convert(model, inplace=True)
     return model

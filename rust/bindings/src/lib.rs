@@ -324,6 +324,58 @@ fn quantize_per_tensor<'py>(
     })
 }
 
+/// Fake quantization for quantization-aware training of a float32 array `x`: per tensor
+/// (`axis = -1`, one scale and zero point) or per channel along `axis`; returns
+/// `(out, mask)`: `out = (clamp(rne(x·fl(1/s)) + zp, qmin, qmax) − zp)·s` (float32, same shape)
+/// and `mask` (uint8) = 1 where the rounded value lies inside `[qmin, qmax]`, the straight-through
+/// gradient's mask. Runs with the GIL held (one memory-bound pass; a C-contiguous input is read
+/// in place).
+#[pyfunction]
+#[pyo3(signature = (x, scales, zero_points, axis, qmin, qmax))]
+fn fake_quantize<'py>(
+    py: Python<'py>,
+    x: &Bound<'py, PyAny>,
+    scales: &Bound<'py, PyAny>,
+    zero_points: &Bound<'py, PyAny>,
+    axis: i64,
+    qmin: i32,
+    qmax: i32,
+) -> PyResult<(Bound<'py, PyAny>, Bound<'py, PyAny>)> {
+    let scales = take1::<f32>(scales, "scales")?;
+    let zps = take1::<i32>(zero_points, "zero_points")?;
+    with_values::<f32, _>(x, "input", |xs, shape| {
+        let layout = if axis < 0 {
+            if scales.len() != 1 || zps.len() != 1 {
+                return Err(value_error(format!(
+                    "per-tensor fake quantization (axis=-1) takes one scale and one zero point, got {} and {}",
+                    scales.len(),
+                    zps.len()
+                )));
+            }
+            k::quantize::ChannelLayout {
+                outer: 1,
+                channels: 1,
+                inner: xs.len(),
+            }
+        } else {
+            let axis = usize::try_from(axis)
+                .map_err(|_| value_error("axis must be -1 or a valid dimension"))?;
+            k::quantize::ChannelLayout::from_shape(shape, axis).map_err(to_py)?
+        };
+        let mut out = output::<f32>(shape, "the fake-quantized output")?;
+        let mut mask = output::<u8>(shape, "the fake-quantization mask")?;
+        k::quantize::fake_quantize(xs, layout, &scales, &zps, qmin, qmax, &mut out, &mut mask)
+            .map_err(to_py)?;
+        let out = PyArray1::from_vec(py, out)
+            .reshape(shape.to_vec())?
+            .into_any();
+        let mask = PyArray1::from_vec(py, mask)
+            .reshape(shape.to_vec())?
+            .into_any();
+        Ok((out, mask))
+    })
+}
+
 /// Quantized `a + b` (with `relu`, `max(a + b, 0)`) on quint8 arrays of one shape, requantized
 /// to `(scale, zero_point)` and clamped to `[qmin, qmax]` in `out_dtype` (quint8 | qint8): the
 /// float definition (dequantize, add in float32, quantize by D3) in one pass. Runs with the GIL
@@ -1023,6 +1075,7 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(thread_runtime, m)?)?;
     m.add_function(wrap_pyfunction!(choose_qparams_dynamic, m)?)?;
     m.add_function(wrap_pyfunction!(quantize_per_tensor, m)?)?;
+    m.add_function(wrap_pyfunction!(fake_quantize, m)?)?;
     m.add_function(wrap_pyfunction!(add_requant, m)?)?;
     m.add_function(wrap_pyfunction!(max_pool_nhwc, m)?)?;
     m.add_function(wrap_pyfunction!(avg_pool_nhwc, m)?)?;

@@ -416,3 +416,272 @@ mod tests {
         }
     }
 }
+
+/// Fake quantization for quantization-aware training, per tensor (`layout.channels == 1`) or per
+/// channel along the layout's channel axis: for each value, with its channel's `s` and `zp`,
+/// `r = rne(x·fl(1/s))`, `out = fl(clamp(r, qmin − zp, qmax − zp)·s)` (a NaN stays NaN) and
+/// `mask = 1` where `qmin ≤ r + zp ≤ qmax` (the straight-through gradient's mask). The same
+/// float operations, in the same order, as the Python definition
+/// `(clamp(round(x·fl(1/s)) + zp, qmin, qmax) − zp)·s`, so both give the same bits; the
+/// kernels' quantize rounds the same way (docs/numerics.md D3, D6).
+#[allow(clippy::too_many_arguments)]
+pub fn fake_quantize(
+    x: &[f32],
+    layout: ChannelLayout,
+    scales: &[f32],
+    zero_points: &[i32],
+    qmin: i32,
+    qmax: i32,
+    out: &mut [f32],
+    mask: &mut [u8],
+) -> Result<()> {
+    let engine = crate::current_engine();
+    fake_quantize_on(
+        engine,
+        x,
+        layout,
+        scales,
+        zero_points,
+        qmin,
+        qmax,
+        out,
+        mask,
+    )
+}
+
+/// [`fake_quantize`] compiled for `engine`'s vector features (the same bits on every engine).
+#[allow(clippy::too_many_arguments)]
+fn fake_quantize_on(
+    engine: crate::arch::Engine,
+    x: &[f32],
+    layout: ChannelLayout,
+    scales: &[f32],
+    zero_points: &[i32],
+    qmin: i32,
+    qmax: i32,
+    out: &mut [f32],
+    mask: &mut [u8],
+) -> Result<()> {
+    let total = layout
+        .outer
+        .checked_mul(layout.channels)
+        .and_then(|n| n.checked_mul(layout.inner))
+        .ok_or_else(|| {
+            KernelError::InvalidQParams("fake_quantize: the layout's size overflows".into())
+        })?;
+    check_len("fake_quantize input", total, x.len())?;
+    check_len("fake_quantize output", total, out.len())?;
+    check_len("fake_quantize mask", total, mask.len())?;
+    check_len("fake_quantize scales", layout.channels, scales.len())?;
+    check_len(
+        "fake_quantize zero points",
+        layout.channels,
+        zero_points.len(),
+    )?;
+    const LIMIT: i64 = 1 << 20; // integers stay exact in f32 with room for the clamp margin
+    let in_limit = |v: i64| (-LIMIT..=LIMIT).contains(&v);
+    if qmin > qmax || !in_limit(qmin as i64) || !in_limit(qmax as i64) {
+        return Err(KernelError::InvalidQParams(format!(
+            "fake_quantize needs qmin <= qmax within ±2^20, got [{qmin}, {qmax}]"
+        )));
+    }
+    if let Some(z) = zero_points.iter().find(|&&z| !in_limit(z as i64)) {
+        return Err(KernelError::InvalidQParams(format!(
+            "fake_quantize zero points must be within ±2^20, got {z}"
+        )));
+    }
+    let inner = layout.inner;
+    for o in 0..layout.outer {
+        for c in 0..layout.channels {
+            let at = (o * layout.channels + c) * inner;
+            let (s, zp) = (scales[c], zero_points[c]);
+            let rule = FakeQuantRule {
+                inv: 1.0f32 / s,
+                s,
+                lo: (qmin as i64 - zp as i64) as f32,
+                hi: (qmax as i64 - zp as i64) as f32,
+            };
+            let xs = &x[at..at + inner];
+            with_features(
+                engine,
+                FakeQuantValues { x: xs, rule },
+                &mut out[at..at + inner],
+            );
+            with_features(
+                engine,
+                FakeQuantMask { x: xs, rule },
+                &mut mask[at..at + inner],
+            );
+        }
+    }
+    Ok(())
+}
+
+#[derive(Clone, Copy)]
+struct FakeQuantRule {
+    inv: f32,
+    s: f32,
+    lo: f32,
+    hi: f32,
+}
+
+impl FakeQuantRule {
+    /// `rne(x·inv)` clamped to `[lo − 1, hi + 1]` first (the rounding trick needs `|v| < 2^22`;
+    /// values beyond the margin clamp and mask the same way), as a float; NaN for NaN.
+    #[inline(always)]
+    fn rounded(self, x: f32) -> f32 {
+        let v = x * self.inv;
+        let c = v.max(self.lo - 1.0).min(self.hi + 1.0);
+        let r = rne_to_i32(c) as f32;
+        if v.is_nan() {
+            f32::NAN
+        } else {
+            r
+        }
+    }
+}
+
+struct FakeQuantValues<'a> {
+    x: &'a [f32],
+    rule: FakeQuantRule,
+}
+
+impl Vectorized for FakeQuantValues<'_> {
+    type Elem = f32;
+    type Out = ();
+    #[inline(always)]
+    fn run(self, out: &mut [f32]) {
+        let rule = self.rule;
+        for (o, &v) in out.iter_mut().zip(self.x) {
+            let r = rule.rounded(v);
+            // max/min return the other operand for NaN: keep NaN explicitly
+            let q = if r.is_nan() {
+                r
+            } else {
+                r.max(rule.lo).min(rule.hi)
+            };
+            *o = q * rule.s;
+        }
+    }
+}
+
+struct FakeQuantMask<'a> {
+    x: &'a [f32],
+    rule: FakeQuantRule,
+}
+
+impl Vectorized for FakeQuantMask<'_> {
+    type Elem = u8;
+    type Out = ();
+    #[inline(always)]
+    fn run(self, out: &mut [u8]) {
+        let rule = self.rule;
+        for (m, &v) in out.iter_mut().zip(self.x) {
+            let r = rule.rounded(v);
+            *m = (r >= rule.lo && r <= rule.hi) as u8;
+        }
+    }
+}
+
+#[cfg(test)]
+mod fake_quant_tests {
+    use super::*;
+
+    /// The Python definition, one value at a time, in f64-free f32 steps.
+    fn reference(x: f32, s: f32, zp: i32, qmin: i32, qmax: i32) -> (f32, u8) {
+        let inv = 1.0f32 / s;
+        let q = (x * inv).round_ties_even() + zp as f32;
+        let m = (q >= qmin as f32 && q <= qmax as f32) as u8;
+        let c = if q.is_nan() {
+            q
+        } else {
+            q.max(qmin as f32).min(qmax as f32)
+        };
+        ((c - zp as f32) * s, m)
+    }
+
+    #[test]
+    fn fake_quantize_matches_the_definition_on_every_engine() {
+        let mut xs: Vec<f32> = (0..4099).map(|i| ((i as f32) * 0.37).sin() * 9.0).collect();
+        xs.extend([
+            f32::NAN,
+            f32::INFINITY,
+            f32::NEG_INFINITY,
+            0.5,
+            1.5,
+            2.5,
+            -0.5,
+            1e30,
+            -1e30,
+        ]);
+        for &(s, zp, qmin, qmax) in &[
+            (0.05f32, 128, 0, 255),
+            (0.031, 0, -128, 127),
+            (0.5, 3, 0, 15),
+        ] {
+            let want: Vec<(f32, u8)> = xs
+                .iter()
+                .map(|&x| reference(x, s, zp, qmin, qmax))
+                .collect();
+            for engine in crate::arch::available_engines() {
+                let (mut out, mut mask) = (vec![0f32; xs.len()], vec![0u8; xs.len()]);
+                let layout = ChannelLayout {
+                    outer: 1,
+                    channels: 1,
+                    inner: xs.len(),
+                };
+                fake_quantize_on(
+                    engine,
+                    &xs,
+                    layout,
+                    &[s],
+                    &[zp],
+                    qmin,
+                    qmax,
+                    &mut out,
+                    &mut mask,
+                )
+                .unwrap();
+                for (i, (&(w, wm), (&o, &m))) in want.iter().zip(out.iter().zip(&mask)).enumerate()
+                {
+                    assert!(
+                        (w.is_nan() && o.is_nan()) || w.to_bits() == o.to_bits(),
+                        "{engine:?} x={} want {w} got {o}",
+                        xs[i]
+                    );
+                    assert_eq!(wm, m, "{engine:?} mask at x={}", xs[i]);
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn fake_quantize_per_channel_uses_each_channels_qparams() {
+        let layout = ChannelLayout {
+            outer: 2,
+            channels: 3,
+            inner: 5,
+        };
+        let xs: Vec<f32> = (0..30).map(|i| i as f32 * 0.21 - 3.0).collect();
+        let (scales, zps) = ([0.1f32, 0.02, 0.5], [0, 5, -3]);
+        let (mut out, mut mask) = (vec![0f32; 30], vec![0u8; 30]);
+        fake_quantize(&xs, layout, &scales, &zps, -128, 127, &mut out, &mut mask).unwrap();
+        for (i, &x) in xs.iter().enumerate() {
+            let c = (i / 5) % 3;
+            let (w, wm) = reference(x, scales[c], zps[c], -128, 127);
+            assert_eq!(w.to_bits(), out[i].to_bits());
+            assert_eq!(wm, mask[i]);
+        }
+        let bad = fake_quantize(
+            &xs,
+            layout,
+            &scales[..2],
+            &zps[..2],
+            0,
+            255,
+            &mut out,
+            &mut mask,
+        );
+        assert!(bad.is_err());
+    }
+}

@@ -1,4 +1,7 @@
-"""``torch.ao.nn.qat`` counterpart: not available yet (quantization-aware training is open
-work); nothing is exported."""
+"""Quantization-aware training modules (``torch.ao.nn.qat``): float layers whose weights pass
+through the qconfig's weight fake-quant. ``prepare_qat`` swaps them in; ``convert`` turns them
+into the quantized modules of ``ferroquant.nn.quantized`` with the fake-quants' frozen qparams."""
 
-__all__: list[str] = []
+from .modules import Conv1d, Conv2d, Conv3d, Embedding, EmbeddingBag, Linear
+
+__all__ = ["Linear", "Conv1d", "Conv2d", "Conv3d", "Embedding", "EmbeddingBag"]

@@ -11,6 +11,7 @@ from torch import nn
 
 from ..._dtypes import QDtype, quint8, to_qdtype
 from ..._ops import KERNEL_ERRORS, raise_named
+from ...fake_quantize import FakeQuantizeBase
 from ...observer import CalibrationError
 from ...qtensor import QTensor, check_scale, check_zero_point
 from ._weights import AtomicLoad, state_number
@@ -78,7 +79,20 @@ def output_qparams(observer: Optional[nn.Module], who: str) -> tuple[float, int,
         raise CalibrationError(
             f"{who} has no output observer: prepare() the model (with a qconfig) and calibrate it before convert()"
         )
-    scale, zp = observer.calculate_qparams()
+    if isinstance(observer, FakeQuantizeBase) and hasattr(observer, "frozen_qparams"):
+        # quantization-aware training: the fake-quant's frozen (or learned) qparams, the ones its
+        # forward used (no extra observer step; docs/numerics.md D6/D7)
+        inner = getattr(observer, "activation_post_process", None)
+        seen = getattr(inner, "min_val", None)
+        learned = hasattr(observer, "learning_enabled")
+        if not learned and isinstance(seen, torch.Tensor) and not bool(torch.isfinite(seen).all()):
+            raise CalibrationError(
+                f"the output fake-quant of {who} never observed data: run training (or calibration) batches "
+                "through the QAT model before convert()"
+            )
+        scale, zp = observer.frozen_qparams()
+    else:
+        scale, zp = observer.calculate_qparams()
     dtype = to_qdtype(getattr(observer, "dtype", quint8))
     qmin = getattr(observer, "quant_min", None)
     qmax = getattr(observer, "quant_max", None)

@@ -31,7 +31,15 @@ from ...qtensor import (
     quantize_per_tensor,
 )
 
-__all__ = ["AtomicLoad", "WeightedQuantModule", "quantize_weight", "module_label", "state_number"]
+__all__ = [
+    "AtomicLoad",
+    "WeightedQuantModule",
+    "quantize_weight",
+    "quantize_weight_frozen",
+    "convert_weight_bias",
+    "module_label",
+    "state_number",
+]
 
 _KEYS = ("weight", "weight_scale", "weight_zero_point", "weight_axis")
 _F32_MAX = float(torch.finfo(torch.float32).max)
@@ -61,6 +69,51 @@ def quantize_weight(weight: torch.Tensor, observer: nn.Module) -> QTensor:
         return QTensor(data, q.q_per_channel_scales(), q.q_per_channel_zero_points(), qint8, axis=axis)
     q = quantize_per_tensor(w, float(scale), int(zp), qint8)
     return QTensor(torch.clamp(q.int_repr(), qmin, qmax), q.q_scale(), q.q_zero_point(), qint8)
+
+
+def quantize_weight_frozen(weight: torch.Tensor, fake_quant: nn.Module, who: str) -> QTensor:
+    """The int8 weight of a QAT layer: ``weight`` quantized with its weight fake-quant's frozen
+    ``scale`` / ``zero_point`` (no new observation; docs/numerics.md D6/D7), the rounding of the
+    fake-quant's forward, so ``convert`` stores exactly the grid values training saw."""
+    observer = getattr(fake_quant, "activation_post_process", None)
+    learned = hasattr(fake_quant, "learning_enabled")
+    seen = getattr(observer, "min_val", None)
+    if not learned and isinstance(seen, torch.Tensor) and not bool(torch.isfinite(seen).all()):
+        from ...observer import CalibrationError
+
+        raise CalibrationError(
+            f"the weight fake-quant of {who} never observed its weight: run at least one training (or calibration) "
+            "forward pass through the QAT model before convert"
+        )
+    w = weight.detach().float()
+    dtype = to_qdtype(fake_quant.dtype)
+    if dtype != qint8:
+        raise TypeError(f"weights must be quantized to qint8, the weight fake-quant of {who} uses {dtype}")
+    qmin, qmax = int(fake_quant.quant_min), int(fake_quant.quant_max)
+    scale, zp = (t.detach() for t in fake_quant.frozen_qparams())
+    if fake_quant.is_per_channel:
+        axis = int(fake_quant.ch_axis)
+        q = quantize_per_channel(w, scale.float(), zp.to(torch.int64), axis, qint8)
+        data = torch.clamp(q.int_repr(), qmin, qmax)
+        return QTensor(data, q.q_per_channel_scales(), q.q_per_channel_zero_points(), qint8, axis=axis)
+    q = quantize_per_tensor(w, float(scale.reshape(-1)[0]), int(zp.reshape(-1)[0]), qint8)
+    return QTensor(torch.clamp(q.int_repr(), qmin, qmax), q.q_scale(), q.q_zero_point(), qint8)
+
+
+def convert_weight_bias(mod: nn.Module, inner: nn.Module, qconfig: Any, who: str) -> tuple[QTensor, Any]:
+    """``from_float``'s int8 weight and float bias: for a QAT module (it has a
+    ``weight_fake_quant``) the BatchNorm-folded weight and bias of its training formula, quantized
+    with the frozen fake-quant qparams; for a calibrated float module, its weight through a fresh
+    weight observer of the qconfig."""
+    fake_quant = getattr(mod, "weight_fake_quant", None)
+    if fake_quant is not None:
+        folded = getattr(mod, "folded_weight", None)
+        weight = folded() if folded is not None else mod.weight
+        bias = mod.folded_bias() if folded is not None else mod.bias
+        qweight = quantize_weight_frozen(weight, fake_quant, who)
+        return qweight, None if bias is None else bias.detach()
+    qweight = quantize_weight(inner.weight, qconfig.weight())
+    return qweight, None if inner.bias is None else inner.bias.detach()
 
 
 def _bias_problem(b: torch.Tensor) -> str:

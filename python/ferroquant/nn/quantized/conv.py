@@ -17,7 +17,7 @@ from ..._core import PackedConv
 from ..._ops import run_conv_static
 from ._script import QArg, QTuple, script_qtuple, script_unpack
 from ._static import OutputQParams, observed_float_module, require_qtensor, run_static_kernel
-from ._weights import WeightedQuantModule, quantize_weight
+from ._weights import WeightedQuantModule, convert_weight_bias
 
 __all__ = ["Conv1d", "Conv2d", "Conv3d", "ConvReLU1d", "ConvReLU2d", "ConvReLU3d"]
 
@@ -197,7 +197,7 @@ class _ConvNd(OutputQParams, WeightedQuantModule):
     def from_float(cls, mod: nn.Module, use_precomputed_fake_quant: bool = False) -> _ConvNd:
         """From an observed float conv (or fused ConvReLU) after calibration."""
         conv, qconfig, (scale, zp, qmin, qmax, dtype) = observed_float_module(mod, cls._FLOAT, cls.__name__)
-        qweight = quantize_weight(conv.weight, qconfig.weight())
+        qweight, bias = convert_weight_bias(mod, conv, qconfig, type(mod).__name__)
         q = cls(
             conv.in_channels,
             conv.out_channels,
@@ -206,11 +206,11 @@ class _ConvNd(OutputQParams, WeightedQuantModule):
             conv.padding,
             conv.dilation,
             conv.groups,
-            conv.bias is not None,
+            bias is not None,
             conv.padding_mode,
         )
         q._init_output(scale, zp, qmin, qmax, dtype)
-        q.set_weight_bias(qweight, None if conv.bias is None else conv.bias.detach())
+        q.set_weight_bias(qweight, bias)
         return q
 
 

@@ -12,7 +12,7 @@ from ..._dtypes import qint8
 from ..._ops import run_linear_static
 from ._script import QArg, QTuple, script_qtuple, script_unpack
 from ._static import OutputQParams, observed_float_module, require_qtensor, run_static_kernel
-from ._weights import WeightedQuantModule, quantize_weight
+from ._weights import WeightedQuantModule, convert_weight_bias
 
 __all__ = ["Linear", "LinearReLU"]
 
@@ -92,10 +92,10 @@ class Linear(OutputQParams, WeightedQuantModule):
     def from_float(cls, mod: nn.Module, use_precomputed_fake_quant: bool = False) -> Linear:
         """From an observed float ``nn.Linear`` (or a fused ``LinearReLU``) after calibration."""
         lin, qconfig, (scale, zp, qmin, qmax, dtype) = observed_float_module(mod, nn.Linear, cls.__name__)
-        qweight = quantize_weight(lin.weight, qconfig.weight())
-        q = cls(lin.in_features, lin.out_features, bias_=lin.bias is not None)
+        qweight, bias = convert_weight_bias(mod, lin, qconfig, type(mod).__name__)
+        q = cls(lin.in_features, lin.out_features, bias_=bias is not None)
         q._init_output(scale, zp, qmin, qmax, dtype)
-        q.set_weight_bias(qweight, None if lin.bias is None else lin.bias.detach())
+        q.set_weight_bias(qweight, bias)
         return q
 
 
