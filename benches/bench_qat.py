@@ -5,8 +5,9 @@ conv-bn-relu, a residual add, pooling, a linear layer; batch 64 of 8x8 images), 
     python benches/bench_qat.py [--threads 1] [--batch 64] [--qconfig x86|default]
 
 Prints ms per step (median) and the overhead over fp32. torch's "x86" QAT qconfig uses its fused
-C++ fake-quant op; ferroquant's fake-quant is a few vectorised torch ops per call (its rounding is
-the kernels' rule, docs/numerics.md D6), plus the BatchNorm folding both libraries do.
+C++ fake-quant op; ferroquant's fake-quant is one call of its Rust kernel (two vectorised passes:
+values, then the gradient mask; its rounding is the kernels' rule, docs/numerics.md D6), plus the
+BatchNorm folding both libraries do.
 """
 
 from __future__ import annotations

@@ -18,7 +18,7 @@ import torch
 from torch.nn.parameter import Parameter
 
 from ._dtypes import per_channel_affine, per_channel_symmetric, per_tensor_symmetric, to_qdtype, to_qscheme
-from .fake_quantize import FakeQuantizeBase
+from .fake_quantize import FakeQuantizeBase, remember_grid
 
 __all__ = ["_LearnableFakeQuantize"]
 
@@ -167,11 +167,11 @@ class _LearnableFakeQuantize(FakeQuantizeBase):
             if scheme in (per_channel_symmetric, per_tensor_symmetric):
                 self.zero_point.data.zero_()
             grad_factor = 1.0 / (x.numel() * self.quant_max) ** 0.5 if self.use_grad_scaling else 1.0
-            axis = self.ch_axis if scheme in (per_channel_symmetric, per_channel_affine) else -1
+            axis = self.ch_axis % x.dim() if scheme in (per_channel_symmetric, per_channel_affine) else -1
             x = _LearnableFakeQuantFunction.apply(
                 x, self.scale, self.zero_point, self.quant_min, self.quant_max, grad_factor, axis
             )
             if axis < 0:
                 _, zp = self.calculate_qparams()
-                x._fq_grid = (float(self.scale.detach().reshape(-1)[0]), int(zp.reshape(-1)[0]), self.dtype)
+                remember_grid(x, float(self.scale.detach().reshape(-1)[0]), int(zp.reshape(-1)[0]), self.dtype)
         return x

@@ -12,6 +12,7 @@ average observers (torch fuses it into one op with a different scale rule; we do
 from __future__ import annotations
 
 import re
+import weakref
 from typing import Any
 
 import torch
@@ -58,6 +59,30 @@ __all__ = [
 ]
 
 
+# The grid a fake-quantized tensor lies on, for ops the int8 model requantizes onto their input's
+# grid (average pooling; prepare_qat rounds their outputs the same way). Kept beside the tensors,
+# not on them (an attribute would travel into torch.save / outputs): id -> (weak ref, grid).
+_GRIDS: dict[int, tuple[weakref.ReferenceType, tuple[float, int, str]]] = {}
+
+
+def remember_grid(t: torch.Tensor, scale: float, zero_point: int, dtype: Any) -> None:
+    """Records that ``t`` holds values of the per-tensor grid ``(scale, zero_point, dtype)``."""
+    key = id(t)
+
+    def _drop(ref: weakref.ReferenceType, key: int = key) -> None:
+        entry = _GRIDS.get(key)
+        if entry is not None and entry[0] is ref:
+            del _GRIDS[key]
+
+    _GRIDS[key] = (weakref.ref(t, _drop), (float(scale), int(zero_point), to_qdtype(dtype).name))
+
+
+def grid_of(t: Any) -> tuple[float, int, str] | None:
+    """The grid recorded for ``t`` by :func:`remember_grid`, or None."""
+    entry = _GRIDS.get(id(t))
+    return entry[1] if entry is not None and entry[0]() is t else None
+
+
 def _kernel_fake_quant(
     x: torch.Tensor, scale: torch.Tensor, zp: torch.Tensor, qmin: int, qmax: int, axis: int
 ) -> tuple[torch.Tensor, torch.Tensor] | None:
@@ -95,7 +120,12 @@ class _FakeQuantFunction(torch.autograd.Function):
     def torch_ops(
         ctx: Any, x: torch.Tensor, scale: torch.Tensor, zp: torch.Tensor, qmin: int, qmax: int, axis: int
     ) -> torch.Tensor:
-        """The definition in torch ops (any device and float dtype; float zero points)."""
+        """The definition in torch ops (any device and float dtype; float zero points). Computed
+        in float32 (float16 / bfloat16 inputs come back in their dtype)."""
+        if axis < 0 and scale.numel() != 1:
+            raise ValueError(
+                f"fake_quantize: {scale.numel()} scales need the channel axis (axis >= 0); axis={axis} means per tensor"
+            )
         shape = [1] * x.dim()
         if axis >= 0:
             shape[axis] = -1
@@ -109,7 +139,7 @@ class _FakeQuantFunction(torch.autograd.Function):
         mask = (q >= qmin) & (q <= qmax)
         if ctx is not None:
             ctx.save_for_backward(mask)
-        return (torch.clamp(q, qmin, qmax) - z) * s
+        return ((torch.clamp(q, qmin, qmax) - z) * s).to(x.dtype)
 
     @staticmethod
     def backward(ctx: Any, grad: torch.Tensor) -> tuple:
@@ -125,9 +155,9 @@ def fake_quantize(
     quant_max: int,
     axis: int = -1,
 ) -> torch.Tensor:
-    """Rounds ``x`` to the quantized grid in float (per tensor, or per channel along ``axis``),
-    with the kernels' rounding (so training sees what the int8 model computes; docs/numerics.md D6) and a
-    straight-through gradient."""
+    """Rounds ``x`` to the quantized grid in float (per tensor with ``axis=-1``, or per channel
+    along ``axis`` >= 0), with the kernels' rounding (so training sees what the int8 model
+    computes; docs/numerics.md D6) and a straight-through gradient."""
     return _FakeQuantFunction.apply(x, scale, zero_point, quant_min, quant_max, axis)
 
 
@@ -212,9 +242,7 @@ class FakeQuantize(FakeQuantizeBase):
             axis = self.ch_axis % x.dim() if self.is_per_channel else -1
             x = fake_quantize(x, self.scale, self.zero_point, self.quant_min, self.quant_max, axis)
             if not self.is_per_channel:
-                # the grid the values lie on, for ops that requantize onto their input's grid in the
-                # int8 model (average pooling): prepare_qat rounds their outputs the same way
-                x._fq_grid = (float(self.scale.reshape(-1)[0]), int(self.zero_point.reshape(-1)[0]), self.dtype)
+                remember_grid(x, float(self.scale.reshape(-1)[0]), int(self.zero_point.reshape(-1)[0]), self.dtype)
         return x
 
     def extra_repr(self) -> str:

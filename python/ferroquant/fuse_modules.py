@@ -136,7 +136,7 @@ def get_fuser_method(
     mapping = {**(_QAT_FUSERS if is_qat else _FUSERS), **(additional_fuser_method_mapping or {})}
     fuser = mapping.get(tuple(op_list))
     if fuser is None:
-        supported = ", ".join("[" + ", ".join(t.__name__ for t in k) + "]" for k in _FUSERS)
+        supported = ", ".join("[" + ", ".join(t.__name__ for t in k) + "]" for k in mapping)
         raise NotImplementedError(f"cannot fuse {[t.__name__ for t in op_list]}; supported: {supported}")
     return fuser
 

@@ -83,6 +83,21 @@ def _from_float(target: type, child: nn.Module, name: str) -> nn.Module:
         raise type(e)(f"cannot quantize {type(child).__name__} '{name}': {e}") from e
 
 
+def _carry_over(old: nn.Module, new: nn.Module) -> None:
+    """As torch.ao's swap_module: the user's forward pre-hooks and hooks move to the new module,
+    and a module that lived on another device (QAT on a GPU) stays there."""
+    for hook in old._forward_pre_hooks.values():
+        new.register_forward_pre_hook(hook)
+    for hook in old._forward_hooks.values():
+        if hook is not _observer_hook:
+            new.register_forward_hook(hook)
+    devices = {t.device for t in list(old.parameters()) + list(old.buffers())}
+    if len(devices) == 1:
+        device = devices.pop()
+        if device.type != "cpu" and any(True for _ in new.parameters()):
+            new.to(device)
+
+
 def _swap_modules(module: nn.Module, mapping: dict[type, type], prefix: str = "") -> None:
     for name, child in list(module.named_children()):
         full = f"{prefix}.{name}" if prefix else name
@@ -90,6 +105,7 @@ def _swap_modules(module: nn.Module, mapping: dict[type, type], prefix: str = ""
         if target is not None and getattr(child, "qconfig", None) is not None:
             _check_weight_not_empty(child, full)
             new = _from_float(target, child, full)
+            _carry_over(child, new)
             new._fq_name = full
             setattr(module, name, new)
         else:
@@ -177,17 +193,23 @@ def _qat_pool_hook(module: nn.Module, inputs: Any, output: Any) -> Any:
     """Quantization-aware training: average pooling's output rounded as the int8 model rounds it
     (the mean of the integers, requantized onto the input's grid), with the float pool's gradient.
     Without it the fake-quant model would pass unrounded means on, and convert could not match it."""
-    x = inputs[0] if inputs else None
-    grid = getattr(x, "_fq_grid", None)
-    if grid is None or not isinstance(output, torch.Tensor) or x.dim() not in (3, 4, 5):
-        return output
+    from .fake_quantize import grid_of, remember_grid
     from .qtensor import quantize_per_tensor
 
+    if torch.jit.is_tracing() or torch.compiler.is_compiling():
+        # the int8 pooling runs outside torch's ops (a trace would freeze it as a constant):
+        # traced / compiled QAT models pool in float, as torch.ao's do
+        return output
+    x = inputs[0] if inputs else None
+    grid = grid_of(x)
+    if grid is None or not isinstance(output, torch.Tensor) or x.dim() not in (3, 4, 5):
+        return output
     scale, zero_point, dtype = grid
     with torch.no_grad():
-        exact = module(quantize_per_tensor(x.detach(), scale, zero_point, dtype)).dequantize()
+        # the module's forward itself (not __call__: the user's hooks on it run once, on floats)
+        exact = type(module).forward(module, quantize_per_tensor(x.detach(), scale, zero_point, dtype)).dequantize()
     out = output + (exact - output).detach()
-    out._fq_grid = grid
+    remember_grid(out, scale, zero_point, dtype)
     return out
 
 
@@ -333,6 +355,11 @@ def prepare_qat(model: nn.Module, mapping: Optional[dict[type, type]] = None, in
     int8 model uses the fake-quants' frozen qparams and computes what the fake-quant model computes
     (within 1 LSB; docs/numerics.md D6/D7)."""
     _warn_torch_engine()
+    if not model.training:
+        raise ValueError(
+            "prepare_qat needs the model in training mode (BatchNorm and the fake-quants' observers follow it): "
+            "call model.train() first, as for training"
+        )
     if not inplace:
         model = copy.deepcopy(model)
     propagate_qconfig_(model)

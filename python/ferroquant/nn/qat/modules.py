@@ -307,7 +307,7 @@ def _frozen_fake_quantized_weight(mod: nn.Module) -> torch.Tensor:
     from ...fake_quantize import fake_quantize
 
     fq_mod = mod.weight_fake_quant
-    axis = fq_mod.ch_axis if fq_mod.is_per_channel else -1
+    axis = fq_mod.ch_axis % mod.weight.dim() if fq_mod.is_per_channel else -1
     with torch.no_grad():
         return fake_quantize(
             mod.weight.detach(), fq_mod.scale, fq_mod.zero_point, fq_mod.quant_min, fq_mod.quant_max, axis

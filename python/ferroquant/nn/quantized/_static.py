@@ -84,7 +84,7 @@ def output_qparams(observer: Optional[nn.Module], who: str) -> tuple[float, int,
         # forward used (no extra observer step; docs/numerics.md D6/D7)
         inner = getattr(observer, "activation_post_process", None)
         seen = getattr(inner, "min_val", None)
-        learned = hasattr(observer, "learning_enabled")
+        learned = bool(getattr(observer, "learning_enabled", torch.zeros(1))[0])
         if not learned and isinstance(seen, torch.Tensor) and not bool(torch.isfinite(seen).all()):
             raise CalibrationError(
                 f"the output fake-quant of {who} never observed data: run training (or calibration) batches "

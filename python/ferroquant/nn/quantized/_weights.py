@@ -76,7 +76,7 @@ def quantize_weight_frozen(weight: torch.Tensor, fake_quant: nn.Module, who: str
     ``scale`` / ``zero_point`` (no new observation; docs/numerics.md D6/D7), the rounding of the
     fake-quant's forward, so ``convert`` stores exactly the grid values training saw."""
     observer = getattr(fake_quant, "activation_post_process", None)
-    learned = hasattr(fake_quant, "learning_enabled")
+    learned = bool(getattr(fake_quant, "learning_enabled", torch.zeros(1))[0])
     seen = getattr(observer, "min_val", None)
     if not learned and isinstance(seen, torch.Tensor) and not bool(torch.isfinite(seen).all()):
         from ...observer import CalibrationError
@@ -92,7 +92,7 @@ def quantize_weight_frozen(weight: torch.Tensor, fake_quant: nn.Module, who: str
     qmin, qmax = int(fake_quant.quant_min), int(fake_quant.quant_max)
     scale, zp = (t.detach() for t in fake_quant.frozen_qparams())
     if fake_quant.is_per_channel:
-        axis = int(fake_quant.ch_axis)
+        axis = int(fake_quant.ch_axis) % w.dim()
         q = quantize_per_channel(w, scale.float(), zp.to(torch.int64), axis, qint8)
         data = torch.clamp(q.int_repr(), qmin, qmax)
         return QTensor(data, q.q_per_channel_scales(), q.q_per_channel_zero_points(), qint8, axis=axis)

@@ -41,6 +41,7 @@ __all__ = [
 ]
 
 _BN = {1: nn.BatchNorm1d, 2: nn.BatchNorm2d, 3: nn.BatchNorm3d}
+_CONV_RELU_FLOAT = {1: nni.ConvReLU1d, 2: nni.ConvReLU2d, 3: nni.ConvReLU3d}
 _CONV = {1: nn.Conv1d, 2: nn.Conv2d, 3: nn.Conv3d}
 
 
@@ -55,21 +56,34 @@ class _BnFolding:
 
     def _init_bn(self, bn_type: type, channels: int, eps: float, momentum: float, freeze_bn: bool) -> None:
         self.bn = bn_type(channels, eps, momentum, True, True)
+        # freeze_bn as a buffer: saved in the state_dict (checkpoints resume frozen), synced by DDP
+        self.register_buffer("bn_frozen", torch.zeros(1, dtype=torch.uint8))  # type: ignore[attr-defined]
         self.freeze_bn = freeze_bn if self.training else True  # type: ignore[attr-defined]
         if self.freeze_bn:
             self.freeze_bn_stats()
         else:
             self.update_bn_stats()
 
+    def _load_from_state_dict(self, state_dict: dict, prefix: str, *args: Any) -> None:
+        super()._load_from_state_dict(state_dict, prefix, *args)  # type: ignore[misc]
+        # a checkpoint taken after freeze_bn_stats resumes frozen (the flag is the bn_frozen buffer)
+        if bool(self.bn_frozen[0]):
+            self.freeze_bn_stats()
+        else:
+            self.update_bn_stats()
+            self.bn.training = self.training  # type: ignore[attr-defined]
+
     def update_bn_stats(self) -> Any:
         """BatchNorm uses (and updates) batch statistics while training."""
         self.freeze_bn = False
+        self.bn_frozen.fill_(0)
         self.bn.training = True
         return self
 
     def freeze_bn_stats(self) -> Any:
         """BatchNorm uses its running statistics from now on, in training too."""
         self.freeze_bn = True
+        self.bn_frozen.fill_(1)
         self.bn.training = False
         return self
 
@@ -199,7 +213,12 @@ class _ConvBnNd(_BnFolding):
         with torch.no_grad():
             conv.weight.copy_(self.folded_weight())
             conv.bias.copy_(self.folded_bias())
-        return conv if self.relu is None else nn.Sequential(conv, self.relu)
+        conv.train(self.training)
+        if self.relu is None:
+            return conv
+        fused = _CONV_RELU_FLOAT[self._DIM](conv, self.relu)
+        fused.train(self.training)
+        return fused
 
 
 class ConvBn1d(_ConvBnNd, nn.Conv1d):
@@ -257,6 +276,12 @@ class _ConvReLU:
         qat = super().from_float(mod[0])  # type: ignore[misc]
         qat.relu = mod[1]
         return qat
+
+    def to_float(self) -> nn.Module:
+        """The fused float module (``nn.intrinsic.ConvReLU*d`` / ``LinearReLU``), as torch's."""
+        fused = self._FUSED_FLOAT(super().to_float(), self.relu)  # type: ignore[misc]
+        fused.train(self.training)  # type: ignore[attr-defined]
+        return fused
 
 
 class ConvReLU1d(_ConvReLU, QATConv1d):
