@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Runs the aarch64 wheel's own extension under QEMU user mode and checks its kernels give the same
 # bits as the x86-64 ones: scripts/wheel-kernels.py (quantize, dynamic/static Linear, conv 3x3 /
-# 1x1 / strided / depthwise / grouped / 1-D / 3-D, fused add, LUT, pooling; 1 and 2 threads) on
+# 1x1 / strided / depthwise / grouped / 1-D / 3-D, fused add, LUT, pooling, fake quantization;
+# 1 and 2 threads) on
 #   qemu-aarch64 -cpu max          (engines neon_dotprod, neon, scalar)
 #   qemu-aarch64 -cpu cortex-a72   (engines neon, scalar)
 # and natively on x86-64 with the x86-64 wheel (or the installed ferroquant): one digest for all.

@@ -91,6 +91,12 @@ def run_all(core: types.ModuleType) -> list[np.ndarray]:
     windows = [([0], [1], [1]), ([0, 2], [3, 5], [3, 3]), ([0, 3], [4, 7], [4, 4])]
     outs.append(core.avg_pool_nhwc(x5, windows, None, 120, 0, 255))
     outs.append(core.dequantize_per_tensor(a, 0.05, 120))
+
+    # fake quantization (QAT): per tensor and per channel, values and gradient mask
+    xf = (rng.standard_normal((6, 9, 11)) * 3).astype(np.float32)
+    outs.extend(core.fake_quantize(xf, np.array([0.03], np.float32), np.array([7], np.int32), -1, 0, 255))
+    scales = (rng.rand(9) * 0.05 + 0.005).astype(np.float32)
+    outs.extend(core.fake_quantize(xf, scales, np.zeros(9, np.int32), 1, -128, 127))
     return outs
 
 
