@@ -103,8 +103,12 @@ def test_value_ops_exact_on_integers():
 
 def test_unsupported_ops_name_the_op_and_the_fix():
     q = fq.quantize_per_tensor(torch.randn(4), 0.1, 0, fq.qint8)
-    with pytest.raises(TypeError, match="'sigmoid'.*DeQuantStub"):
+    with pytest.raises(TypeError, match="'exp'.*DeQuantStub"):
+        torch.exp(q)
+    with pytest.raises(TypeError, match="sigmoid on a QTensor needs quint8"):
         torch.sigmoid(q)
+    with pytest.raises(TypeError, match="no method or attribute 'logsumexp'.*DeQuantStub"):
+        q.logsumexp(0)
     with pytest.raises(TypeError, match="equal qparams"):
         torch.cat([q, fq.quantize_per_tensor(torch.randn(4), 0.2, 0, fq.qint8)])
     with pytest.raises(RuntimeError, match="per-channel"):

@@ -87,6 +87,9 @@ TORCH_AO_EQUIVALENTS: dict[str, type] = {
     "torch.ao.quantization.stubs.QuantStub": QuantStub,
     "torch.ao.quantization.stubs.DeQuantStub": DeQuantStub,
     "torch.ao.nn.quantized.modules.functional_modules.FloatFunctional": nnq.FloatFunctional,
+    # torch.ao's fused float modules (torchvision's fuse_model() builds these): the same
+    # Sequential layout as ferroquant's, converted exactly as ours
+    **{f"torch.ao.nn.intrinsic.modules.fused.{name}": getattr(nni, name) for name in nni.__all__},
 }
 
 #: Modules whose outputs need no observer of their own (they keep their input's qparams, or

@@ -165,6 +165,11 @@ def _float32_numpy(x: torch.Tensor, what: str) -> np.ndarray:
     return _cpu_numpy(x, what)
 
 
+class QTensorAttributeError(AttributeError, TypeError):
+    """An attribute or method QTensor does not support (a TypeError, as for unsupported torch ops;
+    an AttributeError too, so ``hasattr`` and ``getattr(x, name, default)`` keep working)."""
+
+
 class QTensor:
     """A quantized tensor: integer data (``int_repr()``) + scale / zero point (per tensor or
     per channel along ``q_per_channel_axis()``)."""
@@ -388,6 +393,31 @@ class QTensor:
     def narrow(self, dim: int, start: int, length: int) -> QTensor:
         return self._shape_op("narrow", lambda d: d.narrow(dim, start, length))
 
+    def chunk(self, chunks: int, dim: int = 0) -> tuple[QTensor, ...]:
+        """``torch.chunk`` on the integers: views sharing the qparams (ShuffleNet's channel split)."""
+        self._need_per_tensor("chunk")
+        return tuple(self._with_data(d) for d in self._data.chunk(chunks, dim))
+
+    def split(self, split_size_or_sections: Any, dim: int = 0) -> tuple[QTensor, ...]:
+        """``torch.split`` on the integers: views sharing the qparams."""
+        self._need_per_tensor("split")
+        return tuple(self._with_data(d) for d in self._data.split(split_size_or_sections, dim))
+
+    def mean(self, dim: Any = None, keepdim: bool = False, *, dtype: Any = None) -> QTensor:
+        """The mean over ``dim`` (the spatial dims, as a global average pool), requantized onto the
+        input's grid as quantized average pooling rounds: ``rne(Σ(q − zp)/n + zp)``."""
+        return _mean(self, dim, keepdim, dtype=dtype)
+
+    def __getattr__(self, name: str) -> Any:
+        # only for names QTensor does not have: say what is supported instead of a bare AttributeError
+        if name.startswith("__") or name.startswith("_"):
+            raise AttributeError(name)
+        raise QTensorAttributeError(
+            f"QTensor has no method or attribute '{name}' (quantized activations support shape ops, relu, pooling, "
+            "cat, chunk, split, mean, sigmoid / hardsigmoid / tanh and the quantized modules). Insert a "
+            "DeQuantStub before the float part of the model, or call .dequantize() to get a float tensor."
+        )
+
     def contiguous(self, memory_format: torch.memory_format = torch.contiguous_format) -> QTensor:
         return self._with_data(self._data.contiguous(memory_format=memory_format), self._axis)
 
@@ -489,6 +519,70 @@ def _cat(tensors: Sequence[Any], dim: int = 0) -> QTensor:
     if first.is_per_channel:
         raise TypeError("torch.cat of per-channel QTensors is not supported; call .dequantize() first")
     return first._with_data(torch.cat([t.int_repr() for t in ts], dim=dim))
+
+
+@_handles(torch.chunk, torch.Tensor.chunk)
+def _chunk(x: QTensor, chunks: int, dim: int = 0) -> tuple[QTensor, ...]:
+    return x.chunk(chunks, dim)
+
+
+@_handles(torch.split, torch.Tensor.split)
+def _split(x: QTensor, split_size_or_sections: Any, dim: int = 0) -> tuple[QTensor, ...]:
+    return x.split(split_size_or_sections, dim)
+
+
+@_handles(torch.mean, torch.Tensor.mean)
+def _mean(x: QTensor, dim: Any = None, keepdim: bool = False, *, dtype: Any = None) -> QTensor:
+    """Mean over spatial dims of a 3-D to 5-D quantized activation ([N, C, *spatial]): the global
+    average pooling of those dims (exact integer sum, one rounding), keeping the input's qparams."""
+    x._need_per_tensor("mean")
+    if dtype is not None:
+        raise TypeError("mean(dtype=...) is not supported on a QTensor; call .dequantize() first")
+    nd = x.dim()
+    dims = sorted({d % nd for d in ((dim,) if isinstance(dim, int) else tuple(dim or range(nd)))})
+    if nd not in (3, 4, 5) or not dims or dims != list(range(dims[0], nd)) or dims[0] < 2:
+        raise TypeError(
+            f"mean over dims {dim} of a {nd}-D QTensor is not supported: quantized mean covers the trailing "
+            "spatial dims of an [N, C, *spatial] activation (as a global average pool); call .dequantize() first"
+        )
+    spatial = nd - 2
+    keep = dims[0] - 2  # leading spatial dims not averaged
+    pool = {1: F.adaptive_avg_pool1d, 2: F.adaptive_avg_pool2d, 3: F.adaptive_avg_pool3d}[spatial]
+    out_size = [x.shape[2 + i] for i in range(keep)] + [1] * (spatial - keep)
+    y = _HANDLED[pool](x, out_size if spatial > 1 else out_size[0])
+    return y if keepdim else y.reshape(*y.shape[: nd - len(dims)])
+
+
+def _fixed_qparams_table(
+    x: QTensor, what: str, fn: Callable[[torch.Tensor], torch.Tensor], scale: float, zp: int
+) -> QTensor:
+    """``fn`` (sigmoid, hardsigmoid, tanh) on a quint8 QTensor through a 256-entry lookup table,
+    onto torch's fixed output qparams (``scale``, ``zp``, quint8), computed in float64 so the table
+    is the same on every CPU."""
+    x._need_per_tensor(what)
+    if x.dtype != quint8:
+        raise TypeError(f"{what} on a QTensor needs quint8 activations, got {x.dtype}; call .dequantize() first")
+    from .nn.quantized._lut import apply_table
+
+    out = apply_table(x, lambda t: fn(t.double()), scale, zp, 0, 255, quint8)
+    if out is None:
+        out = quantize_per_tensor(fn(x.dequantize().double()), scale, zp, quint8)
+    return out
+
+
+@_handles(torch.sigmoid, torch.Tensor.sigmoid, F.sigmoid)
+def _sigmoid(x: QTensor) -> QTensor:
+    return _fixed_qparams_table(x, "sigmoid", torch.sigmoid, 1.0 / 256.0, 0)
+
+
+@_handles(F.hardsigmoid)
+def _hardsigmoid(x: QTensor, inplace: bool = False) -> QTensor:
+    return _fixed_qparams_table(x, "hardsigmoid", F.hardsigmoid, 1.0 / 256.0, 0)
+
+
+@_handles(torch.tanh, torch.Tensor.tanh, F.tanh)
+def _tanh(x: QTensor) -> QTensor:
+    return _fixed_qparams_table(x, "tanh", torch.tanh, 2.0 / 256.0, 128)
 
 
 @_handles(F.relu, torch.relu)

@@ -101,7 +101,7 @@ def _carry_over(old: nn.Module, new: nn.Module) -> None:
 def _swap_modules(module: nn.Module, mapping: dict[type, type], prefix: str = "") -> None:
     for name, child in list(module.named_children()):
         full = f"{prefix}.{name}" if prefix else name
-        target = mapping.get(type(child))
+        target = mapping.get(type(child)) or mapping.get(canonical_type(child))
         if target is not None and getattr(child, "qconfig", None) is not None:
             _check_weight_not_empty(child, full)
             new = _from_float(target, child, full)
@@ -283,23 +283,80 @@ def _strip_observers(module: nn.Module) -> None:
             del m._modules["activation_post_process"]
 
 
-def _swap(module: nn.Module, mapping: dict[type, type], prefix: str, custom: dict[type, type]) -> None:
+def _has_range(observer: Any) -> bool:
+    """Observers that record a range (not placeholders / fixed qparams)."""
+    inner = getattr(observer, "activation_post_process", None)
+    obs = inner if isinstance(inner, nn.Module) and hasattr(inner, "min_val") else observer
+    return isinstance(getattr(obs, "min_val", None), torch.Tensor)
+
+
+def _never_observed(observer: Any) -> bool:
+    """Whether an output observer (or fake-quant) never saw a batch: its module never ran."""
+    inner = getattr(observer, "activation_post_process", None)
+    obs = inner if isinstance(inner, nn.Module) and hasattr(inner, "min_val") else observer
+    seen = getattr(obs, "min_val", None)
+    return isinstance(seen, torch.Tensor) and (seen.numel() == 0 or not bool(torch.isfinite(seen).all()))
+
+
+class Unreached(nn.Module):
+    """What ``convert`` leaves for a module that calibration never reached (an auxiliary head
+    used only in training, an expert no batch was routed to): the float module, kept under
+    ``.module``, which raises ``CalibrationError`` when called, naming the module and how to
+    calibrate it."""
+
+    def __init__(self, module: nn.Module, name: str) -> None:
+        super().__init__()
+        self.module = module
+        self.name = name
+
+    def forward(self, *args: Any, **kwargs: Any) -> Any:
+        from .observer import CalibrationError
+
+        raise CalibrationError(
+            f"module '{self.name}' ({type(self.module).__name__}) never ran during calibration, so it has no "
+            "qparams and convert left it unquantized; calibrate with data that reaches it (for a head used only "
+            "in training, calibrate in train mode) and convert again, or set its qconfig = None before prepare "
+            "to keep it float"
+        )
+
+
+def _swap(
+    module: nn.Module,
+    mapping: dict[type, type],
+    prefix: str,
+    custom: dict[type, type],
+    unreached: Optional[list[str]] = None,
+) -> None:
     for name, child in list(module.named_children()):
         full = f"{prefix}.{name}" if prefix else name
         kind = type(child) if type(child) in custom else canonical_type(child)
         target = custom.get(kind) or mapping.get(kind)
+        observer = getattr(child, "activation_post_process", None)
+        if (
+            unreached is not None
+            and target is not None
+            and getattr(child, "qconfig", None) is not None
+            and isinstance(observer, nn.Module)
+            and _never_observed(observer)
+            and kind.__name__ != "FloatFunctional"
+        ):
+            # calibration never reached this module, though it reached others: keep it (float)
+            # behind a guard that says so when called
+            unreached.append(full)
+            setattr(module, name, Unreached(child, full))
+            continue
         # only parts with a qconfig are quantized (qconfig = None keeps a submodule float)
         if target is not None and getattr(child, "qconfig", None) is not None:
             _check_weight_not_empty(child, full)
             new = _from_float(target, child, full)
             if getattr(new, "_fq_convert_children", False):
                 # a container (Sequential): convert inside too, then it picks its TorchScript signature
-                _swap(new, mapping, full, custom)
+                _swap(new, mapping, full, custom, unreached)
                 new = new.settle()
             new._fq_name = full
             setattr(module, name, new)
         else:
-            _swap(child, mapping, full, custom)
+            _swap(child, mapping, full, custom, unreached)
 
 
 def convert(
@@ -321,7 +378,21 @@ def convert(
     if not inplace:
         module = copy.deepcopy(module)
     custom = dict((convert_custom_config_dict or {}).get("observed_to_quantized_custom_module_class", {}))
-    _swap(module, mapping or get_default_static_quant_module_mappings(), "", custom)
+    # modules calibration never reached stay float behind a guard, when calibration reached others
+    # (with no data at all, the first unobserved module raises CalibrationError, as before)
+    observers = [m.activation_post_process for m in module.modules() if hasattr(m, "activation_post_process")]
+    observers = [o for o in observers if isinstance(o, nn.Module) and hasattr(o, "forward")]
+    any_seen = any(not _never_observed(o) for o in observers if _has_range(o))
+    unreached: Optional[list[str]] = [] if any_seen else None
+    _swap(module, mapping or get_default_static_quant_module_mappings(), "", custom, unreached)
+    if unreached:
+        warnings.warn(
+            f"convert: {len(unreached)} module(s) never ran during calibration and stay unquantized: "
+            f"{', '.join(unreached)}. Calling one raises CalibrationError; calibrate with data that reaches them "
+            "(train mode for auxiliary heads) or set their qconfig = None",
+            UserWarning,
+            stacklevel=2,
+        )
     _strip_observers(module)
     if remove_qconfig:
         _remove_qconfig(module)

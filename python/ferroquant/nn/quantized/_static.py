@@ -13,7 +13,7 @@ from ..._dtypes import QDtype, quint8, to_qdtype
 from ..._ops import KERNEL_ERRORS, raise_named
 from ...fake_quantize import FakeQuantizeBase
 from ...observer import CalibrationError
-from ...qtensor import QTensor, check_scale, check_zero_point
+from ...qtensor import QTensor, check_scale, check_zero_point, quantize_per_tensor
 from ._weights import AtomicLoad, state_number
 
 
@@ -74,7 +74,10 @@ def run_static_kernel(module: Any, q: QTensor, run: Callable[..., torch.Tensor],
 
 
 def output_qparams(observer: Optional[nn.Module], who: str) -> tuple[float, int, int, int, Any]:
-    """(scale, zero_point, quant_min, quant_max, dtype) from an output observer."""
+    """(scale, zero_point, quant_min, quant_max, dtype) from an output observer. The clamp range
+    (docs/numerics.md D7): post-training quantization clamps to the dtype's range, as torch does
+    (values beyond the calibrated range keep their quantized value up to 0..255); a QAT model
+    clamps to its fake-quant's ``[quant_min, quant_max]``, the range it was trained with."""
     if observer is None:
         raise CalibrationError(
             f"{who} has no output observer: prepare() the model (with a qconfig) and calibrate it before convert()"
@@ -91,14 +94,27 @@ def output_qparams(observer: Optional[nn.Module], who: str) -> tuple[float, int,
                 "through the QAT model before convert()"
             )
         scale, zp = observer.frozen_qparams()
+        trained_range = True
     else:
         scale, zp = observer.calculate_qparams()
+        trained_range = False
     dtype = to_qdtype(getattr(observer, "dtype", quint8))
     qmin = getattr(observer, "quant_min", None)
     qmax = getattr(observer, "quant_max", None)
-    qmin = dtype.qmin if qmin is None else int(qmin)
-    qmax = dtype.qmax if qmax is None else int(qmax)
+    qmin = dtype.qmin if qmin is None or not trained_range else int(qmin)
+    qmax = dtype.qmax if qmax is None or not trained_range else int(qmax)
     return float(scale.reshape(-1)[0]), int(zp.reshape(-1)[0]), qmin, qmax, dtype
+
+
+def fused_activation_bound(mod: nn.Module, scale: float, zero_point: int, qmax: int, dtype: Any) -> int:
+    """The upper clamp of a fused ReLU-like activation: ``fuse_modules`` keeps a ReLU6 or
+    ``Hardtanh(0, max)`` as the ReLU of ``ConvReLU*d`` / ``LinearReLU``; its ``max`` quantized
+    (never above ``qmax``) is the clamp, in the output stage."""
+    act = mod[1] if isinstance(mod, nn.Sequential) and len(mod) > 1 else getattr(mod, "relu", None)
+    if isinstance(act, nn.Hardtanh):
+        top = int(quantize_per_tensor(torch.tensor([float(act.max_val)]), scale, zero_point, dtype).int_repr()[0])
+        return max(min(qmax, top), zero_point)
+    return qmax
 
 
 class OutputQParams(AtomicLoad):
@@ -207,5 +223,5 @@ def observed_float_module(mod: nn.Module, float_type: type, cls_name: str) -> tu
     qconfig = getattr(mod, "qconfig", None)
     if qconfig is None:
         raise ValueError(f"{type(mod).__name__} has no qconfig; run prepare() with a qconfig first")
-    out = output_qparams(getattr(mod, "activation_post_process", None), type(mod).__name__)
-    return inner, qconfig, out
+    scale, zp, qmin, qmax, dtype = output_qparams(getattr(mod, "activation_post_process", None), type(mod).__name__)
+    return inner, qconfig, (scale, zp, qmin, fused_activation_bound(mod, scale, zp, qmax, dtype), dtype)

@@ -45,6 +45,12 @@ _CONV_RELU_FLOAT = {1: nni.ConvReLU1d, 2: nni.ConvReLU2d, 3: nni.ConvReLU3d}
 _CONV = {1: nn.Conv1d, 2: nn.Conv2d, 3: nn.Conv3d}
 
 
+def _is_fused(mod: nn.Module, fused: type) -> bool:
+    """``mod`` is the fused float module ``fused``: ferroquant's, or torch.ao's class of that name."""
+    t = type(mod)
+    return t is fused or (t.__name__ == fused.__name__ and t.__module__.startswith("torch.ao.nn.intrinsic"))
+
+
 class _BnFolding:
     """BatchNorm folded into the weight for training (shared by the conv and linear forms)."""
 
@@ -166,7 +172,7 @@ class _ConvBnNd(_BnFolding):
     def from_float(cls, mod: nn.Module, use_precomputed_fake_quant: bool = False) -> Any:
         """From the fused float module of ``fuse_modules_qat`` (conv, bn[, relu]) with a qconfig;
         shares its parameters and BatchNorm buffers."""
-        if type(mod) is not cls._FUSED_FLOAT:
+        if not _is_fused(mod, cls._FUSED_FLOAT):
             raise TypeError(
                 f"{cls.__name__}.from_float expects a {cls._FUSED_FLOAT.__name__}, got {type(mod).__name__}"
             )
@@ -268,7 +274,7 @@ class _ConvReLU:
     @classmethod
     def from_float(cls, mod: nn.Module, use_precomputed_fake_quant: bool = False) -> Any:
         """From a fused (conv, relu) with a qconfig; shares its parameters."""
-        if type(mod) is not cls._FUSED_FLOAT:
+        if not _is_fused(mod, cls._FUSED_FLOAT):
             raise TypeError(
                 f"{cls.__name__}.from_float expects a {cls._FUSED_FLOAT.__name__}, got {type(mod).__name__}"
             )
@@ -348,7 +354,7 @@ class LinearBn1d(_BnFolding, nn.Linear):
     @classmethod
     def from_float(cls, mod: nn.Module, use_precomputed_fake_quant: bool = False) -> LinearBn1d:
         """From a fused (linear, bn) with a qconfig; shares its parameters and BatchNorm buffers."""
-        if type(mod) is not nni.LinearBn1d:
+        if not _is_fused(mod, nni.LinearBn1d):
             raise TypeError(f"{cls.__name__}.from_float expects a LinearBn1d, got {type(mod).__name__}")
         linear, bn = mod[0], mod[1]
         qat = cls(
