@@ -209,3 +209,31 @@ def test_torchvision_quantizable_models_convert_unchanged(name):
         return float(nn.functional.cosine_similarity(a.flatten(), ref.flatten(), dim=0))
 
     assert cos(ours) >= cos(theirs) - 2e-5, (cos(ours), cos(theirs))
+
+
+# ---------------------------------------------------------------------------------------------
+# activations with their own output qparams (a 256-entry table in Rust)
+
+
+@pytest.mark.parametrize("act", [nn.ELU(0.7), nn.ELU(), nn.LeakyReLU(0.1), nn.LeakyReLU()], ids=repr)
+def test_elu_and_leaky_relu_match_torch_and_script(act):
+    import torch.ao.nn.quantized as tnnq
+
+    outs = {}
+    for lib in (fq, tq):
+        torch.manual_seed(0)
+        m = nn.Sequential(lib.QuantStub(), nn.Conv2d(3, 4, 3), copy.deepcopy(act), lib.DeQuantStub()).eval()
+        m.qconfig = lib.get_default_qconfig("x86")
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            p = lib.prepare(m)
+            x = torch.randn(4, 3, 8, 8)
+            p(x)
+            q = lib.convert(p)
+            outs[lib.__name__] = (q(x * 1.2), q)
+    (ours, q), (theirs, tqm) = outs["ferroquant"], outs["torch.ao.quantization"]
+    assert type(q[2]).__name__ == type(tqm[2]).__name__ and isinstance(tqm[2], (tnnq.ELU, tnnq.LeakyReLU))
+    assert q[2].scale == pytest.approx(float(tqm[2].scale)) and q[2].zero_point == int(tqm[2].zero_point)
+    assert float(((ours - theirs).abs() / float(tqm[2].scale)).max()) <= 1.0 + 1e-3
+    scripted = torch.jit.script(q)
+    assert torch.equal(scripted(x), q(x))

@@ -50,6 +50,8 @@ DEFAULT_STATIC_QUANT_MODULE_MAPPINGS: dict[type, type] = {
     nnqat.EmbeddingBag: nnqat.modules.EmbeddingBagFromQAT,
     nn.ReLU6: nnq.ReLU6,
     nn.Hardswish: nnq.Hardswish,
+    nn.ELU: nnq.ELU,
+    nn.LeakyReLU: nnq.LeakyReLU,
     nn.Dropout: nnq.Dropout,
     nnq.FloatFunctional: nnq.QFunctional,
     # nn.ReLU, pooling, nn.Flatten, nn.Identity, nn.Sequential: same modules, plus a TorchScript

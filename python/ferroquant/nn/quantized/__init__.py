@@ -1,7 +1,7 @@
 """Quantized modules (``torch.ao.nn.quantized``). Dynamic modules live in ``.dynamic``."""
 
 from . import dynamic  # noqa: F401
-from .activation import Hardswish, ReLU6
+from .activation import ELU, Hardswish, LeakyReLU, ReLU6
 from .conv import Conv1d, Conv2d, Conv3d
 from .functional_modules import FloatFunctional, QFunctional
 from .linear import Linear
@@ -15,6 +15,8 @@ __all__ = [
     "Conv3d",
     "ReLU6",
     "Hardswish",
+    "ELU",
+    "LeakyReLU",
     "FloatFunctional",
     "QFunctional",
     "Quantize",
