@@ -237,3 +237,55 @@ def test_elu_and_leaky_relu_match_torch_and_script(act):
     assert float(((ours - theirs).abs() / float(tqm[2].scale)).max()) <= 1.0 + 1e-3
     scripted = torch.jit.script(q)
     assert torch.equal(scripted(x), q(x))
+
+
+# ---------------------------------------------------------------------------------------------
+# functions that keep the input's qparams, as torch's on quantized tensors
+
+
+def _pair(seed=0, shape=(2, 3, 5, 7), scale=0.05, zp=100):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(shape, generator=g) * 2
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        theirs = torch.quantize_per_tensor(x, scale, zp, torch.quint8)
+    return fq.quantize_per_tensor(x, scale, zp, fq.quint8).contiguous(memory_format=torch.channels_last), theirs
+
+
+@pytest.mark.parametrize(
+    "fn",
+    [
+        lambda t: nn.functional.leaky_relu(t, 0.1),
+        lambda t: nn.functional.leaky_relu(t),
+        lambda t: nn.functional.interpolate(t, scale_factor=2, mode="nearest"),
+        lambda t: nn.functional.interpolate(t, size=(9, 11), mode="nearest"),
+        lambda t: nn.functional.interpolate(t, scale_factor=2, mode="bilinear", align_corners=False),
+        lambda t: nn.functional.interpolate(t, size=(9, 11), mode="bilinear", align_corners=True),
+        nn.Upsample(scale_factor=3),
+        nn.Upsample(scale_factor=2, mode="bilinear"),
+    ],
+    ids=["leaky0.1", "leaky", "nearest2x", "nearest_size", "bilinear2x", "bilinear_ac", "upsample", "upsample_bil"],
+)
+def test_same_grid_functions_match_torch(fn):
+    for seed in range(3):
+        ours, theirs = _pair(seed)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            want = fn(theirs)
+        got = fn(ours)
+        assert got.shape == want.shape and got.q_scale() == pytest.approx(want.q_scale())
+        assert got.q_zero_point() == want.q_zero_point()
+        assert int((got.int_repr().int() - want.int_repr().int()).abs().max()) <= 1
+
+
+@pytest.mark.parametrize("threshold,value", [(0.5, 0.0), (-0.3, 1.0), (0.0, -2.0), (0.35, 0.35)])
+def test_threshold_matches_torch_off_the_threshold(threshold, value):
+    ours, theirs = _pair()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        want = nn.functional.threshold(theirs, threshold, value).int_repr()
+    got = nn.functional.threshold(ours, threshold, value).int_repr()
+    # elements exactly on the threshold: torch's vectorised and scalar loops disagree with each
+    # other there (fma vs plain dequantize); ferroquant follows the vectorised one everywhere
+    on = ours.dequantize() == threshold
+    assert torch.equal(got[~on], want[~on])

@@ -585,6 +585,67 @@ def _tanh(x: QTensor) -> QTensor:
     return _fixed_qparams_table(x, "tanh", torch.tanh, 2.0 / 256.0, 128)
 
 
+def _same_grid_table(x: QTensor, what: str, fn: Callable[[torch.Tensor], torch.Tensor]) -> QTensor:
+    """An elementwise ``fn`` onto the input's own grid (torch's rule for ``F.leaky_relu`` and
+    ``F.threshold`` on quantized tensors): a lookup table in Rust for quint8, else the definition."""
+    x._need_per_tensor(what)
+    from .nn.quantized._lut import apply_table
+
+    s, z, dt = x.q_scale(), x.q_zero_point(), x.dtype
+    out = apply_table(x, fn, s, z, dt.qmin, dt.qmax, dt) if dt == quint8 else None
+    return out if out is not None else quantize_per_tensor(fn(x.dequantize()), s, z, dt)
+
+
+@_handles(F.leaky_relu)
+def _leaky_relu(x: QTensor, negative_slope: float = 0.01, inplace: bool = False) -> QTensor:
+    return _same_grid_table(x, "leaky_relu", lambda d: F.leaky_relu(d, negative_slope))
+
+
+@_handles(F.threshold)
+def _threshold(x: QTensor, threshold: float, value: float, inplace: bool = False) -> QTensor:
+    """torch's rule: keep ``q`` where its dequantized value is above ``threshold``, else
+    ``quantize(value)``; the input's qparams. The value is dequantized as torch's vectorised
+    kernel does, ``fl(fma(q, s, fl(−zp·s)))`` (the product is exact in float64, so one rounding),
+    which decides the elements lying exactly on the threshold the way torch does."""
+    x._need_per_tensor("threshold")
+    q_val = int(quantize_per_tensor(torch.tensor([value]), x.q_scale(), x.q_zero_point(), x.dtype).int_repr()[0])
+    d = x.int_repr()
+    s32 = torch.tensor(x.q_scale(), dtype=torch.float32)
+    premul = float(-torch.tensor(float(x.q_zero_point()), dtype=torch.float32) * s32)
+    dq = (d.to(torch.float64) * float(s32) + premul).to(torch.float32)
+    keep = dq > torch.tensor(threshold, dtype=torch.float32)
+    return x._with_data(torch.where(keep, d, torch.full_like(d, q_val)))
+
+
+@_handles(F.interpolate)
+def _interpolate(
+    input: QTensor,
+    size: Any = None,
+    scale_factor: Any = None,
+    mode: str = "nearest",
+    align_corners: Optional[bool] = None,
+    recompute_scale_factor: Optional[bool] = None,
+    antialias: bool = False,
+) -> QTensor:
+    """Resizing keeps the input's qparams (as torch's quantized upsampling): nearest modes pick
+    integers; linear / bilinear / trilinear blend the integers in float and round to nearest
+    even (the zero point cancels: the weights sum to 1)."""
+    input._need_per_tensor("interpolate")
+    kw = dict(size=size, scale_factor=scale_factor, recompute_scale_factor=recompute_scale_factor)
+    d = input.int_repr()
+    if mode in ("nearest", "nearest-exact"):
+        return input._with_data(F.interpolate(d, mode=mode, **kw))
+    if mode in ("linear", "bilinear", "trilinear") and not antialias:
+        y = F.interpolate(d.to(torch.float32), mode=mode, align_corners=align_corners, **kw)
+        dt = input.dtype
+        out = torch.clamp(torch.round(y), dt.qmin, dt.qmax).to(d.dtype)
+        return input._with_data(out)
+    raise TypeError(
+        f"interpolate(mode={mode!r}{', antialias=True' if antialias else ''}) is not supported on a QTensor; "
+        "nearest, nearest-exact, linear, bilinear and trilinear are. Call .dequantize() first"
+    )
+
+
 @_handles(F.relu, torch.relu)
 def _relu(x: QTensor, inplace: bool = False) -> QTensor:
     # max(q, zp): exact on the integers, qparams unchanged (docs/numerics.md, "Other quantized ops")
