@@ -289,3 +289,30 @@ def test_threshold_matches_torch_off_the_threshold(threshold, value):
     # other there (fma vs plain dequantize); ferroquant follows the vectorised one everywhere
     on = ours.dequantize() == threshold
     assert torch.equal(got[~on], want[~on])
+
+
+# ---------------------------------------------------------------------------------------------
+# torch.ao's qconfig objects
+
+
+def test_torch_ao_qconfigs_are_recognised():
+    torch.manual_seed(0)
+    base = nn.Sequential(
+        fq.QuantStub(), nn.Conv2d(3, 4, 3), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 6 * 6, 5), fq.DeQuantStub()
+    ).eval()
+    x = torch.randn(4, 3, 8, 8)
+    outs = []
+    for qc in (tq.get_default_qconfig("x86"), fq.get_default_qconfig("x86")):
+        m = copy.deepcopy(base)
+        m.qconfig = qc
+        p = fq.prepare(m)
+        assert type(p[1].activation_post_process).__module__ == "ferroquant.observer"
+        p(x)
+        outs.append(fq.convert(p)(x))
+    assert torch.equal(outs[0], outs[1])  # converted exactly as with ferroquant's qconfig
+    m = copy.deepcopy(base).train()
+    m.qconfig = tq.get_default_qat_qconfig("x86")
+    p = fq.prepare_qat(m)
+    assert isinstance(p[1], fq.nn.qat.Conv2d) and type(p[1].weight_fake_quant).__module__ == "ferroquant.fake_quantize"
+    q = fq.quantize_dynamic(copy.deepcopy(base), {nn.Linear: tq.per_channel_dynamic_qconfig})
+    assert isinstance(q[4], fq.nn.quantized.dynamic.Linear) and q[4].weight().is_per_channel

@@ -32,10 +32,42 @@ def _check_qconfig(qconfig: Any, module: nn.Module) -> None:
         )
 
 
+def _from_torch_factory(factory: Any) -> Any:
+    """A torch.ao observer / fake-quant factory (``Observer.with_args(...)`` or a class) as
+    ferroquant's class of the same name with the same arguments (torch's dtypes and qschemes
+    are accepted as they are); anything else unchanged."""
+    from . import fake_quantize, observer
+
+    partial = getattr(factory, "p", None)
+    func = getattr(partial, "func", factory)
+    if not (isinstance(func, type) and func.__module__.startswith("torch.ao.quantization")):
+        return factory
+    ours = getattr(observer, func.__name__, None) or getattr(fake_quantize, func.__name__, None)
+    if ours is None:
+        raise TypeError(
+            f"the torch.ao qconfig uses {func.__module__}.{func.__name__}, which ferroquant has no counterpart for; "
+            "assign a ferroquant qconfig (e.g. ferroquant.get_default_qconfig('x86'))"
+        )
+    if partial is None:
+        return ours
+    kwargs = {k: _from_torch_factory(v) for k, v in partial.keywords.items()}
+    return ours.with_args(*partial.args, **kwargs) if not partial.args else ours.with_args(**kwargs)
+
+
+def _from_torch_qconfig(qconfig: Any) -> Any:
+    """torch.ao's QConfig objects (assigned to ``.qconfig`` by code written for torch.ao) as the
+    ferroquant QConfig with the same observers and arguments; recognised by class, never imported."""
+    if qconfig is None or not type(qconfig).__module__.startswith("torch.ao.quantization"):
+        return qconfig
+    if not (hasattr(qconfig, "activation") and hasattr(qconfig, "weight")):
+        return qconfig
+    return QConfig(activation=_from_torch_factory(qconfig.activation), weight=_from_torch_factory(qconfig.weight))
+
+
 def _propagate(module: nn.Module, spec: dict, parent: Optional[QConfig], prefix: str) -> None:
     qconfig = spec.get(type(module), parent)
     qconfig = spec.get(prefix, qconfig)
-    qconfig = getattr(module, "qconfig", qconfig)
+    qconfig = _from_torch_qconfig(getattr(module, "qconfig", qconfig))
     _check_qconfig(qconfig, module)
     module.qconfig = qconfig
     for name, child in module.named_children():
