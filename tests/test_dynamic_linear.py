@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import io
+import warnings
 
 import ferroquant as fq
 import pytest
@@ -242,3 +243,13 @@ def test_per_row_activation_quantization_option():
     fresh.load_state_dict(per_row.state_dict())
     assert fresh[0].per_row_activations and torch.equal(fresh(x), base)
     assert torch.equal(torch.jit.script(per_row)(x), base)
+
+
+def test_quantize_dynamic_warns_for_module_types_it_cannot_quantize():
+    model = nn.Sequential(nn.LSTM(8, 8), nn.Linear(8, 4))
+    with pytest.warns(UserWarning, match=r"no dynamic quantized form for LSTM .* stay float \(supported: Linear\)"):
+        q = fq.quantize_dynamic(model, {nn.Linear, nn.LSTM, nn.GRU})
+    assert type(q[0]) is nn.LSTM and isinstance(q[1], fq.nn.quantized.dynamic.Linear)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a type asked for but absent from the model: no warning
+        fq.quantize_dynamic(nn.Sequential(nn.Linear(8, 4)), {nn.Linear, nn.LSTM})

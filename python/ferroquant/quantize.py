@@ -90,6 +90,13 @@ def _remove_qconfig(module: nn.Module) -> None:
             del m.qconfig
 
 
+def canonical_type_of(t: type) -> type:
+    """:func:`canonical_type` for a type (torch.ao's stubs and fused modules as ferroquant's)."""
+    from .mappings import TORCH_AO_EQUIVALENTS
+
+    return TORCH_AO_EQUIVALENTS.get(f"{t.__module__}.{t.__qualname__}", t)
+
+
 def _check_weight_not_empty(child: nn.Module, name: str) -> None:
     """An empty weight (``nn.Linear(0, 4)``) cannot go through the int8 kernels: say which
     module it is and how to keep it in float (torch.ao quantizes it, and its forward then
@@ -178,6 +185,20 @@ def quantize_dynamic(
         raise TypeError(f"qconfig_spec must be a set of module types or a dict, got {type(qconfig_spec).__name__}")
     if mapping is None:
         mapping = get_default_dynamic_quant_module_mappings()
+    # module types asked for that have no dynamic quantized form: they stay float — say so, once
+    # per call, naming them (the model's modules of those types, not the mere request)
+    asked = {k for k, v in spec.items() if isinstance(k, type) and v is not None}
+    present = {type(m) for m in model.modules()}
+    unsupported = sorted(
+        t.__name__ for t in asked & present if t not in mapping and canonical_type_of(t) not in mapping
+    )
+    if unsupported:
+        warnings.warn(
+            f"quantize_dynamic: no dynamic quantized form for {', '.join(unsupported)} in ferroquant yet; those "
+            "modules stay float (supported: " + ", ".join(sorted(t.__name__ for t in mapping)) + ")",
+            UserWarning,
+            stacklevel=2,
+        )
     if not inplace:
         model = copy.deepcopy(model)
     model.eval()
