@@ -57,8 +57,8 @@ def _accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
         return (model(x).argmax(1) == y).float().mean().item() * 100
 
 
-@pytest.mark.parametrize("backend", ["native", "x86"])
-def test_trained_cnn_int8_within_one_point_of_fp32(backend):
+def trained_fp32() -> tuple[nn.Module, tuple, tuple]:
+    """The CNN trained in float (6 epochs, seed 0), in eval mode, with the train / test split."""
     torch.manual_seed(0)
     (xtr, ytr), (xte, yte) = _data()
     model = DigitsCNN()
@@ -68,7 +68,12 @@ def test_trained_cnn_int8_within_one_point_of_fp32(backend):
             opt.zero_grad()
             nn.functional.cross_entropy(model(xtr[i : i + 64]), ytr[i : i + 64]).backward()
             opt.step()
-    model.eval()
+    return model.eval(), (xtr, ytr), (xte, yte)
+
+
+@pytest.mark.parametrize("backend", ["native", "x86"])
+def test_trained_cnn_int8_within_one_point_of_fp32(backend):
+    model, (xtr, ytr), (xte, yte) = trained_fp32()
     fp32 = _accuracy(model, xte, yte)
     assert fp32 > 90, fp32
 

@@ -363,18 +363,9 @@ def test_qat_state_dict_round_trip_resumes_training():
 
 
 def test_qat_digits_cnn_int8_equals_fake_quant_and_beats_ptq():
-    from test_cnn_digits import DigitsCNN, _accuracy, _data
+    from test_cnn_digits import _accuracy, trained_fp32
 
-    torch.manual_seed(0)
-    (xtr, ytr), (xte, yte) = _data()
-    model = DigitsCNN()
-    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
-    for _ in range(6):
-        for i in range(0, len(ytr), 64):
-            opt.zero_grad()
-            nn.functional.cross_entropy(model(xtr[i : i + 64]), ytr[i : i + 64]).backward()
-            opt.step()
-    model.eval()
+    model, (xtr, ytr), (xte, yte) = trained_fp32()
     fp32 = _accuracy(model, xte, yte)
     groups = [["conv1", "bn1", "relu1"], ["conv2", "bn2", "relu2"], ["conv3", "bn3", "relu3"]]
 

@@ -111,7 +111,11 @@ def get_default_qat_module_mappings() -> dict[type, type]:
     return dict(DEFAULT_QAT_MODULE_MAPPINGS)
 
 
-def canonical_type(mod: nn.Module) -> type:
-    """The module's type, with torch.ao's stubs mapped to ferroquant's."""
-    t = type(mod)
+def canonical_type_of(t: type) -> type:
+    """``t``, with torch.ao's stubs, FloatFunctional and fused modules mapped to ferroquant's."""
     return TORCH_AO_EQUIVALENTS.get(f"{t.__module__}.{t.__qualname__}", t)
+
+
+def canonical_type(mod: nn.Module) -> type:
+    """The module's type, with torch.ao's stubs, FloatFunctional and fused modules mapped to ferroquant's."""
+    return canonical_type_of(type(mod))

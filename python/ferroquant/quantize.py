@@ -14,6 +14,7 @@ from ._dtypes import qint8, to_qdtype
 from .mappings import (
     NO_OUTPUT_OBSERVER,
     canonical_type,
+    canonical_type_of,
     get_default_dynamic_quant_module_mappings,
     get_default_qat_module_mappings,
     get_default_static_quant_module_mappings,
@@ -88,13 +89,6 @@ def _remove_qconfig(module: nn.Module) -> None:
     for m in module.modules():
         if hasattr(m, "qconfig"):
             del m.qconfig
-
-
-def canonical_type_of(t: type) -> type:
-    """:func:`canonical_type` for a type (torch.ao's stubs and fused modules as ferroquant's)."""
-    from .mappings import TORCH_AO_EQUIVALENTS
-
-    return TORCH_AO_EQUIVALENTS.get(f"{t.__module__}.{t.__qualname__}", t)
 
 
 def _check_weight_not_empty(child: nn.Module, name: str) -> None:

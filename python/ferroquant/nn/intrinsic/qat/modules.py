@@ -47,8 +47,9 @@ _CONV = {1: nn.Conv1d, 2: nn.Conv2d, 3: nn.Conv3d}
 
 def _is_fused(mod: nn.Module, fused: type) -> bool:
     """``mod`` is the fused float module ``fused``: ferroquant's, or torch.ao's class of that name."""
-    t = type(mod)
-    return t is fused or (t.__name__ == fused.__name__ and t.__module__.startswith("torch.ao.nn.intrinsic"))
+    from ....mappings import canonical_type  # (mappings imports this module)
+
+    return canonical_type(mod) is fused
 
 
 class _BnFolding:
@@ -268,6 +269,10 @@ class _ConvReLU:
 
     _FUSED_FLOAT: type
 
+    def __init__(self, *args: Any, qconfig: Any = None, **kwargs: Any) -> None:
+        super().__init__(*args, qconfig=qconfig, **kwargs)  # type: ignore[call-arg]
+        self.relu = nn.ReLU()
+
     def forward(self, input: torch.Tensor) -> torch.Tensor:
         return self.relu(super().forward(input))  # type: ignore[misc]
 
@@ -295,19 +300,11 @@ class ConvReLU1d(_ConvReLU, QATConv1d):
 
     _FUSED_FLOAT = nni.ConvReLU1d
 
-    def __init__(self, *args: Any, qconfig: Any = None, **kwargs: Any) -> None:
-        super().__init__(*args, qconfig=qconfig, **kwargs)
-        self.relu = nn.ReLU()
-
 
 class ConvReLU2d(_ConvReLU, QATConv2d):
     """QAT Conv2d + ReLU."""
 
     _FUSED_FLOAT = nni.ConvReLU2d
-
-    def __init__(self, *args: Any, qconfig: Any = None, **kwargs: Any) -> None:
-        super().__init__(*args, qconfig=qconfig, **kwargs)
-        self.relu = nn.ReLU()
 
 
 class ConvReLU3d(_ConvReLU, QATConv3d):
@@ -315,19 +312,11 @@ class ConvReLU3d(_ConvReLU, QATConv3d):
 
     _FUSED_FLOAT = nni.ConvReLU3d
 
-    def __init__(self, *args: Any, qconfig: Any = None, **kwargs: Any) -> None:
-        super().__init__(*args, qconfig=qconfig, **kwargs)
-        self.relu = nn.ReLU()
-
 
 class LinearReLU(_ConvReLU, QATLinear):
     """QAT Linear + ReLU."""
 
     _FUSED_FLOAT = nni.LinearReLU
-
-    def __init__(self, *args: Any, qconfig: Any = None, **kwargs: Any) -> None:
-        super().__init__(*args, qconfig=qconfig, **kwargs)
-        self.relu = nn.ReLU()
 
 
 class LinearBn1d(_BnFolding, nn.Linear):
