@@ -50,7 +50,8 @@ import torch.ao.nn.quantized as tnnq  # noqa: E402  (the reference engine, bench
 import torch.ao.quantization as tq  # noqa: E402
 
 CNNS = {"resnet18": ResNet18, "mobilenet_v2": MobileNetV2}
-MODELS = ("encoder", *CNNS)
+RNNS = ("lstm", "gru")
+MODELS = ("encoder", *RNNS, *CNNS)
 CNN_TITLES = {"resnet18": "ResNet-18", "mobilenet_v2": "MobileNetV2"}
 
 
@@ -73,6 +74,44 @@ def bench_encoder(seq: int) -> dict:
         "torch_int8_ms": t_torch * 1e3,
         "ferroquant_ms": t_ours * 1e3,
         "ratio": t_torch / t_ours,
+        "max_abs_err_ferroquant": err_ours,
+        "max_abs_err_torch": err_torch,
+    }
+
+
+class Tagger(nn.Module):
+    """The issue's sequence model: a 2-layer LSTM (or GRU) 512→1024, then Linear 1024→64."""
+
+    def __init__(self, cell: type) -> None:
+        super().__init__()
+        self.rnn = cell(512, 1024, num_layers=2)
+        self.head = nn.Linear(1024, 64)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.rnn(x)[0])
+
+
+def bench_rnn(kind: str, seq: int = 64) -> dict:
+    """2-layer LSTM / GRU tagger, T=64, batch 1: each library's quantize_dynamic with its default spec."""
+    torch.manual_seed(0)
+    model = Tagger(nn.LSTM if kind == "lstm" else nn.GRU).eval()
+    x = torch.randn(seq, 1, 512)
+    ours = fq.quantize_dynamic(copy.deepcopy(model), dtype=fq.qint8)
+    theirs = tq.quantize_dynamic(copy.deepcopy(model), dtype=torch.qint8)
+    with torch.no_grad():
+        ref = model(x)
+        err_ours = (ours(x) - ref).abs().max().item()
+        err_torch = (theirs(x) - ref).abs().max().item()
+        t_fp32 = median_seconds(lambda: model(x), min_time=2.0, repeats=9)
+        t_torch = median_seconds(lambda: theirs(x), min_time=2.0, repeats=9)
+        t_ours = median_seconds(lambda: ours(x), min_time=2.0, repeats=9)
+    return {
+        "model": f"2-layer {kind.upper()} 512→1024 T={seq} + Linear 1024→64 (dynamic)",
+        "fp32_ms": t_fp32 * 1e3,
+        "torch_int8_ms": t_torch * 1e3,
+        "ferroquant_ms": t_ours * 1e3,
+        "ratio": t_torch / t_ours,
+        "ratio_fp32": t_fp32 / t_ours,
         "max_abs_err_ferroquant": err_ours,
         "max_abs_err_torch": err_torch,
     }
@@ -145,12 +184,16 @@ def _model_list(text: str) -> list[str]:
 
 
 def _print_encoder_table(rows: list[dict]) -> None:
-    print("| model | fp32 ms | torch int8 ms | ferroquant ms | speedup vs torch int8 | max abs err (fq / torch) |")
-    print("|---|---|---|---|---|---|")
+    print(
+        "| model | fp32 ms | torch int8 ms | ferroquant ms | speedup vs torch int8 | speedup vs fp32 "
+        "| max abs err (fq / torch) |"
+    )
+    print("|---|---|---|---|---|---|---|")
     for r in rows:
         print(
             f"| {r['model']} | {r['fp32_ms']:.2f} | {r['torch_int8_ms']:.2f} | {r['ferroquant_ms']:.2f} | "
-            f"{r['ratio']:.2f}x | {r['max_abs_err_ferroquant']:.3g} / {r['max_abs_err_torch']:.3g} |"
+            f"{r['ratio']:.2f}x | {r['fp32_ms'] / r['ferroquant_ms']:.2f}x | "
+            f"{r['max_abs_err_ferroquant']:.3g} / {r['max_abs_err_torch']:.3g} |"
         )
 
 
@@ -215,6 +258,7 @@ def main() -> int:
     torch.backends.quantized.engine = "x86"
     info = machine_info()
     rows = [bench_encoder(args.seq)] if "encoder" in args.models else []
+    rows += [bench_rnn(kind) for kind in RNNS if kind in args.models]
     if args.peers:
         for engine, pip in peers.missing().items():
             print(f"note: --peers skips {engine}: not installed ({pip})")

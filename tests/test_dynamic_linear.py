@@ -246,10 +246,11 @@ def test_per_row_activation_quantization_option():
 
 
 def test_quantize_dynamic_warns_for_module_types_it_cannot_quantize():
-    model = nn.Sequential(nn.LSTM(8, 8), nn.Linear(8, 4))
-    with pytest.warns(UserWarning, match=r"no dynamic quantized form for LSTM .* stay float \(supported: Linear\)"):
-        q = fq.quantize_dynamic(model, {nn.Linear, nn.LSTM, nn.GRU})
-    assert type(q[0]) is nn.LSTM and isinstance(q[1], fq.nn.quantized.dynamic.Linear)
+    model = nn.Sequential(nn.Conv1d(8, 8, 1), nn.LSTM(8, 8), nn.Linear(8, 4))
+    with pytest.warns(UserWarning, match=r"no dynamic quantized form for Conv1d .* stay float \(supported: .*LSTM"):
+        q = fq.quantize_dynamic(model, {nn.Linear, nn.LSTM, nn.Conv1d})
+    assert type(q[0]) is nn.Conv1d and isinstance(q[2], fq.nn.quantized.dynamic.Linear)
+    assert isinstance(q[1], fq.nn.quantized.dynamic.LSTM)
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # a type asked for but absent from the model: no warning
-        fq.quantize_dynamic(nn.Sequential(nn.Linear(8, 4)), {nn.Linear, nn.LSTM})
+        fq.quantize_dynamic(nn.Sequential(nn.Linear(8, 4)), {nn.Linear, nn.Conv1d})

@@ -74,6 +74,21 @@ def dequantize_per_channel(
     zero_points: npt.NDArray[np.int32],
     axis: int,
 ) -> npt.NDArray[np.float32]: ...
+def rnn_layer(
+    mode: str,
+    x: npt.NDArray[np.float32],
+    batch_sizes: list[int],
+    w_ih: PackedLinear,
+    b_ih: Optional[npt.NDArray[np.float32]],
+    w_hh: PackedLinear,
+    b_hh: Optional[npt.NDArray[np.float32]],
+    h0: npt.NDArray[np.float32],
+    c0: Optional[npt.NDArray[np.float32]] = None,
+    reverse: bool = False,
+    reduce_range: bool = False,
+    per_row: bool = False,
+    threads: int = 1,
+) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.float32], Optional[npt.NDArray[np.float32]]]: ...
 
 class PackedLinear:
     def __init__(

@@ -16,6 +16,12 @@ from .stubs import DeQuantStub, QuantStub
 #: Float module type → dynamic quantized module type (quantize_dynamic's default mapping).
 DEFAULT_DYNAMIC_QUANT_MODULE_MAPPINGS: dict[type, type] = {
     nn.Linear: nnqd.Linear,
+    nn.LSTM: nnqd.LSTM,
+    nn.GRU: nnqd.GRU,
+    nn.RNN: nnqd.RNN,
+    nn.LSTMCell: nnqd.LSTMCell,
+    nn.GRUCell: nnqd.GRUCell,
+    nn.RNNCell: nnqd.RNNCell,
 }
 
 #: Float (or fused) module type → static quantized module type (convert's default mapping).

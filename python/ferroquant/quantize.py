@@ -145,6 +145,9 @@ def _swap_modules(module: nn.Module, mapping: dict[type, type], prefix: str = ""
             _swap_modules(child, mapping, full)
 
 
+_DEFAULT_DYNAMIC_TYPES = (nn.Linear, nn.LSTM, nn.GRU, nn.LSTMCell, nn.GRUCell, nn.RNNCell)
+
+
 def quantize_dynamic(
     model: nn.Module,
     qconfig_spec: QConfigSpec = None,
@@ -152,7 +155,8 @@ def quantize_dynamic(
     mapping: Optional[dict[type, type]] = None,
     inplace: bool = False,
 ) -> nn.Module:
-    """Replaces float modules (by default every ``nn.Linear``) with dynamic quantized ones:
+    """Replaces float modules (by default every ``nn.Linear``, ``nn.LSTM``, ``nn.GRU``,
+    ``nn.LSTMCell``, ``nn.GRUCell`` and ``nn.RNNCell``, as torch) with dynamic quantized ones:
     int8 weights now, activations quantized on the fly at each call.
 
     ``qconfig_spec``: a set of module types (``{nn.Linear}``) or a dict from types or fully
@@ -170,7 +174,8 @@ def quantize_dynamic(
             "4-bit weights come later)"
         )
     if qconfig_spec is None:
-        spec: dict[Any, Optional[QConfig]] = {nn.Linear: default_dynamic_qconfig}
+        # torch's default set (nn.RNN, which torch.ao cannot quantize, is opt-in)
+        spec: dict[Any, Optional[QConfig]] = dict.fromkeys(_DEFAULT_DYNAMIC_TYPES, default_dynamic_qconfig)
     elif isinstance(qconfig_spec, (set, frozenset, list, tuple)):
         spec = dict.fromkeys(qconfig_spec, default_dynamic_qconfig)
     elif isinstance(qconfig_spec, dict):

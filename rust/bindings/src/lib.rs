@@ -1058,6 +1058,98 @@ impl PackedConv {
     }
 }
 
+/// One recurrent layer in one direction over a whole sequence (dynamic int8 weights):
+/// `mode` is "LSTM", "GRU", "RNN_TANH" or "RNN_RELU"; x float32 [rows, input_size] (every step's
+/// rows, step after step); batch_sizes the rows per step (non-increasing); h0 (and c0 for LSTM)
+/// float32 [batch, hidden]. Returns (out [rows, hidden], h_n, c_n or None).
+#[pyfunction]
+#[pyo3(signature = (mode, x, batch_sizes, w_ih, b_ih, w_hh, b_hh, h0, c0=None, reverse=false, reduce_range=false, per_row=false, threads=1))]
+#[allow(clippy::too_many_arguments, clippy::type_complexity)]
+fn rnn_layer<'py>(
+    py: Python<'py>,
+    mode: &str,
+    x: &Bound<'py, PyAny>,
+    batch_sizes: Vec<usize>,
+    w_ih: &PackedLinear,
+    b_ih: Option<&Bound<'py, PyAny>>,
+    w_hh: &PackedLinear,
+    b_hh: Option<&Bound<'py, PyAny>>,
+    h0: &Bound<'py, PyAny>,
+    c0: Option<&Bound<'py, PyAny>>,
+    reverse: bool,
+    reduce_range: bool,
+    per_row: bool,
+    threads: usize,
+) -> PyResult<(
+    Bound<'py, PyArrayDyn<f32>>,
+    Bound<'py, PyArrayDyn<f32>>,
+    Option<Bound<'py, PyArrayDyn<f32>>>,
+)> {
+    let kind = k::rnn::CellKind::from_name(mode).map_err(to_py)?;
+    let b_ih = owned_bias(b_ih)?;
+    let b_hh = owned_bias(b_hh)?;
+    let weights = k::rnn::RnnWeights {
+        kind,
+        w_ih: &w_ih.inner,
+        b_ih: b_ih.as_deref(),
+        w_hh: &w_hh.inner,
+        b_hh: b_hh.as_deref(),
+    };
+    let hidden = weights.hidden_size().map_err(to_py)?;
+    let (xs, xshape) = take::<f32>(x, "input")?;
+    let rows: usize = batch_sizes.iter().sum();
+    if xshape.len() != 2 || xshape[0] != rows || xshape[1] != w_ih.inner.k() {
+        return Err(value_error(format!(
+            "input must have shape [{rows}, {}] (the sum of batch_sizes, input_size), got {xshape:?}",
+            w_ih.inner.k()
+        )));
+    }
+    let batch = batch_sizes.first().copied().unwrap_or(0);
+    let state_of = |o: &Bound<'py, PyAny>, what: &str| -> PyResult<Vec<f32>> {
+        let (v, shape) = take::<f32>(o, what)?;
+        if shape != [batch, hidden] {
+            return Err(value_error(format!(
+                "{what} must have shape [{batch}, {hidden}] (batch, hidden_size), got {shape:?}"
+            )));
+        }
+        Ok(v)
+    };
+    let mut h = state_of(h0, "h0")?;
+    let mut c = c0.map(|c| state_of(c, "c0")).transpose()?;
+    let mut out = output::<f32>(&[rows, hidden], "the recurrent layer's output")?;
+    let opts = k::DynamicOptions {
+        reduce_range,
+        per_row,
+        relu: false,
+    };
+    let e = engine();
+    py.detach(|| {
+        let state = k::rnn::RnnState {
+            h: &mut h,
+            c: c.as_deref_mut(),
+        };
+        k::rnn::rnn_layer(
+            e,
+            &weights,
+            &xs,
+            &batch_sizes,
+            reverse,
+            opts,
+            state,
+            &mut out,
+            threads,
+        )
+    })
+    .map_err(to_py)?;
+    let shape = vec![batch, hidden];
+    Ok((
+        PyArray1::from_vec(py, out).reshape(vec![rows, hidden])?,
+        PyArray1::from_vec(py, h).reshape(shape.clone())?,
+        c.map(|c| PyArray1::from_vec(py, c).reshape(shape))
+            .transpose()?,
+    ))
+}
+
 #[pymodule]
 fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(available_engines, m)?)?;
@@ -1083,6 +1175,7 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(quantize_per_channel, m)?)?;
     m.add_function(wrap_pyfunction!(dequantize_per_tensor, m)?)?;
     m.add_function(wrap_pyfunction!(dequantize_per_channel, m)?)?;
+    m.add_function(wrap_pyfunction!(rnn_layer, m)?)?;
     m.add_class::<PackedLinear>()?;
     m.add_class::<PackedConv>()?;
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;

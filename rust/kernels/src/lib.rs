@@ -9,6 +9,7 @@
 //! - [`conv`]: convolutions (blocked im2col + GEMM; direct depthwise).
 //! - [`elementwise`]: quantized elementwise ops with fused requantization (add, add_relu).
 //! - [`pool`]: max pooling on channels-last u8.
+//! - [`rnn`]: dynamic quantized LSTM / GRU / RNN layers (whole sequence per call).
 //! - [`arch`]: engines (`avx512vnni`, `avxvnni`, `avx2`, `neon_dotprod`, `neon`, `scalar`),
 //!   detected once and selectable by name.
 //!
@@ -30,6 +31,7 @@ pub mod pool;
 pub mod qparams;
 pub mod quantize;
 pub mod requant;
+pub mod rnn;
 mod threading;
 
 pub use arch::{

@@ -1,5 +1,6 @@
 """Dynamic quantized modules (``torch.ao.nn.quantized.dynamic``)."""
 
 from .linear import Linear
+from .rnn import GRU, LSTM, RNN, GRUCell, LSTMCell, RNNBase, RNNCell, RNNCellBase
 
-__all__ = ["Linear"]
+__all__ = ["Linear", "LSTM", "GRU", "RNN", "LSTMCell", "GRUCell", "RNNCell", "RNNBase", "RNNCellBase"]
