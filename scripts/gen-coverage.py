@@ -67,6 +67,7 @@ ROWS: list[tuple[str, Callable[[], nn.Module], tuple[int, ...]]] = [
     ("EmbeddingBag", lambda: nn.EmbeddingBag(10, 8), None),
     ("LSTM", lambda: nn.LSTM(8, 8), (5, 2, 8)),
     ("GRU", lambda: nn.GRU(8, 8), (5, 2, 8)),
+    ("RNN", lambda: nn.RNN(8, 8), (5, 2, 8)),
     ("RNNCell", lambda: nn.RNNCell(8, 8), (2, 8)),
     ("LSTMCell", lambda: nn.LSTMCell(8, 8), (2, 8)),
     ("GRUCell", lambda: nn.GRUCell(8, 8), (2, 8)),

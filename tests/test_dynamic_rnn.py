@@ -288,6 +288,8 @@ def test_bad_inputs_get_clear_errors():
         cell(torch.randn(3, 6), torch.zeros(2, 8))
     with pytest.raises(NotImplementedError, match="proj_size"):
         nnqd.LSTM.from_float(nn.LSTM(6, 8, proj_size=4))
+    with pytest.raises(NotImplementedError, match="TorchScript is not available.*eager"):
+        torch.jit.script(nn.Sequential(q))
     with pytest.raises(TypeError, match="nn.GRU|GRU"):
         nnqd.GRU.from_float(nn.LSTM(6, 8))
 

@@ -74,6 +74,13 @@ class _Recurrent(nn.Module):
         gates = _GATES[self.mode]
         self._cells = nn.ModuleList(_Projections(i, self.hidden_size, gates, bias) for i, _ in sizes)
 
+    def __prepare_scriptable__(self) -> Any:
+        # torch.jit.script calls this first: say so plainly instead of a compiler error
+        raise NotImplementedError(
+            f"{self._get_name()}: TorchScript is not available for ferroquant's dynamic recurrent modules yet; "
+            "run the quantized model in eager mode (the dynamic Linear scripts)"
+        )
+
     def _projections(self) -> list[Linear]:
         return [lin for cell in self._cells for lin in (cell.ih, cell.hh)]
 
