@@ -51,7 +51,7 @@ import torch.ao.quantization as tq  # noqa: E402
 
 CNNS = {"resnet18": ResNet18, "mobilenet_v2": MobileNetV2}
 RNNS = ("lstm", "gru")
-MODELS = ("encoder", *RNNS, *CNNS)
+MODELS = ("encoder", "transformer", *RNNS, *CNNS)
 CNN_TITLES = {"resnet18": "ResNet-18", "mobilenet_v2": "MobileNetV2"}
 
 
@@ -74,6 +74,48 @@ def bench_encoder(seq: int) -> dict:
         "torch_int8_ms": t_torch * 1e3,
         "ferroquant_ms": t_ours * 1e3,
         "ratio": t_torch / t_ours,
+        "max_abs_err_ferroquant": err_ours,
+        "max_abs_err_torch": err_torch,
+    }
+
+
+def bench_transformer(seq: int) -> dict:
+    """torch's own nn.TransformerEncoder (d=768, 12 heads, ff=3072, 4 layers, batch_first, defaults:
+    fast path on), batch 1: ferroquant with {nn.Linear, nn.MultiheadAttention}, torch.ao with the
+    Linear layers it can reach ({nn.Linear}: linear1 / linear2; attention stays float)."""
+    torch.manual_seed(0)
+    layer = nn.TransformerEncoderLayer(768, 12, 3072, batch_first=True)
+    model = nn.TransformerEncoder(layer, 4, enable_nested_tensor=False).eval()
+    x = torch.randn(1, seq, 768)
+    ours = fq.quantize_dynamic(copy.deepcopy(model), {nn.Linear, nn.MultiheadAttention}, dtype=fq.qint8)
+    theirs = tq.quantize_dynamic(copy.deepcopy(model), {nn.Linear}, dtype=torch.qint8)
+
+    def torch_int8() -> torch.Tensor:
+        # torch.ao's dynamic model fails in the fused fast path ('function' object has no attribute
+        # 'device'): it only runs with the fast path switched off
+        torch.backends.mha.set_fastpath_enabled(False)
+        try:
+            return theirs(x)
+        finally:
+            torch.backends.mha.set_fastpath_enabled(True)
+
+    with torch.no_grad():
+        ref = model(x)
+        out = ours(x)
+        err_ours = (out - ref).abs().max().item()
+        err_torch = (torch_int8() - ref).abs().max().item()
+        cos = torch.nn.functional.cosine_similarity(out.reshape(-1), ref.reshape(-1), dim=0).item()
+        t_fp32 = median_seconds(lambda: model(x), min_time=2.0, repeats=9)
+        t_torch = median_seconds(torch_int8, min_time=2.0, repeats=9)
+        t_ours = median_seconds(lambda: ours(x), min_time=2.0, repeats=9)
+    return {
+        "model": f"nn.TransformerEncoder 4x(d=768, 12 heads) T={seq}, MHA quantized (cos {cos:.5f})",
+        "fp32_ms": t_fp32 * 1e3,
+        "torch_int8_ms": t_torch * 1e3,
+        "ferroquant_ms": t_ours * 1e3,
+        "ratio": t_torch / t_ours,
+        "ratio_fp32": t_fp32 / t_ours,
+        "cosine_ferroquant": cos,
         "max_abs_err_ferroquant": err_ours,
         "max_abs_err_torch": err_torch,
     }
@@ -258,6 +300,7 @@ def main() -> int:
     torch.backends.quantized.engine = "x86"
     info = machine_info()
     rows = [bench_encoder(args.seq)] if "encoder" in args.models else []
+    rows += [bench_transformer(args.seq)] if "transformer" in args.models else []
     rows += [bench_rnn(kind) for kind in RNNS if kind in args.models]
     if args.peers:
         for engine, pip in peers.missing().items():

@@ -253,12 +253,47 @@ def test_state_dict_round_trip_is_exact_and_bad_state_loses_nothing(per_channel)
     with pytest.raises(RuntimeError, match="weight"):
         fresh.load_state_dict(other)
     assert torch.equal(_flat(fresh(x)), want)
+    # one bad projection deep inside: none of the others loads either (all or nothing)
+    donor = _quantize_both(nn.LSTM(12, 20, num_layers=2, bidirectional=True), per_channel, torch_mode=False)[0]
+    bad = donor.state_dict()
+    bad["_cells.3.hh.weight"] = bad["_cells.3.hh.weight"][:, :5].clone()
+    with pytest.raises(RuntimeError, match=r"none of its parts was loaded(.|\n)*_cells.3.hh.weight"):
+        fresh.load_state_dict(bad)
+    assert torch.equal(_flat(fresh(x)), want)
+    missing = donor.state_dict()
+    del missing["_cells.2.ih.bias"]
+    result = fresh.load_state_dict(missing, strict=False)
+    assert result.missing_keys == ["_cells.2.ih.bias"] and torch.equal(_flat(fresh(x)), want)
     # the activation scheme travels with the state_dict
     q.reduce_range, q.per_row_activations = False, False
     loaded = nnqd.LSTM(12, 20, num_layers=2, bidirectional=True)
     loaded.load_state_dict(q.state_dict())
     assert loaded.reduce_range is False and loaded.per_row_activations is False
     assert torch.equal(_flat(loaded(x)), _flat(q(x)))
+
+
+def test_converted_modules_are_in_eval_mode_and_take_empty_batches():
+    model = nn.Sequential(nn.LSTM(8, 16, num_layers=2, dropout=0.3), nn.GRU(16, 4, num_layers=2, dropout=0.5)).eval()
+    model.forward = lambda x: model[1](model[0](x)[0])[0]  # type: ignore[method-assign]
+    q = fq.quantize_dynamic(model)
+    assert not q[0].training and not q[1].training
+    x = torch.randn(6, 3, 8)
+    with torch.no_grad():
+        assert torch.equal(q[1](q[0](x)[0])[0], q[1](q[0](x)[0])[0]), "no dropout at inference"
+        out, (h, c) = q[0](torch.randn(6, 0, 8))
+        assert out.shape == (6, 0, 16) and h.shape == (2, 0, 16) and c.shape == (2, 0, 16)
+        cell = fq.quantize_dynamic(nn.Sequential(nn.LSTMCell(8, 4)))[0]
+        h1, c1 = cell(torch.randn(0, 8))
+        assert h1.shape == (0, 4) and c1.shape == (0, 4)
+    with pytest.raises(ValueError, match="dropout"):
+        nnqd.LSTM(4, 4, dropout=2.0)
+    old = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    try:
+        assert q[0](x)[0].dtype == torch.float32
+        assert cell(torch.randn(2, 8))[0].dtype == torch.float32
+    finally:
+        torch.set_default_dtype(old)
 
 
 def test_bad_inputs_get_clear_errors():
@@ -280,7 +315,7 @@ def test_bad_inputs_get_clear_errors():
         q(bad)
     with pytest.raises(ValueError, match="cell state"):
         q(x, (torch.zeros(2, 2, 8), torch.full((2, 2, 8), float("inf"))))
-    with pytest.raises(ValueError, match="larger than 0"):
+    with pytest.raises(ValueError, match="sequence length larger than 0"):
         q(torch.randn(0, 2, 6))
     assert torch.isfinite(q(x)[0]).all(), "errors leave the module usable"
     cell = fq.quantize_dynamic(nn.Sequential(nn.GRUCell(6, 8)))[0]

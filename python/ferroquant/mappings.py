@@ -22,6 +22,8 @@ DEFAULT_DYNAMIC_QUANT_MODULE_MAPPINGS: dict[type, type] = {
     nn.LSTMCell: nnqd.LSTMCell,
     nn.GRUCell: nnqd.GRUCell,
     nn.RNNCell: nnqd.RNNCell,
+    # opt-in (not in quantize_dynamic's default set): torch.ao has no dynamic MultiheadAttention
+    nn.MultiheadAttention: nnqd.MultiheadAttention,
 }
 
 #: Float (or fused) module type → static quantized module type (convert's default mapping).

@@ -44,6 +44,16 @@ impl CellKind {
         }
     }
 
+    /// torch's mode name.
+    pub fn name(self) -> &'static str {
+        match self {
+            CellKind::Lstm => "LSTM",
+            CellKind::Gru => "GRU",
+            CellKind::RnnTanh => "RNN_TANH",
+            CellKind::RnnRelu => "RNN_RELU",
+        }
+    }
+
     /// Parses torch's mode names: `"LSTM"`, `"GRU"`, `"RNN_TANH"`, `"RNN_RELU"`.
     pub fn from_name(name: &str) -> Result<Self> {
         match name {
@@ -51,7 +61,7 @@ impl CellKind {
             "GRU" => Ok(CellKind::Gru),
             "RNN_TANH" => Ok(CellKind::RnnTanh),
             "RNN_RELU" => Ok(CellKind::RnnRelu),
-            _ => Err(KernelError::UnsupportedDtype(format!(
+            _ => Err(KernelError::InvalidQParams(format!(
                 "unknown recurrent cell {name:?}: expected \"LSTM\", \"GRU\", \"RNN_TANH\" or \"RNN_RELU\""
             ))),
         }
@@ -72,16 +82,27 @@ impl RnnWeights<'_> {
     /// The hidden size, after checking that the shapes agree.
     pub fn hidden_size(&self) -> Result<usize> {
         let g = self.kind.gates();
+        let name = self.kind.name();
+        // w_hh is [G·H, H]: it defines the hidden size
         let h = self.w_hh.k();
         let gh = g * h;
-        for (what, n) in [("w_ih", self.w_ih.n()), ("w_hh", self.w_hh.n())] {
-            if n != gh {
-                return Err(KernelError::ShapeMismatch {
-                    what: format!("{what} rows of a {:?} layer", self.kind),
-                    expected: format!("{g} gates x hidden size {h} = {gh}"),
-                    got: n.to_string(),
-                });
-            }
+        if self.w_hh.n() != gh {
+            return Err(KernelError::ShapeMismatch {
+                what: format!(
+                    "w_hh of a {name} layer (shape [{g} gates x hidden_size, hidden_size])"
+                ),
+                expected: format!("{gh} rows for hidden_size {h}"),
+                got: format!("{} rows", self.w_hh.n()),
+            });
+        }
+        if self.w_ih.n() != gh {
+            return Err(KernelError::ShapeMismatch {
+                what: format!(
+                    "w_ih of a {name} layer (shape [{g} gates x hidden_size, input_size])"
+                ),
+                expected: format!("{gh} rows for hidden_size {h}"),
+                got: format!("{} rows", self.w_ih.n()),
+            });
         }
         for (what, b) in [("b_ih", self.b_ih), ("b_hh", self.b_hh)] {
             if let Some(b) = b {
@@ -134,17 +155,21 @@ pub fn rnn_layer(
             got: format!("{batch_sizes:?}"),
         });
     }
-    let rows: usize = batch_sizes.iter().sum();
+    let rows = batch_sizes
+        .iter()
+        .try_fold(0usize, |acc, &bs| acc.checked_add(bs))
+        .ok_or_else(|| KernelError::TooLarge("the sum of batch_sizes overflows".into()))?;
     check_len(
         "input",
         checked_numel(&[rows, input_size], "input")?,
         x.len(),
     )?;
     check_len("output", checked_numel(&[rows, h], "output")?, out.len())?;
-    check_len("initial hidden state", b * h, state.h.len())?;
+    let state_len = checked_numel(&[b, h], "hidden state")?;
+    check_len("initial hidden state", state_len, state.h.len())?;
     let is_lstm = weights.kind == CellKind::Lstm;
     match (&state.c, is_lstm) {
-        (Some(c), true) => check_len("initial cell state", b * h, c.len())?,
+        (Some(c), true) => check_len("initial cell state", state_len, c.len())?,
         (None, false) => {}
         (None, true) => {
             return Err(KernelError::Empty(
@@ -152,9 +177,9 @@ pub fn rnn_layer(
             ))
         }
         (Some(_), false) => {
-            return Err(KernelError::UnsupportedDtype(format!(
-                "a {:?} layer has no cell state",
-                weights.kind
+            return Err(KernelError::InvalidQParams(format!(
+                "a {} layer has no cell state; pass c0 only for LSTM",
+                weights.kind.name()
             )))
         }
     }
@@ -178,14 +203,21 @@ pub fn rnn_layer(
         threads,
     )?;
     // 2. the recurrence
-    let mut hg = try_vec(b * gh, 0f32, "hidden gates")?;
+    let mut hg = try_vec(
+        checked_numel(&[b, gh], "hidden gates")?,
+        0f32,
+        "hidden gates",
+    )?;
     let RnnState { h: hs, c: mut cs } = state;
-    let mut offsets = Vec::with_capacity(batch_sizes.len());
-    let mut at = 0;
-    for &bs in batch_sizes {
-        offsets.push(at);
-        at += bs;
-    }
+    // prefix sums: no overflow, their total (`rows`) was checked
+    let offsets: Vec<usize> = batch_sizes
+        .iter()
+        .scan(0usize, |at, &bs| {
+            let start = *at;
+            *at += bs;
+            Some(start)
+        })
+        .collect();
     let steps: Vec<usize> = if reverse {
         (0..batch_sizes.len()).rev().collect()
     } else {
@@ -261,7 +293,7 @@ impl Vectorized for StateUpdate<'_> {
             CellKind::RnnRelu => h
                 .iter_mut()
                 .zip(self.ig.iter().zip(self.hg))
-                .for_each(|(y, (&a, &b))| *y = (b + a).max(0.0)),
+                .for_each(|(y, (&a, &b))| *y = relu(b + a)),
         }
     }
 }
@@ -297,13 +329,14 @@ fn gru_update(ig: &[f32], hg: &[f32], h: &mut [f32]) {
 }
 
 /// `e^x` in f32 for finite `x` (Cephes' `expf`: Cody–Waite reduction by ln 2 with `n` rounded
-/// to nearest, a degree-6 polynomial; within 2 ulp). Saturates below −87.3 (≈ 1e−38) and
-/// above 88.7 (≈ 3.4e38). Branch-free, so the update loops vectorise.
+/// to nearest, a degree-6 polynomial; within 2 ulp); underflows gradually to 0 and overflows to
+/// +∞ as `expf`. Branch-free, so the update loops vectorise.
 #[inline(always)]
 pub fn exp(x: f32) -> f32 {
     // 1.5·2^23: adding and subtracting it rounds to the nearest integer (ties to even)
     const ROUND: f32 = 12_582_912.0;
-    let x = x.clamp(-87.33654, 88.72283);
+    // below −104 the result rounds to 0, above 89 it is +∞: computed, not special-cased
+    let x = x.clamp(-104.0, 89.0);
     let n = (x * std::f32::consts::LOG2_E + ROUND) - ROUND;
     let r = x - n * 0.693_359_4 - n * -2.121_944_4e-4;
     let z = r * r;
@@ -320,6 +353,16 @@ pub fn exp(x: f32) -> f32 {
     let n1 = n >> 1;
     let n2 = n - n1;
     p * f32::from_bits(((n1 + 127) as u32) << 23) * f32::from_bits(((n2 + 127) as u32) << 23)
+}
+
+/// `max(v, 0)` that keeps NaN (as torch's relu).
+#[inline(always)]
+fn relu(v: f32) -> f32 {
+    if v < 0.0 {
+        0.0
+    } else {
+        v
+    }
 }
 
 /// The logistic function `1 / (1 + e^−x)`.
@@ -340,12 +383,9 @@ pub fn tanh(x: f32) -> f32 {
             * z
             * x
             + x;
-    let large = (1.0 - 2.0 / (exp(2.0 * a) + 1.0)).copysign(x);
-    if a < 0.625 {
-        small
-    } else {
-        large
-    }
+    let large = 1.0 - 2.0 / (exp(2.0 * a) + 1.0);
+    // odd: the sign of x on both branches (and tanh(−0) = −0)
+    (if a < 0.625 { small } else { large }).copysign(x)
 }
 
 #[cfg(test)]
@@ -372,8 +412,15 @@ mod tests {
         assert_eq!(tanh(0.0), 0.0);
         assert_eq!(tanh(20.0), 1.0);
         assert_eq!(tanh(-20.0), -1.0);
-        assert!(sigmoid(-100.0) < 1e-38);
+        assert_eq!(sigmoid(-100.0), 0.0);
+        assert_eq!(tanh(-0.0).to_bits(), (-0.0f32).to_bits());
         assert_eq!(sigmoid(100.0), 1.0);
-        assert!(exp(100.0) > 3.4e38 && exp(-100.0) < 1e-37);
+        assert_eq!(exp(100.0), f32::INFINITY);
+        assert_eq!(exp(-110.0), 0.0);
+        assert!(
+            exp(-100.0) > 0.0 && exp(-100.0) < 1e-43,
+            "gradual underflow"
+        );
+        assert!(exp(f32::NAN).is_nan() && relu(f32::NAN).is_nan());
     }
 }

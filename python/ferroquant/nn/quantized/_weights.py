@@ -33,17 +33,38 @@ from ...qtensor import (
 
 __all__ = [
     "AtomicLoad",
+    "AtomicGroupLoad",
     "WeightedQuantModule",
     "quantize_weight",
     "quantize_weight_frozen",
     "convert_weight_bias",
     "module_label",
     "state_number",
+    "declines_torch_fast_paths",
 ]
 
 _KEYS = ("weight", "weight_scale", "weight_zero_point", "weight_axis")
 _F32_MAX = float(torch.finfo(torch.float32).max)
 _RESAVE = "save the state_dict again from a converted ferroquant model of the same architecture"
+
+
+def _no_torch_function(*args: Any, **kwargs: Any) -> Any:
+    return NotImplemented
+
+
+def declines_torch_fast_paths(accessor: Callable[..., Any]) -> Callable[..., Any]:
+    """Marks a weight accessor method so that torch's fused fast paths step aside.
+
+    ``nn.TransformerEncoderLayer``, ``nn.TransformerEncoder`` and ``nn.MultiheadAttention`` check
+    their submodules' ``.weight`` (and ``in_proj_weight``) before taking a fused C++ path that
+    needs float parameters; on a quantized module those are methods (torch.ao's API), and torch
+    raised ``'function' object has no attribute 'device'``. An object that has
+    ``__torch_function__`` makes those checks answer "some Tensor argument has_torch_function"
+    (a bound method forwards attribute lookups to its function), so the layer runs its ordinary
+    path, which calls the quantized modules. The marker is never called.
+    """
+    accessor.__torch_function__ = _no_torch_function  # type: ignore[attr-defined]
+    return accessor
 
 
 def quantize_weight(weight: torch.Tensor, observer: nn.Module) -> QTensor:
@@ -205,9 +226,58 @@ class AtomicLoad:
                 f"{e} [{label}; nothing in this module was loaded: {_RESAVE}, or fix the value]" for e in errors
             )
         failed = len(error_msgs) > counts[2] or len(missing_keys) > counts[0] or len(unexpected_keys) > counts[1]
-        if not failed:
+        # a part of a module that loads all or nothing (AtomicGroupLoad) whose other parts failed
+        vetoed = self.__dict__.pop("_fq_load_veto", False)
+        if not failed and not vetoed:
             for change in changes:
                 change()
+
+
+class AtomicGroupLoad:
+    """``load_state_dict`` all or nothing for a module made of several :class:`AtomicLoad`
+    parts (an LSTM's projections, an attention's in- and out-projections): before any part
+    loads, every part checks its keys on a copy of the state_dict; if one would fail, none loads
+    (the failing part reports why, this module says the others were left unchanged), and this
+    module's own parameters and buffers stay as they were too."""
+
+    def _load_from_state_dict(
+        self,
+        state_dict: dict,
+        prefix: str,
+        local_metadata: dict,
+        strict: bool,
+        missing_keys: list,
+        unexpected_keys: list,
+        error_msgs: list,
+    ) -> None:
+        parts = [
+            (prefix + name + ".", m)
+            for name, m in self.named_modules()  # type: ignore[attr-defined]
+            if name and isinstance(m, AtomicLoad)
+        ]
+        missing: list[str] = []
+        errors: list[str] = []
+        for part_prefix, part in parts:
+            part._stage_state(dict(state_dict), part_prefix, strict, missing, [], errors)
+        if errors or missing:
+            for _, part in parts:
+                part._fq_load_veto = True  # type: ignore[attr-defined]
+            if errors:
+                label = module_label(self, prefix)  # type: ignore[arg-type]
+                error_msgs.append(
+                    f"{label}: none of its parts was loaded (they load all or nothing), because of the error below"
+                )
+            return
+        nn.Module._load_from_state_dict(
+            self,  # type: ignore[arg-type]
+            state_dict,
+            prefix,
+            local_metadata,
+            strict,
+            missing_keys,
+            unexpected_keys,
+            error_msgs,
+        )
 
 
 def _normal(t: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
@@ -280,6 +350,7 @@ class WeightedQuantModule(AtomicLoad, nn.Module):
         return self
 
     # -- the torch.ao accessors -------------------------------------------------------------------
+    @declines_torch_fast_paths
     def weight(self) -> QTensor:
         """The int8 weight; its ``int_repr()`` is the module's own tensor (edits in place are
         picked up by the next forward)."""

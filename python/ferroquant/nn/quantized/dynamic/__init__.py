@@ -1,6 +1,18 @@
 """Dynamic quantized modules (``torch.ao.nn.quantized.dynamic``)."""
 
+from .activation import MultiheadAttention
 from .linear import Linear
 from .rnn import GRU, LSTM, RNN, GRUCell, LSTMCell, RNNBase, RNNCell, RNNCellBase
 
-__all__ = ["Linear", "LSTM", "GRU", "RNN", "LSTMCell", "GRUCell", "RNNCell", "RNNBase", "RNNCellBase"]
+__all__ = [
+    "Linear",
+    "LSTM",
+    "GRU",
+    "RNN",
+    "LSTMCell",
+    "GRUCell",
+    "RNNCell",
+    "RNNBase",
+    "RNNCellBase",
+    "MultiheadAttention",
+]

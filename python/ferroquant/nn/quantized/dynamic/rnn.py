@@ -29,7 +29,7 @@ from ...._dtypes import qint8, to_qdtype
 from ...._ops import KERNEL_ERRORS, raise_named
 from ...._threads import get_num_threads
 from ....qtensor import QTensor
-from .._weights import quantize_weight
+from .._weights import AtomicGroupLoad, quantize_weight
 from .linear import Linear, _activation_options
 
 __all__ = ["RNNBase", "LSTM", "GRU", "RNN", "RNNCellBase", "LSTMCell", "GRUCell", "RNNCell"]
@@ -63,7 +63,7 @@ def _float_input(x: Any, who: str, what: str) -> torch.Tensor:
     return x.detach().to(torch.float32).contiguous()
 
 
-class _Recurrent(nn.Module):
+class _Recurrent(AtomicGroupLoad, nn.Module):
     """What the layers and the cells share: the projections, the activation options, the
     kernel call and the torch.ao accessors."""
 
@@ -97,7 +97,8 @@ class _Recurrent(nn.Module):
 
     @property
     def per_row_activations(self) -> bool:
-        """(+) one activation scale / zero point per row (per sequence in the batch; the default)."""
+        """(+) one activation scale / zero point per row (the default): per time step of each sequence
+        for the input projection, per sequence for the hidden state."""
         return bool(self._cells[0].ih.per_row_activations)
 
     @per_row_activations.setter
@@ -209,6 +210,11 @@ class RNNBase(_Recurrent):
                 "input_size, hidden_size and num_layers must be positive, got "
                 f"{input_size}, {hidden_size}, {num_layers}"
             )
+        if not 0.0 <= float(dropout) <= 1.0:
+            raise ValueError(
+                "dropout should be a number in range [0, 1] representing the probability of an element being "
+                f"zeroed, got {dropout}"
+            )
         self.mode = mode
         self.input_size = int(input_size)
         self.hidden_size = int(hidden_size)
@@ -279,8 +285,8 @@ class RNNBase(_Recurrent):
             elif self.batch_first:
                 x3 = x3.transpose(0, 1).contiguous()
             steps, batch = x3.shape[0], x3.shape[1]
-            if steps == 0 or batch == 0:
-                raise ValueError(f"{who}: expected a sequence length and batch larger than 0, got {list(input.shape)}")
+            if steps == 0:
+                raise ValueError(f"{who}: expected a sequence length larger than 0, got input {list(input.shape)}")
             x = x3.reshape(steps * batch, x3.shape[2])
             batch_sizes = [batch] * steps
         if x.shape[-1] != self.input_size:
@@ -290,6 +296,10 @@ class RNNBase(_Recurrent):
         batch = batch_sizes[0]
         expected = (self.num_layers * dirs, batch, self.hidden_size)
         h0, c0 = self._initial_state(hx, expected, unbatched, is_lstm, who)
+        if batch == 0:  # an empty batch: empty outputs, as the float module
+            empty = torch.zeros(len(batch_sizes), 0, dirs * self.hidden_size)
+            out0 = empty.transpose(0, 1) if self.batch_first else empty
+            return out0, ((h0.clone(), c0.clone()) if c0 is not None else h0.clone())
         if sorted_idx is not None:
             h0 = h0.index_select(1, sorted_idx)
             c0 = None if c0 is None else c0.index_select(1, sorted_idx)
@@ -332,7 +342,7 @@ class RNNBase(_Recurrent):
         self, hx: Any, expected: tuple[int, int, int], unbatched: bool, is_lstm: bool, who: str
     ) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
         if hx is None:
-            zeros = torch.zeros(expected)
+            zeros = torch.zeros(expected, dtype=torch.float32)
             return zeros, (zeros.clone() if is_lstm else None)
         if is_lstm:
             if not isinstance(hx, (tuple, list)) or len(hx) != 2:
@@ -369,6 +379,7 @@ class RNNBase(_Recurrent):
         qconfig = cls._qconfig_of(mod)
         q = cls._new_like(mod)
         q._load_weights(mod, qconfig)
+        q.train(mod.training)  # quantize_dynamic's eval(): no dropout between layers
         return q
 
     @classmethod
@@ -482,12 +493,10 @@ class RNNCellBase(_Recurrent):
         if unbatched:
             x = x.unsqueeze(0)
         batch = x.shape[0]
-        if batch == 0:
-            raise ValueError(f"{who}: expected a batch larger than 0, got {list(input.shape)}")
         is_lstm = self.mode == "LSTM"
         states: list[torch.Tensor] = []
         if hx is None:
-            states = [torch.zeros(batch, self.hidden_size)] * (2 if is_lstm else 1)
+            states = [torch.zeros(batch, self.hidden_size, dtype=torch.float32)] * (2 if is_lstm else 1)
         else:
             given = list(hx) if is_lstm else [hx]
             if is_lstm and len(given) != 2:
@@ -500,6 +509,8 @@ class RNNCellBase(_Recurrent):
                     want = [self.hidden_size] if unbatched else [batch, self.hidden_size]
                     raise ValueError(f"{who}: expected {name} of shape {want}, got {list(t.shape)}")
                 states.append(t)
+        if batch == 0:  # an empty batch: empty state, as the float cell
+            return torch.zeros(0, self.hidden_size), (torch.zeros(0, self.hidden_size) if is_lstm else None)
         _, h, c = self._run(0, x.numpy(), [batch], states[0], states[1] if is_lstm else None, False)
         if unbatched:
             h = h.squeeze(0)
@@ -520,6 +531,7 @@ class RNNCellBase(_Recurrent):
             kwargs["nonlinearity"] = mod.nonlinearity
         q = cls(**kwargs)
         q._load_weights(mod, qconfig)
+        q.train(mod.training)
         return q
 
 
