@@ -90,6 +90,7 @@ from .qconfig import (
     full_range_dynamic_qconfig,
     get_default_qat_qconfig,
     get_default_qconfig,
+    int8_weight_only_qconfig,
     per_channel_dynamic_qconfig,
     per_row_dynamic_qconfig,
 )

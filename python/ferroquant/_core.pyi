@@ -1,6 +1,6 @@
 """Type stubs for ferroquant._core (the PyO3 extension). Users import ferroquant, not this."""
 
-from typing import Optional
+from typing import Optional, Union
 
 import numpy as np
 import numpy.typing as npt
@@ -78,9 +78,9 @@ def rnn_layer(
     mode: str,
     x: npt.NDArray[np.float32],
     batch_sizes: list[int],
-    w_ih: PackedLinear,
+    w_ih: Union[PackedLinear, PackedLowLinear],
     b_ih: Optional[npt.NDArray[np.float32]],
-    w_hh: PackedLinear,
+    w_hh: Union[PackedLinear, PackedLowLinear],
     b_hh: Optional[npt.NDArray[np.float32]],
     h0: npt.NDArray[np.float32],
     c0: Optional[npt.NDArray[np.float32]] = None,
@@ -164,3 +164,25 @@ class PackedConv:
         out_dtype: str = "quint8",
         threads: int = 1,
     ) -> npt.NDArray[np.generic]: ...
+
+class PackedLowLinear:
+    @staticmethod
+    def from_f16_bits(bits: npt.NDArray[np.uint16]) -> PackedLowLinear: ...
+    @staticmethod
+    def from_i8(
+        weight: npt.NDArray[np.int8], scales: npt.NDArray[np.float32], zero_points: npt.NDArray[np.int32]
+    ) -> PackedLowLinear: ...
+    @property
+    def out_features(self) -> int: ...
+    @property
+    def in_features(self) -> int: ...
+    @property
+    def format(self) -> str: ...
+    @property
+    def per_channel(self) -> bool: ...
+    @property
+    def nbytes(self) -> int: ...
+    def unpack(self) -> npt.NDArray[np.generic]: ...
+    def linear(
+        self, x: npt.NDArray[np.float32], bias: Optional[npt.NDArray[np.float32]] = None, threads: int = 1
+    ) -> npt.NDArray[np.float32]: ...

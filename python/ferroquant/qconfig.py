@@ -67,6 +67,7 @@ __all__ = [
     "default_embedding_qat_qconfig",
     "default_embedding_qat_qconfig_4bit",
     "default_weight_only_qconfig",
+    "int8_weight_only_qconfig",
     "default_activation_only_qconfig",
     "qconfig_equals",
 ]
@@ -147,6 +148,11 @@ default_embedding_qat_qconfig_4bit = QConfig(
     activation=NoopObserver.with_args(dtype=torch.float32), weight=default_embedding_fake_quant_4bit
 )
 default_weight_only_qconfig = QConfig(activation=nn.Identity, weight=default_weight_fake_quant)
+#: (+) int8 weight-only Linear: weights int8 per output channel, activations stay float32
+#: (``quantize_dynamic(m, {nn.Linear: int8_weight_only_qconfig})`` → ``nn.quantized.WeightOnlyLinear``).
+int8_weight_only_qconfig = QConfig(
+    activation=PlaceholderObserver.with_args(dtype=torch.float32), weight=default_per_channel_weight_observer
+)
 default_activation_only_qconfig = QConfig(activation=default_fake_quant, weight=nn.Identity)
 
 

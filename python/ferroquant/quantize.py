@@ -19,7 +19,7 @@ from .mappings import (
     get_default_qat_module_mappings,
     get_default_static_quant_module_mappings,
 )
-from .qconfig import QConfig, default_dynamic_qconfig
+from .qconfig import QConfig, default_dynamic_qconfig, float16_dynamic_qconfig
 
 __all__ = ["propagate_qconfig_", "prepare", "prepare_qat", "convert", "quantize", "quantize_qat", "quantize_dynamic"]
 
@@ -161,23 +161,28 @@ def quantize_dynamic(
 
     ``qconfig_spec``: a set of module types (``{nn.Linear}``) or a dict from types or fully
     qualified submodule names to qconfigs (``None`` keeps that part in float). ``dtype``:
-    ``torch.qint8`` (also ``torch.int8``, ``"qint8"``, ``ferroquant.qint8``).
+    ``torch.qint8`` (also ``torch.int8``, ``"qint8"``, ``ferroquant.qint8``), or ``torch.float16``
+    for fp16 weights (``float16_dynamic_qconfig``) where a set or the default spec is given.
     """
-    if isinstance(dtype, torch.dtype) and dtype.is_floating_point:
+    if dtype == torch.float16:
+        default = float16_dynamic_qconfig
+    elif isinstance(dtype, torch.dtype) and dtype.is_floating_point:
         raise NotImplementedError(
-            f"quantize_dynamic with dtype={dtype} (float weights) is not available in ferroquant yet; "
-            "use dtype=torch.qint8"
+            f"quantize_dynamic with dtype={dtype}: ferroquant's float weights are float16 (dtype=torch.float16); "
+            "use that or dtype=torch.qint8"
         )
-    if to_qdtype(dtype) != qint8:
+    elif to_qdtype(dtype) != qint8:
         raise NotImplementedError(
-            f"quantize_dynamic supports dtype=torch.qint8 for now, got {dtype} (quint8 embeddings and "
-            "4-bit weights come later)"
+            f"quantize_dynamic supports dtype=torch.qint8 and torch.float16 for now, got {dtype} (quint8 and "
+            "4-bit embeddings come later)"
         )
+    else:
+        default = default_dynamic_qconfig
     if qconfig_spec is None:
         # torch's default set (nn.RNN, which torch.ao cannot quantize, is opt-in)
-        spec: dict[Any, Optional[QConfig]] = dict.fromkeys(_DEFAULT_DYNAMIC_TYPES, default_dynamic_qconfig)
+        spec: dict[Any, Optional[QConfig]] = dict.fromkeys(_DEFAULT_DYNAMIC_TYPES, default)
     elif isinstance(qconfig_spec, (set, frozenset, list, tuple)):
-        spec = dict.fromkeys(qconfig_spec, default_dynamic_qconfig)
+        spec = dict.fromkeys(qconfig_spec, default)
     elif isinstance(qconfig_spec, dict):
         spec = dict(qconfig_spec)
     else:

@@ -1058,6 +1058,155 @@ impl PackedConv {
     }
 }
 
+/// The weights of a recurrent projection: a PackedLinear (int8, dynamic int8 activations) or a
+/// PackedLowLinear (fp16 / int8 weight-only, float activations). The pyclass refs are held for
+/// the call (frozen classes: shared borrows).
+type ProjectionRefs<'py> = (
+    Option<PyRef<'py, PackedLinear>>,
+    Option<PyRef<'py, PackedLowLinear>>,
+);
+
+fn projection_of<'py>(o: &Bound<'py, PyAny>, what: &str) -> PyResult<ProjectionRefs<'py>> {
+    if let Ok(p) = o.extract::<PyRef<'py, PackedLinear>>() {
+        return Ok((Some(p), None));
+    }
+    if let Ok(p) = o.extract::<PyRef<'py, PackedLowLinear>>() {
+        return Ok((None, Some(p)));
+    }
+    Err(pyo3::exceptions::PyTypeError::new_err(format!(
+        "{what} must be a ferroquant._core.PackedLinear or PackedLowLinear, got {}",
+        describe(o)
+    )))
+}
+
+fn projection<'a>(
+    int8: &'a Option<PyRef<'_, PackedLinear>>,
+    low: &'a Option<PyRef<'_, PackedLowLinear>>,
+) -> k::rnn::Projection<'a> {
+    match (int8, low) {
+        (Some(p), _) => k::rnn::Projection::Int8(&p.inner),
+        (None, Some(p)) => k::rnn::Projection::Low(&p.inner),
+        (None, None) => unreachable!("projection_of returns one of the two"),
+    }
+}
+
+/// fp16 or int8 weight-only Linear weights packed for float activations (never serialized).
+#[pyclass(module = "ferroquant._core", frozen)]
+struct PackedLowLinear {
+    inner: k::wgemm::PackedLowWeights,
+}
+
+#[pymethods]
+impl PackedLowLinear {
+    /// fp16 weights given as their bits: uint16 [out_features, in_features] (``w.view(np.uint16)``).
+    #[staticmethod]
+    fn from_f16_bits(py: Python<'_>, bits: &Bound<'_, PyAny>) -> PyResult<Self> {
+        let (b, shape) = take::<u16>(bits, "weight bits")?;
+        if shape.len() != 2 {
+            return Err(value_error(format!(
+                "fp16 weight bits must be 2-D [out_features, in_features], got shape {shape:?}"
+            )));
+        }
+        let inner = py
+            .detach(|| k::wgemm::PackedLowWeights::from_f16_bits(&b, shape[0], shape[1]))
+            .map_err(to_py)?;
+        Ok(PackedLowLinear { inner })
+    }
+
+    /// int8 weights [out_features, in_features] with float32 scales and int32 zero points of
+    /// length 1 (per tensor) or out_features (per channel).
+    #[staticmethod]
+    fn from_i8(
+        py: Python<'_>,
+        weight: &Bound<'_, PyAny>,
+        scales: &Bound<'_, PyAny>,
+        zero_points: &Bound<'_, PyAny>,
+    ) -> PyResult<Self> {
+        let (w, shape) = take::<i8>(weight, "weight")?;
+        let s = take1::<f32>(scales, "scales")?;
+        let z = take1::<i32>(zero_points, "zero_points")?;
+        if shape.len() != 2 {
+            return Err(value_error(format!(
+                "weight must be 2-D [out_features, in_features], got shape {shape:?}"
+            )));
+        }
+        let inner = py
+            .detach(|| k::wgemm::PackedLowWeights::from_i8(&w, shape[0], shape[1], &s, &z))
+            .map_err(to_py)?;
+        Ok(PackedLowLinear { inner })
+    }
+
+    #[getter]
+    fn out_features(&self) -> usize {
+        self.inner.n()
+    }
+
+    #[getter]
+    fn in_features(&self) -> usize {
+        self.inner.k()
+    }
+
+    /// "float16" or "int8".
+    #[getter]
+    fn format(&self) -> &'static str {
+        match self.inner.format() {
+            k::wgemm::LowFormat::F16 => "float16",
+            k::wgemm::LowFormat::I8 => "int8",
+        }
+    }
+
+    #[getter]
+    fn per_channel(&self) -> bool {
+        self.inner.is_per_channel()
+    }
+
+    /// Bytes held by the packed weights.
+    #[getter]
+    fn nbytes(&self) -> usize {
+        self.inner.bytes()
+    }
+
+    /// The weights back as [out_features, in_features]: uint16 fp16 bits, or int8.
+    fn unpack<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
+        let shape = vec![self.inner.n(), self.inner.k()];
+        match (self.inner.unpack_f16(), self.inner.unpack_i8()) {
+            (Some(b), _) => Ok(PyArray1::from_vec(py, b).reshape(shape)?.into_any()),
+            (None, Some(q)) => Ok(PyArray1::from_vec(py, q).reshape(shape)?.into_any()),
+            (None, None) => unreachable!("weights are fp16 or int8"),
+        }
+    }
+
+    /// float32 x [M, K] → float32 [M, N]: x · Wᵀ + bias, with the weights widened in registers.
+    #[pyo3(signature = (x, bias=None, threads=1))]
+    fn linear<'py>(
+        &self,
+        py: Python<'py>,
+        x: &Bound<'py, PyAny>,
+        bias: Option<&Bound<'py, PyAny>>,
+        threads: usize,
+    ) -> PyResult<Bound<'py, PyArrayDyn<f32>>> {
+        let w = &self.inner;
+        let (xs, shape) = take::<f32>(x, "input")?;
+        let m = check_2d(&shape, w.k(), "input")?;
+        let b = owned_bias(bias)?;
+        let n = w.n();
+        let mut out = output::<f32>(&[m, n], "the linear output")?;
+        let e = engine();
+        py.detach(|| k::wgemm::linear_low(e, &xs, m, w, b.as_deref(), &mut out, threads))
+            .map_err(to_py)?;
+        PyArray1::from_vec(py, out).reshape(vec![m, n])
+    }
+
+    fn __repr__(&self) -> String {
+        format!(
+            "PackedLowLinear(out_features={}, in_features={}, format={})",
+            self.inner.n(),
+            self.inner.k(),
+            self.format()
+        )
+    }
+}
+
 /// One recurrent layer in one direction over a whole sequence (dynamic int8 weights):
 /// `mode` is "LSTM", "GRU", "RNN_TANH" or "RNN_RELU"; x float32 [rows, input_size] (every step's
 /// rows, step after step); batch_sizes the rows per step (non-increasing); h0 (and c0 for LSTM)
@@ -1070,9 +1219,9 @@ fn rnn_layer<'py>(
     mode: &str,
     x: &Bound<'py, PyAny>,
     batch_sizes: Vec<usize>,
-    w_ih: &PackedLinear,
+    w_ih: &Bound<'py, PyAny>,
     b_ih: Option<&Bound<'py, PyAny>>,
-    w_hh: &PackedLinear,
+    w_hh: &Bound<'py, PyAny>,
     b_hh: Option<&Bound<'py, PyAny>>,
     h0: &Bound<'py, PyAny>,
     c0: Option<&Bound<'py, PyAny>>,
@@ -1088,20 +1237,22 @@ fn rnn_layer<'py>(
     let kind = k::rnn::CellKind::from_name(mode).map_err(to_py)?;
     let b_ih = owned_bias(b_ih)?;
     let b_hh = owned_bias(b_hh)?;
+    let (ih_int8, ih_low) = projection_of(w_ih, "w_ih")?;
+    let (hh_int8, hh_low) = projection_of(w_hh, "w_hh")?;
     let weights = k::rnn::RnnWeights {
         kind,
-        w_ih: &w_ih.inner,
+        w_ih: projection(&ih_int8, &ih_low),
         b_ih: b_ih.as_deref(),
-        w_hh: &w_hh.inner,
+        w_hh: projection(&hh_int8, &hh_low),
         b_hh: b_hh.as_deref(),
     };
     let hidden = weights.hidden_size().map_err(to_py)?;
     let (xs, xshape) = take::<f32>(x, "input")?;
     let rows: usize = batch_sizes.iter().sum();
-    if xshape.len() != 2 || xshape[0] != rows || xshape[1] != w_ih.inner.k() {
+    let input_size = weights.w_ih.k();
+    if xshape.len() != 2 || xshape[0] != rows || xshape[1] != input_size {
         return Err(value_error(format!(
-            "input must have shape [{rows}, {}] (the sum of batch_sizes, input_size), got {xshape:?}",
-            w_ih.inner.k()
+            "input must have shape [{rows}, {input_size}] (the sum of batch_sizes, input_size), got {xshape:?}"
         )));
     }
     let batch = batch_sizes.first().copied().unwrap_or(0);
@@ -1177,6 +1328,7 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(dequantize_per_channel, m)?)?;
     m.add_function(wrap_pyfunction!(rnn_layer, m)?)?;
     m.add_class::<PackedLinear>()?;
+    m.add_class::<PackedLowLinear>()?;
     m.add_class::<PackedConv>()?;
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     Ok(())

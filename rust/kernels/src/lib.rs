@@ -10,6 +10,7 @@
 //! - [`elementwise`]: quantized elementwise ops with fused requantization (add, add_relu).
 //! - [`pool`]: max pooling on channels-last u8.
 //! - [`rnn`]: dynamic quantized LSTM / GRU / RNN layers (whole sequence per call).
+//! - [`wgemm`]: float activations × fp16 or int8 weight-only weights.
 //! - [`arch`]: engines (`avx512vnni`, `avxvnni`, `avx2`, `neon_dotprod`, `neon`, `scalar`),
 //!   detected once and selectable by name.
 //!
@@ -33,6 +34,7 @@ pub mod quantize;
 pub mod requant;
 pub mod rnn;
 mod threading;
+pub mod wgemm;
 
 pub use arch::{
     available_engines, best_engine, current_engine, engine_setting, set_engine, Engine,

@@ -19,7 +19,53 @@
 
 use crate::arch::{with_features, Vectorized};
 use crate::error::{check_len, checked_numel, try_vec, KernelError, Result};
+use crate::wgemm::{linear_low, PackedLowWeights};
 use crate::{DynamicInput, DynamicOptions, Engine, PackedWeights};
+
+/// A projection's weights: int8 with dynamic int8 activations, or fp16 / int8 weight-only with
+/// float activations ([`crate::wgemm`]).
+#[derive(Debug, Clone, Copy)]
+pub enum Projection<'a> {
+    Int8(&'a PackedWeights),
+    Low(&'a PackedLowWeights),
+}
+
+impl Projection<'_> {
+    /// Output features.
+    pub fn n(&self) -> usize {
+        match self {
+            Projection::Int8(w) => w.n(),
+            Projection::Low(w) => w.n(),
+        }
+    }
+
+    /// Input features.
+    pub fn k(&self) -> usize {
+        match self {
+            Projection::Int8(w) => w.k(),
+            Projection::Low(w) => w.k(),
+        }
+    }
+
+    /// `out[rows, n] = x[rows, k] · Wᵀ + bias`.
+    #[allow(clippy::too_many_arguments)]
+    fn apply(
+        &self,
+        engine: Engine,
+        x: &[f32],
+        rows: usize,
+        bias: Option<&[f32]>,
+        opts: DynamicOptions,
+        out: &mut [f32],
+        threads: usize,
+    ) -> Result<()> {
+        match self {
+            Projection::Int8(w) => DynamicInput::quantize(engine, x, rows, w.k(), opts)?
+                .linear(engine, w, bias, out, threads),
+            Projection::Low(w) => linear_low(engine, x, rows, w, bias, out, threads),
+        }
+    }
+}
 
 /// The cell of a recurrent layer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -72,9 +118,9 @@ impl CellKind {
 #[derive(Debug, Clone, Copy)]
 pub struct RnnWeights<'a> {
     pub kind: CellKind,
-    pub w_ih: &'a PackedWeights,
+    pub w_ih: Projection<'a>,
     pub b_ih: Option<&'a [f32]>,
-    pub w_hh: &'a PackedWeights,
+    pub w_hh: Projection<'a>,
     pub b_hh: Option<&'a [f32]>,
 }
 
@@ -195,13 +241,9 @@ pub fn rnn_layer(
     }
     // 1. every step's input projection, one GEMM
     let mut gi = try_vec(checked_numel(&[rows, gh], "gates")?, 0f32, "input gates")?;
-    DynamicInput::quantize(engine, x, rows, input_size, opts)?.linear(
-        engine,
-        weights.w_ih,
-        weights.b_ih,
-        &mut gi,
-        threads,
-    )?;
+    weights
+        .w_ih
+        .apply(engine, x, rows, weights.b_ih, opts, &mut gi, threads)?;
     // 2. the recurrence
     let mut hg = try_vec(
         checked_numel(&[b, gh], "hidden gates")?,
@@ -227,13 +269,9 @@ pub fn rnn_layer(
         let (bs, row0) = (batch_sizes[t], offsets[t]);
         let hcur = &mut hs[..bs * h];
         let hgates = &mut hg[..bs * gh];
-        DynamicInput::quantize(engine, hcur, bs, h, opts)?.linear(
-            engine,
-            weights.w_hh,
-            weights.b_hh,
-            hgates,
-            threads,
-        )?;
+        weights
+            .w_hh
+            .apply(engine, hcur, bs, weights.b_hh, opts, hgates, threads)?;
         let update = StateUpdate {
             kind: weights.kind,
             hidden: h,

@@ -2,7 +2,9 @@
 //! bit, and the scalar engine equals a step-by-step reference built from the dynamic linear
 //! (one call per projection per step) and torch's cell formulas.
 
-use ferroquant_kernels::rnn::{rnn_layer, sigmoid, tanh, CellKind, RnnState, RnnWeights};
+use ferroquant_kernels::rnn::{
+    rnn_layer, sigmoid, tanh, CellKind, Projection, RnnState, RnnWeights,
+};
 use ferroquant_kernels::{
     available_engines, linear_dynamic_with, DynamicOptions, Engine, PackedWeights,
 };
@@ -60,9 +62,12 @@ fn reference(
         let mut ig = vec![0f32; bs * g * hidden];
         let mut hg = vec![0f32; bs * g * hidden];
         let xs = &x[r0 * input..(r0 + bs) * input];
-        linear_dynamic_with(Engine::Scalar, xs, bs, w.w_ih, w.b_ih, opts, &mut ig, 1).unwrap();
+        let (Projection::Int8(w_ih), Projection::Int8(w_hh)) = (w.w_ih, w.w_hh) else {
+            panic!("the reference covers int8 projections")
+        };
+        linear_dynamic_with(Engine::Scalar, xs, bs, w_ih, w.b_ih, opts, &mut ig, 1).unwrap();
         let hs = h[..bs * hidden].to_vec();
-        linear_dynamic_with(Engine::Scalar, &hs, bs, w.w_hh, w.b_hh, opts, &mut hg, 1).unwrap();
+        linear_dynamic_with(Engine::Scalar, &hs, bs, w_hh, w.b_hh, opts, &mut hg, 1).unwrap();
         for r in 0..bs {
             for j in 0..hidden {
                 let gate = |q: usize| {
@@ -135,9 +140,9 @@ fn rnn_layer_equals_reference_on_every_engine_and_thread_count() {
             let b_hh: Vec<f32> = (0..g * hidden).map(|_| r.f32()).collect();
             let weights = RnnWeights {
                 kind,
-                w_ih: &w_ih,
+                w_ih: Projection::Int8(&w_ih),
                 b_ih: Some(&b_ih),
-                w_hh: &w_hh,
+                w_hh: Projection::Int8(&w_hh),
                 b_hh: if ki == 2 { None } else { Some(&b_hh) },
             };
             let rows: usize = batch_sizes.iter().sum();
@@ -222,9 +227,9 @@ fn rnn_layer_rejects_bad_arguments() {
     let (w_ih, w_hh) = (packed(&mut r, 12, 5, false), packed(&mut r, 12, 3, false));
     let weights = RnnWeights {
         kind: CellKind::Lstm,
-        w_ih: &w_ih,
+        w_ih: Projection::Int8(&w_ih),
         b_ih: None,
-        w_hh: &w_hh,
+        w_hh: Projection::Int8(&w_hh),
         b_hh: None,
     };
     let opts = DynamicOptions::default();

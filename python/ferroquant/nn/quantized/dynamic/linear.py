@@ -32,8 +32,9 @@ def _activation_options(qconfig: Any) -> tuple[bool, bool]:
     act = qconfig.activation()
     dtype = getattr(act, "dtype", quint8)
     if isinstance(dtype, torch.dtype) and dtype.is_floating_point:
-        raise NotImplementedError(
-            "float16 dynamic quantization is not available in ferroquant yet; use dtype=torch.qint8"
+        raise TypeError(
+            "a float16 activation observer with int8 weights is not a dynamic qconfig; use float16_dynamic_qconfig "
+            "(fp16 weights) or an int8 dynamic qconfig"
         )
     if to_qdtype(dtype) != quint8:
         raise TypeError(f"dynamic Linear quantizes activations to quint8, the qconfig asks for {dtype}")
@@ -169,8 +170,10 @@ class Linear(WeightedQuantModule):
         return [*changes, apply]
 
     @classmethod
-    def from_float(cls, mod: nn.Module, use_precomputed_fake_quant: bool = False) -> Linear:
-        """Builds the dynamic Linear from a float ``nn.Linear`` that carries a ``qconfig``."""
+    def from_float(cls, mod: nn.Module, use_precomputed_fake_quant: bool = False) -> Any:
+        """Builds the dynamic Linear from a float ``nn.Linear`` that carries a ``qconfig``. An fp16
+        qconfig (``float16_dynamic_qconfig``) gives a :class:`~ferroquant.nn.quantized.dynamic.Float16Linear`
+        and ``int8_weight_only_qconfig`` a :class:`~ferroquant.nn.quantized.WeightOnlyLinear`."""
         if not isinstance(mod, nn.Linear):
             raise TypeError(f"dynamic Linear.from_float expects an nn.Linear, got {type(mod).__name__}")
         qconfig = getattr(mod, "qconfig", None)
@@ -178,6 +181,13 @@ class Linear(WeightedQuantModule):
             from ....qconfig import default_dynamic_qconfig
 
             qconfig = default_dynamic_qconfig
+        from ..weight_only import Float16Linear, WeightOnlyLinear, low_precision_kind
+
+        kind = low_precision_kind(qconfig)
+        if kind == "float16":
+            return Float16Linear.from_float(mod)
+        if kind == "int8_weight_only":
+            return WeightOnlyLinear.from_float(mod)
         reduce_range, per_row = _activation_options(qconfig)
         if use_precomputed_fake_quant and hasattr(mod, "weight_fake_quant"):
             observer = mod.weight_fake_quant

@@ -30,6 +30,7 @@ from ...._ops import KERNEL_ERRORS, raise_named
 from ...._threads import get_num_threads
 from ....qtensor import QTensor
 from .._weights import AtomicGroupLoad, quantize_weight
+from ..weight_only import Float16Linear, low_precision_kind
 from .linear import Linear, _activation_options
 
 __all__ = ["RNNBase", "LSTM", "GRU", "RNN", "RNNCellBase", "LSTMCell", "GRUCell", "RNNCell"]
@@ -39,12 +40,14 @@ _NAMES = {"LSTM": "LSTM", "GRU": "GRU", "RNN_TANH": "RNN", "RNN_RELU": "RNN"}
 
 
 class _Projections(nn.Module):
-    """The input (``ih``) and hidden (``hh``) projections of one layer and direction."""
+    """The input (``ih``) and hidden (``hh``) projections of one layer and direction: dynamic int8
+    ``Linear`` modules, or ``Float16Linear`` for fp16 weights."""
 
-    def __init__(self, input_size: int, hidden_size: int, gates: int, bias: bool) -> None:
+    def __init__(self, input_size: int, hidden_size: int, gates: int, bias: bool, fp16: bool = False) -> None:
         super().__init__()
-        self.ih = Linear(input_size, gates * hidden_size, bias_=bias)
-        self.hh = Linear(hidden_size, gates * hidden_size, bias_=bias)
+        make = Float16Linear if fp16 else Linear
+        self.ih = make(input_size, gates * hidden_size, bias_=bias)
+        self.hh = make(hidden_size, gates * hidden_size, bias_=bias)
 
 
 def _float_input(x: Any, who: str, what: str) -> torch.Tensor:
@@ -72,7 +75,8 @@ class _Recurrent(AtomicGroupLoad, nn.Module):
 
     def _init_projections(self, sizes: list[tuple[int, int]], bias: bool) -> None:
         gates = _GATES[self.mode]
-        self._cells = nn.ModuleList(_Projections(i, self.hidden_size, gates, bias) for i, _ in sizes)
+        fp16 = self.dtype == torch.float16
+        self._cells = nn.ModuleList(_Projections(i, self.hidden_size, gates, bias, fp16) for i, _ in sizes)
 
     def __prepare_scriptable__(self) -> Any:
         # torch.jit.script calls this first: say so plainly instead of a compiler error
@@ -81,7 +85,14 @@ class _Recurrent(AtomicGroupLoad, nn.Module):
             "run the quantized model in eager mode (the dynamic Linear scripts)"
         )
 
-    def _projections(self) -> list[Linear]:
+    def _dtype_repr(self) -> str:
+        if self.dtype == torch.float16:
+            return ", dtype=torch.float16"
+        return f", dtype=qint8, reduce_range={self.reduce_range}" + (
+            ", per_row_activations=True" if self.per_row_activations else ""
+        )
+
+    def _projections(self) -> list[Any]:
         return [lin for cell in self._cells for lin in (cell.ih, cell.hh)]
 
     # the activation scheme is kept (and saved) by every projection; set on all of them
@@ -156,31 +167,37 @@ class _Recurrent(AtomicGroupLoad, nn.Module):
         return out
 
     @classmethod
-    def _qconfig_of(cls, mod: nn.Module) -> Any:
+    def _qconfig_of(cls, mod: nn.Module) -> tuple[Any, Any]:
+        """(qconfig, weight dtype: qint8 or torch.float16) for converting ``mod``."""
         qconfig = getattr(mod, "qconfig", None)
         if qconfig is None:
             from ....qconfig import default_dynamic_qconfig
 
             qconfig = default_dynamic_qconfig
+        kind = low_precision_kind(qconfig)
+        if kind == "float16":
+            return qconfig, torch.float16
+        if kind is not None:
+            raise TypeError(f"dynamic {cls.__name__} has int8 (dynamic) or float16 weights; {kind} is for Linear")
         weight_dtype = getattr(qconfig.weight(), "dtype", qint8)
-        if isinstance(weight_dtype, torch.dtype) and weight_dtype.is_floating_point:
-            raise NotImplementedError(
-                f"float16 dynamic {cls.__name__} is not available in ferroquant yet; use dtype=torch.qint8"
-            )
         if to_qdtype(weight_dtype) != qint8:
-            raise TypeError(f"dynamic {cls.__name__} needs qint8 weights, the qconfig asks for {weight_dtype}")
-        return qconfig
+            raise TypeError(
+                f"dynamic {cls.__name__} needs qint8 or float16 weights, the qconfig asks for {weight_dtype}"
+            )
+        return qconfig, qint8
 
     def _load_weights(self, mod: nn.Module, qconfig: Any) -> None:
-        """Quantizes the float module's weights (a fresh weight observer per matrix, as torch)."""
-        reduce_range, per_row = _activation_options(qconfig)
+        """Quantizes the float module's weights (a fresh weight observer per matrix, as torch), or
+        rounds them to fp16."""
+        fp16 = self.dtype == torch.float16
         for cell, suffix in zip(self._cells, self._param_names()):
             for lin, kind in ((cell.ih, "ih"), (cell.hh, "hh")):
                 w = getattr(mod, f"weight_{kind}{suffix}")
                 b = getattr(mod, f"bias_{kind}{suffix}", None) if getattr(mod, "bias", True) else None
-                lin.set_weight_bias(quantize_weight(w, qconfig.weight()), None if b is None else b.detach())
-        self.reduce_range = reduce_range
-        self.per_row_activations = per_row
+                b = None if b is None else b.detach()
+                lin.set_weight_bias(w.detach() if fp16 else quantize_weight(w, qconfig.weight()), b)
+        if not fp16:
+            self.reduce_range, self.per_row_activations = _activation_options(qconfig)
 
 
 class RNNBase(_Recurrent):
@@ -203,8 +220,8 @@ class RNNBase(_Recurrent):
         super().__init__()
         if mode not in _GATES:
             raise ValueError(f"unknown recurrent mode {mode!r}; expected one of {sorted(_GATES)}")
-        if to_qdtype(dtype) != qint8:
-            raise NotImplementedError(f"dynamic {_NAMES[mode]} supports qint8 weights, got {dtype}")
+        if dtype != torch.float16 and to_qdtype(dtype) != qint8:
+            raise NotImplementedError(f"dynamic {_NAMES[mode]} supports qint8 and torch.float16 weights, got {dtype}")
         if int(num_layers) < 1 or int(hidden_size) < 1 or int(input_size) < 1:
             raise ValueError(
                 "input_size, hidden_size and num_layers must be positive, got "
@@ -223,7 +240,7 @@ class RNNBase(_Recurrent):
         self.batch_first = bool(batch_first)
         self.dropout = float(dropout)
         self.bidirectional = bool(bidirectional)
-        self.dtype = dtype
+        self.dtype = torch.float16 if dtype == torch.float16 else qint8
         dirs = 2 if bidirectional else 1
         sizes = [
             (self.input_size if layer == 0 else self.hidden_size * dirs, d)
@@ -253,11 +270,7 @@ class RNNBase(_Recurrent):
             s += f", dropout={self.dropout}"
         if self.bidirectional:
             s += ", bidirectional=True"
-        return (
-            s
-            + f", dtype=qint8, reduce_range={self.reduce_range}"
-            + (", per_row_activations=True" if self.per_row_activations else "")
-        )
+        return s + self._dtype_repr()
 
     def forward(self, input: Any, hx: Any = None) -> tuple[Any, Any]:
         who = self._label()
@@ -376,19 +389,20 @@ class RNNBase(_Recurrent):
                 f"dynamic {cls.__name__} with proj_size={mod.proj_size} is not available (torch.ao's is neither); "
                 "keep this module in float"
             )
-        qconfig = cls._qconfig_of(mod)
-        q = cls._new_like(mod)
+        qconfig, dtype = cls._qconfig_of(mod)
+        q = cls._new_like(mod, dtype)
         q._load_weights(mod, qconfig)
         q.train(mod.training)  # quantize_dynamic's eval(): no dropout between layers
         return q
 
     @classmethod
-    def _new_like(cls, mod: nn.Module) -> RNNBase:  # pragma: no cover - abstract
+    def _new_like(cls, mod: nn.Module, dtype: Any) -> RNNBase:  # pragma: no cover - abstract
         raise NotImplementedError
 
 
-def _rnn_kwargs(mod: nn.Module) -> dict[str, Any]:
+def _rnn_kwargs(mod: nn.Module, dtype: Any) -> dict[str, Any]:
     return dict(
+        dtype=dtype,
         input_size=mod.input_size,
         hidden_size=mod.hidden_size,
         num_layers=mod.num_layers,
@@ -408,8 +422,8 @@ class LSTM(RNNBase):
         super().__init__("LSTM", *args, **kwargs)
 
     @classmethod
-    def _new_like(cls, mod: nn.Module) -> LSTM:
-        return cls(**_rnn_kwargs(mod))
+    def _new_like(cls, mod: nn.Module, dtype: Any) -> LSTM:
+        return cls(**_rnn_kwargs(mod, dtype))
 
     def forward(  # type: ignore[override]
         self, input: Any, hx: Optional[tuple[torch.Tensor, torch.Tensor]] = None
@@ -426,8 +440,8 @@ class GRU(RNNBase):
         super().__init__("GRU", *args, **kwargs)
 
     @classmethod
-    def _new_like(cls, mod: nn.Module) -> GRU:
-        return cls(**_rnn_kwargs(mod))
+    def _new_like(cls, mod: nn.Module, dtype: Any) -> GRU:
+        return cls(**_rnn_kwargs(mod, dtype))
 
 
 class RNN(RNNBase):
@@ -443,8 +457,8 @@ class RNN(RNNBase):
         self.nonlinearity = nonlinearity
 
     @classmethod
-    def _new_like(cls, mod: nn.Module) -> RNN:
-        return cls(**_rnn_kwargs(mod), nonlinearity=mod.nonlinearity)
+    def _new_like(cls, mod: nn.Module, dtype: Any) -> RNN:
+        return cls(**_rnn_kwargs(mod, dtype), nonlinearity=mod.nonlinearity)
 
 
 class RNNCellBase(_Recurrent):
@@ -454,14 +468,17 @@ class RNNCellBase(_Recurrent):
 
     def __init__(self, mode: str, input_size: int, hidden_size: int, bias: bool = True, dtype: Any = qint8) -> None:
         super().__init__()
-        if to_qdtype(dtype) != qint8:
-            raise NotImplementedError(f"dynamic {_NAMES[mode]}Cell supports qint8 weights, got {dtype}")
+        if dtype != torch.float16 and to_qdtype(dtype) != qint8:
+            raise NotImplementedError(
+                f"dynamic {_NAMES[mode]}Cell supports qint8 and torch.float16 weights, got {dtype}"
+            )
         if int(hidden_size) < 1 or int(input_size) < 1:
             raise ValueError(f"input_size and hidden_size must be positive, got {input_size}, {hidden_size}")
         self.mode = mode
         self.input_size = int(input_size)
         self.hidden_size = int(hidden_size)
         self.bias = bool(bias)
+        self.dtype = torch.float16 if dtype == torch.float16 else qint8
         self._init_projections([(self.input_size, 0)], self.bias)
 
     def _get_name(self) -> str:
@@ -476,11 +493,7 @@ class RNNCellBase(_Recurrent):
             s += ", bias=False"
         if self.mode == "RNN_RELU":
             s += ", nonlinearity='relu'"
-        return (
-            s
-            + f", dtype=qint8, reduce_range={self.reduce_range}"
-            + (", per_row_activations=True" if self.per_row_activations else "")
-        )
+        return s + self._dtype_repr()
 
     def _step(self, input: Any, hx: Any) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
         who = self._label()
@@ -525,8 +538,10 @@ class RNNCellBase(_Recurrent):
             raise TypeError(
                 f"dynamic {cls.__name__}.from_float expects an {float_type.__name__}, got {type(mod).__name__}"
             )
-        qconfig = cls._qconfig_of(mod)
-        kwargs: dict[str, Any] = dict(input_size=mod.input_size, hidden_size=mod.hidden_size, bias=mod.bias)
+        qconfig, dtype = cls._qconfig_of(mod)
+        kwargs: dict[str, Any] = dict(
+            input_size=mod.input_size, hidden_size=mod.hidden_size, bias=mod.bias, dtype=dtype
+        )
         if isinstance(mod, nn.RNNCell):
             kwargs["nonlinearity"] = mod.nonlinearity
         q = cls(**kwargs)

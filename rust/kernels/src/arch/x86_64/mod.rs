@@ -9,6 +9,7 @@ pub(crate) mod depthwise;
 pub(crate) mod depthwise_vnni;
 pub(crate) mod grouped_avx2;
 pub(crate) mod grouped_vnni;
+pub(crate) mod low;
 pub mod peak;
 
 pub(crate) fn has_avx2_fma() -> bool {
