@@ -13,6 +13,8 @@ import torch.ao.quantization as tq
 from conftest import engines
 from torch import nn
 
+nnqd = fq.nn.quantized.dynamic
+
 
 def _mlp() -> nn.Module:
     torch.manual_seed(0)
@@ -44,8 +46,9 @@ def test_quantize_dynamic_default_spec_dict_spec_and_inplace():
     assert same is model and isinstance(model[0], fq.nn.quantized.dynamic.Linear)
     for dt in ("qint8", fq.qint8, torch.int8):
         fq.quantize_dynamic(_mlp(), {nn.Linear}, dtype=dt)
-    with pytest.raises(NotImplementedError, match="float16"):
-        fq.quantize_dynamic(_mlp(), {nn.Linear}, dtype=torch.float16)
+    assert isinstance(fq.quantize_dynamic(_mlp(), {nn.Linear}, dtype=torch.float16)[0], nnqd.Float16Linear)
+    with pytest.raises(NotImplementedError, match="quint8"):
+        fq.quantize_dynamic(_mlp(), {nn.Linear}, dtype=torch.quint8)
 
 
 def _torch_dynamic(lin: nn.Linear, per_channel: bool) -> nn.Module:

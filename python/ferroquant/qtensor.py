@@ -2,7 +2,8 @@
 
 No torch quantized dtype is involved: ``int_repr()`` is a ``torch.uint8`` / ``torch.int8`` /
 ``torch.int32`` tensor and the qparams live beside it. Shape operations (view, reshape, flatten,
-permute, transpose, squeeze, unsqueeze, narrow, slicing, ``torch.cat`` with equal qparams) and a
+permute, transpose, squeeze, unsqueeze, narrow, flip, slicing, ``torch.cat`` / ``torch.stack`` with
+equal qparams) and a
 few value ops that are exact on the integers (``relu``, ``max_pool*``) work through
 ``__torch_function__``; any other torch op raises a ``TypeError`` that names it and says how to
 get a float tensor back.
@@ -436,6 +437,9 @@ class QTensor:
     def __getitem__(self, idx: Any) -> QTensor:
         return self._shape_op("indexing", lambda d: d[idx])
 
+    def flip(self, *dims: Any) -> QTensor:
+        return self._shape_op("flip", lambda d: d.flip(*dims))
+
     def __repr__(self) -> str:
         if self._axis is None:
             q = f"scale={self._scale}, zero_point={self._zero_point}"
@@ -519,6 +523,25 @@ def _cat(tensors: Sequence[Any], dim: int = 0) -> QTensor:
     if first.is_per_channel:
         raise TypeError("torch.cat of per-channel QTensors is not supported; call .dequantize() first")
     return first._with_data(torch.cat([t.int_repr() for t in ts], dim=dim))
+
+
+@_handles(torch.stack)
+def _stack(tensors: Sequence[Any], dim: int = 0) -> QTensor:
+    ts = list(tensors)
+    if not ts or not all(isinstance(t, QTensor) for t in ts):
+        raise TypeError("torch.stack cannot mix QTensors and float tensors; dequantize or quantize them first")
+    first = ts[0]
+    if first.is_per_channel or not all(first.same_qparams(t) for t in ts[1:]):
+        raise TypeError(
+            "torch.stack on QTensors needs equal per-tensor qparams (scale, zero point, dtype); requantize them "
+            "first (ferroquant.quantize_per_tensor(t.dequantize(), scale, zero_point, dtype))"
+        )
+    return first._with_data(torch.stack([t.int_repr() for t in ts], dim=dim))
+
+
+@_handles(torch.flip, torch.Tensor.flip)
+def _flip(x: QTensor, *dims: Any) -> QTensor:
+    return x.flip(*dims)
 
 
 @_handles(torch.chunk, torch.Tensor.chunk)

@@ -405,7 +405,11 @@ def _swap(
         # only parts with a qconfig are quantized (qconfig = None keeps a submodule float)
         if target is not None and getattr(child, "qconfig", None) is not None:
             _check_weight_not_empty(child, full)
-            new = _from_float(target, child, full)
+            if kind in custom and hasattr(target, "from_observed"):
+                # torch's custom-module API: observed → quantized
+                new = target.from_observed(child)
+            else:
+                new = _from_float(target, child, full)
             if getattr(new, "_fq_convert_children", False):
                 # a container (Sequential): convert inside too, then it picks its TorchScript signature
                 _swap(new, mapping, full, custom, unreached)

@@ -1,3 +1,3 @@
 """Quantized and quantization-ready modules, with torch.ao.nn's import paths."""
 
-from . import intrinsic, qat, quantized  # noqa: F401
+from . import intrinsic, qat, quantizable, quantized  # noqa: F401

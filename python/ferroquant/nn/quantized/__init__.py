@@ -6,6 +6,7 @@ from .conv import Conv1d, Conv2d, Conv3d
 from .functional_modules import FloatFunctional, QFunctional
 from .linear import Linear
 from .misc import DeQuantize, Dropout, Quantize
+from .rnn import LSTM
 from .weight_only import WeightOnlyLinear
 
 __all__ = [
@@ -24,4 +25,5 @@ __all__ = [
     "DeQuantize",
     "Dropout",
     "WeightOnlyLinear",
+    "LSTM",
 ]
