@@ -440,6 +440,9 @@ class QTensor:
     def flip(self, *dims: Any) -> QTensor:
         return self._shape_op("flip", lambda d: d.flip(*dims))
 
+    def repeat(self, *sizes: Any) -> QTensor:
+        return self._shape_op("repeat", lambda d: d.repeat(*sizes))
+
     def __repr__(self) -> str:
         if self._axis is None:
             q = f"scale={self._scale}, zero_point={self._zero_point}"
@@ -564,10 +567,10 @@ def _mean(x: QTensor, dim: Any = None, keepdim: bool = False, *, dtype: Any = No
     nd = x.dim()
     dims = sorted({d % nd for d in ((dim,) if isinstance(dim, int) else tuple(dim or range(nd)))})
     if nd not in (3, 4, 5) or not dims or dims != list(range(dims[0], nd)) or dims[0] < 2:
-        raise TypeError(
-            f"mean over dims {dim} of a {nd}-D QTensor is not supported: quantized mean covers the trailing "
-            "spatial dims of an [N, C, *spatial] activation (as a global average pool); call .dequantize() first"
-        )
+        # other dims (attention weights averaged over heads): torch's rule — the float mean of the
+        # dequantized values, quantized back onto the input's qparams
+        mean = torch.mean(x.dequantize(), dim=dims, keepdim=keepdim)
+        return quantize_per_tensor(mean, x.q_scale(), x.q_zero_point(), x.dtype)
     spatial = nd - 2
     keep = dims[0] - 2  # leading spatial dims not averaged
     pool = {1: F.adaptive_avg_pool1d, 2: F.adaptive_avg_pool2d, 3: F.adaptive_avg_pool3d}[spatial]

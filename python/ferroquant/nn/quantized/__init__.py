@@ -2,6 +2,7 @@
 
 from . import dynamic  # noqa: F401
 from .activation import ELU, Hardswish, LeakyReLU, ReLU6
+from .attention import MultiheadAttention
 from .conv import Conv1d, Conv2d, Conv3d
 from .functional_modules import FloatFunctional, QFunctional
 from .linear import Linear
@@ -26,4 +27,5 @@ __all__ = [
     "Dropout",
     "WeightOnlyLinear",
     "LSTM",
+    "MultiheadAttention",
 ]

@@ -1,5 +1,6 @@
-"""Static (activations quantized) LSTM through the custom-module API: ferroquant's quantizable /
-quantized LSTM against torch.ao's, same weights, qconfig and calibration."""
+"""Static (activations quantized) LSTM and MultiheadAttention through the custom-module API:
+ferroquant's quantizable / quantized modules against torch.ao's, same weights, qconfig and
+calibration."""
 
 from __future__ import annotations
 
@@ -115,3 +116,89 @@ def test_initial_state_split_gates_state_dict_and_errors():
         fq.nn.quantized.LSTM.from_observed(lstm)
     with pytest.raises(ValueError, match="qconfig"):
         fq.nn.quantizable.LSTM.from_float(nn.LSTM(8, 12))
+
+
+MHA_FQ = {
+    "float_to_observed_custom_module_class": {nn.MultiheadAttention: fq.nn.quantizable.MultiheadAttention},
+    "observed_to_quantized_custom_module_class": {
+        fq.nn.quantizable.MultiheadAttention: fq.nn.quantized.MultiheadAttention
+    },
+}
+MHA_TORCH = {
+    "float_to_observed_custom_module_class": {nn.MultiheadAttention: tnnqa.MultiheadAttention},
+    "observed_to_quantized_custom_module_class": {tnnqa.MultiheadAttention: tnnq.MultiheadAttention},
+}
+
+
+class SelfAttention(nn.Module):
+    def __init__(self, stubs: tuple[type, type], **options) -> None:
+        super().__init__()
+        self.quant = stubs[0]()
+        self.mha = nn.MultiheadAttention(16, 4, **options)
+        self.dequant = stubs[1]()
+        self.dequant_w = stubs[1]()
+
+    def forward(self, x: torch.Tensor, **kwargs):
+        xq = self.quant(x)
+        y, w = self.mha(xq, xq, xq, **kwargs)
+        return self.dequant(y), (None if w is None else self.dequant_w(w))
+
+
+def _both_mha(options: dict, calib: list[torch.Tensor]):
+    torch.manual_seed(0)
+    ours = SelfAttention((fq.QuantStub, fq.DeQuantStub), **options).eval()
+    theirs = SelfAttention((tq.QuantStub, tq.DeQuantStub), **options).eval()
+    theirs.load_state_dict(ours.state_dict())
+    ours.qconfig, theirs.qconfig = fq.get_default_qconfig("x86"), tq.get_default_qconfig("x86")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        p_ours = fq.prepare(ours, prepare_custom_config_dict=MHA_FQ)
+        p_theirs = tq.prepare(theirs, prepare_custom_config_dict=MHA_TORCH)
+        with torch.no_grad():
+            for x in calib:
+                p_ours(x)
+                p_theirs(x)
+        return (
+            ours,
+            fq.convert(p_ours, convert_custom_config_dict=MHA_FQ),
+            tq.convert(p_theirs, convert_custom_config_dict=MHA_TORCH),
+        )
+
+
+@pytest.mark.parametrize(
+    "options", [{}, {"add_zero_attn": True}, {"bias": False}], ids=["defaults", "zero_attn", "nobias"]
+)
+def test_quantized_attention_matches_torch_ao(options):
+    calib = [torch.randn(6, 2, 16) for _ in range(3)]
+    fp32, ours, theirs = _both_mha(options, calib)
+    assert ours.mha._get_name() == "QuantizedMultiheadAttention"
+    assert isinstance(ours.mha.linear_Q, fq.nn.quantized.Linear)
+    x = torch.randn(6, 2, 16)
+    causal = torch.triu(torch.ones(6, 6, dtype=torch.bool), 1)
+    pad = torch.zeros(2, 6, dtype=torch.bool)
+    pad[1, 4:] = True
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for kwargs in ({}, {"attn_mask": causal}, {"key_padding_mask": pad}, {"average_attn_weights": False}):
+            (y, w), (yt, wt), (yr, _) = ours(x, **kwargs), theirs(x, **kwargs), fp32(x, **kwargs)
+            step = float(ours.mha.out_proj.scale)
+            assert (y - yt).abs().max() <= step + 1e-6 and float(((y - yt).abs() > 1e-6).float().mean()) <= 0.01
+            assert (w - wt).abs().max() <= float(ours.mha.quant_attn_output_weights.scale) + 1e-6
+            assert (y - yr).abs().mean() <= (yt - yr).abs().mean() * 1.05 + 1e-6
+
+
+def test_quantized_attention_batch_first_and_bias_kv_follow_float():
+    """batch_first: torch.ao's quantizable module mixes the heads; ferroquant's follows nn.MultiheadAttention."""
+    for options in ({"batch_first": True}, {"add_bias_kv": True}):
+        shape = (2, 6, 16) if options.get("batch_first") else (6, 2, 16)
+        fp32, ours, _ = _both_mha(options, [torch.randn(shape) for _ in range(3)])
+        x = torch.randn(shape)
+        with torch.no_grad():
+            (y, w), (yr, wr) = ours(x), fp32(x)
+            cos = torch.nn.functional.cosine_similarity(y.reshape(-1), yr.reshape(-1), dim=0)
+            assert y.shape == yr.shape and w.shape == wr.shape and cos > 0.99, (options, float(cos))
+            assert ours(x, need_weights=False)[1] is None
+    with pytest.raises(NotImplementedError, match="observed"):
+        fq.nn.quantized.MultiheadAttention.from_float(nn.MultiheadAttention(16, 4))
+    with pytest.raises(ValueError, match="causal mask as attn_mask"):
+        ours.mha(x, x, x, is_causal=True)
