@@ -10,6 +10,10 @@ Static Linear runs twice per shape: activations in 0..127 (torch's x86 qconfigs,
 and in 0..255. Dynamic Linear: each library's per-channel dynamic qconfig (torch: per tensor
 0..127; ferroquant: per row 0..127).
 
+fp16 / int8 weight-only Linear (float activations): ferroquant's ``Float16Linear`` vs torch's fp16
+dynamic Linear, and ferroquant's ``WeightOnlyLinear`` vs torch's int8 dynamic Linear (the
+"torch int8" column holds torch's module of that row).
+
 Conv2d (module level, batch 1): ``ferroquant.nn.quantized.Conv2d`` vs ``torch.ao.nn.quantized.Conv2d``
 on the same per-channel int8 weights, quint8 activations in 0..127, channels-last input for both
 libraries (fp32: ``nn.Conv2d`` on the usual NCHW input). Also the fixed cost of one module call:
@@ -62,6 +66,8 @@ SHAPES_CONV = [
 ]
 QUICK_STATIC = [(128, 768, 3072)]
 QUICK_DYNAMIC = [(1, 768, 3072), (16, 768, 3072)]
+SHAPES_LOWBIT = [(1, 1024, 4096), (1, 4096, 1024), (16, 1024, 1024), (128, 768, 3072)]
+QUICK_LOWBIT = [(1, 1024, 4096)]
 
 
 def _gmacs(m: int, k: int, n: int, seconds: float) -> float:
@@ -80,6 +86,33 @@ def bench_dynamic(m: int, k: int, n: int) -> dict[str, Any]:
         t_ours = median_seconds(lambda: ours(x))
     return {
         "op": "dynamic linear (per-channel qconfigs)",
+        "shape": (m, k, n),
+        "fp32": _gmacs(m, k, n, t_fp32),
+        "torch_int8": _gmacs(m, k, n, t_torch),
+        "ferroquant": _gmacs(m, k, n, t_ours),
+    }
+
+
+def bench_lowbit(m: int, k: int, n: int, kind: str) -> dict[str, Any]:
+    """fp16 weights (both libraries' fp16 dynamic Linear), or ferroquant's int8 weight-only Linear
+    against torch's int8 dynamic Linear (torch has no weight-only module)."""
+    torch.manual_seed(0)
+    lin = nn.Linear(k, n).eval()
+    x = torch.randn(m, k)
+    if kind == "fp16":
+        ours = fq.quantize_dynamic(nn.Sequential(lin), {nn.Linear}, dtype=torch.float16)[0]
+        theirs = tq.quantize_dynamic(nn.Sequential(lin), {nn.Linear}, dtype=torch.float16)[0]
+        op = "fp16 dynamic linear (vs torch fp16)"
+    else:
+        ours = fq.quantize_dynamic(nn.Sequential(lin), {nn.Linear: fq.int8_weight_only_qconfig})[0]
+        theirs = tq.quantize_dynamic(nn.Sequential(lin), {nn.Linear: tq.per_channel_dynamic_qconfig})[0]
+        op = "int8 weight-only linear (vs torch int8 dynamic)"
+    with torch.no_grad():
+        t_fp32 = median_seconds(lambda: lin(x))
+        t_torch = median_seconds(lambda: theirs(x))
+        t_ours = median_seconds(lambda: ours(x))
+    return {
+        "op": op,
         "shape": (m, k, n),
         "fp32": _gmacs(m, k, n, t_fp32),
         "torch_int8": _gmacs(m, k, n, t_torch),
@@ -257,6 +290,9 @@ def main() -> int:
             rows.append(bench_static(*s, threads=args.threads, qmax=qmax))
     for s in QUICK_DYNAMIC if args.quick else SHAPES_DYNAMIC:
         rows.append(bench_dynamic(*s))
+    for kind in ("fp16", "int8_weight_only"):
+        for s in QUICK_LOWBIT if args.quick else SHAPES_LOWBIT:
+            rows.append(bench_lowbit(*s, kind=kind))
     tiny = bench_tiny()
     conv_rows = [bench_conv(*c) for c in SHAPES_CONV]
     conv_call = bench_conv_call()

@@ -23,7 +23,7 @@ FUZZ=$ROOT/rust/fuzz
 
 RUNS=200000
 MAX_TIME=0
-TARGETS="pack gemm conv requantize quantize elementwise"
+TARGETS="pack gemm conv requantize quantize elementwise recurrent"
 BUILD_ONLY=0
 while [ $# -gt 0 ]; do
   case "$1" in

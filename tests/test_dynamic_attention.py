@@ -54,7 +54,7 @@ def test_attention_matches_float_with_masks_and_weights(options, qconfig):
         ((x, k, v), {"key_padding_mask": kpm, "attn_mask": torch.triu(torch.ones(L, S, dtype=torch.bool), 1)}),
         ((x, k, v), {"key_padding_mask": kpm.float() * -1e4, "need_weights": False}),
         ((x, k, v), {"average_attn_weights": False}),
-        ((x[:, 0] if bf else x[:, 0], k[0] if bf else k[:, 0], v[0] if bf else v[:, 0]), {}),  # unbatched
+        ((x[0] if bf else x[:, 0], k[0] if bf else k[:, 0], v[0] if bf else v[:, 0]), {}),  # unbatched
     ]
     if "kdim" not in options:
         causal = nn.Transformer.generate_square_subsequent_mask(L)
@@ -108,13 +108,22 @@ def _encoder(d: int, heads: int, layers: int) -> nn.TransformerEncoder:
 
 
 @pytest.mark.filterwarnings("ignore:The PyTorch API of nested tensors")  # torch's float model, padding mask
-@pytest.mark.parametrize("spec", [{nn.Linear}, {nn.Linear, nn.MultiheadAttention}], ids=["linear", "linear+mha"])
-def test_transformer_encoder_runs_with_torchs_defaults(spec):
+@pytest.mark.parametrize(
+    "spec,dtype",
+    [
+        ({nn.Linear}, torch.qint8),
+        ({nn.Linear, nn.MultiheadAttention}, torch.qint8),
+        ({nn.Linear}, torch.float16),
+        ({nn.Linear: fq.int8_weight_only_qconfig}, torch.qint8),
+    ],
+    ids=["linear", "linear+mha", "fp16", "weight-only"],
+)
+def test_transformer_encoder_runs_with_torchs_defaults(spec, dtype):
     """torch's fused fast path (on by default) steps aside for quantized submodules: no user setting."""
     torch.manual_seed(3)
     model = _encoder(64, 4, 2)
-    q = fq.quantize_dynamic(model, spec)
-    assert isinstance(q.layers[0].linear1, nnqd.Linear)
+    q = fq.quantize_dynamic(model, spec, dtype=dtype)
+    assert type(q.layers[0].linear1) is not nn.Linear
     assert isinstance(q.layers[0].self_attn, nnqd.MultiheadAttention) == (nn.MultiheadAttention in spec)
     assert torch.backends.mha.get_fastpath_enabled()
     x = torch.randn(2, 10, 64)
@@ -190,5 +199,13 @@ def test_state_dict_round_trip_pickle_and_errors():
         with pytest.raises(TypeError, match="bool and floating"):
             q(x, kv, kv, key_padding_mask=torch.zeros(2, 6, dtype=torch.int64))
         assert torch.equal(q(x, kv, kv)[0], want[0]), "errors leave the module usable"
+        # the module's own buffers belong to the all-or-nothing load too
+        bad = q.state_dict()
+        bad["bias_k"] = torch.zeros(1, 1, 25)
+        with pytest.raises(RuntimeError, match="bias_k"):
+            fresh.load_state_dict(bad)
+        assert torch.equal(fresh(x, kv, kv)[0], want[0])
+    with pytest.raises(TypeError, match="int8 dynamic qconfigs only"):
+        fq.quantize_dynamic(nn.Sequential(nn.MultiheadAttention(8, 2)), {nn.MultiheadAttention}, dtype=torch.float16)
     with pytest.raises(NotImplementedError, match="TorchScript"):
         torch.jit.script(nn.Sequential(q))

@@ -200,5 +200,8 @@ def test_quantized_attention_batch_first_and_bias_kv_follow_float():
             assert ours(x, need_weights=False)[1] is None
     with pytest.raises(NotImplementedError, match="observed"):
         fq.nn.quantized.MultiheadAttention.from_float(nn.MultiheadAttention(16, 4))
+    q = fq.quantize_per_tensor(torch.arange(6.0).reshape(2, 3), 0.5, 3, fq.quint8)
+    assert torch.equal(torch.flip(q, dims=[1]).int_repr(), q.int_repr().flip(1))
+    assert torch.equal(q.flip(0).int_repr(), q.int_repr().flip(0))
     with pytest.raises(ValueError, match="causal mask as attn_mask"):
         ours.mha(x, x, x, is_causal=True)

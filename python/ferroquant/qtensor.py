@@ -543,7 +543,11 @@ def _stack(tensors: Sequence[Any], dim: int = 0) -> QTensor:
 
 
 @_handles(torch.flip, torch.Tensor.flip)
-def _flip(x: QTensor, *dims: Any) -> QTensor:
+def _flip(x: QTensor, *dims: Any, **kwargs: Any) -> QTensor:
+    if "dims" in kwargs:
+        dims = (kwargs.pop("dims"),)
+    if kwargs:
+        raise TypeError(f"flip() got unexpected keyword arguments {sorted(kwargs)}")
     return x.flip(*dims)
 
 

@@ -55,3 +55,4 @@ replay!(conv);
 replay!(requantize);
 replay!(quantize);
 replay!(elementwise);
+replay!(recurrent);

@@ -259,13 +259,27 @@ class AtomicGroupLoad:
         errors: list[str] = []
         for part_prefix, part in parts:
             part._stage_state(dict(state_dict), part_prefix, strict, missing, [], errors)
-        if errors or missing:
+        # this module's own parameters and buffers (an attention's bias_k / bias_v): present, same shape
+        own: list[str] = []
+        for name, t in [*self._parameters.items(), *self._buffers.items()]:  # type: ignore[attr-defined]
+            if t is None:
+                continue
+            key = prefix + name
+            if key not in state_dict:
+                missing_keys.append(key)
+                missing.append(key)
+            elif not isinstance(state_dict[key], torch.Tensor) or state_dict[key].shape != t.shape:
+                got = getattr(state_dict[key], "shape", type(state_dict[key]).__name__)
+                own.append(f"size mismatch for '{key}': expected {list(t.shape)}, got {got}")
+        if errors or missing or own:
             for _, part in parts:
                 part._fq_load_veto = True  # type: ignore[attr-defined]
-            if errors:
+            error_msgs.extend(own)
+            if errors or own:
                 label = module_label(self, prefix)  # type: ignore[arg-type]
                 error_msgs.append(
-                    f"{label}: none of its parts was loaded (they load all or nothing), because of the error below"
+                    f"{label}: none of its parts was loaded (they load all or nothing), because of the error "
+                    "reported with it"
                 )
             return
         nn.Module._load_from_state_dict(

@@ -25,7 +25,14 @@ from ..._core import PackedLowLinear
 from ..._ops import KERNEL_ERRORS, raise_named
 from ..._threads import get_num_threads
 from ...qtensor import QTensor
-from ._weights import AtomicLoad, WeightedQuantModule, _bias_problem, _normal, quantize_weight
+from ._weights import (
+    AtomicLoad,
+    WeightedQuantModule,
+    _bias_problem,
+    _normal,
+    declines_torch_fast_paths,
+    quantize_weight,
+)
 
 __all__ = ["WeightOnlyLinear", "Float16Linear", "low_precision_kind"]
 
@@ -168,6 +175,7 @@ class Float16Linear(AtomicLoad, nn.Module):
         return self._packed
 
     # -- torch.ao's accessors -----------------------------------------------------------------------------
+    @declines_torch_fast_paths
     def weight(self) -> torch.Tensor:
         """The fp16 weights as float32 (as torch's fp16 dynamic Linear returns them)."""
         return self._w16.float()

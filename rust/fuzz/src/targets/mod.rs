@@ -5,4 +5,5 @@ pub mod elementwise;
 pub mod gemm;
 pub mod pack;
 pub mod quantize;
+pub mod recurrent;
 pub mod requantize;

@@ -61,11 +61,15 @@ class MultiheadAttention(AtomicGroupLoad, nn.Module):
         kdim: Optional[int] = None,
         vdim: Optional[int] = None,
         batch_first: bool = False,
-        dtype: Any = qint8,
+        device: Any = None,
+        dtype: Any = None,
     ) -> None:
         super().__init__()
-        if to_qdtype(dtype) != qint8:
-            raise NotImplementedError(f"dynamic MultiheadAttention supports qint8 weights, got {dtype}")
+        # nn.MultiheadAttention's factory keywords: CPU and float32 (the default) or qint8 weights
+        if device is not None and torch.device(device).type != "cpu":
+            raise ValueError(f"ferroquant runs on the CPU; got device={device}")
+        if dtype not in (None, torch.float32) and to_qdtype(dtype) != qint8:
+            raise NotImplementedError(f"dynamic MultiheadAttention supports qint8 weights, got dtype={dtype}")
         if embed_dim <= 0 or num_heads <= 0:
             raise ValueError(
                 f"embed_dim and num_heads must be greater than 0, got embed_dim={embed_dim} and num_heads={num_heads}"
@@ -271,17 +275,18 @@ class MultiheadAttention(AtomicGroupLoad, nn.Module):
             if attn_mask.dim() == 2:
                 if tuple(attn_mask.shape) != (tgt_len, src_len):
                     raise RuntimeError(
-                        f"The shape of the 2D attn_mask is {attn_mask.shape}, but should be {(tgt_len, src_len)}."
+                        f"{who}: the shape of the 2D attn_mask is {attn_mask.shape}, but should be "
+                        f"{(tgt_len, src_len)}."
                     )
                 attn_mask = attn_mask.unsqueeze(0)
             elif attn_mask.dim() == 3:
                 if tuple(attn_mask.shape) != (bsz * h, tgt_len, src_len):
                     raise RuntimeError(
-                        f"The shape of the 3D attn_mask is {attn_mask.shape}, but should be "
+                        f"{who}: the shape of the 3D attn_mask is {attn_mask.shape}, but should be "
                         f"{(bsz * h, tgt_len, src_len)}."
                     )
             else:
-                raise RuntimeError(f"attn_mask's dimension {attn_mask.dim()} is not supported")
+                raise RuntimeError(f"{who}: attn_mask's dimension {attn_mask.dim()} is not supported")
         if self.bias_k is not None and self.bias_v is not None:
             k = torch.cat([k, self.bias_k.repeat(1, bsz, 1)])
             v = torch.cat([v, self.bias_v.repeat(1, bsz, 1)])
@@ -357,6 +362,14 @@ class MultiheadAttention(AtomicGroupLoad, nn.Module):
             from ....qconfig import default_dynamic_qconfig
 
             qconfig = default_dynamic_qconfig
+        from ..weight_only import low_precision_kind
+
+        kind = low_precision_kind(qconfig)
+        if kind is not None:
+            raise TypeError(
+                f"dynamic MultiheadAttention supports int8 dynamic qconfigs only; the qconfig asks for {kind} weights "
+                "(keep the attention in float, or use default_dynamic_qconfig / per_channel_dynamic_qconfig for it)"
+            )
         reduce_range, per_row = _activation_options(qconfig)
         q = cls(
             mod.embed_dim,

@@ -52,6 +52,11 @@ class Linear(WeightedQuantModule):
 
     def __init__(self, in_features: int, out_features: int, bias_: bool = True, dtype: Any = qint8) -> None:
         super().__init__()
+        if dtype == torch.float16:
+            raise TypeError(
+                "fp16 weights live in ferroquant.nn.quantized.dynamic.Float16Linear(in_features, out_features); "
+                "quantize_dynamic(..., dtype=torch.float16) builds it"
+            )
         if to_qdtype(dtype).name != "qint8":
             raise NotImplementedError(f"dynamic Linear supports qint8 weights, got {dtype}")
         self.in_features = in_features

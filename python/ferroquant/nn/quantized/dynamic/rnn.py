@@ -178,7 +178,10 @@ class _Recurrent(AtomicGroupLoad, nn.Module):
         if kind == "float16":
             return qconfig, torch.float16
         if kind is not None:
-            raise TypeError(f"dynamic {cls.__name__} has int8 (dynamic) or float16 weights; {kind} is for Linear")
+            raise TypeError(
+                f"dynamic {cls.__name__} takes int8 dynamic or float16 qconfigs; this qconfig keeps activations float "
+                "with int8 weights (weight-only), which only Linear supports"
+            )
         weight_dtype = getattr(qconfig.weight(), "dtype", qint8)
         if to_qdtype(weight_dtype) != qint8:
             raise TypeError(

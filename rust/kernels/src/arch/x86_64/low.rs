@@ -47,7 +47,7 @@ impl LowBlock<'_> {
         let ok = self.zps.len() == cols
             && self.scales.len() == cols
             && self.bias.len() == cols
-            && out.len() == rows * cols;
+            && rows.checked_mul(cols) == Some(out.len());
         ok.then_some((rows, panels))
     }
 }
@@ -56,16 +56,13 @@ fn has_f16c() -> bool {
     is_x86_feature_detected!("f16c")
 }
 
-/// Runs the block with AVX-512 (the caller checked that the CPU has AVX-512F and FMA); false
-/// when the lengths disagree or fp16 weights meet a CPU without F16C (the caller then runs the
+/// Runs the block with AVX-512 (the caller checked that the CPU has AVX-512F and FMA;
+/// `vcvtph2ps zmm` is AVX-512F); false when the lengths disagree (the caller then runs the
 /// generic loop).
 pub(crate) fn block_avx512(b: &LowBlock, out: &mut [f32]) -> bool {
     let Some((rows, panels)) = b.panels(out) else {
         return false;
     };
-    if matches!(b.data, LowData::F16(_)) && !has_f16c() {
-        return false;
-    }
     let ld = panels * L;
     let mut r = 0;
     while r < rows {
@@ -81,8 +78,7 @@ pub(crate) fn block_avx512(b: &LowBlock, out: &mut [f32]) -> bool {
         while p < panels {
             let np = if panels - p >= pw { pw } else { 1 };
             // SAFETY: lengths checked in `panels`; rows r..r+nr and panels p..p+np lie inside
-            // x, data, zps/scales/bias and out; the CPU has AVX-512F/FMA (caller) and F16C
-            // for fp16 (checked above).
+            // x, data, zps/scales/bias and out; the CPU has AVX-512F/FMA (caller).
             unsafe {
                 macro_rules! go {
                     ($r:literal, $p:literal) => {
@@ -110,7 +106,8 @@ pub(crate) fn block_avx2(b: &LowBlock, out: &mut [f32]) -> bool {
     let Some((rows, panels)) = b.panels(out) else {
         return false;
     };
-    if matches!(b.data, LowData::F16(_)) && !has_f16c() {
+    // tile256 is compiled with F16C (vcvtph2ps ymm): required for int8 weights too
+    if !has_f16c() {
         return false;
     }
     let ld = panels * L;
@@ -121,7 +118,7 @@ pub(crate) fn block_avx2(b: &LowBlock, out: &mut [f32]) -> bool {
         let mut p = 0;
         while p < panels {
             let np = if panels - p >= pw { pw } else { 1 };
-            // SAFETY: as in block_avx512, with AVX2/FMA (caller) and F16C for fp16 (above).
+            // SAFETY: as in block_avx512, with AVX2/FMA (caller) and F16C (checked above).
             unsafe {
                 match (nr, np) {
                     (2, 2) => tile256::<2, 2>(b, r, p, out.as_mut_ptr(), ld),
@@ -138,8 +135,8 @@ pub(crate) fn block_avx2(b: &LowBlock, out: &mut [f32]) -> bool {
 }
 
 /// # Safety
-/// AVX-512F, FMA (and F16C for fp16); rows `r0..r0+R` and panels `p0..p0+P` inside the block.
-#[target_feature(enable = "avx512f,fma,f16c,avx2")]
+/// AVX-512F and FMA; rows `r0..r0+R` and panels `p0..p0+P` inside the block.
+#[target_feature(enable = "avx512f,fma,avx2")]
 unsafe fn tile512<const R: usize, const P: usize>(
     b: &LowBlock,
     r0: usize,
@@ -195,7 +192,7 @@ unsafe fn tile512<const R: usize, const P: usize>(
 }
 
 /// # Safety
-/// AVX2, FMA (and F16C for fp16); rows `r0..r0+R` and panels `p0..p0+P` inside the block.
+/// AVX2, FMA and F16C; rows `r0..r0+R` and panels `p0..p0+P` inside the block.
 #[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn tile256<const R: usize, const P: usize>(
     b: &LowBlock,
