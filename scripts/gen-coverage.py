@@ -192,6 +192,31 @@ def try_qat(factory: Callable[[], nn.Module], shape: tuple[int, ...] | None) -> 
     return quantized_name(inner) if type(inner).__module__.startswith("ferroquant.") else "runs on quantized tensors"
 
 
+def try_embedding(factory: Callable[[], nn.Module], how: str) -> str:
+    """Embeddings quantize their weights only, per row with float qparams
+    (``float_qparams_weight_only_qconfig``): "static" is prepare / convert with that qconfig,
+    "dynamic" is ``quantize_dynamic(..., dtype=torch.quint8)``; both give the same module."""
+    torch.manual_seed(0)
+    model = nn.Sequential(factory()).eval()
+    x = make_input(None)
+    with torch.no_grad():
+        want = model(x)
+        try:
+            if how == "static":
+                model.qconfig = fq.float_qparams_weight_only_qconfig
+                prepared = fq.prepare(copy.deepcopy(model))
+                prepared(x)
+                qmodel = fq.convert(prepared)
+            else:
+                qmodel = fq.quantize_dynamic(copy.deepcopy(model), {type(model[0])}, dtype=torch.quint8)
+            got = qmodel(x)
+        except Exception:
+            return NOT_QUANTIZED
+    if not type(qmodel[0]).__module__.startswith("ferroquant.") or not close(got, want, want):
+        return NOT_QUANTIZED
+    return quantized_name(qmodel[0]) + " (8/4-bit rows)"
+
+
 def table() -> str:
     lines = [
         "| float module | static, per-tensor weights | static, per-channel weights "
@@ -201,6 +226,12 @@ def table() -> str:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         for name, factory, shape in ROWS:
+            if name.startswith("Embedding"):
+                static, dynamic = try_embedding(factory, "static"), try_embedding(factory, "dynamic")
+                lines.append(
+                    f"| `nn.{name}` | {static} | {static} | {dynamic} | {dynamic} | {try_qat(factory, shape)} |"
+                )
+                continue
             cells = [
                 try_static(factory, shape, fq.default_qconfig),
                 try_static(factory, shape, fq.get_default_qconfig("x86")),
@@ -222,7 +253,7 @@ Which float modules ferroquant quantizes, in which mode and with which weight gr
 drift from the code. "{NOT_QUANTIZED}": not quantized in that mode yet (the module stays float in a
 converted model, or, for modules that see quantized tensors, needs a `DeQuantStub` before it).
 Work in progress on the gaps: the open issues for the rest of the static zoo (norms, transposed
-convs, embeddings) and FX graph mode. Not in the table: fp16 and int8 weight-only dynamic Linear /
+convs) and FX graph mode. Not in the table: fp16 and int8 weight-only dynamic Linear /
 recurrent modules ([dynamic.md](dynamic.md)) and the static LSTM / attention through the
 custom-module configs ([static.md](static.md#custom-modules-a-statically-quantized-lstm)).
 

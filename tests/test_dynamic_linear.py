@@ -47,8 +47,11 @@ def test_quantize_dynamic_default_spec_dict_spec_and_inplace():
     for dt in ("qint8", fq.qint8, torch.int8):
         fq.quantize_dynamic(_mlp(), {nn.Linear}, dtype=dt)
     assert isinstance(fq.quantize_dynamic(_mlp(), {nn.Linear}, dtype=torch.float16)[0], nnqd.Float16Linear)
-    with pytest.raises(NotImplementedError, match="quint8"):
+    # quint8 means weight-only embeddings (as torch): a Linear cannot take that qconfig
+    with pytest.raises(TypeError, match="Linear '0'.*qint8"):
         fq.quantize_dynamic(_mlp(), {nn.Linear}, dtype=torch.quint8)
+    with pytest.raises(NotImplementedError, match="bfloat16"):
+        fq.quantize_dynamic(_mlp(), {nn.Linear}, dtype=torch.bfloat16)
 
 
 def _torch_dynamic(lin: nn.Linear, per_channel: bool) -> nn.Module:

@@ -490,6 +490,12 @@ def test_embedding_fake_quant_matches_torch():
     assert a.zero_point.dtype == torch.float32
 
 
+def nnqat_frozen_weight(mod: nn.Module) -> torch.Tensor:
+    from ferroquant.nn.qat.modules import _frozen_fake_quantized_weight
+
+    return _frozen_fake_quantized_weight(mod)
+
+
 def test_embedding_bag_qat_converts_to_the_trained_values():
     class M(nn.Module):
         def __init__(self):
@@ -519,9 +525,10 @@ def test_embedding_bag_qat_converts_to_the_trained_values():
     p.eval()
     with torch.no_grad():
         want = p(idx, off)
-    with pytest.warns(UserWarning, match="no int8 Embedding"):
-        q = fq.convert(copy.deepcopy(p))
-    assert type(q.emb) is nn.EmbeddingBag
+    q = fq.convert(copy.deepcopy(p))
+    # 8-bit rows on the fake-quant's frozen grid: the values training saw
+    assert isinstance(q.emb, fq.nn.quantized.EmbeddingBag) and q.emb.dtype == fq.quint8
+    assert torch.allclose(q.emb.weight(), nnqat_frozen_weight(p.emb), atol=1e-6)
     assert float(((q(idx, off) - want).abs() / q.fc.scale).max()) <= 1.0 + 1e-3
 
 

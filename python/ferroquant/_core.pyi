@@ -186,3 +186,31 @@ class PackedLowLinear:
     def linear(
         self, x: npt.NDArray[np.float32], bias: Optional[npt.NDArray[np.float32]] = None, threads: int = 1
     ) -> npt.NDArray[np.float32]: ...
+
+class EmbeddingTable:
+    def __init__(
+        self,
+        data: npt.NDArray[np.uint8],
+        dim: int,
+        bits: int,
+        scales: npt.NDArray[np.float32],
+        zero_points: npt.NDArray[np.float32],
+    ) -> None: ...
+    @property
+    def rows(self) -> int: ...
+    @property
+    def dim(self) -> int: ...
+    @property
+    def bits(self) -> int: ...
+    @property
+    def nbytes(self) -> int: ...
+    def lookup(self, indices: npt.NDArray[np.int64]) -> npt.NDArray[np.float32]: ...
+    def bag(
+        self,
+        indices: npt.NDArray[np.int64],
+        offsets: npt.NDArray[np.int64],
+        mode: str,
+        per_sample_weights: Optional[npt.NDArray[np.float32]] = None,
+        include_last_offset: bool = False,
+        padding_idx: Optional[int] = None,
+    ) -> npt.NDArray[np.float32]: ...

@@ -24,6 +24,9 @@ DEFAULT_DYNAMIC_QUANT_MODULE_MAPPINGS: dict[type, type] = {
     nn.RNNCell: nnqd.RNNCell,
     # opt-in (not in quantize_dynamic's default set): torch.ao has no dynamic MultiheadAttention
     nn.MultiheadAttention: nnqd.MultiheadAttention,
+    # weight-only rows (dtype=torch.quint8 / quint4x2, float_qparams_weight_only_qconfig)
+    nn.Embedding: nnq.Embedding,
+    nn.EmbeddingBag: nnq.EmbeddingBag,
 }
 
 #: Float (or fused) module type → static quantized module type (convert's default mapping).
@@ -54,8 +57,11 @@ DEFAULT_STATIC_QUANT_MODULE_MAPPINGS: dict[type, type] = {
     nniqat.ConvBnReLU1d: nniq.ConvReLU1d,
     nniqat.ConvBnReLU2d: nniq.ConvReLU2d,
     nniqat.ConvBnReLU3d: nniq.ConvReLU3d,
-    nnqat.Embedding: nnqat.modules.EmbeddingFromQAT,
-    nnqat.EmbeddingBag: nnqat.modules.EmbeddingBagFromQAT,
+    nnqat.Embedding: nnq.Embedding,
+    nnqat.EmbeddingBag: nnq.EmbeddingBag,
+    # weight-only rows with float qparams (float_qparams_weight_only_qconfig); float output
+    nn.Embedding: nnq.Embedding,
+    nn.EmbeddingBag: nnq.EmbeddingBag,
     nn.ReLU6: nnq.ReLU6,
     nn.Hardswish: nnq.Hardswish,
     nn.ELU: nnq.ELU,
@@ -104,7 +110,16 @@ TORCH_AO_EQUIVALENTS: dict[str, type] = {
 
 #: Modules whose outputs need no observer of their own (they keep their input's qparams, or
 #: leave the quantized world).
-NO_OUTPUT_OBSERVER: set[type] = {DeQuantStub, nn.Dropout, nn.ReLU6, *PASSTHROUGH_MODULES}
+NO_OUTPUT_OBSERVER: set[type] = {
+    DeQuantStub,
+    nn.Dropout,
+    nn.ReLU6,
+    nn.Embedding,
+    nn.EmbeddingBag,
+    nnqat.Embedding,
+    nnqat.EmbeddingBag,
+    *PASSTHROUGH_MODULES,
+}
 
 
 def get_default_dynamic_quant_module_mappings() -> dict[type, type]:

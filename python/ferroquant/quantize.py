@@ -19,7 +19,13 @@ from .mappings import (
     get_default_qat_module_mappings,
     get_default_static_quant_module_mappings,
 )
-from .qconfig import QConfig, default_dynamic_qconfig, float16_dynamic_qconfig
+from .qconfig import (
+    QConfig,
+    default_dynamic_qconfig,
+    float16_dynamic_qconfig,
+    float_qparams_weight_only_qconfig,
+    float_qparams_weight_only_qconfig_4bit,
+)
 
 __all__ = ["propagate_qconfig_", "prepare", "prepare_qat", "convert", "quantize", "quantize_qat", "quantize_dynamic"]
 
@@ -148,6 +154,14 @@ def _swap_modules(module: nn.Module, mapping: dict[type, type], prefix: str = ""
 _DEFAULT_DYNAMIC_TYPES = (nn.Linear, nn.LSTM, nn.GRU, nn.LSTMCell, nn.GRUCell, nn.RNNCell)
 
 
+def _qdtype_name(dtype: Any) -> Optional[str]:
+    """The quantized dtype's name (quint8, quint4x2, ...), None when ``dtype`` is not one."""
+    try:
+        return to_qdtype(dtype).name
+    except (TypeError, ValueError):
+        return None
+
+
 def quantize_dynamic(
     model: nn.Module,
     qconfig_spec: QConfigSpec = None,
@@ -161,9 +175,12 @@ def quantize_dynamic(
 
     ``qconfig_spec``: a set of module types (``{nn.Linear}``) or a dict from types or fully
     qualified submodule names to qconfigs (``None`` keeps that part in float). ``dtype``:
-    ``torch.qint8`` (also ``torch.int8``, ``"qint8"``, ``ferroquant.qint8``), or ``torch.float16``
-    for fp16 weights (``float16_dynamic_qconfig``) where a set or the default spec is given.
+    ``torch.qint8`` (also ``torch.int8``, ``"qint8"``, ``ferroquant.qint8``), ``torch.float16``
+    for fp16 weights (``float16_dynamic_qconfig``), or ``torch.quint8`` / ``torch.quint4x2`` for
+    weight-only embeddings (default spec: ``nn.EmbeddingBag`` and ``nn.Embedding`` / ``nn.EmbeddingBag``),
+    where a set or the default spec is given.
     """
+    default_types: tuple = _DEFAULT_DYNAMIC_TYPES
     if dtype == torch.float16:
         default = float16_dynamic_qconfig
     elif isinstance(dtype, torch.dtype) and dtype.is_floating_point:
@@ -171,16 +188,21 @@ def quantize_dynamic(
             f"quantize_dynamic with dtype={dtype}: ferroquant's float weights are float16 (dtype=torch.float16); "
             "use that or dtype=torch.qint8"
         )
+    elif _qdtype_name(dtype) == "quint8":
+        # weight-only embeddings, as torch
+        default, default_types = float_qparams_weight_only_qconfig, (nn.EmbeddingBag, nn.Embedding)
+    elif _qdtype_name(dtype) == "quint4x2":
+        default, default_types = float_qparams_weight_only_qconfig_4bit, (nn.EmbeddingBag,)
     elif to_qdtype(dtype) != qint8:
         raise NotImplementedError(
-            f"quantize_dynamic supports dtype=torch.qint8 and torch.float16 for now, got {dtype} (quint8 and "
-            "4-bit embeddings come later)"
+            f"quantize_dynamic supports dtype=torch.qint8, torch.float16, torch.quint8 and torch.quint4x2 "
+            f"(embeddings), got {dtype}"
         )
     else:
         default = default_dynamic_qconfig
     if qconfig_spec is None:
-        # torch's default set (nn.RNN, which torch.ao cannot quantize, is opt-in)
-        spec: dict[Any, Optional[QConfig]] = dict.fromkeys(_DEFAULT_DYNAMIC_TYPES, default)
+        # torch's default set for the dtype (nn.RNN, which torch.ao cannot quantize, is opt-in)
+        spec: dict[Any, Optional[QConfig]] = dict.fromkeys(default_types, default)
     elif isinstance(qconfig_spec, (set, frozenset, list, tuple)):
         spec = dict.fromkeys(qconfig_spec, default)
     elif isinstance(qconfig_spec, dict):

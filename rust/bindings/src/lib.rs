@@ -1207,6 +1207,127 @@ impl PackedLowLinear {
     }
 }
 
+/// An 8-bit or 4-bit row-wise quantized embedding table (float scale and zero point per row).
+#[pyclass(module = "ferroquant._core", frozen)]
+struct EmbeddingTable {
+    inner: k::embedding::RowwiseTable,
+}
+
+#[pymethods]
+impl EmbeddingTable {
+    /// data: uint8 [rows, row_bytes] (8 bits: row_bytes = dim; 4 bits: ceil(dim / 2), even
+    /// values in the low nibble); scales, zero_points: float32 [rows].
+    #[new]
+    fn new(
+        py: Python<'_>,
+        data: &Bound<'_, PyAny>,
+        dim: usize,
+        bits: u32,
+        scales: &Bound<'_, PyAny>,
+        zero_points: &Bound<'_, PyAny>,
+    ) -> PyResult<Self> {
+        let (d, shape) = take::<u8>(data, "table data")?;
+        let s = take1::<f32>(scales, "scales")?;
+        let z = take1::<f32>(zero_points, "zero_points")?;
+        if shape.len() != 2 {
+            return Err(value_error(format!(
+                "table data must be 2-D [rows, row_bytes], got shape {shape:?}"
+            )));
+        }
+        let want = k::embedding::RowwiseTable::row_bytes_for(dim, bits);
+        if shape[1] != want {
+            return Err(value_error(format!(
+                "table data rows must hold {want} bytes for embedding_dim {dim} at {bits} bits, got {}",
+                shape[1]
+            )));
+        }
+        let inner = py
+            .detach(|| k::embedding::RowwiseTable::new(&d, shape[0], dim, bits, &s, &z))
+            .map_err(to_py)?;
+        Ok(EmbeddingTable { inner })
+    }
+
+    #[getter]
+    fn rows(&self) -> usize {
+        self.inner.rows()
+    }
+
+    #[getter]
+    fn dim(&self) -> usize {
+        self.inner.dim()
+    }
+
+    #[getter]
+    fn bits(&self) -> u32 {
+        self.inner.bits()
+    }
+
+    #[getter]
+    fn nbytes(&self) -> usize {
+        self.inner.bytes()
+    }
+
+    /// Rows for int64 indices (any shape, flattened) → float32 [n, dim].
+    fn lookup<'py>(
+        &self,
+        py: Python<'py>,
+        indices: &Bound<'py, PyAny>,
+    ) -> PyResult<Bound<'py, PyArrayDyn<f32>>> {
+        let (idx, _) = take::<i64>(indices, "indices")?;
+        let dim = self.inner.dim();
+        let mut out = output::<f32>(&[idx.len(), dim], "the embedding output")?;
+        let e = engine();
+        py.detach(|| k::embedding::embedding_lookup(e, &self.inner, &idx, &mut out))
+            .map_err(to_py)?;
+        PyArray1::from_vec(py, out).reshape(vec![idx.len(), dim])
+    }
+
+    /// Bags: int64 indices [n] and offsets [bags (+1)], mode "sum" / "mean" / "max" → float32
+    /// [bags, dim].
+    #[pyo3(signature = (indices, offsets, mode, per_sample_weights=None, include_last_offset=false, padding_idx=None))]
+    #[allow(clippy::too_many_arguments)]
+    fn bag<'py>(
+        &self,
+        py: Python<'py>,
+        indices: &Bound<'py, PyAny>,
+        offsets: &Bound<'py, PyAny>,
+        mode: &str,
+        per_sample_weights: Option<&Bound<'py, PyAny>>,
+        include_last_offset: bool,
+        padding_idx: Option<i64>,
+    ) -> PyResult<Bound<'py, PyArrayDyn<f32>>> {
+        let mode = k::embedding::BagMode::from_name(mode).map_err(to_py)?;
+        let idx = take1::<i64>(indices, "indices")?;
+        let off = take1::<i64>(offsets, "offsets")?;
+        let w = per_sample_weights
+            .map(|w| take1::<f32>(w, "per_sample_weights"))
+            .transpose()?;
+        let bags = if include_last_offset {
+            off.len().saturating_sub(1)
+        } else {
+            off.len()
+        };
+        let dim = self.inner.dim();
+        let mut out = output::<f32>(&[bags, dim], "the embedding bag output")?;
+        let e = engine();
+        py.detach(|| {
+            k::embedding::embedding_bag(
+                e,
+                &self.inner,
+                &idx,
+                &off,
+                mode,
+                w.as_deref(),
+                include_last_offset,
+                padding_idx,
+                &mut out,
+            )
+        })
+        .map_err(to_py)?;
+        PyArray1::from_vec(py, out).reshape(vec![bags, dim])
+    }
+}
+
 /// One recurrent layer in one direction over a whole sequence (dynamic int8 weights):
 /// `mode` is "LSTM", "GRU", "RNN_TANH" or "RNN_RELU"; x float32 [rows, input_size] (every step's
 /// rows, step after step); batch_sizes the rows per step (non-increasing); h0 (and c0 for LSTM)
@@ -1329,6 +1450,7 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(rnn_layer, m)?)?;
     m.add_class::<PackedLinear>()?;
     m.add_class::<PackedLowLinear>()?;
+    m.add_class::<EmbeddingTable>()?;
     m.add_class::<PackedConv>()?;
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     Ok(())

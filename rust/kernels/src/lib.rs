@@ -9,6 +9,7 @@
 //! - [`conv`]: convolutions (blocked im2col + GEMM; direct depthwise).
 //! - [`elementwise`]: quantized elementwise ops with fused requantization (add, add_relu).
 //! - [`pool`]: max pooling on channels-last u8.
+//! - [`embedding`]: 8-bit / 4-bit row-wise embedding tables, lookups and bags.
 //! - [`rnn`]: dynamic quantized LSTM / GRU / RNN layers (whole sequence per call).
 //! - [`wgemm`]: float activations × fp16 or int8 weight-only weights.
 //! - [`arch`]: engines (`avx512vnni`, `avxvnni`, `avx2`, `neon_dotprod`, `neon`, `scalar`),
@@ -25,6 +26,7 @@ mod aligned;
 pub mod arch;
 pub mod conv;
 pub mod elementwise;
+pub mod embedding;
 pub mod error;
 pub mod gemm;
 pub mod packed;

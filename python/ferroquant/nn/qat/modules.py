@@ -12,7 +12,6 @@ import torch.nn.functional as F
 from torch import nn
 
 __all__ = ["Linear", "Conv1d", "Conv2d", "Conv3d", "Embedding", "EmbeddingBag", "float_module_of"]
-# (EmbeddingFromQAT / EmbeddingBagFromQAT below are convert's targets, not public names)
 
 
 def _require_qconfig(qconfig: Any, who: str) -> Any:
@@ -299,9 +298,6 @@ class EmbeddingBag(_WeightFakeQuant, nn.EmbeddingBag):
         return emb
 
 
-_embedding_warned = False
-
-
 def _frozen_fake_quantized_weight(mod: nn.Module) -> torch.Tensor:
     """The QAT weight rounded with its fake-quant's frozen qparams (no new observation)."""
     from ...fake_quantize import fake_quantize
@@ -311,42 +307,4 @@ def _frozen_fake_quantized_weight(mod: nn.Module) -> torch.Tensor:
     with torch.no_grad():
         return fake_quantize(
             mod.weight.detach(), fq_mod.scale, fq_mod.zero_point, fq_mod.quant_min, fq_mod.quant_max, axis
-        )
-
-
-class EmbeddingFromQAT(nn.Embedding):
-    """``convert``'s target for a QAT ``Embedding`` until ferroquant has int8 embeddings: a float
-    ``nn.Embedding`` whose weights are the int8 grid values training saw (same outputs as the
-    fake-quant model; float storage). ``convert`` warns once."""
-
-    @classmethod
-    def from_float(cls, mod: nn.Module, use_precomputed_fake_quant: bool = False) -> nn.Embedding:
-        _warn_embedding()
-        emb = mod.to_float()
-        emb.weight = nn.Parameter(_frozen_fake_quantized_weight(mod), requires_grad=False)
-        return emb
-
-
-class EmbeddingBagFromQAT(nn.EmbeddingBag):
-    """``convert``'s target for a QAT ``EmbeddingBag`` (see :class:`EmbeddingFromQAT`)."""
-
-    @classmethod
-    def from_float(cls, mod: nn.Module, use_precomputed_fake_quant: bool = False) -> nn.EmbeddingBag:
-        _warn_embedding()
-        emb = mod.to_float()
-        emb.weight = nn.Parameter(_frozen_fake_quantized_weight(mod), requires_grad=False)
-        return emb
-
-
-def _warn_embedding() -> None:
-    global _embedding_warned
-    if not _embedding_warned:
-        _embedding_warned = True
-        import warnings
-
-        warnings.warn(
-            "convert: ferroquant has no int8 Embedding / EmbeddingBag yet; QAT embeddings become float modules "
-            "holding the int8 grid values they were trained with (same outputs, float memory)",
-            UserWarning,
-            stacklevel=4,
         )

@@ -4,6 +4,7 @@ from . import dynamic  # noqa: F401
 from .activation import ELU, Hardswish, LeakyReLU, ReLU6
 from .attention import MultiheadAttention
 from .conv import Conv1d, Conv2d, Conv3d
+from .embedding import Embedding, EmbeddingBag
 from .functional_modules import FloatFunctional, QFunctional
 from .linear import Linear
 from .misc import DeQuantize, Dropout, Quantize
@@ -28,4 +29,6 @@ __all__ = [
     "WeightOnlyLinear",
     "LSTM",
     "MultiheadAttention",
+    "Embedding",
+    "EmbeddingBag",
 ]
