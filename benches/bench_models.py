@@ -55,28 +55,39 @@ MODELS = ("encoder", "transformer", *RNNS, *CNNS)
 CNN_TITLES = {"resnet18": "ResNet-18", "mobilenet_v2": "MobileNetV2"}
 
 
+def _compare_dynamic(title: str, fp32: Any, torch_int8: Any, ours: Any) -> dict:
+    """fp32, torch.ao's and ferroquant's model (each a zero-argument call) timed in one run, with
+    the outputs' largest error against fp32 and ferroquant's cosine to it."""
+    with torch.no_grad():
+        ref, out = fp32(), ours()
+        err_ours = (out - ref).abs().max().item()
+        err_torch = (torch_int8() - ref).abs().max().item()
+        cos = torch.nn.functional.cosine_similarity(out.reshape(-1), ref.reshape(-1), dim=0).item()
+        t_fp32 = median_seconds(fp32, min_time=2.0, repeats=9)
+        t_torch = median_seconds(torch_int8, min_time=2.0, repeats=9)
+        t_ours = median_seconds(ours, min_time=2.0, repeats=9)
+    return {
+        "model": title,
+        "fp32_ms": t_fp32 * 1e3,
+        "torch_int8_ms": t_torch * 1e3,
+        "ferroquant_ms": t_ours * 1e3,
+        "ratio": t_torch / t_ours,
+        "ratio_fp32": t_fp32 / t_ours,
+        "cosine_ferroquant": cos,
+        "max_abs_err_ferroquant": err_ours,
+        "max_abs_err_torch": err_torch,
+    }
+
+
 def bench_encoder(seq: int) -> dict:
     torch.manual_seed(0)
     model = Encoder().eval()
     x = torch.randn(1, seq, 768)
     ours = fq.quantize_dynamic(copy.deepcopy(model), {nn.Linear}, dtype=fq.qint8)
     theirs = tq.quantize_dynamic(copy.deepcopy(model), {nn.Linear}, dtype=torch.qint8)
-    with torch.no_grad():
-        ref = model(x)
-        err_ours = (ours(x) - ref).abs().max().item()
-        err_torch = (theirs(x) - ref).abs().max().item()
-        t_fp32 = median_seconds(lambda: model(x), min_time=2.0, repeats=9)
-        t_torch = median_seconds(lambda: theirs(x), min_time=2.0, repeats=9)
-        t_ours = median_seconds(lambda: ours(x), min_time=2.0, repeats=9)
-    return {
-        "model": f"4-layer encoder d=768 T={seq} (dynamic)",
-        "fp32_ms": t_fp32 * 1e3,
-        "torch_int8_ms": t_torch * 1e3,
-        "ferroquant_ms": t_ours * 1e3,
-        "ratio": t_torch / t_ours,
-        "max_abs_err_ferroquant": err_ours,
-        "max_abs_err_torch": err_torch,
-    }
+    return _compare_dynamic(
+        f"4-layer encoder d=768 T={seq} (dynamic)", lambda: model(x), lambda: theirs(x), lambda: ours(x)
+    )
 
 
 def bench_transformer(seq: int) -> dict:
@@ -99,26 +110,11 @@ def bench_transformer(seq: int) -> dict:
         finally:
             torch.backends.mha.set_fastpath_enabled(True)
 
-    with torch.no_grad():
-        ref = model(x)
-        out = ours(x)
-        err_ours = (out - ref).abs().max().item()
-        err_torch = (torch_int8() - ref).abs().max().item()
-        cos = torch.nn.functional.cosine_similarity(out.reshape(-1), ref.reshape(-1), dim=0).item()
-        t_fp32 = median_seconds(lambda: model(x), min_time=2.0, repeats=9)
-        t_torch = median_seconds(torch_int8, min_time=2.0, repeats=9)
-        t_ours = median_seconds(lambda: ours(x), min_time=2.0, repeats=9)
-    return {
-        "model": f"nn.TransformerEncoder 4x(d=768, 12 heads) T={seq}, MHA quantized (cos {cos:.5f})",
-        "fp32_ms": t_fp32 * 1e3,
-        "torch_int8_ms": t_torch * 1e3,
-        "ferroquant_ms": t_ours * 1e3,
-        "ratio": t_torch / t_ours,
-        "ratio_fp32": t_fp32 / t_ours,
-        "cosine_ferroquant": cos,
-        "max_abs_err_ferroquant": err_ours,
-        "max_abs_err_torch": err_torch,
-    }
+    row = _compare_dynamic("", lambda: model(x), torch_int8, lambda: ours(x))
+    row["model"] = (
+        f"nn.TransformerEncoder 4x(d=768, 12 heads) T={seq}, MHA quantized (cos {row['cosine_ferroquant']:.5f})"
+    )
+    return row
 
 
 class Tagger(nn.Module):
@@ -140,23 +136,8 @@ def bench_rnn(kind: str, seq: int = 64) -> dict:
     x = torch.randn(seq, 1, 512)
     ours = fq.quantize_dynamic(copy.deepcopy(model), dtype=fq.qint8)
     theirs = tq.quantize_dynamic(copy.deepcopy(model), dtype=torch.qint8)
-    with torch.no_grad():
-        ref = model(x)
-        err_ours = (ours(x) - ref).abs().max().item()
-        err_torch = (theirs(x) - ref).abs().max().item()
-        t_fp32 = median_seconds(lambda: model(x), min_time=2.0, repeats=9)
-        t_torch = median_seconds(lambda: theirs(x), min_time=2.0, repeats=9)
-        t_ours = median_seconds(lambda: ours(x), min_time=2.0, repeats=9)
-    return {
-        "model": f"2-layer {kind.upper()} 512→1024 T={seq} + Linear 1024→64 (dynamic)",
-        "fp32_ms": t_fp32 * 1e3,
-        "torch_int8_ms": t_torch * 1e3,
-        "ferroquant_ms": t_ours * 1e3,
-        "ratio": t_torch / t_ours,
-        "ratio_fp32": t_fp32 / t_ours,
-        "max_abs_err_ferroquant": err_ours,
-        "max_abs_err_torch": err_torch,
-    }
+    title = f"2-layer {kind.upper()} 512→1024 T={seq} + Linear 1024→64 (dynamic)"
+    return _compare_dynamic(title, lambda: model(x), lambda: theirs(x), lambda: ours(x))
 
 
 def _state_dict_bytes(model: nn.Module) -> int:

@@ -43,24 +43,33 @@ class Tagger(nn.Module):
         return self.dequant(y), self.dequant(h), self.dequant(c)
 
 
-def _both(layers: int, bidirectional: bool, batch_first: bool, calib: list[torch.Tensor], hidden=None):
+def _convert_both(make, fq_config: dict, torch_config: dict, calib: list, *args):
+    """The float model built with ferroquant's stubs (returned as the fp32 reference) and the same
+    weights with torch.ao's, each prepared, calibrated and converted by its own library through
+    the custom-module configs, with the x86 qconfig."""
     torch.manual_seed(0)
-    ours = Tagger((fq.QuantStub, fq.DeQuantStub), layers, bidirectional, batch_first).eval()
-    theirs = Tagger((tq.QuantStub, tq.DeQuantStub), layers, bidirectional, batch_first).eval()
+    ours = make((fq.QuantStub, fq.DeQuantStub)).eval()
+    theirs = make((tq.QuantStub, tq.DeQuantStub)).eval()
     theirs.load_state_dict(ours.state_dict())
-    ours.qconfig = fq.get_default_qconfig("x86")
-    theirs.qconfig = tq.get_default_qconfig("x86")
+    ours.qconfig, theirs.qconfig = fq.get_default_qconfig("x86"), tq.get_default_qconfig("x86")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        p_ours = fq.prepare(ours, prepare_custom_config_dict=FQ_CONFIG)
-        p_theirs = tq.prepare(theirs, prepare_custom_config_dict=TORCH_CONFIG)
+        p_ours = fq.prepare(ours, prepare_custom_config_dict=fq_config)
+        p_theirs = tq.prepare(theirs, prepare_custom_config_dict=torch_config)
         with torch.no_grad():
             for x in calib:
-                p_ours(x, hidden)
-                p_theirs(x, hidden)
-        q_ours = fq.convert(p_ours, convert_custom_config_dict=FQ_CONFIG)
-        q_theirs = tq.convert(p_theirs, convert_custom_config_dict=TORCH_CONFIG)
+                p_ours(x, *args)
+                p_theirs(x, *args)
+        q_ours = fq.convert(p_ours, convert_custom_config_dict=fq_config)
+        q_theirs = tq.convert(p_theirs, convert_custom_config_dict=torch_config)
     return ours, q_ours, q_theirs
+
+
+def _both(layers: int, bidirectional: bool, batch_first: bool, calib: list[torch.Tensor], hidden=None):
+    def make(stubs):
+        return Tagger(stubs, layers, bidirectional, batch_first)
+
+    return _convert_both(make, FQ_CONFIG, TORCH_CONFIG, calib, hidden)
 
 
 @pytest.mark.parametrize("layers", [1, 2])
@@ -145,24 +154,7 @@ class SelfAttention(nn.Module):
 
 
 def _both_mha(options: dict, calib: list[torch.Tensor]):
-    torch.manual_seed(0)
-    ours = SelfAttention((fq.QuantStub, fq.DeQuantStub), **options).eval()
-    theirs = SelfAttention((tq.QuantStub, tq.DeQuantStub), **options).eval()
-    theirs.load_state_dict(ours.state_dict())
-    ours.qconfig, theirs.qconfig = fq.get_default_qconfig("x86"), tq.get_default_qconfig("x86")
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        p_ours = fq.prepare(ours, prepare_custom_config_dict=MHA_FQ)
-        p_theirs = tq.prepare(theirs, prepare_custom_config_dict=MHA_TORCH)
-        with torch.no_grad():
-            for x in calib:
-                p_ours(x)
-                p_theirs(x)
-        return (
-            ours,
-            fq.convert(p_ours, convert_custom_config_dict=MHA_FQ),
-            tq.convert(p_theirs, convert_custom_config_dict=MHA_TORCH),
-        )
+    return _convert_both(lambda stubs: SelfAttention(stubs, **options), MHA_FQ, MHA_TORCH, calib)
 
 
 @pytest.mark.parametrize(

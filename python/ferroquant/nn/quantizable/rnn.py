@@ -18,7 +18,6 @@ torch's order, so it matches torch.ao's quantized LSTM.
 
 from __future__ import annotations
 
-import numbers
 import warnings
 from typing import Any, Optional
 
@@ -27,6 +26,7 @@ from torch import nn
 
 from ..._dtypes import quint8
 from ...qtensor import QTensor, quantize_per_tensor
+from ..quantized.dynamic.rnn import check_dropout
 from ..quantized.functional_modules import FloatFunctional
 
 __all__ = ["LSTMCell", "LSTM"]
@@ -302,10 +302,7 @@ class LSTM(nn.Module):
         split_gates: bool = False,
     ) -> None:
         super().__init__()
-        if not isinstance(dropout, numbers.Number) or isinstance(dropout, bool) or not 0 <= dropout <= 1:
-            raise ValueError(
-                "dropout should be a number in range [0, 1] representing the probability of an element being zeroed"
-            )
+        check_dropout(dropout)
         if dropout > 0:
             warnings.warn(
                 "dropout option for quantizable LSTM is ignored; to train with dropout use nn.LSTM followed by the "

@@ -17,6 +17,7 @@ per projection.
 
 from __future__ import annotations
 
+import numbers
 from typing import Any, Optional
 
 import numpy as np
@@ -48,6 +49,15 @@ class _Projections(nn.Module):
         make = Float16Linear if fp16 else Linear
         self.ih = make(input_size, gates * hidden_size, bias_=bias)
         self.hh = make(hidden_size, gates * hidden_size, bias_=bias)
+
+
+def check_dropout(dropout: Any) -> None:
+    """nn.LSTM's rule: a number in [0, 1] (not a bool)."""
+    if not isinstance(dropout, numbers.Number) or isinstance(dropout, bool) or not 0 <= float(dropout) <= 1:
+        raise ValueError(
+            "dropout should be a number in range [0, 1] representing the probability of an element being zeroed, "
+            f"got {dropout!r}"
+        )
 
 
 def _float_input(x: Any, who: str, what: str) -> torch.Tensor:
@@ -230,11 +240,7 @@ class RNNBase(_Recurrent):
                 "input_size, hidden_size and num_layers must be positive, got "
                 f"{input_size}, {hidden_size}, {num_layers}"
             )
-        if not 0.0 <= float(dropout) <= 1.0:
-            raise ValueError(
-                "dropout should be a number in range [0, 1] representing the probability of an element being "
-                f"zeroed, got {dropout}"
-            )
+        check_dropout(dropout)
         self.mode = mode
         self.input_size = int(input_size)
         self.hidden_size = int(hidden_size)
