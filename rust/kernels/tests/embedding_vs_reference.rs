@@ -4,18 +4,8 @@
 use ferroquant_kernels::embedding::{embedding_bag, embedding_lookup, BagMode, RowwiseTable};
 use ferroquant_kernels::{available_engines, Engine};
 
-struct Rng(u64);
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-    fn f32(&mut self) -> f32 {
-        (self.next() % 20001) as f32 / 10000.0 - 1.0
-    }
-}
+mod common;
+use common::Rng;
 
 fn value(t: &RowwiseTable, r: usize, j: usize) -> f32 {
     let rb = RowwiseTable::row_bytes_for(t.dim(), t.bits());

@@ -8,26 +8,8 @@ use ferroquant_kernels::requant::{DequantF32, Requantize, StoreI32};
 use ferroquant_kernels::{available_engines, linear_dynamic, Engine, PackedA, PackedWeights};
 use proptest::prelude::*;
 
-/// A tiny deterministic generator (xorshift), so failures reproduce.
-struct Rng(u64);
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-    /// A value in `0..=max`.
-    fn u8_upto(&mut self, max: u8) -> u8 {
-        (self.next() % (max as u64 + 1)) as u8
-    }
-    fn i8(&mut self) -> i8 {
-        self.next() as u8 as i8
-    }
-    fn f32(&mut self) -> f32 {
-        (self.next() % 20001) as f32 / 10000.0 - 1.0
-    }
-}
+mod common;
+use common::Rng;
 
 /// Sizes exercised everywhere; QEMU runs (aarch64 tests on x86) use the short list.
 fn sizes() -> &'static [usize] {

@@ -9,21 +9,8 @@ use ferroquant_kernels::{
     available_engines, linear_dynamic_with, DynamicOptions, Engine, PackedWeights,
 };
 
-struct Rng(u64);
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-    fn f32(&mut self) -> f32 {
-        (self.next() % 20001) as f32 / 10000.0 - 1.0
-    }
-    fn i8(&mut self) -> i8 {
-        self.next() as u8 as i8
-    }
-}
+mod common;
+use common::Rng;
 
 fn packed(r: &mut Rng, n: usize, k: usize, per_channel: bool) -> PackedWeights {
     let w: Vec<i8> = (0..n * k).map(|_| r.i8()).collect();

@@ -4,18 +4,8 @@
 use ferroquant_kernels::wgemm::{f16_to_f32, linear_low, PackedLowWeights};
 use ferroquant_kernels::{available_engines, Engine};
 
-struct Rng(u64);
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-    fn f32(&mut self) -> f32 {
-        (self.next() % 20001) as f32 / 10000.0 - 1.0
-    }
-}
+mod common;
+use common::Rng;
 
 fn sizes() -> &'static [usize] {
     if cfg!(target_arch = "aarch64") {
