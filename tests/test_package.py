@@ -90,8 +90,11 @@ IMPLEMENTED = {
     "stubs": ["QuantStub", "DeQuantStub", "QuantWrapper"],
     "quantize": ["quantize_dynamic", "prepare", "convert", "propagate_qconfig_", "prepare_qat", "quantize_qat"],
     "nn.quantized": ["Linear", "Conv1d", "Conv2d", "Conv3d", "Quantize", "DeQuantize"]
-    + ["FloatFunctional", "QFunctional"],
-    "nn.quantized.dynamic": ["Linear"],
+    + ["FloatFunctional", "QFunctional", "Embedding", "EmbeddingBag", "LSTM", "MultiheadAttention"],
+    "nn.quantized.dynamic": ["Linear", "LSTM", "GRU", "LSTMCell", "GRUCell", "RNNCell"],
+    "nn.quantized.functional": ["linear", "conv1d", "conv2d", "conv3d", "max_pool2d", "avg_pool2d"]
+    + ["adaptive_avg_pool2d", "interpolate", "hardtanh", "hardswish", "elu", "leaky_relu", "hardsigmoid", "clamp"],
+    "nn.quantizable": ["LSTM", "LSTMCell", "MultiheadAttention"],
     "nn.intrinsic": ["LinearReLU", "ConvReLU1d", "ConvReLU2d", "ConvReLU3d", "ConvBn2d", "ConvBnReLU2d", "LinearBn1d"],
     "nn.intrinsic.quantized": ["LinearReLU", "ConvReLU1d", "ConvReLU2d", "ConvReLU3d"],
     "nn.qat": ["Linear", "Conv1d", "Conv2d", "Conv3d", "Embedding", "EmbeddingBag"],
@@ -100,10 +103,12 @@ IMPLEMENTED = {
 }
 # Modules whose content is planned work: they exist so that imports mirror torch.ao, export
 # nothing, and say so.
-PLANNED = ["quantize_fx", "nn.quantized.functional"]
+PLANNED = ["quantize_fx"]
 TORCH_AO = {
     "nn.quantized": "torch.ao.nn.quantized",
     "nn.quantized.dynamic": "torch.ao.nn.quantized.dynamic",
+    "nn.quantized.functional": "torch.ao.nn.quantized.functional",
+    "nn.quantizable": "torch.ao.nn.quantizable",
     "nn.intrinsic": "torch.ao.nn.intrinsic",
     "nn.intrinsic.quantized": "torch.ao.nn.intrinsic.quantized",
     "nn.qat": "torch.ao.nn.qat",
