@@ -214,3 +214,18 @@ class EmbeddingTable:
         include_last_offset: bool = False,
         padding_idx: Optional[int] = None,
     ) -> npt.NDArray[np.float32]: ...
+
+def softmax_u8(
+    x: npt.NDArray[np.uint8], len: int, in_scale: float, in_zp: int, out_scale: float, out_zp: int
+) -> npt.NDArray[np.uint8]: ...
+def layer_norm_u8(
+    x: npt.NDArray[np.uint8],
+    len: int,
+    weight: Optional[npt.NDArray[np.float32]],
+    bias: Optional[npt.NDArray[np.float32]],
+    eps: float,
+    in_scale: float,
+    in_zp: int,
+    out_scale: float,
+    out_zp: int,
+) -> npt.NDArray[np.uint8]: ...

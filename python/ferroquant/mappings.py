@@ -67,6 +67,7 @@ DEFAULT_STATIC_QUANT_MODULE_MAPPINGS: dict[type, type] = {
     nn.ELU: nnq.ELU,
     nn.LeakyReLU: nnq.LeakyReLU,
     nn.Dropout: nnq.Dropout,
+    nn.LayerNorm: nnq.LayerNorm,
     nnq.FloatFunctional: nnq.QFunctional,
     # nn.ReLU, pooling, nn.Flatten, nn.Identity, nn.Sequential: same modules, plus a TorchScript
     # path for quantized tensors (ferroquant.nn.quantized.passthrough); no observer of their own

@@ -415,7 +415,7 @@ class QTensor:
             raise AttributeError(name)
         raise QTensorAttributeError(
             f"QTensor has no method or attribute '{name}' (quantized activations support shape ops, relu, pooling, "
-            "cat, chunk, split, mean, sigmoid / hardsigmoid / tanh and the quantized modules). Insert a "
+            "cat, chunk, split, mean, sigmoid / hardsigmoid / tanh / softmax and the quantized modules). Insert a "
             "DeQuantStub before the float part of the model, or call .dequantize() to get a float tensor."
         )
 
@@ -439,6 +439,10 @@ class QTensor:
 
     def flip(self, *dims: Any) -> QTensor:
         return self._shape_op("flip", lambda d: d.flip(*dims))
+
+    def softmax(self, dim: Optional[int] = None, dtype: Any = None) -> QTensor:
+        """Softmax onto the fixed qparams (1/256, 0); see :func:`torch.softmax` on QTensors."""
+        return _softmax(self, dim, dtype=dtype)
 
     def repeat(self, *sizes: Any) -> QTensor:
         return self._shape_op("repeat", lambda d: d.repeat(*sizes))
@@ -603,6 +607,26 @@ def _fixed_qparams_table(
 @_handles(torch.sigmoid, torch.Tensor.sigmoid, F.sigmoid)
 def _sigmoid(x: QTensor) -> QTensor:
     return _fixed_qparams_table(x, "sigmoid", torch.sigmoid, 1.0 / 256.0, 0)
+
+
+@_handles(torch.softmax, torch.Tensor.softmax, F.softmax)
+def _softmax(x: QTensor, dim: Optional[int] = None, _stacklevel: int = 3, dtype: Any = None) -> QTensor:
+    """Softmax of a quint8 QTensor onto torch's fixed output qparams for [0, 1] (scale 1/256, zero
+    point 0; what torch.ao's QAT / FX quantize softmax with), in Rust: dequantize a row, exp in one
+    fixed order, quantize (torch.ao's eager mode has no quantized softmax module by default)."""
+    x._need_per_tensor("softmax")
+    if x.dtype != quint8:
+        raise TypeError(f"softmax on a QTensor needs quint8 activations, got {x.dtype}; call .dequantize() first")
+    if dtype is not None:
+        raise TypeError("softmax(dtype=...) is not supported on a QTensor; call .dequantize() first")
+    if dim is None:
+        dim = 0 if x.dim() in (0, 1, 3) else 1
+    dim = dim % max(x.dim(), 1)
+    moved = x.int_repr().movedim(dim, -1).contiguous()
+    out = _core.softmax_u8(
+        moved.numpy(), max(moved.shape[-1] if moved.dim() else 1, 1), x.q_scale(), x.q_zero_point(), 1.0 / 256.0, 0
+    )
+    return QTensor(torch.from_numpy(out).movedim(-1, dim), 1.0 / 256.0, 0, quint8)
 
 
 @_handles(F.hardsigmoid)

@@ -1207,6 +1207,64 @@ impl PackedLowLinear {
     }
 }
 
+/// Softmax over rows of `len` quint8 values (the last dimension of x), quantized to
+/// (out_scale, out_zp).
+#[pyfunction]
+fn softmax_u8<'py>(
+    py: Python<'py>,
+    x: &Bound<'py, PyAny>,
+    len: usize,
+    in_scale: f32,
+    in_zp: i32,
+    out_scale: f32,
+    out_zp: i32,
+) -> PyResult<Bound<'py, PyArrayDyn<u8>>> {
+    let (xs, shape) = take::<u8>(x, "input")?;
+    let mut out = output::<u8>(&shape, "the softmax output")?;
+    py.detach(|| k::rowwise::softmax_u8(&xs, len, in_scale, in_zp, out_scale, out_zp, &mut out))
+        .map_err(to_py)?;
+    PyArray1::from_vec(py, out).reshape(shape)
+}
+
+/// Layer norm over rows of `len` quint8 values (the trailing dimensions of x), with optional
+/// float32 weight / bias of `len` values, quantized to (out_scale, out_zp).
+#[pyfunction]
+#[pyo3(signature = (x, len, weight, bias, eps, in_scale, in_zp, out_scale, out_zp))]
+#[allow(clippy::too_many_arguments)]
+fn layer_norm_u8<'py>(
+    py: Python<'py>,
+    x: &Bound<'py, PyAny>,
+    len: usize,
+    weight: Option<&Bound<'py, PyAny>>,
+    bias: Option<&Bound<'py, PyAny>>,
+    eps: f32,
+    in_scale: f32,
+    in_zp: i32,
+    out_scale: f32,
+    out_zp: i32,
+) -> PyResult<Bound<'py, PyArrayDyn<u8>>> {
+    let (xs, shape) = take::<u8>(x, "input")?;
+    let w = weight.map(|w| take1::<f32>(w, "weight")).transpose()?;
+    let b = bias.map(|b| take1::<f32>(b, "bias")).transpose()?;
+    let mut out = output::<u8>(&shape, "the layer norm output")?;
+    py.detach(|| {
+        k::rowwise::layer_norm_u8(
+            &xs,
+            len,
+            w.as_deref(),
+            b.as_deref(),
+            eps,
+            in_scale,
+            in_zp,
+            out_scale,
+            out_zp,
+            &mut out,
+        )
+    })
+    .map_err(to_py)?;
+    PyArray1::from_vec(py, out).reshape(shape)
+}
+
 /// An 8-bit or 4-bit row-wise quantized embedding table (float scale and zero point per row).
 #[pyclass(module = "ferroquant._core", frozen)]
 struct EmbeddingTable {
@@ -1451,6 +1509,8 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<PackedLinear>()?;
     m.add_class::<PackedLowLinear>()?;
     m.add_class::<EmbeddingTable>()?;
+    m.add_function(wrap_pyfunction!(softmax_u8, m)?)?;
+    m.add_function(wrap_pyfunction!(layer_norm_u8, m)?)?;
     m.add_class::<PackedConv>()?;
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     Ok(())

@@ -9,6 +9,7 @@
 //! - [`conv`]: convolutions (blocked im2col + GEMM; direct depthwise).
 //! - [`elementwise`]: quantized elementwise ops with fused requantization (add, add_relu).
 //! - [`pool`]: max pooling on channels-last u8.
+//! - [`rowwise`]: softmax and layer norm over rows of quint8 activations.
 //! - [`embedding`]: 8-bit / 4-bit row-wise embedding tables, lookups and bags.
 //! - [`rnn`]: dynamic quantized LSTM / GRU / RNN layers (whole sequence per call).
 //! - [`wgemm`]: float activations × fp16 or int8 weight-only weights.
@@ -35,6 +36,7 @@ pub mod qparams;
 pub mod quantize;
 pub mod requant;
 pub mod rnn;
+pub mod rowwise;
 mod threading;
 pub mod wgemm;
 

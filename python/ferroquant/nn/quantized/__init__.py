@@ -8,6 +8,7 @@ from .embedding import Embedding, EmbeddingBag
 from .functional_modules import FloatFunctional, QFunctional
 from .linear import Linear
 from .misc import DeQuantize, Dropout, Quantize
+from .normalization import LayerNorm, Softmax
 from .rnn import LSTM
 from .weight_only import WeightOnlyLinear
 
@@ -31,4 +32,6 @@ __all__ = [
     "MultiheadAttention",
     "Embedding",
     "EmbeddingBag",
+    "Softmax",
+    "LayerNorm",
 ]

@@ -1,0 +1,104 @@
+"""Quantized LayerNorm and Softmax (module and QTensor op) against torch.ao's quantized ops."""
+
+from __future__ import annotations
+
+import io
+import warnings
+
+import ferroquant as fq
+import pytest
+import torch
+import torch.ao.quantization as tq
+from torch import nn
+
+
+class Net(nn.Module):
+    def __init__(self, stubs, shape, affine: bool) -> None:
+        super().__init__()
+        self.quant = stubs[0]()
+        self.ln = nn.LayerNorm(shape, elementwise_affine=affine)
+        self.dequant = stubs[1]()
+        if affine:
+            with torch.no_grad():
+                self.ln.weight.normal_()
+                self.ln.bias.normal_()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.dequant(self.ln(self.quant(x)))
+
+
+@pytest.mark.parametrize("shape,affine", [((8,), True), ((6, 8), True), ((5,), False)])
+def test_layer_norm_converts_and_matches_torch(shape, affine):
+    torch.manual_seed(0)
+    ours = Net((fq.QuantStub, fq.DeQuantStub), shape, affine).eval()
+    theirs = Net((tq.QuantStub, tq.DeQuantStub), shape, affine).eval()
+    theirs.load_state_dict(ours.state_dict())
+    ours.qconfig, theirs.qconfig = fq.get_default_qconfig("x86"), tq.get_default_qconfig("x86")
+    size = (4, 3, *shape)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        p_ours, p_theirs = fq.prepare(ours), tq.prepare(theirs)
+        with torch.no_grad():
+            for _ in range(3):
+                c = torch.randn(size) * 2
+                p_ours(c)
+                p_theirs(c)
+        q_ours, q_theirs = fq.convert(p_ours), tq.convert(p_theirs)
+        x = torch.randn(size) * 2
+        got, want = q_ours(x), q_theirs(x)
+    assert isinstance(q_ours.ln, fq.nn.quantized.LayerNorm)
+    step = q_ours.ln.scale
+    assert (got - want).abs().max() <= step + 1e-6 and float(((got - want).abs() > 1e-6).float().mean()) <= 0.01
+    assert (got - ours(x)).abs().max() <= 6 * step
+    # state_dict round trip (weight / bias buffers and output qparams)
+    buf = io.BytesIO()
+    torch.save(q_ours.ln.state_dict(), buf)
+    fresh = fq.nn.quantized.LayerNorm(
+        shape,
+        torch.zeros(shape) if affine else None,
+        torch.zeros(shape) if affine else None,
+        1.0,
+        0,
+        elementwise_affine=affine,
+    )
+    fresh.load_state_dict(torch.load(io.BytesIO(buf.getvalue())))
+    q = q_ours.quant(x)
+    assert torch.equal(fresh(q).int_repr(), q_ours.ln(q).int_repr())
+    with pytest.raises(TypeError, match="QuantStub"):
+        q_ours.ln(x)
+    with pytest.raises(ValueError, match="normalized_shape"):
+        q_ours.ln(fq.quantize_per_tensor(torch.randn(3, 7), 0.1, 128, fq.quint8))
+
+
+@pytest.mark.parametrize("dim", [0, 1, 2, -1])
+def test_softmax_on_quantized_tensors_matches_torch(dim):
+    torch.manual_seed(1)
+    x = torch.randn(3, 5, 7) * 3
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        t = torch.quantize_per_tensor(x, 0.05, 128, torch.quint8)
+        want_fixed = torch.ops.quantized.softmax(t, dim % 3, 1 / 256, 0)
+        want_module = torch.ops.quantized.softmax(t, dim % 3, 0.005, 3)
+    q = fq.quantize_per_tensor(x, 0.05, 128, fq.quint8)
+    for got in (torch.softmax(q, dim), nn.functional.softmax(q, dim), q.softmax(dim), nn.Softmax(dim)(q)):
+        assert got.q_scale() == 1 / 256 and got.q_zero_point() == 0
+        assert (got.int_repr().int() - want_fixed.int_repr().int()).abs().max() <= 1
+    module = fq.nn.quantized.Softmax(dim, 0.005, 3)
+    got = module(q)
+    assert (got.int_repr().int() - want_module.int_repr().int()).abs().max() <= 1
+    assert "dim=" in repr(module) and module._get_name() == "QuantizedSoftmax"
+
+
+def test_softmax_in_a_static_model_and_bad_inputs():
+    """torch.ao's eager mode fails on softmax of a quantized tensor; ferroquant runs it (fixed qparams)."""
+    torch.manual_seed(2)
+    model = nn.Sequential(fq.QuantStub(), nn.Linear(8, 6), nn.Softmax(dim=-1), fq.DeQuantStub()).eval()
+    model.qconfig = fq.get_default_qconfig("x86")
+    prepared = fq.prepare(model)
+    with torch.no_grad():
+        prepared(torch.randn(16, 8))
+        q = fq.convert(prepared)
+        x = torch.randn(4, 8)
+        assert (q(x) - model(x)).abs().max() < 0.03
+    with pytest.raises(TypeError, match="quint8"):
+        torch.softmax(fq.quantize_per_tensor(x, 0.05, 0, fq.qint8), 1)
