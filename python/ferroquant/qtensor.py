@@ -619,14 +619,19 @@ def _softmax(x: QTensor, dim: Optional[int] = None, _stacklevel: int = 3, dtype:
         raise TypeError(f"softmax on a QTensor needs quint8 activations, got {x.dtype}; call .dequantize() first")
     if dtype is not None:
         raise TypeError("softmax(dtype=...) is not supported on a QTensor; call .dequantize() first")
+    return softmax_onto(x, dim, 1.0 / 256.0, 0)
+
+
+def softmax_onto(x: QTensor, dim: Optional[int], scale: float, zero_point: int) -> QTensor:
+    """Softmax of a per-tensor quint8 QTensor along ``dim`` (torch's legacy default when None),
+    quantized to (``scale``, ``zero_point``) — ``_core.softmax_u8`` on the dimension moved last."""
     if dim is None:
         dim = 0 if x.dim() in (0, 1, 3) else 1
     dim = dim % max(x.dim(), 1)
     moved = x.int_repr().movedim(dim, -1).contiguous()
-    out = _core.softmax_u8(
-        moved.numpy(), max(moved.shape[-1] if moved.dim() else 1, 1), x.q_scale(), x.q_zero_point(), 1.0 / 256.0, 0
-    )
-    return QTensor(torch.from_numpy(out).movedim(-1, dim), 1.0 / 256.0, 0, quint8)
+    length = max(moved.shape[-1] if moved.dim() else 1, 1)
+    out = _core.softmax_u8(moved.numpy(), length, x.q_scale(), x.q_zero_point(), float(scale), int(zero_point))
+    return QTensor(torch.from_numpy(out).movedim(-1, dim), float(scale), int(zero_point), quint8)
 
 
 @_handles(F.hardsigmoid)

@@ -38,8 +38,9 @@ fn qparams_ok(scale: f32, zp: i32, what: &str) -> Result<()> {
     Ok(())
 }
 
-/// Softmax of each row of `len` quint8 values, quantized to (`out_scale`, `out_zp`) over 0..255.
-pub fn softmax_u8(
+/// Each row of `x` dequantized into a buffer, transformed in place by `f`, quantized into `out`.
+#[allow(clippy::too_many_arguments)]
+fn map_rows(
     x: &[u8],
     len: usize,
     in_scale: f32,
@@ -47,25 +48,17 @@ pub fn softmax_u8(
     out_scale: f32,
     out_zp: i32,
     out: &mut [u8],
+    mut f: impl FnMut(&mut [f32]),
 ) -> Result<()> {
     let rows = rows_of(x, len, out)?;
     qparams_ok(in_scale, in_zp, "input")?;
     qparams_ok(out_scale, out_zp, "output")?;
     let mut v = vec![0f32; len];
     for r in 0..rows {
-        let row = &x[r * len..(r + 1) * len];
-        for (d, &q) in v.iter_mut().zip(row) {
+        for (d, &q) in v.iter_mut().zip(&x[r * len..(r + 1) * len]) {
             *d = in_scale * (q as i32 - in_zp) as f32;
         }
-        let m = v.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-        let mut sum = 0f32;
-        for d in v.iter_mut() {
-            *d = exp(*d - m);
-            sum += *d;
-        }
-        for d in v.iter_mut() {
-            *d /= sum;
-        }
+        f(&mut v);
         quantize_per_tensor::<u8>(
             &v,
             out_scale,
@@ -76,6 +69,29 @@ pub fn softmax_u8(
         )?;
     }
     Ok(())
+}
+
+/// Softmax of each row of `len` quint8 values, quantized to (`out_scale`, `out_zp`) over 0..255.
+pub fn softmax_u8(
+    x: &[u8],
+    len: usize,
+    in_scale: f32,
+    in_zp: i32,
+    out_scale: f32,
+    out_zp: i32,
+    out: &mut [u8],
+) -> Result<()> {
+    map_rows(x, len, in_scale, in_zp, out_scale, out_zp, out, |v| {
+        let m = v.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+        let mut sum = 0f32;
+        for d in v.iter_mut() {
+            *d = exp(*d - m);
+            sum += *d;
+        }
+        for d in v.iter_mut() {
+            *d /= sum;
+        }
+    })
 }
 
 /// Layer normalisation of each row of `len` quint8 values: `((v − mean) · rstd) · γ + β` with the
@@ -93,9 +109,6 @@ pub fn layer_norm_u8(
     out_zp: i32,
     out: &mut [u8],
 ) -> Result<()> {
-    let rows = rows_of(x, len, out)?;
-    qparams_ok(in_scale, in_zp, "input")?;
-    qparams_ok(out_scale, out_zp, "output")?;
     for (what, p) in [("weight", weight), ("bias", bias)] {
         if let Some(p) = p {
             check_len(what, len, p.len())?;
@@ -111,18 +124,15 @@ pub fn layer_norm_u8(
             "eps must be finite and >= 0, got {eps}"
         )));
     }
-    let mut v = vec![0f32; len];
     let n = len as f32;
-    for r in 0..rows {
-        let row = &x[r * len..(r + 1) * len];
+    map_rows(x, len, in_scale, in_zp, out_scale, out_zp, out, |v| {
         let mut sum = 0f32;
-        for (d, &q) in v.iter_mut().zip(row) {
-            *d = in_scale * (q as i32 - in_zp) as f32;
+        for d in v.iter() {
             sum += *d;
         }
         let mean = sum / n;
         let mut sq = 0f32;
-        for d in &v {
+        for d in v.iter() {
             let c = *d - mean;
             sq += c * c;
         }
@@ -137,16 +147,7 @@ pub fn layer_norm_u8(
             }
             *d = y;
         }
-        quantize_per_tensor::<u8>(
-            &v,
-            out_scale,
-            out_zp,
-            0,
-            255,
-            &mut out[r * len..(r + 1) * len],
-        )?;
-    }
-    Ok(())
+    })
 }
 
 #[cfg(test)]

@@ -14,7 +14,7 @@ from torch import nn
 from ... import _core
 from ..._dtypes import quint8
 from ..._ops import KERNEL_ERRORS, raise_named
-from ...qtensor import QTensor
+from ...qtensor import QTensor, softmax_onto
 from ._static import OutputQParams, output_qparams, require_qtensor
 
 __all__ = ["Softmax", "LayerNorm"]
@@ -64,15 +64,12 @@ class Softmax(_RowOp):
 
     def forward(self, x: QTensor) -> QTensor:
         q = _require_quint8(self, x)
-        dim = self.dim
-        if dim is None:  # torch's legacy choice of dimension
-            dim = 0 if q.dim() in (0, 1, 3) else 1
-        dim = dim % max(q.dim(), 1)
-        moved = q.int_repr().movedim(dim, -1).contiguous()
-        length = moved.shape[-1] if moved.dim() else 1
-        qm = QTensor(moved, q.q_scale(), q.q_zero_point(), quint8)
-        out = self._run(qm, length, lambda d, n, s, z, os, oz: _core.softmax_u8(d, n, s, z, os, oz))
-        return QTensor(out.int_repr().movedim(-1, dim), self.scale, self.zero_point, quint8)
+        try:
+            out = softmax_onto(q, self.dim, self.scale, self.zero_point)
+        except KERNEL_ERRORS as e:
+            raise_named(e, self._label())
+        data = out.int_repr().clamp_(self.quant_min, self.quant_max)
+        return QTensor(data, self.scale, self.zero_point, quint8)
 
     @classmethod
     def from_float(cls, mod: nn.Module, use_precomputed_fake_quant: bool = False) -> Softmax:
