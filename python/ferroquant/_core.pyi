@@ -229,3 +229,6 @@ def layer_norm_u8(
     out_scale: float,
     out_zp: int,
 ) -> npt.NDArray[np.uint8]: ...
+def lut_u8_per_channel(
+    x: npt.NDArray[np.uint8], tables: npt.NDArray[np.uint8], channels: int, inner: int
+) -> npt.NDArray[np.uint8]: ...

@@ -68,6 +68,10 @@ DEFAULT_STATIC_QUANT_MODULE_MAPPINGS: dict[type, type] = {
     nn.LeakyReLU: nnq.LeakyReLU,
     nn.Dropout: nnq.Dropout,
     nn.LayerNorm: nnq.LayerNorm,
+    nn.BatchNorm2d: nnq.BatchNorm2d,
+    nn.BatchNorm3d: nnq.BatchNorm3d,
+    nni.BNReLU2d: nniq.BNReLU2d,
+    nni.BNReLU3d: nniq.BNReLU3d,
     nnq.FloatFunctional: nnq.QFunctional,
     # nn.ReLU, pooling, nn.Flatten, nn.Identity, nn.Sequential: same modules, plus a TorchScript
     # path for quantized tensors (ferroquant.nn.quantized.passthrough); no observer of their own

@@ -475,6 +475,24 @@ fn lut_u8<'py>(
     }
 }
 
+/// Per-channel lookup: x uint8 `[outer, channels, inner]` (C order), tables uint8
+/// `[channels, 256]` → `out[i] = tables[c(i)][x[i]]`.
+#[pyfunction]
+fn lut_u8_per_channel<'py>(
+    py: Python<'py>,
+    x: &Bound<'py, PyAny>,
+    tables: &Bound<'py, PyAny>,
+    channels: usize,
+    inner: usize,
+) -> PyResult<Bound<'py, PyArrayDyn<u8>>> {
+    let (xs, shape) = take::<u8>(x, "x")?;
+    let (t, _) = take::<u8>(tables, "tables")?;
+    let mut out = output::<u8>(&shape, "the lookup output")?;
+    py.detach(|| k::elementwise::lut_u8_per_channel(&xs, &t, channels, inner, &mut out))
+        .map_err(to_py)?;
+    PyArray1::from_vec(py, out).reshape(shape)
+}
+
 /// Max pooling of a channels-last quint8 array `x` `[N, D, H, W, C]` (conv1d/2d-style inputs
 /// with D = H = 1 / D = 1) → `[N, OD, OH, OW, C]`, floor mode, padding ≤ kernel / 2. Runs with the
 /// GIL held (one memory-bound pass; a contiguous input is read in place).
@@ -1502,6 +1520,7 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(max_pool_nhwc, m)?)?;
     m.add_function(wrap_pyfunction!(avg_pool_nhwc, m)?)?;
     m.add_function(wrap_pyfunction!(lut_u8, m)?)?;
+    m.add_function(wrap_pyfunction!(lut_u8_per_channel, m)?)?;
     m.add_function(wrap_pyfunction!(quantize_per_channel, m)?)?;
     m.add_function(wrap_pyfunction!(dequantize_per_tensor, m)?)?;
     m.add_function(wrap_pyfunction!(dequantize_per_channel, m)?)?;

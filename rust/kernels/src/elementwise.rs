@@ -116,6 +116,39 @@ pub fn lut_u8<T: QInt>(engine: Engine, x: &[u8], table: &[T], out: &mut [T]) -> 
     Ok(())
 }
 
+/// Per-channel tables (`BatchNorm`: one function of one quint8 input per channel): `x` is
+/// `[outer, channels, inner]` in C order and `out[i] = tables[c(i)][x[i]]` with
+/// `c(i) = (i / inner) % channels`; `tables` holds `channels × 256` values.
+pub fn lut_u8_per_channel(
+    x: &[u8],
+    tables: &[u8],
+    channels: usize,
+    inner: usize,
+    out: &mut [u8],
+) -> Result<()> {
+    check_len("lookup tables", channels.saturating_mul(256), tables.len())?;
+    check_len("output", x.len(), out.len())?;
+    let run = channels.checked_mul(inner).unwrap_or(0);
+    if run == 0 || x.len() % run != 0 {
+        return Err(crate::error::KernelError::ShapeMismatch {
+            what: "input".into(),
+            expected: format!("a multiple of channels × inner = {channels} × {inner}"),
+            got: format!("{} values", x.len()),
+        });
+    }
+    for (i, (xb, ob)) in x
+        .chunks_exact(inner)
+        .zip(out.chunks_exact_mut(inner))
+        .enumerate()
+    {
+        let t = &tables[(i % channels) * 256..][..256];
+        for (o, &v) in ob.iter_mut().zip(xb) {
+            *o = t[v as usize];
+        }
+    }
+    Ok(())
+}
+
 struct Lut<'a, T> {
     x: &'a [u8],
     table: &'a [T; 256],
@@ -138,6 +171,21 @@ mod tests {
     use crate::arch::available_engines;
 
     /// The float definition, step by step (dequantize, add, relu, quantize) on every engine.
+    #[test]
+    fn per_channel_tables_follow_the_channel_of_each_element() {
+        let tables: Vec<u8> = (0..3 * 256)
+            .map(|i| ((i / 256) * 10 + (i % 256) % 7) as u8)
+            .collect();
+        let x: Vec<u8> = (0..2 * 3 * 4).map(|i| i as u8).collect();
+        let mut out = vec![0u8; x.len()];
+        lut_u8_per_channel(&x, &tables, 3, 4, &mut out).unwrap();
+        for (i, (&o, &v)) in out.iter().zip(&x).enumerate() {
+            assert_eq!(o, ((i / 4) % 3 * 10 + v as usize % 7) as u8);
+        }
+        assert!(lut_u8_per_channel(&x, &tables, 3, 5, &mut out).is_err());
+        assert!(lut_u8_per_channel(&x, &tables[..10], 3, 4, &mut out).is_err());
+    }
+
     #[test]
     fn add_equals_dequantize_add_quantize_on_every_engine() {
         let n = 1000;

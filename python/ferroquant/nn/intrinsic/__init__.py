@@ -54,16 +54,14 @@ class ConvReLU3d(_FusedModule):
 
 
 class BNReLU2d(_FusedModule):
-    """``nn.BatchNorm2d`` then ``nn.ReLU`` (``fuse_modules``' result). No quantized counterpart yet:
-    keep it in float (``qconfig = None``, between a ``DeQuantStub`` and a ``QuantStub``)."""
+    """``nn.BatchNorm2d`` then ``nn.ReLU`` (``fuse_modules``' result); ``convert`` makes a quantized ``BNReLU2d``."""
 
     def __init__(self, bn: nn.BatchNorm2d, relu: nn.ReLU) -> None:
         super().__init__(bn, relu)
 
 
 class BNReLU3d(_FusedModule):
-    """``nn.BatchNorm3d`` then ``nn.ReLU`` (``fuse_modules``' result). No quantized counterpart yet:
-    keep it in float (``qconfig = None``, between a ``DeQuantStub`` and a ``QuantStub``)."""
+    """``nn.BatchNorm3d`` then ``nn.ReLU`` (``fuse_modules``' result); ``convert`` makes a quantized ``BNReLU3d``."""
 
     def __init__(self, bn: nn.BatchNorm3d, relu: nn.ReLU) -> None:
         super().__init__(bn, relu)

@@ -3,6 +3,7 @@
 from . import dynamic  # noqa: F401
 from .activation import ELU, Hardswish, LeakyReLU, ReLU6
 from .attention import MultiheadAttention
+from .batchnorm import BatchNorm2d, BatchNorm3d
 from .conv import Conv1d, Conv2d, Conv3d
 from .embedding import Embedding, EmbeddingBag
 from .functional_modules import FloatFunctional, QFunctional
@@ -34,4 +35,6 @@ __all__ = [
     "EmbeddingBag",
     "Softmax",
     "LayerNorm",
+    "BatchNorm2d",
+    "BatchNorm3d",
 ]
