@@ -8,7 +8,7 @@ import warnings
 import ferroquant as fq
 import pytest
 import torch
-import torch.ao.quantization as tq
+from _parity import convert_both
 from torch import nn
 
 
@@ -32,27 +32,13 @@ class Net(nn.Module):
 @pytest.mark.parametrize("dims", [2, 3])
 @pytest.mark.parametrize("relu", [False, True])
 def test_batch_norm_matches_torch_ao(dims, relu):
-    torch.manual_seed(0)
-    ours = Net((fq.QuantStub, fq.DeQuantStub), dims, relu).eval()
-    theirs = Net((tq.QuantStub, tq.DeQuantStub), dims, relu).eval()
-    theirs.load_state_dict(ours.state_dict())
-    if relu:
-        ours = fq.fuse_modules(ours, [["bn", "relu"]])
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            theirs = tq.fuse_modules(theirs, [["bn", "relu"]])
-    ours.qconfig, theirs.qconfig = fq.get_default_qconfig("x86"), tq.get_default_qconfig("x86")
     shape = (2, 5, 6, 7) if dims == 2 else (2, 5, 3, 4, 5)
+    calib = [torch.randn(shape) * 2 for _ in range(3)]
+    fuse = [["bn", "relu"]] if relu else None
+    _, q_ours, q_theirs = convert_both(lambda stubs: Net(stubs, dims, relu), calib, fuse=fuse)
+    x = torch.randn(shape) * 2
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        p_ours, p_theirs = fq.prepare(ours), tq.prepare(theirs)
-        with torch.no_grad():
-            for _ in range(3):
-                c = torch.randn(shape) * 2
-                p_ours(c)
-                p_theirs(c)
-        q_ours, q_theirs = fq.convert(p_ours), tq.convert(p_theirs)
-        x = torch.randn(shape) * 2
         got, want = q_ours(x), q_theirs(x)
     kind = {(2, False): fq.nn.quantized.BatchNorm2d, (3, False): fq.nn.quantized.BatchNorm3d}
     kind.update({(2, True): fq.nn.intrinsic.quantized.BNReLU2d, (3, True): fq.nn.intrinsic.quantized.BNReLU3d})

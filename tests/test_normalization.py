@@ -8,7 +8,7 @@ import warnings
 import ferroquant as fq
 import pytest
 import torch
-import torch.ao.quantization as tq
+from _parity import convert_both
 from torch import nn
 
 
@@ -29,22 +29,12 @@ class Net(nn.Module):
 
 @pytest.mark.parametrize("shape,affine", [((8,), True), ((6, 8), True), ((5,), False)])
 def test_layer_norm_converts_and_matches_torch(shape, affine):
-    torch.manual_seed(0)
-    ours = Net((fq.QuantStub, fq.DeQuantStub), shape, affine).eval()
-    theirs = Net((tq.QuantStub, tq.DeQuantStub), shape, affine).eval()
-    theirs.load_state_dict(ours.state_dict())
-    ours.qconfig, theirs.qconfig = fq.get_default_qconfig("x86"), tq.get_default_qconfig("x86")
     size = (4, 3, *shape)
+    calib = [torch.randn(size) * 2 for _ in range(3)]
+    ours, q_ours, q_theirs = convert_both(lambda stubs: Net(stubs, shape, affine), calib)
+    x = torch.randn(size) * 2
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        p_ours, p_theirs = fq.prepare(ours), tq.prepare(theirs)
-        with torch.no_grad():
-            for _ in range(3):
-                c = torch.randn(size) * 2
-                p_ours(c)
-                p_theirs(c)
-        q_ours, q_theirs = fq.convert(p_ours), tq.convert(p_theirs)
-        x = torch.randn(size) * 2
         got, want = q_ours(x), q_theirs(x)
     assert isinstance(q_ours.ln, fq.nn.quantized.LayerNorm)
     step = q_ours.ln.scale

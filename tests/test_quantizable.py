@@ -11,7 +11,7 @@ import warnings
 import ferroquant as fq
 import pytest
 import torch
-import torch.ao.quantization as tq
+from _parity import convert_both
 from torch import nn
 
 with warnings.catch_warnings():
@@ -43,33 +43,11 @@ class Tagger(nn.Module):
         return self.dequant(y), self.dequant(h), self.dequant(c)
 
 
-def _convert_both(make, fq_config: dict, torch_config: dict, calib: list, *args):
-    """The float model built with ferroquant's stubs (returned as the fp32 reference) and the same
-    weights with torch.ao's, each prepared, calibrated and converted by its own library through
-    the custom-module configs, with the x86 qconfig."""
-    torch.manual_seed(0)
-    ours = make((fq.QuantStub, fq.DeQuantStub)).eval()
-    theirs = make((tq.QuantStub, tq.DeQuantStub)).eval()
-    theirs.load_state_dict(ours.state_dict())
-    ours.qconfig, theirs.qconfig = fq.get_default_qconfig("x86"), tq.get_default_qconfig("x86")
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        p_ours = fq.prepare(ours, prepare_custom_config_dict=fq_config)
-        p_theirs = tq.prepare(theirs, prepare_custom_config_dict=torch_config)
-        with torch.no_grad():
-            for x in calib:
-                p_ours(x, *args)
-                p_theirs(x, *args)
-        q_ours = fq.convert(p_ours, convert_custom_config_dict=fq_config)
-        q_theirs = tq.convert(p_theirs, convert_custom_config_dict=torch_config)
-    return ours, q_ours, q_theirs
-
-
 def _both(layers: int, bidirectional: bool, batch_first: bool, calib: list[torch.Tensor], hidden=None):
     def make(stubs):
         return Tagger(stubs, layers, bidirectional, batch_first)
 
-    return _convert_both(make, FQ_CONFIG, TORCH_CONFIG, calib, hidden)
+    return convert_both(make, calib, hidden, fq_config=FQ_CONFIG, torch_config=TORCH_CONFIG)
 
 
 @pytest.mark.parametrize("layers", [1, 2])
@@ -154,7 +132,7 @@ class SelfAttention(nn.Module):
 
 
 def _both_mha(options: dict, calib: list[torch.Tensor]):
-    return _convert_both(lambda stubs: SelfAttention(stubs, **options), MHA_FQ, MHA_TORCH, calib)
+    return convert_both(lambda stubs: SelfAttention(stubs, **options), calib, fq_config=MHA_FQ, torch_config=MHA_TORCH)
 
 
 @pytest.mark.parametrize(
