@@ -26,6 +26,11 @@ TORCH_CONV_AVX2_ENV = "ONEDNN_MAX_CPU_ISA"
 
 @functools.cache
 def torch_linear_full_range_exact() -> bool:
+    """Whether torch's int8 Linear is exact for activations in 0..255 here (probed once)."""
+    return _linear_probe()
+
+
+def _linear_probe() -> bool:
     """Whether torch's int8 Linear is exact for activations in 0..255 on this process's CPU path.
 
     Probe: activations 255 and weights 127 make each u8×s8 pair sum 64770, which ``vpmaddubsw``
@@ -40,6 +45,11 @@ def torch_linear_full_range_exact() -> bool:
 
 @functools.cache
 def torch_conv_full_range_exact() -> bool:
+    """Whether torch's int8 Conv2d is exact for activations in 0..255 here (probed once)."""
+    return _conv_probe()
+
+
+def _conv_probe() -> bool:
     """The same probe through torch's int8 Conv2d (a 1x1 conv over 4 channels), which the x86
     engine runs on oneDNN: exact with VNNI, saturating on oneDNN's AVX2 code."""
     w = torch.quantize_per_tensor(torch.full((1, 4, 1, 1), 127.0), 1.0, 0, torch.qint8)
@@ -52,6 +62,11 @@ def torch_conv_full_range_exact() -> bool:
 def torch_full_range_exact() -> bool:
     """Whether torch's int8 Linear and Conv are both exact for activations in 0..255 here."""
     return torch_linear_full_range_exact() and torch_conv_full_range_exact()
+
+
+def torch_engine_full_range_exact() -> bool:
+    """The probes, run now on ``torch.backends.quantized.engine`` (not cached: tests switch it)."""
+    return _linear_probe() and _conv_probe()
 
 
 def torch_forced_to_avx2() -> bool:

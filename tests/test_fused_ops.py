@@ -1,5 +1,6 @@
 """QFunctional.add / add_relu on u8 in one Rust pass: the same bits as the float definition
-(dequantize, add in float32, quantize by D3), whatever the memory layout; other cases fall back."""
+(dequantize as torch's vector loops, add in float32, quantize by D3), whatever the memory layout;
+other cases fall back. Equal to torch's quantized add bit for bit."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ import ferroquant as fq
 import pytest
 import torch
 from ferroquant import _core
-from ferroquant.nn.quantized.functional_modules import QFunctional
+from ferroquant.nn.quantized.functional_modules import QFunctional, addend
 
 
 def _qf(scale: float, zp: int, qmin: int = 0, qmax: int = 255, dtype: str = "quint8") -> QFunctional:
@@ -29,7 +30,8 @@ def _operand(shape: tuple[int, ...], scale: float, zp: int, channels_last: bool,
 
 
 def _float_definition(q: QFunctional, a: fq.QTensor, b: fq.QTensor, relu: bool) -> torch.Tensor:
-    v = a.dequantize() + b.dequantize()
+    # torch's vectorised add: each operand as fma(q, s, fl(s·−zp)) (exact in float64, one rounding)
+    v = addend(a.int_repr(), a.q_scale(), a.q_zero_point()) + addend(b.int_repr(), b.q_scale(), b.q_zero_point())
     if relu:
         v = torch.relu(v)
     return torch.clamp(
@@ -69,6 +71,34 @@ def test_fused_add_equals_the_float_definition(
     assert torch.equal(got.int_repr(), want)
     assert got.int_repr().stride() == a.int_repr().stride()  # the layout is kept
     assert got.q_scale() == q.scale and got.q_zero_point() == q.zero_point
+
+
+@pytest.mark.parametrize("relu", [False, True])
+@pytest.mark.parametrize(
+    ("a_qp", "b_qp", "out_qp"),
+    [
+        ((0.05, 3), (0.07, 200), (0.11, 128)),
+        ((0.0625, 17), (0.125, 9), (0.25, 31)),  # power-of-two scales, odd zero points: ties
+        ((0.0302, 0), (0.0686, 0), (0.0440, 0)),  # a residual block's add_relu
+    ],
+)
+def test_fused_add_equals_torch_quantized_add(relu, a_qp, b_qp, out_qp) -> None:
+    """torch's own ``quantized::add`` / ``add_relu`` on tensors whose size is a multiple of its
+    vector width (its scalar tail rounds the legacy way): bit for bit."""
+    q = _qf(*out_qp)
+    a = _operand((2, 64, 6, 8), *a_qp, True, 3)
+    b = _operand((2, 64, 6, 8), *b_qp, True, 4)
+    got = q.add_relu(a, b) if relu else q.add(a, b)
+    ta = torch.quantize_per_tensor(a.dequantize(), a_qp[0], a_qp[1], torch.quint8)
+    tb = torch.quantize_per_tensor(b.dequantize(), b_qp[0], b_qp[1], torch.quint8)
+    assert torch.equal(ta.int_repr(), a.int_repr()) and torch.equal(tb.int_repr(), b.int_repr())
+    op = torch.ops.quantized.add_relu if relu else torch.ops.quantized.add
+    want = op(ta, tb, out_qp[0], out_qp[1])
+    assert torch.equal(got.int_repr(), want.int_repr())
+    # the float path (other layouts) and TorchScript give the same bits
+    c = fq.QTensor(b.int_repr().contiguous(), *b_qp, fq.quint8)
+    other = q.add_relu(a, c) if relu else q.add(a, c)
+    assert torch.equal(other.int_repr(), want.int_repr())
 
 
 def test_mixed_layouts_and_broadcasting_take_the_float_path() -> None:

@@ -13,6 +13,8 @@ import ferroquant as fq
 import pytest
 import torch
 import torch.ao.quantization as tq
+from _exactness import torch_engine_full_range_exact
+from _torchvision import REFERENCE_ENGINE, convert_torchvision, off_quantize_ties, torchvision_model
 from torch import nn
 
 # ---------------------------------------------------------------------------------------------
@@ -166,51 +168,45 @@ def test_torch_ao_fused_modules_convert_as_ours():
     assert float(q(torch.randn(2, 3, 10, 10)).min()) >= 0
 
 
-TORCHVISION = ["resnet18", "mobilenet_v2", "mobilenet_v3_large", "shufflenet_v2_x1_0", "googlenet", "inception_v3"]
-# share of output elements within 1 LSB of torch.ao's conversion (same qconfig, same calibration):
-# measured 100 % except the residual-add ResNets (torch's quantized add rounds once more; the
-# differences accumulate over the blocks) and mobilenet_v3 (99.75 %)
-WITHIN_ONE_LSB = {"resnet18": 0.94, "mobilenet_v3_large": 0.99}
+TORCHVISION = [
+    "resnet18",
+    "resnet50",
+    "mobilenet_v2",
+    "mobilenet_v3_large",
+    "shufflenet_v2_x1_0",
+    "googlenet",
+    "inception_v3",
+]
 
 
 @pytest.mark.parametrize("name", TORCHVISION)
 def test_torchvision_quantizable_models_convert_unchanged(name):
-    tvq = pytest.importorskip("torchvision.models.quantization")
-    torch.manual_seed(0)
-    aux = {"aux_logits": True, "init_weights": False} if name in ("googlenet", "inception_v3") else {}
-    base = getattr(tvq, name)(weights=None, quantize=False, **aux).eval()
-    with torch.no_grad():  # BatchNorm statistics that are not the identity
-        for m in base.modules():
-            if isinstance(m, nn.BatchNorm2d):
-                m.running_mean.uniform_(-0.2, 0.2)
-                m.running_var.uniform_(0.5, 2.0)
-                m.weight.uniform_(0.5, 1.5)
-                m.bias.uniform_(-0.2, 0.2)
+    pytest.importorskip("torchvision.models.quantization")
+
+    base = torchvision_model(name)
     size = 160 if name == "inception_v3" else 64
     calib = [torch.randn(2, 3, size, size) for _ in range(3)]
     x = torch.randn(2, 3, size, size)
+    ours_q = convert_torchvision(fq, base, calib)
+    x = off_quantize_ties(x, float(ours_q.quant.scale))
     with torch.no_grad():
         ref = base(x)
-    outs, scales = {}, {}
-    for lib in (fq, tq):
-        m = copy.deepcopy(base)
-        m.fuse_model()  # torchvision's own code: torch.ao's fused modules
-        m.qconfig = lib.get_default_qconfig("x86")
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # torch.ao's deprecation; ours: the aux heads stay float
-            prepared = lib.prepare(m)
-            with torch.no_grad():
-                for c in calib:
-                    prepared(c)
-            q = lib.convert(prepared)
-            with torch.no_grad():
-                outs[lib.__name__] = q(x)
-        last = q.fc if hasattr(q, "fc") else q.classifier[-1]
-        scales[lib.__name__] = float(last.scale)
-    ours, theirs = outs["ferroquant"], outs["torch.ao.quantization"]
-    lsb = (ours - theirs).abs() / scales["torch.ao.quantization"]
+        ours = ours_q(x)
+    previous = torch.backends.quantized.engine
+    torch.backends.quantized.engine = REFERENCE_ENGINE
+    try:
+        theirs_q = convert_torchvision(tq, base, calib)
+        with torch.no_grad():
+            theirs = theirs_q(x)
+        exact = torch_engine_full_range_exact()
+    finally:
+        torch.backends.quantized.engine = previous
+    last = theirs_q.fc if hasattr(theirs_q, "fc") else theirs_q.classifier[-1]
+    lsb = (ours - theirs).abs() / float(last.scale)
     share = float((lsb <= 1.0 + 1e-3).float().mean())
-    assert share >= WITHIN_ONE_LSB.get(name, 0.999), f"{name}: {share:.4f} of the outputs within 1 LSB of torch.ao's"
+    # where FBGEMM saturates (AVX2-only CPUs, activations above the calibrated 127) torch is not
+    # the reference; the cosine below still is
+    assert share >= (0.999 if exact else 0.9), f"{name}: {share:.4f} of the outputs within 1 LSB of torch.ao's"
 
     def cos(a):
         return float(nn.functional.cosine_similarity(a.flatten(), ref.flatten(), dim=0))

@@ -92,9 +92,11 @@ impl<T: QInt> Vectorized for AddLoop<'_, T> {
             (o.qmin - o.zero_point) as f32,
             (o.qmax - o.zero_point) as f32,
         );
-        let (sa, za, sb, zb) = (a.scale, a.zero_point, b.scale, b.zero_point);
+        let (sa, sb) = (a.scale, b.scale);
+        // torch's dequantization in its vector loops: `fma(q, s, fl(s * -zp))` (NUMERICS §3)
+        let (na, nb) = (sa * -(a.zero_point as f32), sb * -(b.zero_point as f32));
         let one = |qa: u8, qb: u8| {
-            let v = ((qa as i32 - za) as f32) * sa + ((qb as i32 - zb) as f32) * sb;
+            let v = (qa as f32).mul_add(sa, na) + (qb as f32).mul_add(sb, nb);
             // max(v, 0) that keeps a NaN (as torch.relu), which D3 then maps to the top
             let v = if relu && v < 0.0 { 0.0 } else { v };
             T::from_i32(quantize_one_8bit(v, inv, lo, hi, o.zero_point))
@@ -203,8 +205,9 @@ mod tests {
                         .iter()
                         .zip(&b)
                         .map(|(&x, &y)| {
-                            let fx = ((x as i32 - za) as f32) * sa;
-                            let fy = ((y as i32 - zb) as f32) * sb;
+                            // torch's vector dequantization: fma(q, s, fl(s * -zp))
+                            let fx = (x as f32).mul_add(sa, sa * -(za as f32));
+                            let fy = (y as f32).mul_add(sb, sb * -(zb as f32));
                             let mut v = fx + fy;
                             if relu {
                                 v = v.max(0.0);

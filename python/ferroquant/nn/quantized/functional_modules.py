@@ -80,6 +80,22 @@ def _identity(v: torch.Tensor) -> torch.Tensor:
     return v
 
 
+def addend(data: torch.Tensor, scale: float, zero_point: int) -> torch.Tensor:
+    """A quantized ``add`` operand's float32 values as torch's vectorised add dequantizes them:
+    ``fma(q, s, fl(s·−zp))`` with one rounding (NUMERICS §3.4). In float64 the product and the sum
+    are exact (q has 8 bits, s 24), so rounding once to float32 is the FMA's result — the same
+    bits as the Rust kernel on every engine. TorchScript-compatible."""
+    s32 = torch.tensor(scale, dtype=torch.float32)
+    shift = (s32 * float(-zero_point)).to(torch.float64)
+    return (data.to(torch.float64) * s32.to(torch.float64) + shift).to(torch.float32)
+
+
+def _addend_of(q: QTensor) -> torch.Tensor:
+    if q.qscheme() != per_tensor_affine:
+        return q.dequantize()
+    return addend(q.int_repr(), q.q_scale(), q.q_zero_point())
+
+
 def _requant(values: torch.Tensor, scale: float, zp: int, qmin: int, qmax: int, dtype: Any) -> QTensor:
     out = quantize_per_tensor(values, scale, zp, dtype)
     return QTensor(torch.clamp(out.int_repr(), qmin, qmax), scale, zp, dtype)
@@ -212,22 +228,27 @@ class QFunctional(OutputQParams, nn.Module):
         script_unpack(x, "QFunctional")  # per-tensor check
         return script_dequantize(x)
 
+    def _script_addend(self, x: QTuple) -> torch.Tensor:
+        data, s, z = script_unpack(x, "QFunctional.add")
+        return addend(data, s, z)
+
     # -- the ops ----------------------------------------------------------------------------------
     def add(self, x: QArg, y: QArg) -> QArg:
         if torch.jit.is_scripting():
-            return self._script_out(self._script_float(x) + self._script_float(y))
+            return self._script_out(self._script_addend(x) + self._script_addend(y))
         return self._add_eager(x, y)
 
     @torch.jit.unused
     def _add_eager(self, x: QArg, y: QArg) -> QArg:
         a, b = require_qtensor(self, x), require_qtensor(self, y)
         fused = self._add_fused(a, b, relu=False)
-        return fused if fused is not None else self._out(a.dequantize() + b.dequantize())
+        return fused if fused is not None else self._out(_addend_of(a) + _addend_of(b))
 
     @torch.jit.unused
     def _add_fused(self, a: QTensor, b: QTensor, relu: bool) -> Optional[QTensor]:
-        """``add`` / ``add_relu`` in one Rust pass over the u8 data (the same bits as dequantize →
-        float add → quantize), when both operands are per-tensor quint8 of one shape and one dense
+        """``add`` / ``add_relu`` in one Rust pass over the u8 data (the same bits as the float
+        path: each operand dequantized as torch's vector loops do, ``fma(q, s, fl(s·−zp))``, a
+        float32 add, quantize), when both operands are per-tensor quint8 of one shape and one dense
         memory layout (e.g. both channels-last, as a residual block's are); the result keeps that
         layout. None otherwise (the float path handles broadcasting and the rest)."""
         if a.qscheme() != per_tensor_affine or b.qscheme() != per_tensor_affine:
@@ -261,14 +282,14 @@ class QFunctional(OutputQParams, nn.Module):
 
     def add_relu(self, x: QArg, y: QArg) -> QArg:
         if torch.jit.is_scripting():
-            return self._script_out(torch.relu(self._script_float(x) + self._script_float(y)))
+            return self._script_out(torch.relu(self._script_addend(x) + self._script_addend(y)))
         return self._add_relu_eager(x, y)
 
     @torch.jit.unused
     def _add_relu_eager(self, x: QArg, y: QArg) -> QArg:
         a, b = require_qtensor(self, x), require_qtensor(self, y)
         fused = self._add_fused(a, b, relu=True)
-        return fused if fused is not None else self._out(torch.relu(a.dequantize() + b.dequantize()))
+        return fused if fused is not None else self._out(torch.relu(_addend_of(a) + _addend_of(b)))
 
     def mul(self, x: QArg, y: QArg) -> QArg:
         if torch.jit.is_scripting():
