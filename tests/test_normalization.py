@@ -1,8 +1,11 @@
-"""Quantized LayerNorm and Softmax (module and QTensor op) against torch.ao's quantized ops."""
+"""Quantized LayerNorm, GroupNorm, InstanceNorm1d/2d/3d and Softmax (module and QTensor op) against
+torch.ao's quantized ops."""
 
 from __future__ import annotations
 
+import copy
 import io
+import pickle
 import warnings
 
 import ferroquant as fq
@@ -92,3 +95,86 @@ def test_softmax_in_a_static_model_and_bad_inputs():
         assert (q(x) - model(x)).abs().max() < 0.03
     with pytest.raises(TypeError, match="quint8"):
         torch.softmax(fq.quantize_per_tensor(x, 0.05, 0, fq.qint8), 1)
+
+
+# ---------------------------------------------------------------------------------------------
+# GroupNorm and InstanceNorm1d/2d/3d
+
+
+class NormNet(nn.Module):
+    def __init__(self, stubs, norm: nn.Module) -> None:
+        super().__init__()
+        self.quant = stubs[0]()
+        self.norm = norm
+        self.dequant = stubs[1]()
+        if getattr(norm, "weight", None) is not None:
+            with torch.no_grad():
+                norm.weight.normal_()
+                norm.bias.normal_()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.dequant(self.norm(self.quant(x)))
+
+
+NORMS = [
+    ("GroupNorm", lambda: nn.GroupNorm(3, 6), (4, 6, 5, 7)),
+    ("GroupNorm", lambda: nn.GroupNorm(2, 4, affine=False), (3, 4, 9)),
+    ("GroupNorm", lambda: nn.GroupNorm(1, 4), (2, 4, 3, 4, 5)),
+    ("InstanceNorm1d", lambda: nn.InstanceNorm1d(5, affine=True), (3, 5, 11)),
+    ("InstanceNorm2d", lambda: nn.InstanceNorm2d(4), (2, 4, 6, 5)),
+    ("InstanceNorm2d", lambda: nn.InstanceNorm2d(4, affine=True), (2, 4, 6, 5)),
+    ("InstanceNorm3d", lambda: nn.InstanceNorm3d(3, affine=True), (2, 3, 4, 5, 3)),
+]
+
+
+@pytest.mark.parametrize("name,make,size", NORMS, ids=[f"{n}-{s}" for n, _, s in NORMS])
+def test_group_and_instance_norm_convert_and_match_torch(name, make, size):
+    calib = [torch.randn(size) * 2 + 0.5 for _ in range(3)]
+    ours, q_ours, q_theirs = convert_both(lambda stubs: NormNet(stubs, make()), calib)
+    assert type(q_ours.norm) is getattr(fq.nn.quantized, name)
+    assert q_ours.norm._get_name() == f"Quantized{name}"
+    x = torch.randn(size) * 2 + 0.5
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        got, want = q_ours(x), q_theirs(x)
+    step = q_ours.norm.scale
+    assert q_ours.norm.scale == pytest.approx(q_theirs.norm.scale)
+    assert q_ours.norm.zero_point == q_theirs.norm.zero_point
+    assert (got - want).abs().max() <= step + 1e-6 and float(((got - want).abs() > 1e-6).float().mean()) <= 0.01
+    assert (got - ours(x)).abs().max() <= 6 * step
+    # state_dict round trip into a fresh module, pickling, bad inputs
+    q = q_ours.quant(x)
+    fresh = copy.deepcopy(q_ours.norm)
+    for buf in (fresh.weight, fresh.bias):
+        if buf is not None:
+            buf.zero_()
+    fresh.scale, fresh.zero_point = 1.0, 0
+    blob = io.BytesIO()
+    torch.save(q_ours.norm.state_dict(), blob)
+    fresh.load_state_dict(torch.load(io.BytesIO(blob.getvalue())))
+    assert torch.equal(fresh(q).int_repr(), q_ours.norm(q).int_repr())
+    assert torch.equal(pickle.loads(pickle.dumps(q_ours.norm))(q).int_repr(), q_ours.norm(q).int_repr())
+    with pytest.raises(TypeError, match="QuantStub"):
+        q_ours.norm(x)
+    wrong = fq.quantize_per_tensor(torch.randn(size[0], size[1] + 1, *size[2:]), 0.1, 128, fq.quint8)
+    with pytest.raises(ValueError, match="channels"):
+        q_ours.norm(wrong)
+
+
+def test_instance_norm_takes_unbatched_inputs_and_empty_batches():
+    m = fq.nn.quantized.InstanceNorm2d(3, None, None, 0.05, 128)
+    x = fq.quantize_per_tensor(torch.randn(2, 3, 4, 5), 0.1, 120, fq.quint8)
+    batched = m(x)
+    single = m(x[1])
+    assert single.shape == (3, 4, 5) and torch.equal(single.int_repr(), batched.int_repr()[1])
+    assert m(fq.quantize_per_tensor(torch.randn(0, 3, 4, 5), 0.1, 120, fq.quint8)).shape == (0, 3, 4, 5)
+    with pytest.raises(ValueError, match="3 or 4 dims"):
+        m(fq.quantize_per_tensor(torch.randn(3, 4), 0.1, 120, fq.quint8))
+    with pytest.raises(ValueError, match="divisible"):
+        fq.nn.quantized.GroupNorm(4, 6, None, None, 0.1, 0)
+    with pytest.raises(ValueError, match="one per channel"):
+        fq.nn.quantized.GroupNorm(2, 6, torch.ones(5), None, 0.1, 0)
+    with pytest.raises(ValueError, match="NaN or Inf"):
+        fq.nn.quantized.GroupNorm(2, 6, torch.full((6,), float("nan")), None, 0.1, 0)(
+            fq.quantize_per_tensor(torch.randn(1, 6, 4), 0.1, 120, fq.quint8)
+        )

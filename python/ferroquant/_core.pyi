@@ -229,6 +229,19 @@ def layer_norm_u8(
     out_scale: float,
     out_zp: int,
 ) -> npt.NDArray[np.uint8]: ...
+def group_norm_u8(
+    x: npt.NDArray[np.uint8],
+    groups: int,
+    channels: int,
+    inner: int,
+    weight: Optional[npt.NDArray[np.float32]],
+    bias: Optional[npt.NDArray[np.float32]],
+    eps: float,
+    in_scale: float,
+    in_zp: int,
+    out_scale: float,
+    out_zp: int,
+) -> npt.NDArray[np.uint8]: ...
 def lut_u8_per_channel(
     x: npt.NDArray[np.uint8], tables: npt.NDArray[np.uint8], channels: int, inner: int
 ) -> npt.NDArray[np.uint8]: ...

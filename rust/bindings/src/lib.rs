@@ -1283,6 +1283,49 @@ fn layer_norm_u8<'py>(
     PyArray1::from_vec(py, out).reshape(shape)
 }
 
+/// Group (or instance: groups == channels) norm of quint8 values laid out [batch, channels,
+/// inner], with optional per-channel float32 weight / bias, quantized to (out_scale, out_zp).
+#[pyfunction]
+#[pyo3(signature = (x, groups, channels, inner, weight, bias, eps, in_scale, in_zp, out_scale, out_zp))]
+#[allow(clippy::too_many_arguments)]
+fn group_norm_u8<'py>(
+    py: Python<'py>,
+    x: &Bound<'py, PyAny>,
+    groups: usize,
+    channels: usize,
+    inner: usize,
+    weight: Option<&Bound<'py, PyAny>>,
+    bias: Option<&Bound<'py, PyAny>>,
+    eps: f32,
+    in_scale: f32,
+    in_zp: i32,
+    out_scale: f32,
+    out_zp: i32,
+) -> PyResult<Bound<'py, PyArrayDyn<u8>>> {
+    let (xs, shape) = take::<u8>(x, "input")?;
+    let w = weight.map(|w| take1::<f32>(w, "weight")).transpose()?;
+    let b = bias.map(|b| take1::<f32>(b, "bias")).transpose()?;
+    let mut out = output::<u8>(&shape, "the group norm output")?;
+    py.detach(|| {
+        k::rowwise::group_norm_u8(
+            &xs,
+            groups,
+            channels,
+            inner,
+            w.as_deref(),
+            b.as_deref(),
+            eps,
+            in_scale,
+            in_zp,
+            out_scale,
+            out_zp,
+            &mut out,
+        )
+    })
+    .map_err(to_py)?;
+    PyArray1::from_vec(py, out).reshape(shape)
+}
+
 /// An 8-bit or 4-bit row-wise quantized embedding table (float scale and zero point per row).
 #[pyclass(module = "ferroquant._core", frozen)]
 struct EmbeddingTable {
@@ -1530,6 +1573,7 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<EmbeddingTable>()?;
     m.add_function(wrap_pyfunction!(softmax_u8, m)?)?;
     m.add_function(wrap_pyfunction!(layer_norm_u8, m)?)?;
+    m.add_function(wrap_pyfunction!(group_norm_u8, m)?)?;
     m.add_class::<PackedConv>()?;
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     Ok(())

@@ -9,7 +9,7 @@ from .embedding import Embedding, EmbeddingBag
 from .functional_modules import FloatFunctional, QFunctional
 from .linear import Linear
 from .misc import DeQuantize, Dropout, Quantize
-from .normalization import LayerNorm, Softmax
+from .normalization import GroupNorm, InstanceNorm1d, InstanceNorm2d, InstanceNorm3d, LayerNorm, Softmax
 from .rnn import LSTM
 from .weight_only import WeightOnlyLinear
 
@@ -35,6 +35,10 @@ __all__ = [
     "EmbeddingBag",
     "Softmax",
     "LayerNorm",
+    "GroupNorm",
+    "InstanceNorm1d",
+    "InstanceNorm2d",
+    "InstanceNorm3d",
     "BatchNorm2d",
     "BatchNorm3d",
 ]
