@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import copy
 import importlib
+import pickle
 import warnings
 
 import ferroquant as fq
@@ -240,6 +241,55 @@ def test_elu_and_leaky_relu_match_torch_and_script(act):
     assert float(((ours - theirs).abs() / float(tqm[2].scale)).max()) <= 1.0 + 1e-3
     scripted = torch.jit.script(q)
     assert torch.equal(scripted(x), q(x))
+
+
+@pytest.mark.parametrize("qconfig", ["default", "x86"])
+@pytest.mark.parametrize("num_parameters,slope", [(1, None), (4, None), (1, -0.3)])
+def test_prelu_is_its_float_definition_on_the_quantized_slopes(qconfig, num_parameters, slope):
+    """nn.PReLU converts (as torch) with its slopes on the weight observer's grid; the output is
+    dequantize → prelu → quantize of exactly those slopes (a 256-entry table per slope). torch.ao's
+    own quantized PReLU cannot be the reference: with the x86 qconfig its from_float fails (a
+    per-channel observer on the 1-D weight), and where it converts, torch 2.13's prelu kernel was
+    tens of LSB off its own float definition here (docs/migration.md)."""
+    torch.manual_seed(0)
+    act = nn.PReLU(num_parameters)
+    if slope is not None:
+        with torch.no_grad():
+            act.weight.fill_(slope)
+    model = nn.Sequential(fq.QuantStub(), nn.Conv2d(3, 4, 3), act, fq.DeQuantStub()).eval()
+    model.qconfig = fq.default_qconfig if qconfig == "default" else fq.get_default_qconfig("x86")
+    prepared = fq.prepare(model)
+    with torch.no_grad():
+        for _ in range(3):
+            prepared(torch.randn(4, 3, 8, 8))
+    q = fq.convert(prepared)
+    m = q[2]
+    assert isinstance(m, fq.nn.quantized.PReLU) and m._get_name() == "QuantizedPReLU"
+    w = act.weight.detach()
+    step = float(w.abs().max()) / 127.5  # the symmetric observers' grid
+    ints = m.weight / step
+    assert torch.allclose(ints, ints.round(), atol=1e-3) and torch.allclose(m.weight, w, atol=step)  # sign kept
+    x = torch.randn(4, 3, 8, 8)
+    with torch.no_grad():
+        qin = q[1](q[0](x))
+        got = m(qin)
+        d = qin.dequantize()
+        want = fq.quantize_per_tensor(
+            torch.where(d > 0, d, d * m.weight.reshape(-1, 1, 1)), m.scale, m.zero_point, fq.quint8
+        )
+        assert torch.equal(got.int_repr(), torch.clamp(want.int_repr(), m.quant_min, m.quant_max))
+        assert float(nn.functional.cosine_similarity(q(x).flatten(), model(x).flatten(), dim=0)) > 0.99
+        # TorchScript, state_dict into a fresh module, pickling
+        assert torch.equal(torch.jit.script(q)(x), q(x))
+        fresh = fq.nn.quantized.PReLU(1.0, 0, num_parameters)
+        fresh.load_state_dict(m.state_dict())
+        assert torch.equal(fresh(qin).int_repr(), got.int_repr())
+        assert torch.equal(pickle.loads(pickle.dumps(m))(qin).int_repr(), got.int_repr())
+    if num_parameters > 1:
+        with pytest.raises(ValueError, match="channels in dim 1"):
+            m(fq.quantize_per_tensor(torch.randn(2, 3, 4, 4), 0.1, 100, fq.quint8))
+    with pytest.raises(TypeError, match="QuantStub"):
+        m(x)
 
 
 # ---------------------------------------------------------------------------------------------

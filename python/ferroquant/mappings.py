@@ -66,6 +66,7 @@ DEFAULT_STATIC_QUANT_MODULE_MAPPINGS: dict[type, type] = {
     nn.Hardswish: nnq.Hardswish,
     nn.ELU: nnq.ELU,
     nn.LeakyReLU: nnq.LeakyReLU,
+    nn.PReLU: nnq.PReLU,
     nn.Dropout: nnq.Dropout,
     nn.LayerNorm: nnq.LayerNorm,
     nn.GroupNorm: nnq.GroupNorm,

@@ -1,7 +1,7 @@
 """Quantized modules (``torch.ao.nn.quantized``). Dynamic modules live in ``.dynamic``."""
 
 from . import dynamic  # noqa: F401
-from .activation import ELU, Hardswish, LeakyReLU, ReLU6
+from .activation import ELU, Hardswish, LeakyReLU, PReLU, ReLU6
 from .attention import MultiheadAttention
 from .batchnorm import BatchNorm2d, BatchNorm3d
 from .conv import Conv1d, Conv2d, Conv3d
@@ -23,6 +23,7 @@ __all__ = [
     "Hardswish",
     "ELU",
     "LeakyReLU",
+    "PReLU",
     "FloatFunctional",
     "QFunctional",
     "Quantize",
