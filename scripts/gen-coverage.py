@@ -252,9 +252,8 @@ Which float modules ferroquant quantizes, in which mode and with which weight gr
 `tests/test_docs.py` regenerates the table and fails when this page is out of date, so it cannot
 drift from the code. "{NOT_QUANTIZED}": not quantized in that mode yet (the module stays float in a
 converted model, or, for modules that see quantized tensors, needs a `DeQuantStub` before it).
-Work in progress on the gaps: the open issues for the rest of the static zoo (group / instance
-norms, transposed convs, PReLU) and FX graph mode. Not in the table: fp16 and int8 weight-only dynamic Linear /
-recurrent modules ([dynamic.md](dynamic.md)) and the static LSTM / attention through the
+Work in progress on the gaps: the open issue for FX graph mode. Not in the table: fp16 and int8
+weight-only dynamic Linear / recurrent modules ([dynamic.md](dynamic.md)) and the static LSTM / attention through the
 custom-module configs ([static.md](static.md#custom-modules-a-statically-quantized-lstm)).
 
 {table()}

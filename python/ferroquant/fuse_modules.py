@@ -17,6 +17,7 @@ __all__ = ["fuse_modules", "fuse_modules_qat", "fuse_known_modules", "get_fuser_
 
 _CONV = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
 _BN = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
+_CONV_TRANSPOSE = (nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)
 _CONV_RELU = {nn.Conv1d: nni.ConvReLU1d, nn.Conv2d: nni.ConvReLU2d, nn.Conv3d: nni.ConvReLU3d}
 _BN_RELU = {nn.BatchNorm2d: nni.BNReLU2d, nn.BatchNorm3d: nni.BNReLU3d}
 
@@ -50,6 +51,19 @@ def _relu_like(act: nn.Module) -> nn.Module:
 
 def _conv_bn_relu(conv: nn.Module, bn: nn.Module, relu: nn.Module) -> nn.Module:
     return _CONV_RELU[type(conv)](_conv_bn(conv, bn), _relu_like(relu))
+
+
+def _conv_transpose_bn(conv: nn.Module, bn: nn.Module) -> nn.Module:
+    _need_eval(conv, bn)
+    _check_bn(conv, bn)
+    return fuse_conv_bn_eval(conv, bn, transpose=True)
+
+
+def _conv_transpose_bn_qat(conv: nn.Module, bn: nn.Module) -> nn.Module:
+    raise NotImplementedError(
+        "fusing ConvTranspose + BatchNorm for quantization-aware training is not supported (nor in torch.ao); "
+        "fuse in eval mode with fuse_modules for post-training quantization, or keep them apart"
+    )
 
 
 def _conv_relu(conv: nn.Module, relu: nn.Module) -> nn.Module:
@@ -112,6 +126,8 @@ for _c in _CONV:
             _FUSERS[(_c, _b, _r)] = _conv_bn_relu
     for _r in _RELU_LIKE:
         _FUSERS[(_c, _r)] = _conv_relu
+for _t, _b in zip(_CONV_TRANSPOSE, _BN):
+    _FUSERS[(_t, _b)] = _conv_transpose_bn
 for _r in _RELU_LIKE:
     _FUSERS[(nn.Linear, _r)] = _linear_relu
 for _b in _BN:
@@ -128,6 +144,8 @@ for _c in _CONV:
             _QAT_FUSERS[(_c, _b, _r)] = _conv_bn_relu_qat
 for _b in _BN:
     _QAT_FUSERS[(nn.Linear, _b)] = _linear_bn_qat
+for _t, _b in zip(_CONV_TRANSPOSE, _BN):
+    _QAT_FUSERS[(_t, _b)] = _conv_transpose_bn_qat
 
 
 def get_fuser_method(

@@ -5,6 +5,7 @@ from .activation import ELU, Hardswish, LeakyReLU, PReLU, ReLU6
 from .attention import MultiheadAttention
 from .batchnorm import BatchNorm2d, BatchNorm3d
 from .conv import Conv1d, Conv2d, Conv3d
+from .conv_transpose import ConvTranspose1d, ConvTranspose2d, ConvTranspose3d
 from .embedding import Embedding, EmbeddingBag
 from .functional_modules import FloatFunctional, QFunctional
 from .linear import Linear
@@ -19,6 +20,9 @@ __all__ = [
     "Conv1d",
     "Conv2d",
     "Conv3d",
+    "ConvTranspose1d",
+    "ConvTranspose2d",
+    "ConvTranspose3d",
     "ReLU6",
     "Hardswish",
     "ELU",

@@ -318,6 +318,9 @@ class WeightedQuantModule(AtomicLoad, nn.Module):
     in place are picked up by the next forward, as before."""
 
     _version = 1
+    # the weight's output-channel axis (per-channel qparams run along it): 0, or 1 for transposed
+    # convolutions ([in, out / groups, *kernel])
+    _W_AXIS = 0
     # Not part of the scripted module: packed weights live outside TorchScript (the scripted
     # forward calls torch.ops.ferroquant.*, which repacks from the int8 tensor on demand).
     __jit_ignored_attributes__ = ["_packed", "_bias_np", "_weight_shape", "_packed_src", "_requant_ok"]
@@ -335,7 +338,11 @@ class WeightedQuantModule(AtomicLoad, nn.Module):
             self._w_scale = torch.ones(1, dtype=torch.float32)
             self._w_zp = torch.zeros(1, dtype=torch.int64)
             self._w_axis = -1
-            self._bias: Optional[torch.Tensor] = torch.zeros(weight_shape[0]) if has_bias else None
+            self._bias: Optional[torch.Tensor] = torch.zeros(self._bias_size()) if has_bias else None
+
+    def _bias_size(self) -> int:
+        """The number of output channels (the bias's length)."""
+        return self._weight_shape[self._W_AXIS]
 
     # -- the int8 weight tensor, released after packing ------------------------------------------
     def _int8_weight(self) -> torch.Tensor:
@@ -347,11 +354,19 @@ class WeightedQuantModule(AtomicLoad, nn.Module):
                 w = self._w
                 if w is None:
                     with torch.inference_mode(False):  # a normal tensor: it needs a version counter
-                        w = torch.from_numpy(self._packed.unpack()).reshape(self._weight_shape)
+                        w = self._weight_from_packed(torch.from_numpy(self._packed.unpack()))
                     # the packed form holds exactly these values: track this tensor's edits from now on
                     self._packed_src = (w, w._version, *self._packed_src[2:])
                     self._w = w
         return w
+
+    def _output_weight_scales(self) -> torch.Tensor:
+        """The weight scale of each output channel (one for per-tensor weights)."""
+        return self._w_scale
+
+    def _weight_from_packed(self, unpacked: torch.Tensor) -> torch.Tensor:
+        """The module's int8 weight from its packed form's values (the same layout by default)."""
+        return unpacked.reshape(self._weight_shape)
 
     def _release_int8_weight(self) -> None:
         """Drops the int8 tensor once packed (nobody else holds it yet: it came from a copy)."""
@@ -389,19 +404,19 @@ class WeightedQuantModule(AtomicLoad, nn.Module):
             raise ValueError(
                 f"{who}.set_weight_bias: w has shape {list(w.shape)}, this module needs {list(self._weight_shape)}"
             )
-        if w.is_per_channel and w.q_per_channel_axis() != 0:
+        if w.is_per_channel and w.q_per_channel_axis() != self._W_AXIS:
             raise ValueError(
-                f"{who}.set_weight_bias: per-channel weights must be quantized along axis 0 (one scale per output "
-                f"channel), got axis {w.q_per_channel_axis()}"
+                f"{who}.set_weight_bias: per-channel weights must be quantized along axis {self._W_AXIS} (one scale "
+                f"per output channel), got axis {w.q_per_channel_axis()}"
             )
         if b is not None:
             if not isinstance(b, torch.Tensor) or not b.is_floating_point():
                 raise TypeError(
                     f"{who}.set_weight_bias: b must be a float tensor or None, got {getattr(b, 'dtype', type(b))}"
                 )
-            if tuple(b.shape) != (self._weight_shape[0],):
+            if tuple(b.shape) != (self._bias_size(),):
                 raise ValueError(
-                    f"{who}.set_weight_bias: b has shape {list(b.shape)}, this module needs [{self._weight_shape[0]}]"
+                    f"{who}.set_weight_bias: b has shape {list(b.shape)}, this module needs [{self._bias_size()}]"
                 )
             problem = _bias_problem(b)
             if problem:
@@ -410,7 +425,7 @@ class WeightedQuantModule(AtomicLoad, nn.Module):
         if w.is_per_channel:
             scale = w.q_per_channel_scales().to(torch.float32)
             zp = w.q_per_channel_zero_points().to(torch.int64)
-            axis = 0
+            axis = self._W_AXIS
         else:
             scale = torch.tensor([w.q_scale()], dtype=torch.float32)
             zp = torch.tensor([w.q_zero_point()], dtype=torch.int64)
@@ -448,7 +463,7 @@ class WeightedQuantModule(AtomicLoad, nn.Module):
     def _rebuild(self, release: bool = False) -> None:
         """Repacks from the canonical int8 weight and qparams, after checking them; with
         ``release``, drops the int8 tensor afterwards (only where no caller can hold it)."""
-        channels = 1 if self._w_axis < 0 else self._weight_shape[0]
+        channels = 1 if self._w_axis < 0 else self._weight_shape[self._W_AXIS]
         name = getattr(self, "_fq_name", None)
         where = f"{type(self).__name__} '{name}'" if name else type(self).__name__
         try:
@@ -498,7 +513,7 @@ class WeightedQuantModule(AtomicLoad, nn.Module):
         out_dtype = getattr(self, "_out_dtype", None)
         if out_dtype is not None:
             check_zero_point(zp, out_dtype, f"{where} output zero point (.zero_point)")
-        check_requant_scales(where, x_scale, self._w_scale, self._bias_np, out_scale)
+        check_requant_scales(where, x_scale, self._output_weight_scales(), self._bias_np, out_scale)
         self._requant_ok = key
 
     # Packed weights are machine-specific native objects: pickling (torch.save of a whole model,
@@ -560,7 +575,8 @@ class WeightedQuantModule(AtomicLoad, nn.Module):
         ``None`` after adding what is wrong to ``errors``."""
         n0 = len(errors)
         shape = list(self._weight_shape)
-        out = self._weight_shape[0]
+        out = self._bias_size()
+        per_channel = self._weight_shape[self._W_AXIS]
         w = present["weight"]
         if not isinstance(w, torch.Tensor) or w.dtype != torch.int8 or list(w.shape) != shape:
             got = f"{w.dtype} {list(w.shape)}" if isinstance(w, torch.Tensor) else type(w).__name__
@@ -570,10 +586,10 @@ class WeightedQuantModule(AtomicLoad, nn.Module):
             axis = state_number(present["weight_axis"], prefix + "weight_axis", "int")
         except ValueError as e:
             errors.append(str(e))
-        if axis is not None and axis not in (-1, 0):
+        if axis is not None and axis not in (-1, self._W_AXIS):
             errors.append(
-                f"'{prefix}weight_axis': expected -1 (per-tensor weights) or 0 (one scale per output channel), "
-                f"got {axis}"
+                f"'{prefix}weight_axis': expected -1 (per-tensor weights) or {self._W_AXIS} (one scale per output "
+                f"channel), got {axis}"
             )
             axis = None
         scale_t, zp_t = present["weight_scale"], present["weight_zero_point"]
@@ -588,7 +604,7 @@ class WeightedQuantModule(AtomicLoad, nn.Module):
         scale: Optional[torch.Tensor] = None
         zp: Optional[torch.Tensor] = None
         if axis is not None and len(errors) == n0:
-            channels = 1 if axis < 0 else out
+            channels = 1 if axis < 0 else per_channel
             for key, t in (("weight_scale", scale_t), ("weight_zero_point", zp_t)):
                 if list(t.shape) != [channels]:
                     errors.append(
