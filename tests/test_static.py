@@ -464,3 +464,28 @@ def test_random_conv_and_linear_shapes_match_torch(seed):
     m, kk, n = pick(1, 40), pick(1, 70), pick(1, 40)
     calib = torch.randn(m, kk, generator=g)
     _parity(lambda: nn.Linear(kk, n), calib, calib * 0.9, per_channel=bool(seed % 2))
+
+
+def test_prepare_and_convert_keep_user_hooks_as_torch():
+    """One swap routine (prepare's custom modules, prepare_qat, quantize_dynamic, convert) moves
+    the user's forward pre-hooks and hooks to the new module, as torch.ao's swap_module; the
+    observers' own hooks do not follow."""
+    seen: list = []
+    model = nn.Sequential(fq.QuantStub(), nn.Conv2d(3, 4, 3), nn.ReLU(), nn.Flatten(), fq.DeQuantStub()).eval()
+    model[1].register_forward_pre_hook(lambda m, args: seen.append(("pre", type(m).__name__)))
+    model[1].register_forward_hook(lambda m, args, out: seen.append(("post", type(m).__name__, type(out).__name__)))
+    model.qconfig = fq.get_default_qconfig("x86")
+    prepared = fq.prepare(model)
+    prepared(torch.randn(2, 3, 8, 8))
+    assert seen == [("pre", "Conv2d"), ("post", "Conv2d", "Tensor")]
+    seen.clear()
+    q = fq.convert(prepared)
+    assert len(q[1]._forward_hooks) == 1 and len(q[1]._forward_pre_hooks) == 1  # no observer hook
+    q(torch.randn(2, 3, 8, 8))
+    assert seen == [("pre", "Conv2d"), ("post", "Conv2d", "QTensor")]
+    # dynamic
+    seen.clear()
+    mlp = nn.Sequential(nn.Linear(4, 4)).eval()
+    mlp[0].register_forward_hook(lambda m, args, out: seen.append(type(m).__name__))
+    fq.quantize_dynamic(mlp, {nn.Linear})(torch.randn(2, 4))
+    assert seen == ["Linear"]  # the dynamic Linear's name, as torch's

@@ -122,33 +122,24 @@ def _from_float(target: type, child: nn.Module, name: str) -> nn.Module:
         raise type(e)(f"cannot quantize {type(child).__name__} '{name}': {e}") from e
 
 
-def _carry_over(old: nn.Module, new: nn.Module) -> None:
-    """As torch.ao's swap_module: the user's forward pre-hooks and hooks move to the new module,
-    and a module that lived on another device (QAT on a GPU) stays there."""
-    for hook in old._forward_pre_hooks.values():
-        new.register_forward_pre_hook(hook)
-    for hook in old._forward_hooks.values():
-        if hook is not _observer_hook:
-            new.register_forward_hook(hook)
-    devices = {t.device for t in list(old.parameters()) + list(old.buffers())}
-    if len(devices) == 1:
-        device = devices.pop()
-        if device.type != "cpu" and any(True for _ in new.parameters()):
-            new.to(device)
-
-
-def _swap_modules(module: nn.Module, mapping: dict[type, type], prefix: str = "") -> None:
-    for name, child in list(module.named_children()):
-        full = f"{prefix}.{name}" if prefix else name
-        target = mapping.get(type(child)) or mapping.get(canonical_type(child))
-        if target is not None and getattr(child, "qconfig", None) is not None:
-            _check_weight_not_empty(child, full)
-            new = _from_float(target, child, full)
-            _carry_over(child, new)
-            new._fq_name = full
-            setattr(module, name, new)
-        else:
-            _swap_modules(child, mapping, full)
+def _replace(parent: nn.Module, name: str, old: nn.Module, new: nn.Module, full: str) -> None:
+    """The one module swap of prepare (custom modules), prepare_qat, quantize_dynamic and convert,
+    as torch.ao's ``swap_module``: the user's forward pre-hooks and hooks move to the new module
+    (ferroquant's observer hooks do not), a module that lived on another device (QAT on a GPU)
+    stays there, and the new module learns its path in the model (for error messages)."""
+    if new is not old:
+        for hook in old._forward_pre_hooks.values():
+            new.register_forward_pre_hook(hook)
+        for hook in old._forward_hooks.values():
+            if hook is not _observer_hook and hook is not _qat_pool_hook:
+                new.register_forward_hook(hook)
+        devices = {t.device for t in list(old.parameters()) + list(old.buffers())}
+        if len(devices) == 1:
+            device = devices.pop()
+            if device.type != "cpu" and any(True for _ in new.parameters()):
+                new.to(device)
+    new._fq_name = full
+    setattr(parent, name, new)
 
 
 _DEFAULT_DYNAMIC_TYPES = (nn.Linear, nn.LSTM, nn.GRU, nn.LSTMCell, nn.GRUCell, nn.RNNCell)
@@ -229,7 +220,7 @@ def quantize_dynamic(
         model = copy.deepcopy(model)
     model.eval()
     propagate_qconfig_(model, spec)
-    _swap_modules(model, mapping)
+    _swap(model, mapping)
     _remove_qconfig(model)
     return model
 
@@ -307,8 +298,7 @@ def _add_observers(module: nn.Module, mapping: dict[type, type], prefix: str, cu
             child._fq_observer_hook = child.register_forward_hook(_qat_pool_hook)
             continue
         if kind in custom and qconfig is not None:
-            observed = custom[kind].from_float(child)
-            setattr(module, name, observed)
+            _replace(module, name, child, custom[kind].from_float(child), full)
             continue
         if kind.__name__ == "FloatFunctional" and qconfig is not None:
             obs = qconfig.activation()
@@ -402,13 +392,17 @@ class Unreached(nn.Module):
 def _swap(
     module: nn.Module,
     mapping: dict[type, type],
-    prefix: str,
-    custom: dict[type, type],
+    prefix: str = "",
+    custom: Optional[dict[type, type]] = None,
     unreached: Optional[list[str]] = None,
 ) -> None:
+    """Swaps, depth first, every module with a qconfig whose type ``mapping`` (or ``custom``,
+    through ``from_observed``) names: prepare_qat, quantize_dynamic and convert all use it.
+    ``unreached`` (convert): collects the modules calibration never reached, kept float."""
+    custom = custom or {}
     for name, child in list(module.named_children()):
         full = f"{prefix}.{name}" if prefix else name
-        kind = type(child) if type(child) in custom else canonical_type(child)
+        kind = type(child) if type(child) in custom or type(child) in mapping else canonical_type(child)
         target = custom.get(kind) or mapping.get(kind)
         observer = getattr(child, "activation_post_process", None)
         if (
@@ -422,7 +416,7 @@ def _swap(
             # calibration never reached this module, though it reached others: keep it (float)
             # behind a guard that says so when called
             unreached.append(full)
-            setattr(module, name, Unreached(child, full))
+            _replace(module, name, child, Unreached(child, full), full)
             continue
         # only parts with a qconfig are quantized (qconfig = None keeps a submodule float)
         if target is not None and getattr(child, "qconfig", None) is not None:
@@ -436,8 +430,7 @@ def _swap(
                 # a container (Sequential): convert inside too, then it picks its TorchScript signature
                 _swap(new, mapping, full, custom, unreached)
                 new = new.settle()
-            new._fq_name = full
-            setattr(module, name, new)
+            _replace(module, name, child, new, full)
         else:
             _swap(child, mapping, full, custom, unreached)
 
@@ -524,7 +517,7 @@ def prepare_qat(model: nn.Module, mapping: Optional[dict[type, type]] = None, in
             UserWarning,
             stacklevel=2,
         )
-    _swap_modules(model, mapping if mapping is not None else get_default_qat_module_mappings())
+    _swap(model, mapping if mapping is not None else get_default_qat_module_mappings())
     prepare(model, inplace=True)
     return model
 
