@@ -25,6 +25,7 @@ import torch.ao.quantization as tq
 import torch.nn.functional as F
 from _exactness import float64_reference
 from ferroquant import _core
+from ferroquant.nn.quantized.functional_modules import addend
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -771,8 +772,12 @@ def test_qfunctional_ops(data):
     assert res.dtype == qf._out_dtype and res.shape == floats.shape
     s, z, lo, hi = qf.scale, qf.zero_point, qf.quant_min, qf.quant_max
     got = res.int_repr().to(torch.int64)
-    if op in ("add", "add_relu") or (op == "cat" and not all(t.same_qparams(res) for t in (a, b))):
-        # exact: float32 values (docs/numerics.md "Other quantized ops"), quantized to the output qparams
+    if op in ("add", "add_relu"):
+        # exact: each operand dequantized as torch's vector loops, fma(q, s, fl(s·−zp)), a float32 add
+        # (docs/numerics.md "Other quantized ops"), quantized to the output qparams
+        fa, fb = (addend(t.int_repr(), t.q_scale(), t.q_zero_point()) for t in (a, b))
+        assert torch.equal(got, ref_quantize(_float_op(op, fa, fb), s, z, lo, hi))
+    elif op == "cat" and not all(t.same_qparams(res) for t in (a, b)):
         assert torch.equal(got, ref_quantize(floats, s, z, lo, hi))
     elif op == "cat":
         assert torch.equal(got, torch.cat([a.int_repr(), b.int_repr()]).to(torch.int64))

@@ -205,3 +205,40 @@ def test_conv_transpose_state_dict_pickle_and_errors():
     )
     with pytest.raises(ValueError, match="axis 1"):
         fresh.set_weight_bias(w, None)
+
+
+@pytest.mark.parametrize("cin,cout", [(8, 8), (4, 8)])
+def test_conv_transpose_in_a_qat_model_converts_per_output_channel(cin, cout):
+    """A QAT model keeps nn.ConvTranspose float while training (as torch.ao); convert quantizes it
+    with the QAT qconfig's weight fake-quant, per output channel along axis 1."""
+    torch.manual_seed(0)
+    model = nn.Sequential(fq.QuantStub(), nn.ConvTranspose2d(cin, cout, 3, stride=2), fq.DeQuantStub()).train()
+    model.qconfig = fq.get_default_qat_qconfig("x86")
+    prepared = fq.prepare_qat(model)
+    for _ in range(3):
+        prepared(torch.randn(2, cin, 5, 5))
+    q = fq.convert(prepared.eval())
+    w = q[1].weight()
+    assert w.q_per_channel_axis() == 1 and w.q_per_channel_scales().numel() == cout
+    float_w = model[1].weight.detach()
+    assert (w.dequantize() - float_w).abs().max() <= w.q_per_channel_scales().max() / 2 + 1e-7
+    x = torch.randn(2, cin, 5, 5)
+    assert F.cosine_similarity(q(x).flatten(), prepared(x).flatten(), dim=0) > 0.99
+
+
+@pytest.mark.parametrize("groups,cout", [(2, 6), (4, 4)])
+def test_grouped_conv_transpose_bn_fusion_matches_the_float_pair(groups, cout):
+    torch.manual_seed(0)
+    up, bn = nn.ConvTranspose2d(4, cout, 3, stride=2, groups=groups), nn.BatchNorm2d(cout)
+    with torch.no_grad():
+        bn.running_mean.uniform_(-0.5, 0.5)
+        bn.running_var.uniform_(0.5, 2)
+        bn.weight.uniform_(0.5, 1.5)
+        bn.bias.uniform_(-0.2, 0.2)
+    model = nn.Sequential(up, bn).eval()
+    fused = fq.fuse_modules(model, [["0", "1"]])
+    assert fused[0].weight.shape == up.weight.shape and isinstance(fused[1], nn.Identity)
+    x = torch.randn(2, 4, 5, 5)
+    assert torch.allclose(fused(x), model(x), atol=1e-5)
+    no_affine = nn.Sequential(nn.ConvTranspose2d(4, cout, 3, groups=groups), nn.BatchNorm2d(cout, affine=False)).eval()
+    assert torch.allclose(fq.fuse_modules(no_affine, [["0", "1"]])(x), no_affine(x), atol=1e-5)

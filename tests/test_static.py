@@ -424,8 +424,9 @@ def test_every_engine_gives_identical_static_outputs(parallel_kernels):
 
 
 def test_torch_quantized_engine_setting_warns_once():
-    import ferroquant.quantize as fqq
+    import sys
 
+    fqq = sys.modules["ferroquant.quantize"]  # (the attribute ferroquant.quantize is the function)
     old = torch.backends.quantized.engine
     fqq._engine_warned = False
     try:
@@ -483,6 +484,20 @@ def test_prepare_and_convert_keep_user_hooks_as_torch():
     assert len(q[1]._forward_hooks) == 1 and len(q[1]._forward_pre_hooks) == 1  # no observer hook
     q(torch.randn(2, 3, 8, 8))
     assert seen == [("pre", "Conv2d"), ("post", "Conv2d", "QTensor")]
+    # two hooks on a module that runs on quantized tensors as it is (ReLU), pre-hooks on a nested
+    # Sequential: each fires once
+    seen.clear()
+    model = nn.Sequential(fq.QuantStub(), nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU()), fq.DeQuantStub()).eval()
+    model[1][1].register_forward_hook(lambda m, args, out: seen.append("relu-1"))
+    model[1][1].register_forward_hook(lambda m, args, out: seen.append("relu-2"))
+    model[1].register_forward_pre_hook(lambda m, args: seen.append("block"))
+    model.qconfig = fq.get_default_qconfig("x86")
+    prepared = fq.prepare(model)
+    prepared(torch.randn(2, 3, 8, 8))
+    q = fq.convert(prepared)
+    seen.clear()
+    q(torch.randn(2, 3, 8, 8))
+    assert seen == ["block", "relu-1", "relu-2"]
     # dynamic
     seen.clear()
     mlp = nn.Sequential(nn.Linear(4, 4)).eval()

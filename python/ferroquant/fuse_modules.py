@@ -8,6 +8,7 @@ from __future__ import annotations
 import copy
 from typing import Any, Callable, Optional, Sequence, Union
 
+import torch
 from torch import nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval, fuse_linear_bn_eval
 
@@ -54,9 +55,31 @@ def _conv_bn_relu(conv: nn.Module, bn: nn.Module, relu: nn.Module) -> nn.Module:
 
 
 def _conv_transpose_bn(conv: nn.Module, bn: nn.Module) -> nn.Module:
+    """BatchNorm folded into the transposed conv before it. torch's folding (used for
+    ``groups == 1``, so the weights equal torch.ao's) scales the weight's dim 1 by one factor per
+    output channel, which is wrong for ``groups > 1`` (dim 1 holds ``out / groups``): there each
+    group's slice gets its own channels' factors, with the same formula."""
     _need_eval(conv, bn)
-    _check_bn(conv, bn)
-    return fuse_conv_bn_eval(conv, bn, transpose=True)
+    if bn.num_features != conv.out_channels or not bn.track_running_stats:
+        raise ValueError(
+            f"cannot fuse {type(conv).__name__} ({conv.out_channels} output channels) with {bn}: it needs "
+            f"{conv.out_channels} features and running statistics (track_running_stats=True)"
+        )
+    if conv.groups == 1:
+        return fuse_conv_bn_eval(conv, bn, transpose=True)
+    fused = copy.deepcopy(conv)
+    with torch.no_grad():
+        rsqrt = torch.rsqrt(bn.running_var + bn.eps)
+        gamma = bn.weight if bn.weight is not None else torch.ones_like(rsqrt)
+        beta = bn.bias if bn.bias is not None else torch.zeros_like(rsqrt)
+        factor = gamma * rsqrt
+        g, w = conv.groups, conv.weight
+        grouped = w.reshape(g, w.shape[0] // g, w.shape[1], *w.shape[2:])
+        shape = (g, 1, w.shape[1]) + (1,) * (w.dim() - 2)
+        fused.weight.copy_((grouped * factor.reshape(shape)).reshape(w.shape))
+        bias = conv.bias if conv.bias is not None else torch.zeros_like(bn.running_mean)
+        fused.bias = nn.Parameter((bias - bn.running_mean) * rsqrt * gamma + beta)
+    return fused
 
 
 def _conv_transpose_bn_qat(conv: nn.Module, bn: nn.Module) -> nn.Module:

@@ -128,11 +128,18 @@ def _replace(parent: nn.Module, name: str, old: nn.Module, new: nn.Module, full:
     (ferroquant's observer hooks do not), a module that lived on another device (QAT on a GPU)
     stays there, and the new module learns its path in the model (for error messages)."""
     if new is not old:
-        for hook in old._forward_pre_hooks.values():
-            new.register_forward_pre_hook(hook)
-        for hook in old._forward_hooks.values():
-            if hook is not _observer_hook and hook is not _qat_pool_hook:
-                new.register_forward_hook(hook)
+        # (a pass-through module made from the float one shares its hook dicts: nothing to move)
+        if new._forward_pre_hooks is not old._forward_pre_hooks:
+            for hid, hook in list(old._forward_pre_hooks.items()):
+                new.register_forward_pre_hook(hook, with_kwargs=hid in old._forward_pre_hooks_with_kwargs)
+        if new._forward_hooks is not old._forward_hooks:
+            for hid, hook in list(old._forward_hooks.items()):
+                if hook is not _observer_hook and hook is not _qat_pool_hook:
+                    new.register_forward_hook(
+                        hook,
+                        with_kwargs=hid in old._forward_hooks_with_kwargs,
+                        always_call=hid in old._forward_hooks_always_called,
+                    )
         devices = {t.device for t in list(old.parameters()) + list(old.buffers())}
         if len(devices) == 1:
             device = devices.pop()

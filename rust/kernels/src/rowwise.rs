@@ -149,7 +149,20 @@ pub fn group_norm_u8(
     check_affine(weight, bias, channels)?;
     check_eps(eps)?;
     let per_group = channels / groups;
-    let len = per_group.checked_mul(inner).unwrap_or(0);
+    let overflow = || KernelError::ShapeMismatch {
+        what: "group norm geometry".into(),
+        expected: "channels × inner within the address space".into(),
+        got: format!("{channels} × {inner}"),
+    };
+    let len = per_group.checked_mul(inner).ok_or_else(overflow)?;
+    let sample = channels.checked_mul(inner).ok_or_else(overflow)?;
+    if sample != 0 && x.len() % sample != 0 {
+        return Err(KernelError::ShapeMismatch {
+            what: "input".into(),
+            expected: format!("a multiple of channels × inner = {channels} × {inner}"),
+            got: format!("{} values", x.len()),
+        });
+    }
     map_rows(x, len, in_scale, in_zp, out_scale, out_zp, out, |r, v| {
         normalize(v, eps);
         let first = (r % groups) * per_group;
@@ -329,5 +342,11 @@ mod tests {
             &mut got[..7]
         )
         .is_err());
+        // a whole number of groups but not of samples; sizes that overflow
+        let run = |x: &[u8], channels: usize, out: &mut [u8]| {
+            group_norm_u8(x, 1, channels, inner, None, None, 1e-5, s, z, os, oz, out)
+        };
+        assert!(run(&x[..20], c, &mut got[..20]).is_err());
+        assert!(run(&x, usize::MAX, &mut got).is_err());
     }
 }

@@ -211,6 +211,8 @@ class PReLU(_TableActivation):
 
     def _f(self, d: torch.Tensor) -> torch.Tensor:
         w = self.weight
+        if self.num_parameters > 1 and d.dim() < 2:
+            raise ValueError("QuantizedPReLU: one slope per channel needs an input with a channel dim (dim 1)")
         if d.dim() >= 2:
             w = w.reshape([-1] + [1] * (d.dim() - 2))  # along dim 1 (one slope broadcasts too)
         return torch.where(d > 0, d, d * w)
@@ -231,7 +233,12 @@ class PReLU(_TableActivation):
                 f"{self._NAME}: {self.num_parameters} slopes need an input with {self.num_parameters} channels in "
                 f"dim 1, got {list(q.shape)}"
             )
-        if self.num_parameters == 1 or q.dtype != quint8 or q.qscheme() != per_tensor_affine:
+        if (
+            self.num_parameters == 1
+            or q.dtype != quint8
+            or q.qscheme() != per_tensor_affine
+            or self._out_dtype != quint8
+        ):
             return super()._forward_eager(q)
         data = q.int_repr().contiguous()
         inner = data[0, 0].numel() if data.numel() else 1
@@ -244,9 +251,11 @@ class PReLU(_TableActivation):
         return QTensor(torch.from_numpy(out), self.scale, self.zero_point, quint8)
 
     def _channel_tables(self, x_scale: float, x_zp: int) -> torch.Tensor:
-        key = (x_scale, x_zp, self.scale, self.zero_point, self.quant_min, self.quant_max, self.weight._version)
-        if self._tables and self._tables[0] == key:
-            return self._tables[1]
+        w = self.weight
+        key = (x_scale, x_zp, self.scale, self.zero_point, self.quant_min, self.quant_max, id(w), w._version)
+        cached = self._tables  # read once: another thread may replace it
+        if cached and cached[0] == key:
+            return cached[1]
         levels = QTensor(torch.arange(256, dtype=torch.uint8), x_scale, x_zp, quint8).dequantize()
         y = self._f(levels.reshape(1, 1, 256).expand(1, self.num_parameters, 256))
         qy = quantize_per_tensor(y.contiguous(), self.scale, self.zero_point, quint8).int_repr()

@@ -85,15 +85,21 @@ class _ConvTransposeNd(_ConvNd):
             scale, zp = scale.repeat(g), zp.repeat(g)
         w5 = conv_w.reshape(self.out_channels, cin_g, *([1] * (3 - n)), *self.kernel_size)
         lift = [1] * (3 - n)
-        return PackedConv(
-            w5.contiguous().numpy(),
-            scale.numpy(),
-            zp.to(torch.int32).numpy(),
-            lift + [1] * n,
-            [0] * 3,
-            lift + list(self.dilation),
-            g,
-        )
+        try:
+            return PackedConv(
+                w5.contiguous().numpy(),
+                scale.numpy(),
+                zp.to(torch.int32).numpy(),
+                lift + [1] * n,
+                [0] * 3,
+                lift + list(self.dilation),
+                g,
+            )
+        except OverflowError:
+            raise ValueError(
+                f"{type(self).__name__}: convolution geometry overflows (kernel_size {self.kernel_size}, dilation "
+                f"{self.dilation}); use a dilation that keeps the kernel span below 2^62"
+            ) from None
 
     def _output_weight_scales(self) -> torch.Tensor:
         s = self._w_scale
@@ -199,8 +205,10 @@ class _AlongAxis1:
 
     def weight(self) -> nn.Module:
         observer = self._qconfig.weight()
-        if hasattr(observer, "ch_axis"):
-            observer.ch_axis = 1
+        # a fake-quant (QAT qconfig) and the observer inside it both carry the axis
+        for part in (observer, getattr(observer, "activation_post_process", None)):
+            if part is not None and hasattr(part, "ch_axis"):
+                part.ch_axis = 1
         return observer
 
 

@@ -7,6 +7,7 @@ order and quantized again, in Rust (``ferroquant._core.softmax_u8`` / ``layer_no
 
 from __future__ import annotations
 
+import warnings
 from typing import Any, Callable, Optional
 
 import torch
@@ -310,6 +311,14 @@ class _InstanceNorm(_ChannelGroupNorm):
         InstanceNorm, the statistics are always the instance's own (running statistics, if the
         float module tracked them, are not used)."""
         scale, zp, qmin, qmax, dtype = output_qparams(getattr(mod, "activation_post_process", None), cls.__name__)
+        if mod.track_running_stats:
+            warnings.warn(
+                f"{cls.__name__}: the float module tracks running statistics (used in eval mode), but the quantized "
+                "InstanceNorm normalises with each instance's own statistics, as torch.ao's: its outputs differ from "
+                "the float model's and from what the output observer saw",
+                UserWarning,
+                stacklevel=3,
+            )
         q = cls(mod.num_features, mod.weight, mod.bias, scale, zp, mod.eps, mod.momentum, mod.affine)
         q._init_output(scale, zp, qmin, qmax, dtype)
         return q
