@@ -71,7 +71,9 @@ fn add<T: QInt + PartialEq + std::fmt::Debug>(inp: &mut Input) {
         a.iter()
             .zip(&b)
             .map(|(&x, &y)| {
-                let v = ((x as i32 - za) as f32) * sa + ((y as i32 - zb) as f32) * sb;
+                // torch's vector dequantization: fma(q, s, fl(s * -zp))
+                let v = (x as f32).mul_add(sa, sa * -(za as f32))
+                    + (y as f32).mul_add(sb, sb * -(zb as f32));
                 let v = if relu && v < 0.0 { 0.0 } else { v };
                 let q = v * inv;
                 let r = if q.is_nan() {
