@@ -40,8 +40,8 @@ steps of float. "{NOT_QUANTIZED}": not quantized in that mode (the module stays 
 model, or, for modules that see quantized tensors, needs a `DeQuantStub` before it). Not in the
 table: fp16 and int8 weight-only dynamic Linear / recurrent modules ([dynamic.md](dynamic.md)) and
 the static LSTM / attention through the custom-module configs
-([static.md](static.md#custom-modules-a-statically-quantized-lstm)); FX graph mode is the open
-issue still to come.
+([static.md](static.md#custom-modules-a-statically-quantized-lstm)). FX graph mode quantizes the
+same modules, and functionals and `+` besides ([fx.md](fx.md)).
 
 {table()}
 

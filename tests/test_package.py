@@ -100,10 +100,9 @@ IMPLEMENTED = {
     "nn.qat": ["Linear", "Conv1d", "Conv2d", "Conv3d", "Embedding", "EmbeddingBag"],
     "nn.intrinsic.qat": ["ConvBn1d", "ConvBn2d", "ConvBn3d", "ConvBnReLU1d", "ConvBnReLU2d", "ConvBnReLU3d"]
     + ["ConvReLU1d", "ConvReLU2d", "ConvReLU3d", "LinearReLU", "LinearBn1d", "freeze_bn_stats", "update_bn_stats"],
+    "quantize_fx": ["prepare_fx", "prepare_qat_fx", "convert_fx", "fuse_fx", "convert_to_reference_fx"]
+    + ["PrepareCustomConfig", "ConvertCustomConfig", "FuseCustomConfig"],
 }
-# Modules whose content is planned work: they exist so that imports mirror torch.ao, export
-# nothing, and say so.
-PLANNED = ["quantize_fx"]
 TORCH_AO = {
     "nn.quantized": "torch.ao.nn.quantized",
     "nn.quantized.dynamic": "torch.ao.nn.quantized.dynamic",
@@ -125,14 +124,6 @@ def test_import_paths_mirror_torch_ao(mod):
     assert not [n for n in IMPLEMENTED[mod] if not hasattr(ref, n)], "names must be torch.ao's"
     for name in getattr(m, "__all__", []):
         assert hasattr(m, name), f"ferroquant.{mod}.__all__ names {name!r}, which does not exist"
-
-
-@pytest.mark.parametrize("mod", PLANNED)
-def test_planned_modules_export_nothing_and_say_so(mod):
-    m = importlib.import_module(f"ferroquant.{mod}")
-    public = [n for n in dir(m) if not n.startswith("_") and not isinstance(getattr(m, n), type(importlib))]
-    assert m.__all__ == [] and not public, f"ferroquant.{mod} exports {public}: move it to IMPLEMENTED"
-    assert m.__doc__ and ("planned" in m.__doc__ or "not available" in m.__doc__.lower())
 
 
 def test_no_quantization_subpackage():

@@ -36,6 +36,8 @@ from ._dtypes import (
 )
 
 __all__ = [
+    "ReuseInputObserver",
+    "default_reuse_input_observer",
     "ObserverBase",
     "UniformQuantizationObserverBase",
     "MinMaxObserver",
@@ -913,6 +915,21 @@ class NoopObserver(ObserverBase):
         raise CalibrationError("NoopObserver records nothing and has no qparams")
 
 
+class ReuseInputObserver(ObserverBase):
+    """Marks an op whose output reuses its input's qparams (torch's ``ReuseInputObserver``, used by
+    the default FX qconfig mapping for ``reshape``): it records nothing and has no qparams of its
+    own — FX mode shares the input's observer."""
+
+    def __init__(self) -> None:
+        super().__init__(dtype=quint8)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x
+
+    def calculate_qparams(self) -> Any:  # type: ignore[override]
+        raise CalibrationError("ReuseInputObserver has no qparams of its own: the op reuses its input's")
+
+
 def _is_float_observer(obs: Any) -> bool:
     return is_float_dtype(getattr(obs, "dtype", None))
 
@@ -920,6 +937,7 @@ def _is_float_observer(obs: Any) -> bool:
 # Named defaults, as torch.ao.quantization.observer defines them.
 default_observer = MinMaxObserver.with_args(quant_min=0, quant_max=127)
 default_placeholder_observer = PlaceholderObserver
+default_reuse_input_observer = ReuseInputObserver
 default_debug_observer = MinMaxObserver  # torch's RecordingObserver records tensors; min/max suffices here
 default_weight_observer = MinMaxObserver.with_args(dtype=qint8, qscheme=per_tensor_symmetric)
 weight_observer_range_neg_127_to_127 = MinMaxObserver.with_args(

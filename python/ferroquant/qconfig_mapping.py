@@ -95,15 +95,68 @@ class QConfigMapping:
         return m
 
 
-def _mapping_for(qconfig: QConfig) -> QConfigMapping:
-    return QConfigMapping().set_global(qconfig)
+def _default_mapping(is_qat: bool, backend: str, version: int) -> QConfigMapping:
+    """torch.ao's ``_get_default_qconfig_mapping``: the backend's qconfig globally, plus its
+    object-type entries — ``reshape`` reuses its input's qparams; transposed convs take per-tensor
+    weights on x86 / fbgemm (torch's ConvTranspose has no per-channel form; ferroquant's does, and
+    follows the mapping); LayerNorm keeps float weights; PReLU a quint8 weight observer; sigmoid,
+    hardsigmoid, tanh and softmax their fixed qparams."""
+    import torch
+    import torch.nn.functional as F
+
+    from ._dtypes import per_tensor_affine, quint8
+    from .fake_quantize import FixedQParamsFakeQuantize, default_weight_fake_quant
+    from .observer import (
+        HistogramObserver,
+        MinMaxObserver,
+        default_fixed_qparams_range_0to1_observer,
+        default_fixed_qparams_range_neg1to1_observer,
+        default_placeholder_observer,
+        default_reuse_input_observer,
+        default_weight_observer,
+    )
+
+    qconfig = get_default_qat_qconfig(backend, version) if is_qat else get_default_qconfig(backend, version)
+    default_weight = default_weight_fake_quant if is_qat else default_weight_observer
+    transpose = QConfig(qconfig.activation, default_weight) if backend in ("fbgemm", "x86") else qconfig
+    layernorm = QConfig(qconfig.activation, default_placeholder_observer)
+    reuse = QConfig(default_reuse_input_observer, default_weight_observer)
+    # torch's default_quint8_weight_qconfig (the same in its QAT mapping)
+    quint8_weight = QConfig(HistogramObserver, MinMaxObserver.with_args(dtype=quint8, qscheme=per_tensor_affine))
+    m = QConfigMapping().set_global(qconfig).set_object_type("reshape", reuse)
+    for t in (
+        nn.ConvTranspose1d,
+        nn.ConvTranspose2d,
+        nn.ConvTranspose3d,
+        F.conv_transpose1d,
+        F.conv_transpose2d,
+        F.conv_transpose3d,
+    ):
+        m.set_object_type(t, transpose)
+    m.set_object_type(F.layer_norm, layernorm).set_object_type(nn.LayerNorm, layernorm)
+    m.set_object_type(nn.PReLU, quint8_weight)
+    fixed: dict[Any, QConfig] = {}
+    for ops, observer in (
+        ((nn.Hardsigmoid, F.hardsigmoid, "hardsigmoid", "hardsigmoid_"), default_fixed_qparams_range_0to1_observer),
+        ((nn.Sigmoid, torch.sigmoid, "sigmoid", "sigmoid_", nn.Softmax), default_fixed_qparams_range_0to1_observer),
+        ((nn.Tanh, torch.tanh, "tanh", "tanh_"), default_fixed_qparams_range_neg1to1_observer),
+    ):
+        if observer not in fixed:
+            activation = FixedQParamsFakeQuantize.with_args(observer=observer) if is_qat else observer
+            fixed[observer] = QConfig(activation, default_weight)
+        for op in ops:
+            m.set_object_type(op, fixed[observer])
+    return m
 
 
 def get_default_qconfig_mapping(backend: str = "x86", version: int = 0) -> QConfigMapping:
-    """A mapping with ``get_default_qconfig(backend)`` as the global qconfig."""
-    return _mapping_for(get_default_qconfig(backend, version))
+    """torch.ao's default post-training mapping for ``backend``: ``get_default_qconfig(backend)``
+    globally plus torch's object-type entries (fixed qparams for sigmoid / hardsigmoid / tanh /
+    softmax, per-tensor weights for transposed convs, float LayerNorm weights, ...)."""
+    return _default_mapping(False, backend, version)
 
 
 def get_default_qat_qconfig_mapping(backend: str = "x86", version: int = 1) -> QConfigMapping:
-    """A mapping with ``get_default_qat_qconfig(backend)`` as the global qconfig."""
-    return _mapping_for(get_default_qat_qconfig(backend, version))
+    """torch.ao's default quantization-aware-training mapping for ``backend`` (fixed-qparams
+    fake-quants for sigmoid / hardsigmoid / tanh / softmax)."""
+    return _default_mapping(True, backend, version)
