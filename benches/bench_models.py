@@ -1,16 +1,20 @@
 """Whole models: ferroquant vs torch's int8 engine (and fp32), same process, one thread.
 
     python benches/bench_models.py [--threads 1] [--seq 128] [--models encoder,resnet18,mobilenet_v2]
-                                   [--engine auto] [--torch-avx2] [--peers] [--json out.json]
+                                   [--engine auto] [--torch-avx2] [--cnn-mode fx|eager] [--peers]
+                                   [--json out.json]
 
 Models from shared/design/ANCHORS.md: the 4-layer BERT-base-size encoder (dynamic
 quantization of every nn.Linear, each library's default dynamic qconfig), T=128, batch 1. Reports
 median ms, ratios and the largest error vs fp32. The AVX2-only view on any x86 machine:
 ``--engine avx2 --torch-avx2``.
 
-ResNet-18 and MobileNetV2 (benches/models.py, random weights): eager static quantization with
-``get_default_qconfig("x86")`` in both libraries (conv-bn(-relu) fused, the same float weights,
-calibrated on the same random batches), batch 1, 224x224. Reports median ms, the cosine similarity
+ResNet-18 and MobileNetV2 (benches/models.py, random weights): by default FX graph mode on the
+plain float definitions (residual ``+``, ``torch.flatten``; ``prepare_fx`` / ``convert_fx`` with
+``get_default_qconfig_mapping("x86")`` in both libraries — the API users would use); with
+``--cnn-mode eager`` the eager-ready form instead (QuantStub, FloatFunctional, ``fuse_modules``,
+``get_default_qconfig("x86")``). The same float weights, calibrated on the same random batches,
+batch 1, 224x224. Reports median ms, the cosine similarity
 of each int8 output with the fp32 one, and state_dict sizes (bytes of ``torch.save``).
 
 ``--peers`` adds other engines' int8 flows on the same float CNNs, calibration batches and input
@@ -168,21 +172,41 @@ def _quantize_cnn(name: str, lib: Any, float_functional: type, ref: nn.Module, c
     return lib.convert(prepared)
 
 
-def bench_cnn(name: str, size: int = 224, calib_batches: int = 3, with_peers: bool = False, threads: int = 1) -> dict:
+def _quantize_cnn_fx(fx_module: Any, mapping: Any, ref: nn.Module, calib: list[torch.Tensor]) -> nn.Module:
+    """The plain float model through ``fx_module``'s prepare_fx / convert_fx (ferroquant's or
+    torch.ao's quantize_fx), calibrated on ``calib``."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # torch.ao's deprecation notices
+        prepared = fx_module.prepare_fx(copy.deepcopy(ref), mapping, (calib[0],))
+        with torch.no_grad():
+            for batch in calib:
+                prepared(batch)
+        return fx_module.convert_fx(prepared)
+
+
+def bench_cnn(
+    name: str, size: int = 224, calib_batches: int = 3, with_peers: bool = False, threads: int = 1, mode: str = "fx"
+) -> dict:
     torch.manual_seed(0)
     ref = CNNS[name]().eval()
     init_weights(ref)
     calib = [torch.randn(2, 3, size, size) for _ in range(calib_batches)]
     x = torch.randn(1, 3, size, size)
-    ours = _quantize_cnn(name, fq, fq.nn.quantized.FloatFunctional, ref, calib)
-    theirs = _quantize_cnn(name, tq, tnnq.FloatFunctional, ref, calib)
+    if mode == "fx":
+        import torch.ao.quantization.quantize_fx as tqfx
+
+        ours = _quantize_cnn_fx(fq.quantize_fx, fq.get_default_qconfig_mapping("x86"), ref, calib)
+        theirs = _quantize_cnn_fx(tqfx, tq.get_default_qconfig_mapping("x86"), ref, calib)
+    else:
+        ours = _quantize_cnn(name, fq, fq.nn.quantized.FloatFunctional, ref, calib)
+        theirs = _quantize_cnn(name, tq, tnnq.FloatFunctional, ref, calib)
     with torch.no_grad():
         y_ref, y_ours, y_torch = ref(x), ours(x), theirs(x)
         t_fp32 = median_seconds(lambda: ref(x), min_time=1.0, repeats=7)
         t_torch = median_seconds(lambda: theirs(x), min_time=1.0, repeats=7)
         t_ours = median_seconds(lambda: ours(x), min_time=1.0, repeats=7)
     row = {
-        "model": f"{CNN_TITLES[name]} 1x3x{size}x{size} (static, x86 qconfig)",
+        "model": f"{CNN_TITLES[name]} 1x3x{size}x{size} (static, x86 qconfig, {mode})",
         "fp32_ms": t_fp32 * 1e3,
         "torch_int8_ms": t_torch * 1e3,
         "ferroquant_ms": t_ours * 1e3,
@@ -267,6 +291,12 @@ def main() -> int:
     )
     ap.add_argument("--engine", default="auto", help="ferroquant engine (auto or a name)")
     ap.add_argument(
+        "--cnn-mode",
+        choices=("fx", "eager"),
+        default="fx",
+        help="CNNs through FX graph mode on the plain definitions (default) or eager mode",
+    )
+    ap.add_argument(
         "--peers",
         action="store_true",
         help="also onnxruntime and OpenVINO+NNCF int8 on the CNNs (benches/peers.py; pip install '.[bench]')",
@@ -286,7 +316,11 @@ def main() -> int:
     if args.peers:
         for engine, pip in peers.missing().items():
             print(f"note: --peers skips {engine}: not installed ({pip})")
-    cnn_rows = [bench_cnn(name, with_peers=args.peers, threads=args.threads) for name in CNNS if name in args.models]
+    cnn_rows = [
+        bench_cnn(name, with_peers=args.peers, threads=args.threads, mode=args.cnn_mode)
+        for name in CNNS
+        if name in args.models
+    ]
     print(f"# models: ferroquant vs torch {info['torch']} int8, {args.threads} thread(s)")
     print(describe(info))
     if rows:
