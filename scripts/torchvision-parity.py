@@ -27,17 +27,14 @@ from torch import nn
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests"))
 
 import ferroquant as fq  # noqa: E402
-from _torchvision import convert_torchvision, off_quantize_ties, torchvision_model  # noqa: E402
+from _torchvision import (  # noqa: E402
+    QUANTIZABLE_MODELS,
+    convert_torchvision,
+    off_quantize_ties,
+    torchvision_model,
+)
 
-MODELS = [
-    "resnet18",
-    "resnet50",
-    "mobilenet_v2",
-    "mobilenet_v3_large",
-    "shufflenet_v2_x1_0",
-    "googlenet",
-    "inception_v3",
-]
+MODELS = QUANTIZABLE_MODELS
 
 
 def _within_one_lsb(a: torch.Tensor, b: torch.Tensor, scale: float) -> float:

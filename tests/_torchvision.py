@@ -16,6 +16,17 @@ from torch import nn
 # outputs within 1 LSB on a 64x64 batch (scripts/torchvision-parity.py measures all three).
 REFERENCE_ENGINE = "fbgemm"
 
+#: torchvision's quantization-ready models the parity test and scripts/torchvision-parity.py run
+QUANTIZABLE_MODELS = [
+    "resnet18",
+    "resnet50",
+    "mobilenet_v2",
+    "mobilenet_v3_large",
+    "shufflenet_v2_x1_0",
+    "googlenet",
+    "inception_v3",
+]
+
 
 def off_quantize_ties(x: torch.Tensor, scale: float) -> torch.Tensor:
     """``x`` with the values whose ``x / scale`` lies within 1e-3 of a .5 fraction moved off it by
@@ -33,15 +44,20 @@ def torchvision_model(name: str) -> nn.Module:
 
     torch.manual_seed(0)
     aux = {"aux_logits": True, "init_weights": False} if name in ("googlenet", "inception_v3") else {}
-    base = getattr(tvq, name)(weights=None, quantize=False, **aux).eval()
+    return with_trained_batchnorm(getattr(tvq, name)(weights=None, quantize=False, **aux).eval())
+
+
+def with_trained_batchnorm(model: nn.Module) -> nn.Module:
+    """``model`` with BatchNorm statistics and affine parameters away from the identity (as after
+    training; torchvision's random init leaves them at it), drawn from torch's global generator."""
     with torch.no_grad():
-        for m in base.modules():
+        for m in model.modules():
             if isinstance(m, nn.BatchNorm2d):
                 m.running_mean.uniform_(-0.2, 0.2)
                 m.running_var.uniform_(0.5, 2.0)
                 m.weight.uniform_(0.5, 1.5)
                 m.bias.uniform_(-0.2, 0.2)
-    return base
+    return model
 
 
 def convert_torchvision(lib, base: nn.Module, calib: list[torch.Tensor]) -> nn.Module:

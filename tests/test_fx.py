@@ -14,7 +14,7 @@ import ferroquant as fq
 import pytest
 import torch
 import torch.nn.functional as F
-from _torchvision import REFERENCE_ENGINE, off_quantize_ties
+from _torchvision import REFERENCE_ENGINE, off_quantize_ties, with_trained_batchnorm
 from ferroquant.quantize_fx import (
     ConvertCustomConfig,
     FXTraceError,
@@ -153,14 +153,7 @@ TORCHVISION = ["resnet18", "resnet50", "mobilenet_v2", "mobilenet_v3_large", "sh
 def test_torchvision_float_models_go_through_fx_unedited(name):
     tvm = pytest.importorskip("torchvision.models")
     torch.manual_seed(0)
-    model = getattr(tvm, name)(weights=None).eval()
-    with torch.no_grad():
-        for m in model.modules():
-            if isinstance(m, nn.BatchNorm2d):
-                m.running_mean.uniform_(-0.2, 0.2)
-                m.running_var.uniform_(0.5, 2.0)
-                m.weight.uniform_(0.5, 1.5)
-                m.bias.uniform_(-0.2, 0.2)
+    model = with_trained_batchnorm(getattr(tvm, name)(weights=None).eval())
     calib = [torch.randn(2, 3, 64, 64) for _ in range(3)]
     ours, _theirs, x, a, b = _convert_both(model, calib, torch.randn(2, 3, 64, 64))
     with torch.no_grad():

@@ -15,7 +15,13 @@ import pytest
 import torch
 import torch.ao.quantization as tq
 from _exactness import torch_engine_full_range_exact
-from _torchvision import REFERENCE_ENGINE, convert_torchvision, off_quantize_ties, torchvision_model
+from _torchvision import (
+    QUANTIZABLE_MODELS,
+    REFERENCE_ENGINE,
+    convert_torchvision,
+    off_quantize_ties,
+    torchvision_model,
+)
 from torch import nn
 
 # ---------------------------------------------------------------------------------------------
@@ -169,18 +175,7 @@ def test_torch_ao_fused_modules_convert_as_ours():
     assert float(q(torch.randn(2, 3, 10, 10)).min()) >= 0
 
 
-TORCHVISION = [
-    "resnet18",
-    "resnet50",
-    "mobilenet_v2",
-    "mobilenet_v3_large",
-    "shufflenet_v2_x1_0",
-    "googlenet",
-    "inception_v3",
-]
-
-
-@pytest.mark.parametrize("name", TORCHVISION)
+@pytest.mark.parametrize("name", QUANTIZABLE_MODELS)
 def test_torchvision_quantizable_models_convert_unchanged(name):
     pytest.importorskip("torchvision.models.quantization")
 

@@ -214,23 +214,8 @@ def _insert_observers(
     placeholders = [n for n in graph.nodes if n.op == "placeholder"]
     input_quantized = {placeholders[i].name for i in config.input_quantized_indexes if i < len(placeholders)}
 
-    def observe(value: fx.Node, qconfig: Any) -> None:
-        if value.name in observed:
-            return
-        name = f"activation_post_process_{counter[0]}"
-        counter[0] += 1
-        setattr(gm, name, qconfig.activation())
-        with graph.inserting_after(value):
-            obs = graph.create_node("call_module", name, (value,))
-        value.replace_all_uses_with(obs, delete_user_cb=lambda user: user is not obs)
-        observed[value.name] = obs
-        observer_of[obs.name] = value.name
-        sources[obs.name] = value
-        targets[value.name] = name
-
-    def share(value: fx.Node, target: str) -> None:
-        """torch's OUTPUT_SHARE_OBSERVER_WITH_INPUT: the input's observer instance is called on
-        this op's output too (a histogram observer then sees both)."""
+    def attach(value: fx.Node, target: str) -> None:
+        """Calls the observer module ``target`` on ``value``'s output; its users read it there."""
         with graph.inserting_after(value):
             obs = graph.create_node("call_module", target, (value,))
         value.replace_all_uses_with(obs, delete_user_cb=lambda user: user is not obs)
@@ -238,6 +223,19 @@ def _insert_observers(
         observer_of[obs.name] = value.name
         sources[obs.name] = value
         targets[value.name] = target
+
+    def observe(value: fx.Node, qconfig: Any) -> None:
+        if value.name in observed:
+            return
+        name = f"activation_post_process_{counter[0]}"
+        counter[0] += 1
+        setattr(gm, name, qconfig.activation())
+        attach(value, name)
+
+    def share(value: fx.Node, target: str) -> None:
+        """torch's OUTPUT_SHARE_OBSERVER_WITH_INPUT: the input's observer instance is called on
+        this op's output too (a histogram observer then sees both)."""
+        attach(value, target)
 
     for node in list(graph.nodes):
         kind, qc = kinds.get(node.name, ops.FLOAT), qconfigs.get(node.name)
