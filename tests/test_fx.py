@@ -388,3 +388,84 @@ def test_bad_inputs_say_what_to_do():
         convert_fx(prepare_fx(model, qc, (x,)))  # no calibration: D5
     with pytest.raises(ValueError, match="unknown prepare_custom_config key"):
         prepare_fx(model, qc, (x,), prepare_custom_config={"nonsense": 1})
+
+
+class _Net(nn.Module):
+    """A small model whose forward is given as a function (the cases below)."""
+
+    def __init__(self, body) -> None:
+        super().__init__()
+        self.c, self.d = nn.Conv2d(3, 3, 1), nn.Conv2d(3, 3, 1)
+        self.act = nn.LeakyReLU(0.1)
+        self.lin = nn.Linear(4, 4)
+        self.softmax, self.hardtanh = nn.Softmax(dim=1), nn.Hardtanh()
+        self.body = body
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.body(self, x)
+
+
+def _shape_arith(s, x):
+    y = s.c(x)
+    b, c, h, w = y.shape
+    return y.view(b, c, h * w) * (c**-0.5)
+
+
+CASES = {
+    # a fixed-qparams op reading a float value stays float (its [0, 1) observer must not quantize it)
+    "sigmoid of the input": lambda s, x: torch.sigmoid(x * 3) * s.c(x),
+    "softmax module on float": lambda s, x: s.softmax(x * 5) + s.c(x),
+    # keyword forms run in float
+    "add with alpha": lambda s, x: s.c(x).add(s.d(x), alpha=2),
+    # a module called twice: each call its own quantized copy with its own qparams
+    "module called twice": lambda s, x: s.act(s.d(s.act(s.c(x)))),
+    "linear called twice": lambda s, x: s.lin(s.c(x)) + s.lin(s.d(x) * 2),
+    # shapes and numbers are not activations
+    "shape arithmetic": _shape_arith,
+    # method forms on quantized values
+    "methods relu sigmoid tanh": lambda s, x: s.c(x).relu() + s.d(x).sigmoid() + s.c(x).tanh(),
+    "hardtanh after conv": lambda s, x: s.hardtanh(s.c(x)),
+}
+
+
+@pytest.mark.parametrize("name", list(CASES))
+def test_models_written_without_quantization_in_mind(name):
+    torch.manual_seed(0)
+    model = _Net(CASES[name]).eval()
+    x = torch.randn(2, 3, 4, 4)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        p = prepare_fx(model, fq.get_default_qconfig_mapping("x86"), (x,))
+        _calibrate(p, (4, 3, 4, 4))
+        q = convert_fx(p)
+    with torch.no_grad():
+        assert cos(q(x), model(x)) > 0.98, name
+
+
+def test_dynamic_linear_relu_is_not_fused_away_and_failures_name_the_module():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(8, 8), nn.ReLU(), nn.Linear(8, 4)).eval()
+    q = convert_fx(prepare_fx(model, fq.QConfigMapping().set_global(fq.default_dynamic_qconfig), (torch.randn(2, 8),)))
+    assert isinstance(q.get_submodule("0"), fq.nn.quantized.dynamic.Linear)
+
+    class Odd(nn.Module):
+        def forward(s, x):  # noqa: N805 - `s`, not `self`: the module must still be found
+            return x if x.sum() > 0 else -x
+
+    outer = nn.Sequential(nn.Linear(8, 8), Odd(), nn.Linear(8, 4)).eval()
+    with pytest.warns(UserWarning, match="could not be traced"):
+        p = prepare_fx(outer, fq.get_default_qconfig_mapping("x86"), (torch.randn(2, 8),))
+    assert p.float_parts == ["1"]
+
+    class InPlace(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.fc = nn.Linear(8, 8)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            y = self.fc(x)
+            y.add_(1)
+            return y
+
+    with pytest.warns(UserWarning, match="in-place"):
+        prepare_fx(InPlace().eval(), fq.get_default_qconfig_mapping("x86"), (torch.randn(2, 8),))

@@ -159,6 +159,8 @@ class _Converter:
         self.info = gm.meta["_fq_fx"]
         self.config = config
         self.modules = dict(gm.named_modules(remove_duplicate=False))
+        self.float_modules = dict(self.modules)  # before any swap: a module may be called twice
+        self.swapped: set[str] = set()
         self.graph = fx.Graph()
         self.fenv: dict[str, fx.Node] = {}
         self.qenv: dict[str, fx.Node] = {}
@@ -220,10 +222,18 @@ class _Converter:
     def _copy(self, node: fx.Node, transform: Callable[[fx.Node], Any]) -> fx.Node:
         return self.graph.node_copy(node, transform)
 
-    def _swap(self, node: fx.Node, new: nn.Module) -> None:
-        _set_module(self.gm, str(node.target), new)
-        new._fq_name = str(node.target)
-        self.modules[str(node.target)] = new
+    def _swap(self, node: fx.Node, new: nn.Module) -> str:
+        """Puts ``new`` where the node's module was, or — when an earlier call of the same module
+        already replaced it (each call has its own observed qparams) — beside it; returns the
+        path to call."""
+        path = str(node.target)
+        if path in self.swapped:
+            return self._add_module(path.replace(".", "_"), new)
+        _set_module(self.gm, path, new)
+        new._fq_name = path
+        self.modules[path] = new
+        self.swapped.add(path)
+        return path
 
     def run(self) -> fx.Graph:
         info = self.info
@@ -289,22 +299,23 @@ class _Converter:
             self.qenv[node.name] = self.graph.call_module(name, (self.q(head.args[0]), self.q(head.args[1])))
             return
         if node.op == "call_module":
-            mod = self.modules[str(node.target)]
+            mod = self.float_modules[str(node.target)]
             if kind in (ops.OWN, ops.QUANT):
                 mod.qconfig = qc
                 mod.activation_post_process = observer
                 target = self.static.get(type(mod)) or self.static.get(_canonical(mod))
-                self._swap(node, target.from_float(mod))
+                path = self._swap(node, target.from_float(mod))
                 args = (self.f(node.args[0]),) if kind == ops.QUANT else self._module_input_args(node)
-                self.qenv[node.name] = self.graph.call_module(str(node.target), args, self.map_f(node.kwargs))
+                self.qenv[node.name] = self.graph.call_module(path, args, self.map_f(node.kwargs))
                 return
             if kind == ops.SHARES:
                 target = self.static.get(type(mod))
-                if target is not None:
+                path = str(node.target)
+                if target is not None and path not in self.swapped:
                     mod.qconfig = qc
-                    self._swap(node, target.from_float(mod))
+                    path = self._swap(node, target.from_float(mod))
                 self.qenv[node.name] = self.graph.call_module(
-                    str(node.target), self._module_input_args(node), self.map_f(node.kwargs)
+                    path, self._module_input_args(node), self.map_f(node.kwargs)
                 )
                 return
             # FIXED modules (Sigmoid, Tanh, ...) run on the quantized tensor
@@ -340,7 +351,8 @@ class _Converter:
             scalar = node.args[1] if tensor is node.args[0] else node.args[0]
             cls = QAddScalar if t in (operator.add, torch.add, "add") else QMulScalar
             name = self._add_module(cls.__name__.lower(), _functional(cls, None))
-            self.qenv[node.name] = self.graph.call_module(name, (self.q(tensor), float(scalar)))
+            value = self.map_f(scalar) if isinstance(scalar, fx.Node) else float(scalar)
+            self.qenv[node.name] = self.graph.call_module(name, (self.q(tensor), value))
             return
         if t is torch.flatten and kind == ops.SHARES:
             start, end = _arg(node, 1, "start_dim", 0), _arg(node, 2, "end_dim", -1)
@@ -358,6 +370,12 @@ class _Converter:
         def transform(a: fx.Node) -> Any:
             return self.q(a) if first_src is not None and self._src(a) is first_src else self.f(a)
 
+        if node.op == "call_method" and t in ops.METHOD_AS_FUNCTION:
+            # QTensor has no .relu() / .sigmoid() / .tanh(): the function forms
+            self.qenv[node.name] = self.graph.call_function(
+                ops.METHOD_AS_FUNCTION[t], (self.q(node.args[0]), *self.map_f(node.args[1:])), self.map_f(node.kwargs)
+            )
+            return
         if t is operator.getitem:
             self.qenv[node.name] = self._copy(node, lambda a: self.q(a) if self._is_q(a) else self.f(a))
             return
@@ -366,15 +384,15 @@ class _Converter:
     def _weights_only(self, node: fx.Node, kind: str, qc: Any) -> bool:
         """Dynamic / weight-only quantization of a module or F.linear: float in, float out."""
         if node.op == "call_module":
-            mod = self.modules[str(node.target)]
+            path = str(node.target)
+            mod = self.float_modules[path]
             target = self.dynamic.get(type(mod)) or self.dynamic.get(_canonical(mod))
             if target is None:
                 return False
-            mod.qconfig = qc
-            self._swap(node, target.from_float(mod))
-            self.fenv[node.name] = self.graph.call_module(
-                str(node.target), self.map_f(node.args), self.map_f(node.kwargs)
-            )
+            if path not in self.swapped:  # dynamic modules have no per-call qparams: calls share one
+                mod.qconfig = qc
+                self._swap(node, target.from_float(mod))
+            self.fenv[node.name] = self.graph.call_module(path, self.map_f(node.args), self.map_f(node.kwargs))
             return True
         if node.target is F.linear:
             float_mod = _float_module_for(self.gm, node)
@@ -390,12 +408,13 @@ class _Converter:
         """An untraceable part: its dynamic / weight-only submodules quantized in eager mode."""
         from ..quantize import quantize_dynamic
 
-        mod = self.modules[str(node.target)]
-        self._swap(node, quantize_dynamic(mod, spec, mapping=self.dynamic))
-        self.fenv[node.name] = self.graph.call_module(str(node.target), self.map_f(node.args), self.map_f(node.kwargs))
+        path = str(node.target)
+        if path not in self.swapped:
+            self._swap(node, quantize_dynamic(self.float_modules[path], spec, mapping=self.dynamic))
+        self.fenv[node.name] = self.graph.call_module(path, self.map_f(node.args), self.map_f(node.kwargs))
 
     def _custom(self, node: fx.Node, quantized: bool) -> None:
-        observed = self.modules[str(node.target)]
+        observed = self.float_modules[str(node.target)]
         quant_type = self.info["custom"].get(str(node.target), "static")
         mapping = self.config.observed_to_quantized_mapping.get(quant_type, {})
         target = mapping.get(type(observed))
@@ -406,9 +425,9 @@ class _Converter:
             )
         if quantized:
             observed.activation_post_process = self.observers.get(node.name)
-        self._swap(node, target.from_observed(observed))
+        path = self._swap(node, target.from_observed(observed))
         args = self._module_input_args(node) if quantized else self.map_f(node.args)
-        new = self.graph.call_module(str(node.target), args, self.map_f(node.kwargs))
+        new = self.graph.call_module(path, args, self.map_f(node.kwargs))
         (self.qenv if quantized else self.fenv)[node.name] = new
 
 

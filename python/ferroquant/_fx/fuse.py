@@ -6,6 +6,9 @@ the graph. Eval mode folds BatchNorm (post-training); ``is_qat`` builds the QAT 
 
 from __future__ import annotations
 
+import copy
+from typing import Callable, Optional
+
 import torch
 import torch.nn.functional as F
 from torch import fx, nn
@@ -48,14 +51,25 @@ def _set_module(gm: fx.GraphModule, target: str, module: nn.Module) -> None:
     setattr(parent, name, module)
 
 
-def fuse_graph(gm: fx.GraphModule, is_qat: bool = False) -> fx.GraphModule:
+def fuse_graph(
+    gm: fx.GraphModule, is_qat: bool = False, allow: Optional[Callable[[str, nn.Module], bool]] = None
+) -> fx.GraphModule:
+    """Fuses in place. ``allow(path, module)``: whether the op at ``path`` may be fused (prepare
+    fuses only what is quantized statically). A module called more than once is not fused (the
+    fused module would change its other calls too)."""
     modules = dict(gm.named_modules(remove_duplicate=False))
+    calls: dict[str, int] = {}
+    for node in gm.graph.nodes:
+        if node.op == "call_module":
+            calls[str(node.target)] = calls.get(str(node.target), 0) + 1
     changed = True
     while changed:
         changed = False
         for node in list(gm.graph.nodes):
             first = _module(node, modules)
-            if node.op != "call_module" or first is None:
+            if node.op != "call_module" or first is None or calls.get(str(node.target), 0) > 1:
+                continue
+            if allow is not None and not allow(str(node.target), first):
                 continue
             for pattern in _PATTERNS:
                 if not isinstance(first, pattern[0]):
@@ -70,12 +84,18 @@ def fuse_graph(gm: fx.GraphModule, is_qat: bool = False) -> fx.GraphModule:
                     m = _module(nxt, modules)
                     if m is None or not isinstance(m, types) or nxt.args[0] is not prev:
                         break
+                    if nxt.op == "call_module" and calls.get(str(nxt.target), 0) > 1 and not isinstance(m, _ACT):
+                        break  # a BatchNorm used twice
+                    if isinstance(m, nn.Hardtanh) and not isinstance(m, nn.ReLU6) and m.min_val != 0:
+                        break  # only Hardtanh(0, max) is a ReLU with a bound
                     chain.append(nxt)
                     mods.append(m)
                 if len(chain) != len(pattern):
                     continue
                 fuser = get_fuser_method(tuple(type(m) for m in mods), is_qat=is_qat)
-                fused = fuser(*mods)
+                # an activation module may be called elsewhere too (torchvision's self.relu): the
+                # fused module gets its own copy
+                fused = fuser(*[copy.deepcopy(m) if isinstance(m, _ACT) else m for m in mods])
                 _set_module(gm, str(node.target), fused)
                 modules[str(node.target)] = fused
                 for later in reversed(chain[1:]):

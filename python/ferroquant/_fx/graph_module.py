@@ -35,6 +35,8 @@ def fx_info(gm: Any, who: str) -> dict:
     if info is None:
         raise TypeError(
             f"{who} expects the GraphModule returned by ferroquant.quantize_fx.prepare_fx / prepare_qat_fx (after "
-            f"calibration or training), got {type(gm).__name__}"
+            f"calibration or training), got {type(gm).__name__} without ferroquant's record of the prepared graph "
+            "(pickling or torch.save of a prepared model drops it: convert in the same process, or save the "
+            "converted model's state_dict)"
         )
     return info

@@ -58,7 +58,6 @@ SHARES_FUNCTIONS: set[Callable] = {
     torch.relu,
     F.relu6,
     F.hardtanh,
-    torch.clamp,
     F.leaky_relu,
     F.max_pool1d,
     F.max_pool2d,
@@ -84,7 +83,6 @@ SHARES_FUNCTIONS: set[Callable] = {
 }
 SHARES_METHODS = {
     "relu",
-    "relu_",
     "view",
     "reshape",
     "flatten",
@@ -96,10 +94,10 @@ SHARES_METHODS = {
     "mean",
     "chunk",
     "split",
-    "clamp",
-    "hardtanh",
     "detach",
 }
+# method forms QTensor has no method for: convert calls these functions instead
+METHOD_AS_FUNCTION: dict[str, Callable] = {"relu": F.relu, "sigmoid": torch.sigmoid, "tanh": torch.tanh}
 # methods that return shapes or other plain values: they run on whichever form exists
 META_METHODS = {"size", "dim", "numel", "shape"}
 FIXED_FUNCTIONS: set[Callable] = {torch.sigmoid, F.sigmoid, torch.tanh, F.tanh, F.hardsigmoid, F.softmax, torch.softmax}
@@ -142,11 +140,83 @@ def returns_tuple(node: fx.Node) -> bool:
     )
 
 
+def mark_values(gm: fx.GraphModule, example_inputs: Any) -> None:
+    """Records which values are tensors (and their dtypes): shape propagation on a copy of the
+    model with ``example_inputs`` (a copy: a training-mode model's BatchNorm statistics must not
+    move); without it (or where it fails), values computed from ``.shape`` / ``size()`` / ``dim()``
+    / ``numel()`` and arithmetic on them are marked as plain numbers."""
+    import copy
+
+    from torch.fx.passes.shape_prop import ShapeProp
+
+    if example_inputs is not None:
+        inputs = example_inputs if isinstance(example_inputs, (tuple, list)) else (example_inputs,)
+        shadow = copy.deepcopy(gm)
+        try:
+            with torch.no_grad():
+                ShapeProp(shadow).propagate(*inputs)
+        except Exception:  # noqa: BLE001 - the heuristic below takes over
+            shadow = None
+        if shadow is not None:
+            metas = {n.name: n.meta for n in shadow.graph.nodes}
+            for n in gm.graph.nodes:
+                for key in ("tensor_meta", "type"):
+                    if key in metas.get(n.name, {}):
+                        n.meta[key] = metas[n.name][key]
+            return
+    for n in gm.graph.nodes:
+        shape_like = (n.op == "call_function" and n.target is getattr and n.args[1:2] == ("shape",)) or (
+            n.op == "call_method" and n.target in META_METHODS
+        )
+        derived = (
+            n.op == "call_function"
+            and n.target in _ARITHMETIC
+            and all(not isinstance(a, fx.Node) or a.meta.get("fq_not_tensor") for a in n.args)
+            and any(isinstance(a, fx.Node) for a in n.args)
+        )
+        if shape_like or derived:
+            n.meta["fq_not_tensor"] = True
+
+
+_ARITHMETIC = {
+    operator.getitem,
+    operator.add,
+    operator.sub,
+    operator.mul,
+    operator.truediv,
+    operator.floordiv,
+    operator.pow,
+}
+
+
 def is_scalar(a: Any) -> bool:
     return isinstance(a, (int, float)) and not isinstance(a, bool)
 
 
+def is_float_tensor(value: Any) -> bool:
+    """Whether a graph value is a floating-point tensor: from shape propagation when it ran
+    (``tensor_meta``), else assumed for every node except shape / size arithmetic."""
+    if not isinstance(value, fx.Node):
+        return False
+    meta = value.meta.get("tensor_meta")
+    if meta is not None:
+        return bool(getattr(meta, "dtype", torch.float32).is_floating_point)
+    # shape propagation ran and found no tensor, or the value comes from shapes / sizes
+    return "type" not in value.meta and not value.meta.get("fq_not_tensor", False)
+
+
 def op_kind(node: fx.Node, modules: dict[str, nn.Module]) -> str:
+    kind = _op_kind(node, modules)
+    if kind in (OWN, FIXED, SHARES):
+        inputs = activation_inputs(node, kind)
+        if not inputs or not all(is_float_tensor(a) for a in inputs):
+            return FLOAT  # keyword-only inputs, int tensors, shapes: not activations to quantize
+    if kind == OWN and node.op != "call_module" and node.kwargs and set(node.kwargs) - {"dim"}:
+        return FLOAT  # add(..., alpha=2) and other keyword forms run in float
+    return kind
+
+
+def _op_kind(node: fx.Node, modules: dict[str, nn.Module]) -> str:
     if node.op == "call_module":
         mod = modules[node.target]  # type: ignore[index]
         kind = canonical_type(mod)
@@ -165,10 +235,9 @@ def op_kind(node: fx.Node, modules: dict[str, nn.Module]) -> str:
         return FLOAT
     if node.op == "call_function":
         if node.target in (operator.add, torch.add, operator.mul, torch.mul):
-            tensors = [a for a in node.args[:2] if isinstance(a, fx.Node)]
-            if len(tensors) == 1 and any(is_scalar(a) for a in node.args[:2]):
-                return SCALAR
-            return OWN if len(tensors) == 2 else FLOAT
+            if node.kwargs:
+                return FLOAT  # alpha=...: not a plain add
+            return _binary_kind(node.args[:2])
         if node.target in OWN_FUNCTIONS:
             return OWN
         if node.target in SHARES_FUNCTIONS:
@@ -178,10 +247,9 @@ def op_kind(node: fx.Node, modules: dict[str, nn.Module]) -> str:
         return FLOAT
     if node.op == "call_method":
         if node.target in OWN_METHODS:
-            other = node.args[1] if len(node.args) > 1 else None
-            if isinstance(other, fx.Node):
-                return OWN
-            return SCALAR if is_scalar(other) else FLOAT
+            if node.kwargs or len(node.args) != 2:
+                return FLOAT
+            return _binary_kind(node.args[:2])
         if node.target in SHARES_METHODS:
             return SHARES
         if node.target in FIXED_METHODS:
@@ -190,12 +258,33 @@ def op_kind(node: fx.Node, modules: dict[str, nn.Module]) -> str:
     return FLOAT
 
 
+def _binary_kind(args: tuple) -> str:
+    """add / mul: two float tensors → OWN; one float tensor and a number (a constant, or a value
+    computed from shapes) → SCALAR; anything else → FLOAT."""
+    tensors = [a for a in args if is_float_tensor(a)]
+    if len(tensors) == 2:
+        return OWN
+    others = [a for a in args if a is not (tensors[0] if tensors else None)]
+    if len(tensors) == 1 and len(others) == 1:
+        other = others[0]
+        if is_scalar(other) or (isinstance(other, fx.Node) and _is_number(other)):
+            return SCALAR
+    return FLOAT
+
+
+def _is_number(node: fx.Node) -> bool:
+    """A graph value known (from shape propagation) to be a Python number."""
+    return node.meta.get("type") in (int, float) or bool(node.meta.get("fq_not_tensor", False))
+
+
 def activation_inputs(node: fx.Node, kind: str) -> list[fx.Node]:
     """The graph values a quantized op reads as activations (weights of F.linear / F.conv are not
     activations; ``cat`` reads its list)."""
     if node.op == "call_function" and node.target is torch.cat:
         first = node.args[0] if node.args else node.kwargs.get("tensors")
-        return [a for a in first if isinstance(a, fx.Node)]  # type: ignore[union-attr]
+        if not isinstance(first, (list, tuple)):
+            return []  # cat of a split's result (a single tuple value): runs in float
+        return [a for a in first if isinstance(a, fx.Node)]
     if node.op == "call_function" and node.target in (operator.add, torch.add, operator.mul, torch.mul):
         return [a for a in node.args[:2] if isinstance(a, fx.Node)]
     if node.op == "call_method" and node.target in OWN_METHODS:

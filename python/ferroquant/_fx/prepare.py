@@ -109,7 +109,14 @@ def prepare(
             UserWarning,
             stacklevel=3,
         )
-    gm = fuse_graph(gm, is_qat=is_qat)
+    static = "static"
+
+    def fusable(path: str, module: nn.Module) -> bool:
+        return qconfig_mode(QConfigResolver(mapping).for_module(path, module)) == static
+
+    gm = fuse_graph(gm, is_qat=is_qat, allow=fusable)
+    ops.mark_values(gm, example_inputs)
+    _warn_in_place(gm)
     modules = dict(gm.named_modules(remove_duplicate=False))
     resolver = QConfigResolver(mapping)
     float_names = set(auto) | set(config.non_traceable_module_names)
@@ -255,13 +262,16 @@ def _insert_observers(
                 if not quantized.get(a.name, False):
                     observe(a, qc)
             quantized[node.name] = True  # computed by the add_relu after it
-        elif kind in (ops.OWN, ops.FIXED, CUSTOM, ops.ADD_RELU):
+        elif kind in (ops.OWN, CUSTOM, ops.ADD_RELU):
             for a in inputs:
                 if not quantized.get(a.name, False):
                     observe(a, qc)
-            if kind != ops.FIXED:
-                observe(node, qc)
+            observe(node, qc)
             quantized[node.name] = True
+        elif kind == ops.FIXED:
+            # fixed output qparams; a float input stays float (its qconfig's fixed-range observer
+            # must not quantize it), as torch's FX mode does
+            quantized[node.name] = bool(inputs) and quantized.get(inputs[0].name, False)
         elif kind == ops.QUANT:
             observe(node, qc)
             quantized[node.name] = True
@@ -277,3 +287,24 @@ def _insert_observers(
             quantized[node.name] = False
     graph.lint()
     return {"observer_of": observer_of, "quantized": quantized}
+
+
+def _warn_in_place(gm: fx.GraphModule) -> None:
+    """In-place ops whose result the graph does not use were traced as statements; on a quantized
+    value they would change a copy (quantized tensors are separate objects): say so."""
+    found = [
+        n.name
+        for n in gm.graph.nodes
+        if not n.users
+        and (
+            (n.op == "call_method" and str(n.target).endswith("_") and not str(n.target).startswith("__"))
+            or (n.op in ("call_function", "call_module") and n.kwargs.get("inplace", False))
+        )
+    ]
+    if found:
+        warnings.warn(
+            f"prepare_fx: in-place op(s) whose result is not used: {', '.join(found)}. If they act on values the "
+            "quantized model computes in int8 their effect is lost; write them out of place (y = y.add(1))",
+            UserWarning,
+            stacklevel=4,
+        )

@@ -6,8 +6,9 @@ reported. Only when the top level itself cannot be traced is it an error, naming
 
 from __future__ import annotations
 
+import inspect
 import traceback
-from typing import Iterable, Optional
+from typing import Any, Callable, Iterable, Optional
 
 from torch import fx, nn
 
@@ -24,6 +25,19 @@ class QuantizationTracer(fx.Tracer):
         self.leaf_names = set(leaf_names)
         self.leaf_classes = tuple(leaf_classes)
 
+    failed_path: Optional[str] = None  # the innermost submodule whose forward raised while tracing
+
+    def call_module(self, m: nn.Module, forward: Callable[..., Any], args: Any, kwargs: Any) -> Any:
+        try:
+            return super().call_module(m, forward, args, kwargs)
+        except Exception:
+            if self.failed_path is None:
+                try:
+                    self.failed_path = self.path_of_module(m)
+                except NameError:  # a module created inside forward, not a submodule
+                    pass
+            raise
+
     def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
         if module_qualified_name in self.leaf_names or (self.leaf_classes and isinstance(m, self.leaf_classes)):
             return True
@@ -33,19 +47,19 @@ class QuantizationTracer(fx.Tracer):
         return super().is_leaf_module(m, module_qualified_name)
 
 
-def _failing_module(root: nn.Module, error: BaseException) -> tuple[Optional[str], str]:
-    """(qualified name of the innermost submodule of ``root`` whose ``forward`` was running when
-    tracing failed, or None when only the root's own code was; 'file:line' of the innermost
-    frame of the model's code)."""
-    names = {id(m): n for n, m in root.named_modules()}
-    found: Optional[str] = None
+def _where(root: nn.Module, error: BaseException) -> str:
+    """'file:line' of the innermost frame of the model's own code in the traceback."""
+    files = set()
+    for m in root.modules():
+        try:
+            files.add(inspect.getsourcefile(type(m)))
+        except TypeError:  # a class defined without a source file
+            continue
     where = ""
     for frame, lineno in traceback.walk_tb(error.__traceback__):
-        owner = frame.f_locals.get("self")
-        if isinstance(owner, nn.Module) and id(owner) in names and frame.f_code.co_name == "forward":
-            found = names[id(owner)]
+        if frame.f_code.co_filename in files:
             where = f"{frame.f_code.co_filename}:{lineno}"
-    return (found or None), where
+    return where
 
 
 def trace(
@@ -60,7 +74,8 @@ def trace(
         try:
             graph = tracer.trace(model)
         except Exception as e:  # noqa: BLE001 - any failure inside a submodule's forward
-            name, where = _failing_module(model, e)
+            name = tracer.failed_path or None
+            where = _where(model, e)
             if name is None or name in auto:
                 raise FXTraceError(
                     f"cannot trace {type(model).__name__}.forward symbolically ({where or 'its own code'}): "
