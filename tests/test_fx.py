@@ -169,11 +169,20 @@ def test_vit_and_encoder_dynamic_through_fx():
     enc = Encoder(4).eval()
     x = torch.randn(2, 16, 768)
     q = convert_fx(prepare_fx(enc, mapping, (x,)))
+    import torch.ao.quantization as tq
+    import torch.ao.quantization.quantize_fx as tqfx
+
     with torch.no_grad():
         assert cos(q(x), enc(x)) >= 0.999
         eager = fq.quantize_dynamic(enc, {nn.Linear})
         # D4: the same per-row dynamic Linear as eager mode, so the error is eager's
         assert torch.allclose(q(x), eager(x), atol=1e-6)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            torch_mapping = tq.QConfigMapping().set_object_type(nn.Linear, tq.default_dynamic_qconfig)
+            theirs = tqfx.convert_fx(tqfx.prepare_fx(copy.deepcopy(enc), torch_mapping, (x,)))(x)
+        ref = enc(x)
+        assert (q(x) - ref).abs().max() <= (theirs - ref).abs().max()
     vit = tvm.vit_b_16(weights=None, image_size=32).eval()
     with torch.no_grad():
         vit.heads.head.weight.normal_(0, 0.02)  # torchvision starts the head at zero
