@@ -478,3 +478,29 @@ def test_dynamic_linear_relu_is_not_fused_away_and_failures_name_the_module():
 
     with pytest.warns(UserWarning, match="in-place"):
         prepare_fx(InPlace().eval(), fq.get_default_qconfig_mapping("x86"), (torch.randn(2, 8),))
+
+
+def test_weight_only_embeddings_through_fx():
+    class Bag(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.emb = nn.Embedding(20, 8)
+            self.table = nn.Parameter(torch.randn(20, 8))
+            self.fc = nn.Linear(8, 4)
+
+        def forward(self, idx: torch.Tensor) -> torch.Tensor:
+            return self.fc(self.emb(idx) + F.embedding(idx, self.table))
+
+    torch.manual_seed(0)
+    model = Bag().eval()
+    idx = torch.randint(0, 20, (3, 5))
+    mapping = (
+        fq.QConfigMapping()
+        .set_object_type(nn.Embedding, fq.float_qparams_weight_only_qconfig)
+        .set_object_type(F.embedding, fq.float_qparams_weight_only_qconfig)
+    )
+    q = convert_fx(prepare_fx(model, mapping, (idx,)))
+    quantized = [m for m in q.modules() if isinstance(m, fq.nn.quantized.Embedding)]
+    assert len(quantized) == 2 and isinstance(q.fc, nn.Linear)
+    with torch.no_grad():
+        assert cos(q(idx), model(idx)) > 0.999

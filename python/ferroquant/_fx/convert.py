@@ -402,6 +402,18 @@ class _Converter:
             name = self._add_module("linear", self.dynamic[nn.Linear].from_float(float_mod))
             self.fenv[node.name] = self.graph.call_module(name, (self.f(node.args[0]),))
             return True
+        if node.target is F.embedding:
+            weight = _attr(self.gm, _arg(node, 1, "weight", None))
+            defaults = {"max_norm": None, "norm_type": 2.0, "scale_grad_by_freq": False, "sparse": False}
+            names = ["input", "weight", "padding_idx", *defaults]
+            given = {**dict(zip(names, node.args)), **node.kwargs}
+            if weight is None or any(given.get(k, v) != v for k, v in defaults.items()):
+                return False  # max_norm (renormalises rows) and the training options: keep it float
+            float_mod = nn.Embedding.from_pretrained(weight.detach(), padding_idx=_arg(node, 2, "padding_idx", None))
+            float_mod.qconfig = qc
+            name = self._add_module("embedding", self.dynamic[nn.Embedding].from_float(float_mod))
+            self.fenv[node.name] = self.graph.call_module(name, (self.f(_arg(node, 0, "input", None)),))
+            return True
         return False
 
     def _eager_dynamic(self, node: fx.Node, spec: dict[str, Any]) -> None:
