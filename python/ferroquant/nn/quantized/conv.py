@@ -197,21 +197,31 @@ class _ConvNd(OutputQParams, WeightedQuantModule):
     def from_float(cls, mod: nn.Module, use_precomputed_fake_quant: bool = False) -> _ConvNd:
         """From an observed float conv (or fused ConvReLU) after calibration."""
         conv, qconfig, (scale, zp, qmin, qmax, dtype) = observed_float_module(mod, cls._FLOAT, cls.__name__)
-        qweight, bias = convert_weight_bias(mod, conv, qconfig, type(mod).__name__)
-        q = cls(
-            conv.in_channels,
-            conv.out_channels,
-            conv.kernel_size,
-            conv.stride,
-            conv.padding,
-            conv.dilation,
-            conv.groups,
-            bias is not None,
-            conv.padding_mode,
-        )
+        qweight, bias = convert_weight_bias(mod, conv, cls._weight_qconfig(qconfig), type(mod).__name__)
+        q = cls(**cls._geometry_of(conv), bias=bias is not None)
         q._init_output(scale, zp, qmin, qmax, dtype)
         q.set_weight_bias(qweight, bias)
         return q
+
+    @classmethod
+    def _weight_qconfig(cls, qconfig: Any) -> Any:
+        """The qconfig whose weight observer quantizes the weights (transposed convs: along axis 1)."""
+        return qconfig
+
+    @classmethod
+    def _geometry_of(cls, conv: nn.Module) -> dict:
+        """The float module's constructor arguments this class takes (bias aside)."""
+        names = (
+            "in_channels",
+            "out_channels",
+            "kernel_size",
+            "stride",
+            "padding",
+            "dilation",
+            "groups",
+            "padding_mode",
+        )
+        return {n: getattr(conv, n) for n in names}
 
 
 class Conv1d(_ConvNd):

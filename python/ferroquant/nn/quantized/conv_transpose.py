@@ -24,8 +24,7 @@ from torch import nn
 from ..._core import PackedConv
 from ..._ops import run_conv_static
 from ...qtensor import QTensor
-from ._static import observed_float_module, require_qtensor, run_static_kernel
-from ._weights import convert_weight_bias
+from ._static import require_qtensor, run_static_kernel
 from .conv import _ConvNd, _geometry
 
 __all__ = ["ConvTranspose1d", "ConvTranspose2d", "ConvTranspose3d"]
@@ -171,29 +170,13 @@ class _ConvTransposeNd(_ConvNd):
         )
 
     @classmethod
-    def from_float(cls, mod: nn.Module, use_precomputed_fake_quant: bool = False) -> Any:
-        """From an observed float ``nn.ConvTranspose*d`` after calibration. A per-channel weight
-        observer runs along axis 1 (the output channels of torch's transposed layout)."""
-        conv, qconfig, (scale, zp, qmin, qmax, dtype) = observed_float_module(mod, cls._FLOAT, cls.__name__)
-        if getattr(conv, "padding_mode", "zeros") != "zeros":
-            raise NotImplementedError(
-                f"quantized {cls.__name__} supports padding_mode='zeros', got {conv.padding_mode!r}"
-            )
-        qweight, bias = convert_weight_bias(mod, conv, _AlongAxis1(qconfig), type(mod).__name__)
-        q = cls(
-            conv.in_channels,
-            conv.out_channels,
-            conv.kernel_size,
-            conv.stride,
-            conv.padding,
-            conv.output_padding,
-            conv.groups,
-            bias is not None,
-            conv.dilation,
-        )
-        q._init_output(scale, zp, qmin, qmax, dtype)
-        q.set_weight_bias(qweight, bias)
-        return q
+    def _weight_qconfig(cls, qconfig: Any) -> Any:
+        # a per-channel weight observer runs along axis 1 (the output channels of torch's layout)
+        return _AlongAxis1(qconfig)
+
+    @classmethod
+    def _geometry_of(cls, conv: nn.Module) -> dict:
+        return {**super()._geometry_of(conv), "output_padding": conv.output_padding}
 
 
 class _AlongAxis1:

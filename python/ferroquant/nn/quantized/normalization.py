@@ -185,44 +185,26 @@ class _ChannelGroupNorm(_RowOp):
 
     def forward(self, x: QTensor) -> QTensor:
         q = _require_quint8(self, x)
-        batched = self._is_batched(q)
-        data = q.int_repr().contiguous()
-        if not batched:
-            data = data.unsqueeze(0)
-        channels = data.shape[1]
+        first = 1 if self._is_batched(q) else 0  # the channel dim
+        channels = q.shape[first]
         if channels != self._num_channels:
             raise ValueError(
-                f"{self._label()} expects {self._num_channels} channels (dim {1 if batched else 0}), got "
-                f"{list(q.shape)}"
+                f"{self._label()} expects {self._num_channels} channels (dim {first}), got {list(q.shape)}"
             )
         inner = 1
-        for s in data.shape[2:]:
+        for s in q.shape[first + 1 :]:
             inner *= s
+        if inner == 0:
+            return QTensor(q.int_repr().contiguous().clone(), self.scale, self.zero_point, quint8)
         w = None if self.weight is None else self.weight.numpy()
         b = None if self.bias is None else self.bias.numpy()
-        if data.numel() == 0 or inner == 0:
-            out_t = data.clone()
-        else:
-            try:
-                out = _core.group_norm_u8(
-                    data.numpy(),
-                    self._groups(),
-                    channels,
-                    inner,
-                    w,
-                    b,
-                    self.eps,
-                    q.q_scale(),
-                    q.q_zero_point(),
-                    self.scale,
-                    self.zero_point,
-                )
-            except KERNEL_ERRORS as e:
-                raise_named(e, self._label())
-            out_t = torch.from_numpy(out).clamp_(self.quant_min, self.quant_max)
-        if not batched:
-            out_t = out_t.squeeze(0)
-        return QTensor(out_t, self.scale, self.zero_point, quint8)
+        groups = self._groups()
+        # an unbatched input is one sample: the kernel only needs whole [channels, inner] blocks
+        return self._run(
+            q,
+            inner,
+            lambda d, _n, s, z, os, oz: _core.group_norm_u8(d, groups, channels, inner, w, b, self.eps, s, z, os, oz),
+        )
 
 
 class GroupNorm(_ChannelGroupNorm):
