@@ -504,3 +504,34 @@ def test_prepare_and_convert_keep_user_hooks_as_torch():
     mlp[0].register_forward_hook(lambda m, args, out: seen.append(type(m).__name__))
     fq.quantize_dynamic(mlp, {nn.Linear})(torch.randn(2, 4))
     assert seen == ["Linear"]  # the dynamic Linear's name, as torch's
+
+
+@pytest.mark.parametrize(
+    "shape, make",
+    [
+        ((2, 3, 9, 11), lambda x: x),  # contiguous NCHW: quantized and transposed in one pass
+        ((1, 5, 4, 3, 6), lambda x: x),  # NCDHW
+        ((2, 3, 9, 11), lambda x: x.contiguous(memory_format=torch.channels_last)),  # read in place
+        ((2, 11, 9, 3), lambda x: x.permute(0, 3, 2, 1)),  # strided
+        ((1, 1, 7, 7), lambda x: x),
+        ((3, 8), lambda x: x),  # 2-D: no layout to change
+    ],
+)
+def test_quantize_stub_stores_channels_last_with_the_same_values(shape, make):
+    torch.manual_seed(0)
+    x = make(torch.randn(*shape) * 3)
+    q = fq.nn.quantized.Quantize(0.05, 7, fq.quint8)(x)
+    want = fq.quantize_per_tensor(x.contiguous(), 0.05, 7, torch.quint8).int_repr()
+    assert torch.equal(q.int_repr(), want)
+    d = q.int_repr()
+    if d.dim() == 4:
+        assert d.is_contiguous(memory_format=torch.channels_last)
+    elif d.dim() == 5:
+        assert d.is_contiguous(memory_format=torch.channels_last_3d)
+
+
+def test_channels_last_quantize_needs_a_channel_axis():
+    from ferroquant import _core
+
+    with pytest.raises(ValueError, match="at least 3 dims"):
+        _core.quantize_per_tensor(torch.zeros(4, 5).numpy(), 0.1, 0, 0, 255, "quint8", True)

@@ -22,7 +22,13 @@ def set_openmp_enabled(on: bool) -> bool: ...
 def thread_runtime() -> str: ...
 def choose_qparams_dynamic(min: float, max: float, qmin: int, qmax: int) -> tuple[float, int]: ...
 def quantize_per_tensor(
-    x: npt.NDArray[np.float32], scale: float, zero_point: int, qmin: int, qmax: int, dtype: str
+    x: npt.NDArray[np.float32],
+    scale: float,
+    zero_point: int,
+    qmin: int,
+    qmax: int,
+    dtype: str,
+    channels_last: bool = False,
 ) -> npt.NDArray[np.generic]: ...
 def quantize_per_channel(
     x: npt.NDArray[np.float32],

@@ -801,6 +801,18 @@ def quantize_per_tensor(
     """Quantizes a float tensor with one scale and zero point:
     ``clamp(rne(x · fl(1/fl(scale))) + zero_point)`` over the dtype's range; NaN → max. The zero point is
     added after rounding (torch 2.13 adds it before: 1 LSB apart at exact ties only; docs/numerics.md D3)."""
+    return _quantize_per_tensor(input, scale, zero_point, dtype, channels_last=False)
+
+
+def _quantize_per_tensor(
+    input: torch.Tensor,
+    scale: Union[float, torch.Tensor],
+    zero_point: Union[int, torch.Tensor],
+    dtype: Any,
+    channels_last: bool,
+) -> QTensor:
+    """``quantize_per_tensor``; with ``channels_last`` a 4-D / 5-D input's result is stored
+    channels-last (quantized and transposed in one pass)."""
     qd = to_qdtype(dtype)
     if qd.bits == 4:
         raise TypeError("quint4x2 is for embedding weights only; quantize_per_tensor supports quint8, qint8, qint32")
@@ -808,6 +820,9 @@ def quantize_per_tensor(
     z = check_zero_point(zero_point, qd, "quantize_per_tensor: zero_point")
     x = _float32_numpy(input, "quantize_per_tensor: input")
     lo, hi = _qrange(qd)
+    if channels_last and x.ndim in (4, 5):
+        data = _core.quantize_per_tensor(x, s, z, lo, hi, qd.name, True)
+        return QTensor(torch.from_numpy(data).movedim(-1, 1), s, z, qd)
     data = _core.quantize_per_tensor(x, s, z, lo, hi, qd.name)
     return QTensor(torch.from_numpy(data), s, z, qd)
 

@@ -103,6 +103,23 @@ fn owned1<T: numpy::Element + Copy>(a: &PyReadonlyArray1<'_, T>, what: &str) -> 
     Ok(out)
 }
 
+/// Convolutions up to this many multiply-adds (about a millisecond on one core) run with the GIL
+/// held, reading their input in place: copying the input to release the GIL would cost them more
+/// (up to a fifth of a depthwise conv's time) than other Python threads would gain.
+const GIL_HELD_MAX_MACS: usize = 256 << 20;
+
+/// The multiply-adds of a conv on `n` inputs of spatial size `sp` (saturating; 0 when the input
+/// is smaller than the kernel, which the kernel call then reports).
+fn conv_macs(pc: &k::conv::PackedConv, n: usize, sp: [usize; 3]) -> usize {
+    let g = pc.geometry();
+    let Ok(osp) = g.output_size(sp) else { return 0 };
+    let taps = g.kernel.iter().product::<usize>();
+    let per_out = taps.saturating_mul(pc.in_channels() / g.groups.max(1));
+    [n, osp[0], osp[1], osp[2], pc.out_channels(), per_out]
+        .iter()
+        .fold(1usize, |a, &b| a.saturating_mul(b))
+}
+
 /// An array argument copied out of Python's memory with the GIL held: its values in C order and
 /// its shape. The numpy borrow ends before this returns, so the GIL can be released afterwards
 /// even if Python then resizes or frees the array (rust-numpy looks a borrow up by the array's
@@ -285,7 +302,9 @@ fn choose_qparams_dynamic(min: f32, max: f32, qmin: i32, qmax: i32) -> PyResult<
     Ok((q.scale_f64, q.zero_point))
 }
 
-/// Quantizes `x` with the GIL held: one pass over the input, read in place (no copy first).
+/// Quantizes `x` with the GIL held: one pass over the input, read in place (no copy first);
+/// `channels_last`: `[N, C, *S]` → `[N, *S, C]`.
+#[allow(clippy::too_many_arguments)]
 fn quantize_into<'py, T: QInt + numpy::Element>(
     py: Python<'py>,
     x: &[f32],
@@ -294,15 +313,34 @@ fn quantize_into<'py, T: QInt + numpy::Element>(
     zp: i32,
     qmin: i32,
     qmax: i32,
+    channels_last: bool,
 ) -> PyResult<Bound<'py, PyAny>> {
     let mut out = output::<T>(shape, "the quantized output")?;
-    k::quantize::quantize_per_tensor(x, scale, zp, qmin, qmax, &mut out).map_err(to_py)?;
-    Ok(PyArray1::from_vec(py, out).reshape(shape)?.into_any())
+    if !channels_last {
+        k::quantize::quantize_per_tensor(x, scale, zp, qmin, qmax, &mut out).map_err(to_py)?;
+        return Ok(PyArray1::from_vec(py, out).reshape(shape)?.into_any());
+    }
+    if shape.len() < 3 {
+        return Err(value_error(format!(
+            "quantize_per_tensor(channels_last=True) needs an input [N, C, *spatial] of at least 3 dims, got shape {shape:?}"
+        )));
+    }
+    let inner: usize = shape[2..].iter().product();
+    k::quantize::quantize_per_tensor_channels_last(
+        x, shape[0], shape[1], inner, scale, zp, qmin, qmax, &mut out,
+    )
+    .map_err(to_py)?;
+    let mut cl_shape = vec![shape[0]];
+    cl_shape.extend_from_slice(&shape[2..]);
+    cl_shape.push(shape[1]);
+    Ok(PyArray1::from_vec(py, out).reshape(cl_shape)?.into_any())
 }
 
 /// Quantizes a contiguous float32 array per tensor: zero point added after rounding half to even
-/// (docs/numerics.md D3). dtype: quint8 | qint8 | qint32.
+/// (docs/numerics.md D3). dtype: quint8 | qint8 | qint32. With `channels_last`, `x` `[N, C, *S]`
+/// (at least 3-D) gives `[N, *S, C]`: the same values, transposed in the same pass.
 #[pyfunction]
+#[pyo3(signature = (x, scale, zero_point, qmin, qmax, dtype, channels_last=false))]
 #[allow(clippy::too_many_arguments)]
 fn quantize_per_tensor<'py>(
     py: Python<'py>,
@@ -312,12 +350,14 @@ fn quantize_per_tensor<'py>(
     qmin: i32,
     qmax: i32,
     dtype: &str,
+    channels_last: bool,
 ) -> PyResult<Bound<'py, PyAny>> {
     let zero_point = zp_i32(zero_point)?;
+    let cl = channels_last;
     with_values::<f32, _>(x, "input", |xs, shape| match dtype {
-        "quint8" => quantize_into::<u8>(py, xs, shape, scale, zero_point, qmin, qmax),
-        "qint8" => quantize_into::<i8>(py, xs, shape, scale, zero_point, qmin, qmax),
-        "qint32" => quantize_into::<i32>(py, xs, shape, scale, zero_point, qmin, qmax),
+        "quint8" => quantize_into::<u8>(py, xs, shape, scale, zero_point, qmin, qmax, cl),
+        "qint8" => quantize_into::<i8>(py, xs, shape, scale, zero_point, qmin, qmax, cl),
+        "qint32" => quantize_into::<i32>(py, xs, shape, scale, zero_point, qmin, qmax, cl),
         other => Err(pyo3::exceptions::PyTypeError::new_err(format!(
             "unsupported quantized dtype {other:?}; use quint8, qint8 or qint32"
         ))),
@@ -1012,7 +1052,8 @@ impl PackedConv {
         out_dtype: &str,
         threads: usize,
     ) -> PyResult<Bound<'py, PyAny>> {
-        let (xs, shape) = take::<u8>(x, "input")?;
+        let xa = arr::<u8>(x, "input")?;
+        let shape = xa.shape().to_vec();
         let nd = shape.len().wrapping_sub(2);
         if !(1..=3).contains(&nd) || shape[nd + 1] != self.inner.in_channels() {
             return Err(value_error(format!(
@@ -1028,28 +1069,39 @@ impl PackedConv {
         let e = engine();
         let pc = &self.inner;
         let cout = pc.out_channels();
+        // a short conv reads its input in place with the GIL held; a long one copies it and
+        // releases the GIL (the copy is then a small part of the call)
+        let held = conv_macs(pc, n, sp) <= GIL_HELD_MAX_MACS;
         macro_rules! run {
             ($t:ty) => {{
-                let (out, osp) = py
-                    .detach(|| {
-                        k::conv::conv_static::<$t>(
-                            e,
-                            &xs,
-                            n,
-                            sp,
-                            x_scale,
-                            x_zp,
-                            pc,
-                            b.as_deref(),
-                            out_scale,
-                            out_zp,
-                            qmin,
-                            qmax,
-                            relu,
-                            threads,
-                        )
-                    })
-                    .map_err(to_py)?;
+                let call = |xs: &[u8]| {
+                    k::conv::conv_static::<$t>(
+                        e,
+                        xs,
+                        n,
+                        sp,
+                        x_scale,
+                        x_zp,
+                        pc,
+                        b.as_deref(),
+                        out_scale,
+                        out_zp,
+                        qmin,
+                        qmax,
+                        relu,
+                        threads,
+                    )
+                };
+                let (out, osp) = if held {
+                    let mut strided = Vec::new();
+                    call(in_place(&xa, "input", &mut strided)?)
+                } else {
+                    // the numpy borrow ends before the GIL is released (see `take`)
+                    let copy = owned(&xa, "input")?;
+                    drop(xa);
+                    py.detach(|| call(&copy))
+                }
+                .map_err(to_py)?;
                 let mut oshape = vec![n];
                 oshape.extend_from_slice(&osp[3 - nd..]);
                 oshape.push(cout);

@@ -6,7 +6,7 @@
 //! IEEE-exact operations (no FMA contraction happens in Rust).
 
 use crate::arch::{with_features, Vectorized};
-use crate::error::{check_len, KernelError, Result};
+use crate::error::{check_len, checked_numel, KernelError, Result};
 use crate::qparams::{check_range, check_scale, QDtype};
 
 /// An integer type that quantized data is stored in.
@@ -148,6 +148,149 @@ pub(crate) fn quantize_per_tensor_unchecked<T: QInt>(
             _t: std::marker::PhantomData,
         };
         with_features(crate::current_engine(), work, out);
+    }
+}
+
+/// Quantizes `x`, laid out `[n, channels, inner]` (a contiguous NC… tensor), into `out` laid out
+/// `[n, inner, channels]` (channels-last), with one scale and zero point: the same values as
+/// [`quantize_per_tensor`] followed by a transpose, in one pass (8-bit dtypes).
+#[allow(clippy::too_many_arguments)]
+pub fn quantize_per_tensor_channels_last<T: QInt>(
+    x: &[f32],
+    n: usize,
+    channels: usize,
+    inner: usize,
+    scale: f32,
+    zero_point: i32,
+    qmin: i32,
+    qmax: i32,
+    out: &mut [T],
+) -> Result<()> {
+    let engine = crate::current_engine();
+    quantize_channels_last_on(
+        engine, x, n, channels, inner, scale, zero_point, qmin, qmax, out,
+    )
+}
+
+/// [`quantize_per_tensor_channels_last`] compiled for `engine` (tests run every engine).
+#[allow(clippy::too_many_arguments)]
+fn quantize_channels_last_on<T: QInt>(
+    engine: crate::Engine,
+    x: &[f32],
+    n: usize,
+    channels: usize,
+    inner: usize,
+    scale: f32,
+    zero_point: i32,
+    qmin: i32,
+    qmax: i32,
+    out: &mut [T],
+) -> Result<()> {
+    let numel = checked_numel(&[n, channels, inner], "quantize input")?;
+    check_len("quantize input", numel, x.len())?;
+    check_len("quantize output", numel, out.len())?;
+    validate(scale, zero_point, qmin, qmax, T::DTYPE)?;
+    if T::DTYPE == QDtype::QInt32 || channels <= 1 || inner <= 1 {
+        // no transpose to do (or 32-bit values): quantize, then move if needed
+        if channels <= 1 || inner <= 1 {
+            quantize_per_tensor_unchecked(x, scale, zero_point, qmin, qmax, out);
+            return Ok(());
+        }
+        let mut tmp = vec![T::from_i32(0); numel];
+        quantize_per_tensor_unchecked(x, scale, zero_point, qmin, qmax, &mut tmp);
+        transpose_planes(&tmp, channels, inner, out);
+        return Ok(());
+    }
+    let work = Quant8Cl {
+        x,
+        channels,
+        inner,
+        inv: 1.0f32 / scale,
+        lo: (qmin - zero_point) as f32,
+        hi: (qmax - zero_point) as f32,
+        zero_point,
+        _t: std::marker::PhantomData,
+    };
+    with_features(engine, work, out);
+    Ok(())
+}
+
+/// `[outer, channels, inner]` → `[outer, inner, channels]`.
+fn transpose_planes<T: Copy>(src: &[T], channels: usize, inner: usize, out: &mut [T]) {
+    for (s, o) in src
+        .chunks_exact(channels * inner)
+        .zip(out.chunks_exact_mut(channels * inner))
+    {
+        for (i, px) in o.chunks_exact_mut(channels).enumerate() {
+            for (c, v) in px.iter_mut().enumerate() {
+                *v = s[c * inner + i];
+            }
+        }
+    }
+}
+
+/// The channels-last 8-bit quantize: blocks of `BLOCK` positions quantized plane by plane into a
+/// small buffer (vectorised), then interleaved.
+struct Quant8Cl<'a, T> {
+    x: &'a [f32],
+    channels: usize,
+    inner: usize,
+    inv: f32,
+    lo: f32,
+    hi: f32,
+    zero_point: i32,
+    _t: std::marker::PhantomData<T>,
+}
+
+impl<T: QInt> Vectorized for Quant8Cl<'_, T> {
+    type Elem = T;
+    type Out = ();
+    #[inline(always)]
+    fn run(self, out: &mut [T]) {
+        const BLOCK: usize = 256;
+        let Quant8Cl {
+            x,
+            channels: c,
+            inner,
+            inv,
+            lo,
+            hi,
+            zero_point: zp,
+            ..
+        } = self;
+        let mut tmp = vec![T::from_i32(0); c * BLOCK];
+        for (xs, os) in x
+            .chunks_exact(c * inner)
+            .zip(out.chunks_exact_mut(c * inner))
+        {
+            let mut s0 = 0;
+            while s0 < inner {
+                let len = BLOCK.min(inner - s0);
+                for ch in 0..c {
+                    let src = &xs[ch * inner + s0..][..len];
+                    for (o, &v) in tmp[ch * BLOCK..][..len].iter_mut().zip(src) {
+                        *o = T::from_i32(quantize_one_8bit(v, inv, lo, hi, zp));
+                    }
+                }
+                let dst = &mut os[s0 * c..][..len * c];
+                if c == 3 {
+                    let (t0, rest) = tmp.split_at(BLOCK);
+                    let (t1, t2) = rest.split_at(BLOCK);
+                    for (i, px) in dst.chunks_exact_mut(3).enumerate() {
+                        px[0] = t0[i];
+                        px[1] = t1[i];
+                        px[2] = t2[i];
+                    }
+                } else {
+                    for (i, px) in dst.chunks_exact_mut(c).enumerate() {
+                        for (ch, v) in px.iter_mut().enumerate() {
+                            *v = tmp[ch * BLOCK + i];
+                        }
+                    }
+                }
+                s0 += len;
+            }
+        }
     }
 }
 
@@ -598,6 +741,57 @@ mod fake_quant_tests {
             q.max(qmin as f32).min(qmax as f32)
         };
         ((c - zp as f32) * s, m)
+    }
+
+    fn channels_last_case<T: QInt + PartialEq + std::fmt::Debug>(qmin: i32, qmax: i32, zp: i32) {
+        for &(n, c, inner) in &[
+            (1usize, 3usize, 224 * 3 + 7),
+            (2, 1, 17),
+            (1, 7, 1),
+            (2, 4, 255),
+            (1, 16, 256),
+            (3, 5, 257),
+            (1, 64, 63),
+            (1, 65, 65),
+        ] {
+            let x: Vec<f32> = (0..n * c * inner)
+                .map(|i| match i % 97 {
+                    0 => f32::NAN,
+                    1 => 2.5 * 0.1,
+                    _ => ((i as f32) * 0.731).sin() * 20.0,
+                })
+                .collect();
+            let mut plain = vec![T::from_i32(0); x.len()];
+            quantize_per_tensor(&x, 0.1, zp, qmin, qmax, &mut plain).unwrap();
+            let mut want = vec![T::from_i32(0); x.len()];
+            transpose_planes(&plain, c, inner, &mut want);
+            for engine in crate::arch::available_engines() {
+                let mut got = vec![T::from_i32(0); x.len()];
+                quantize_channels_last_on(engine, &x, n, c, inner, 0.1, zp, qmin, qmax, &mut got)
+                    .unwrap();
+                assert_eq!(got, want, "{engine:?} n={n} c={c} inner={inner}");
+            }
+        }
+    }
+
+    #[test]
+    fn channels_last_quantize_is_quantize_then_transpose_on_every_engine() {
+        channels_last_case::<u8>(0, 255, 128);
+        channels_last_case::<u8>(3, 100, 7);
+        channels_last_case::<i8>(-128, 127, -5);
+        channels_last_case::<i32>(i32::MIN, i32::MAX, 11);
+        let mut out = [0u8; 5];
+        assert!(
+            quantize_per_tensor_channels_last(&[0.0; 6], 1, 2, 3, 1.0, 0, 0, 255, &mut out)
+                .is_err(),
+            "a short output is an error"
+        );
+        let mut out = [0u8; 6];
+        assert!(
+            quantize_per_tensor_channels_last(&[0.0; 6], 1, 2, 3, 0.0, 0, 0, 255, &mut out)
+                .is_err(),
+            "a zero scale is an error"
+        );
     }
 
     #[test]

@@ -9,7 +9,7 @@ from torch import nn
 
 from ..._dtypes import quint8, to_qdtype
 from ..._ops import raise_named
-from ...qtensor import QTensor, quantize_per_tensor
+from ...qtensor import QTensor, _quantize_per_tensor, quantize_per_tensor
 from ._script import QArg, QTuple, script_dequantize, script_dtype_range, script_qtuple, script_unpack
 from ._static import OutputQParams, module_name, output_qparams
 from .passthrough import Dropout
@@ -58,10 +58,13 @@ class Quantize(OutputQParams, nn.Module):
             raise TypeError(f"Quantize expects a float tensor, got {getattr(x, 'dtype', type(x).__name__)}")
         fmt = {4: torch.channels_last, 5: torch.channels_last_3d}.get(x.dim())
         # activations are stored channels-last: quantize a channels-last input in place, any other
-        # in its own order and make the 8-bit result channels-last (a quarter of the bytes to move)
+        # straight into channels-last order (one pass: quantize and transpose)
         cl_input = fmt is not None and x.is_contiguous(memory_format=fmt)
         try:
-            q = quantize_per_tensor(x.movedim(1, -1) if cl_input else x, self.scale, self.zero_point, self.dtype)
+            if cl_input:
+                q = quantize_per_tensor(x.movedim(1, -1), self.scale, self.zero_point, self.dtype)
+            else:
+                q = _quantize_per_tensor(x, self.scale, self.zero_point, self.dtype, channels_last=fmt is not None)
         except (ValueError, TypeError, MemoryError) as e:  # a meta / CUDA input, an output too large
             raise_named(e, module_name(self))
         data = q.int_repr()
@@ -69,8 +72,6 @@ class Quantize(OutputQParams, nn.Module):
             data = torch.clamp(data, self.quant_min, self.quant_max)
         if cl_input:
             data = data.movedim(-1, 1)  # logical NC..., memory channels-last
-        elif fmt is not None:
-            data = data.contiguous(memory_format=fmt)
         return QTensor(data, self.scale, self.zero_point, self.dtype)
 
     def _get_name(self) -> str:

@@ -13,9 +13,11 @@
 use crate::arch::depthwise::{LineGeometry, PlainRequant};
 use std::arch::x86_64::*;
 
-/// Channels per column of a quad buffer: `c` rounded up to 64 (one zmm per 16 of them).
+/// Channels per column of a quad buffer: `c` rounded up to 16 (one zmm per 16 of them). A
+/// column holds groups of 64 channels (256 bytes), the last one only as many blocks of 16 as
+/// it needs.
 pub(crate) fn column_stride(c: usize) -> usize {
-    c.div_ceil(64) * 64
+    c.div_ceil(16) * 16
 }
 
 /// Line weights from centered weights `w` (`[rows·kw][c]`, i16, taps row-major): `[kw][quad][cs][4]`
@@ -88,10 +90,12 @@ unsafe fn build_quad_impl(
     for col in 0..width {
         let dst = out.add(col * cs * 4);
         let inside = col >= lead && col - lead < w_in;
-        for g in 0..cs / 64 {
+        for g in 0..cs.div_ceil(64) {
             let d = dst.add(g * 256);
+            // blocks of 16 channels in this group (4 but in a last group of fewer channels)
+            let blocks = (cs - g * 64).min(64) / 16;
             if !inside {
-                for j in 0..4 {
+                for j in 0..blocks {
                     _mm512_storeu_si512(d.add(j * 64) as *mut _, zv);
                 }
                 continue;
@@ -117,13 +121,19 @@ unsafe fn build_quad_impl(
                 load!(rows[3]),
             );
             let ab_lo = _mm512_unpacklo_epi8(a, b);
-            let ab_hi = _mm512_unpackhi_epi8(a, b);
             let cd_lo = _mm512_unpacklo_epi8(cc, dd);
-            let cd_hi = _mm512_unpackhi_epi8(cc, dd);
             _mm512_storeu_si512(d as *mut _, _mm512_unpacklo_epi16(ab_lo, cd_lo));
-            _mm512_storeu_si512(d.add(64) as *mut _, _mm512_unpackhi_epi16(ab_lo, cd_lo));
-            _mm512_storeu_si512(d.add(128) as *mut _, _mm512_unpacklo_epi16(ab_hi, cd_hi));
-            _mm512_storeu_si512(d.add(192) as *mut _, _mm512_unpackhi_epi16(ab_hi, cd_hi));
+            if blocks > 1 {
+                _mm512_storeu_si512(d.add(64) as *mut _, _mm512_unpackhi_epi16(ab_lo, cd_lo));
+            }
+            if blocks > 2 {
+                let ab_hi = _mm512_unpackhi_epi8(a, b);
+                let cd_hi = _mm512_unpackhi_epi8(cc, dd);
+                _mm512_storeu_si512(d.add(128) as *mut _, _mm512_unpacklo_epi16(ab_hi, cd_hi));
+                if blocks > 3 {
+                    _mm512_storeu_si512(d.add(192) as *mut _, _mm512_unpackhi_epi16(ab_hi, cd_hi));
+                }
+            }
         }
     }
 }
@@ -227,9 +237,15 @@ pub(crate) fn accumulate_requant(
 
 /// What happens to 16 finished accumulators (channels `ch..ch + 16` of pixel `p`).
 trait Finish {
+    /// Per-channel factors of channels `ch..ch + 16`, loaded once per line and block.
+    ///
     /// # Safety
-    /// AVX-512F/BW available; the pixel and channels are inside the line the store was made for.
-    unsafe fn finish(&self, p: usize, ch: usize, v: __m512i);
+    /// AVX-512F available; the channels are inside the line the store was made for.
+    unsafe fn factors(&self, ch: usize) -> [__m512; 2];
+    /// # Safety
+    /// AVX-512F/BW available; the pixel and channels are inside the line the store was made for;
+    /// `f` from [`Finish::factors`] of the same channels.
+    unsafe fn finish(&self, p: usize, ch: usize, v: __m512i, f: &[__m512; 2]);
 }
 
 /// Accumulators to `acc[p·cs + ch ..]`.
@@ -240,7 +256,11 @@ struct StoreI32 {
 
 impl Finish for StoreI32 {
     #[inline(always)]
-    unsafe fn finish(&self, p: usize, ch: usize, v: __m512i) {
+    unsafe fn factors(&self, _ch: usize) -> [__m512; 2] {
+        [_mm512_setzero_ps(); 2]
+    }
+    #[inline(always)]
+    unsafe fn finish(&self, p: usize, ch: usize, v: __m512i, _f: &[__m512; 2]) {
         _mm512_storeu_si512(self.acc.add(p * self.cs + ch) as *mut _, v);
     }
 }
@@ -258,10 +278,15 @@ struct StoreBytes {
 
 impl Finish for StoreBytes {
     #[inline(always)]
-    unsafe fn finish(&self, p: usize, ch: usize, v: __m512i) {
-        let b = _mm512_loadu_ps(self.bias.add(ch));
-        let m = _mm512_loadu_ps(self.mult.add(ch));
-        let f = _mm512_mul_ps(_mm512_add_ps(_mm512_cvtepi32_ps(v), b), m);
+    unsafe fn factors(&self, ch: usize) -> [__m512; 2] {
+        [
+            _mm512_loadu_ps(self.bias.add(ch)),
+            _mm512_loadu_ps(self.mult.add(ch)),
+        ]
+    }
+    #[inline(always)]
+    unsafe fn finish(&self, p: usize, ch: usize, v: __m512i, fm: &[__m512; 2]) {
+        let f = _mm512_mul_ps(_mm512_add_ps(_mm512_cvtepi32_ps(v), fm[0]), fm[1]);
         let f = _mm512_min_ps(
             _mm512_max_ps(f, _mm512_set1_ps(self.lo)),
             _mm512_set1_ps(self.hi),
@@ -327,8 +352,10 @@ unsafe fn group<const S: usize, const P: usize, F: Finish>(
 ) {
     let cs = column_stride(g.c);
     let mut iv = [_mm512_setzero_si512(); S];
+    let mut fs = [[_mm512_setzero_ps(); 2]; S];
     for (j, v) in iv.iter_mut().enumerate() {
         *v = _mm512_loadu_si512(init.add(g0 + 16 * j) as *const _);
+        fs[j] = store.factors(g0 + 16 * j);
     }
     let step = g.stride * cs * 4;
     let mut p = 0;
@@ -348,7 +375,7 @@ unsafe fn group<const S: usize, const P: usize, F: Finish>(
         }
         for (i, ai) in a.iter().enumerate() {
             for j in 0..S {
-                store.finish(p + i, g0 + 16 * j, ai[j]);
+                store.finish(p + i, g0 + 16 * j, ai[j], &fs[j]);
             }
         }
         p += P;
@@ -365,7 +392,7 @@ unsafe fn group<const S: usize, const P: usize, F: Finish>(
             }
         }
         for j in 0..S {
-            store.finish(p, g0 + 16 * j, a[j]);
+            store.finish(p, g0 + 16 * j, a[j], &fs[j]);
         }
         p += 1;
     }
