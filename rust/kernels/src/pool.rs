@@ -75,6 +75,7 @@ impl Vectorized for MaxLines<'_> {
         } = self;
         let inside = |v: isize, n: usize| v >= 0 && (v as usize) < n;
         let mut rows: Vec<usize> = Vec::new();
+        let mut taps: Vec<usize> = Vec::new();
         for (l, line) in out.chunks_exact_mut(osp[2] * c).enumerate() {
             let oh = l % osp[1];
             let od = (l / osp[1]) % osp[0];
@@ -93,13 +94,33 @@ impl Vectorized for MaxLines<'_> {
             }
             for (ow, px) in line.chunks_exact_mut(c).enumerate() {
                 let iw0 = (ow * geom.stride[2]) as isize - geom.padding[2] as isize;
+                taps.clear();
                 for &row in &rows {
                     for kw in 0..geom.kernel[2] {
                         let iw = iw0 + (kw * geom.dilation[2]) as isize;
                         if inside(iw, sp[2]) {
-                            let src = &x[(row + iw as usize) * c..][..c];
-                            for (o, &v) in px.iter_mut().zip(src) {
-                                *o = (*o).max(v);
+                            taps.push((row + iw as usize) * c);
+                        }
+                    }
+                }
+                // 64 channels at a time, the running max in a register across the window (a
+                // max stored back to the output per tap would wait on its own store each time)
+                for c0 in (0..c).step_by(64) {
+                    let n = (c - c0).min(64);
+                    if n == 64 {
+                        let mut acc = [0u8; 64];
+                        for &t in &taps {
+                            let s: &[u8; 64] = x[t + c0..t + c0 + 64].try_into().expect("64 bytes");
+                            for i in 0..64 {
+                                acc[i] = acc[i].max(s[i]);
+                            }
+                        }
+                        px[c0..c0 + 64].copy_from_slice(&acc);
+                    } else {
+                        let o = &mut px[c0..c0 + n];
+                        for &t in &taps {
+                            for (a, &v) in o.iter_mut().zip(&x[t + c0..t + c0 + n]) {
+                                *a = (*a).max(v);
                             }
                         }
                     }

@@ -295,10 +295,16 @@ impl ConvInput<'_> {
             return;
         }
         let inside = |v: isize, n: usize| v >= 0 && (v as usize) < n;
-        let mut data_rows = data.chunks_exact_mut(kp).take(rows.len());
+        let (sw, pw) = (geom.stride[2], geom.padding[2]);
+        // output columns whose whole kernel width lies inside the input (runs only)
+        let interior = if runs && sp[2] + pw >= kw_n {
+            pw.div_ceil(sw)..(sp[2] + pw - kw_n) / sw + 1
+        } else {
+            0..0
+        };
         // rows (output pixels) go by segments of one output line: the input rows a line reads
-        // are found once per segment, then each pixel with its whole kernel width inside the
-        // input copies one run per kernel row
+        // are found once per segment; interior pixels copy one run per kernel row, kernel row
+        // by kernel row (a tight strided copy), the others pixel by pixel
         let mut src_rows: Vec<Option<usize>> = Vec::with_capacity(kd_n * kh_n);
         let mut r = rows.start;
         while r < rows.end {
@@ -320,9 +326,32 @@ impl ConvInput<'_> {
                     );
                 }
             }
-            for ow in ow_first..ow_first + seg {
-                let row = &mut data_rows.next().expect("one packed row per output pixel")[..k];
-                let iw0 = (ow * geom.stride[2]) as isize - geom.padding[2] as isize;
+            let seg_data = &mut data[(r - rows.start) * kp..(r - rows.start + seg) * kp];
+            let lo = interior.start.clamp(ow_first, ow_first + seg);
+            let hi = interior.end.clamp(lo, ow_first + seg);
+            if hi > lo {
+                let block = &mut seg_data[(lo - ow_first) * kp..(hi - ow_first) * kp];
+                for (j, src) in src_rows.iter().enumerate() {
+                    match src {
+                        Some(pix0) => {
+                            let at = (pix0 + lo * sw - pw) * c;
+                            strided_runs(&mut block[j * line..], kp, &self.x[at..], sw * c, line);
+                        }
+                        None => {
+                            for row in block.chunks_exact_mut(kp) {
+                                row[j * line..(j + 1) * line].fill(zp);
+                            }
+                        }
+                    }
+                }
+            }
+            for (i, row) in seg_data.chunks_exact_mut(kp).enumerate() {
+                let ow = ow_first + i;
+                if (lo..hi).contains(&ow) {
+                    continue;
+                }
+                let row = &mut row[..k];
+                let iw0 = (ow * sw) as isize - pw as isize;
                 let whole = runs && iw0 >= 0 && iw0 as usize + kw_n <= sp[2];
                 for (dst, src) in row.chunks_exact_mut(line).zip(&src_rows) {
                     match src {
@@ -361,6 +390,51 @@ impl ConvInput<'_> {
             }
             r += seg;
         }
+    }
+}
+
+/// `dst[i·kp ..][.. line] = src[i·step ..][.. line]` for every whole row `i` of `dst` (`kp`
+/// apart; the last may end right after its run): im2col's interior runs, one kernel row at a
+/// time, with the run length's moves chosen once.
+fn strided_runs(dst: &mut [u8], kp: usize, src: &[u8], step: usize, line: usize) {
+    let count = (dst.len() + kp - line) / kp;
+    macro_rules! each {
+        ($copy:expr) => {
+            for i in 0..count {
+                let d = &mut dst[i * kp..i * kp + line];
+                let s = &src[i * step..i * step + line];
+                $copy(d, s);
+            }
+        };
+    }
+    fn two<const W: usize>(d: &mut [u8], s: &[u8]) {
+        let n = d.len();
+        let a: [u8; W] = s[..W].try_into().unwrap();
+        d[..W].copy_from_slice(&a);
+        let b: [u8; W] = s[n - W..].try_into().unwrap();
+        d[n - W..].copy_from_slice(&b);
+    }
+    fn blocks64(d: &mut [u8], s: &[u8]) {
+        let n = d.len();
+        let mut o = 0;
+        while o + 64 <= n {
+            let a: [u8; 64] = s[o..o + 64].try_into().unwrap();
+            d[o..o + 64].copy_from_slice(&a);
+            o += 64;
+        }
+        if o < n {
+            let a: [u8; 64] = s[n - 64..].try_into().unwrap();
+            d[n - 64..].copy_from_slice(&a);
+        }
+    }
+    match line {
+        0 => {}
+        1..=3 => each!(|d: &mut [u8], s: &[u8]| d.copy_from_slice(s)),
+        4..=7 => each!(two::<4>),
+        8..=15 => each!(two::<8>),
+        16..=31 => each!(two::<16>),
+        32..=63 => each!(two::<32>),
+        _ => each!(blocks64),
     }
 }
 
