@@ -7,11 +7,13 @@ does not cover, returns None and the float path decides (raising torch's own err
 
 from __future__ import annotations
 
+import functools
 from typing import Any, Optional, Sequence
 
 import torch
 
 from . import _core
+from ._layout import from_nhwc, nhwc_numpy
 
 Window = tuple[list[int], list[int], list[int]]
 
@@ -26,6 +28,7 @@ def _ints(v: Any, n: int, lo: int) -> Optional[list[int]]:
     return items
 
 
+@functools.lru_cache(maxsize=256)
 def _axis(n: int, k: int, s: int, p: int, ceil_mode: bool, include_pad: bool) -> Optional[Window]:
     """torch's windows of an average pool along an axis of ``n`` (``pooling_output_shape``, then
     ``avg_pool``'s clipping), or None where torch raises or a window would be empty."""
@@ -50,6 +53,7 @@ def _axis(n: int, k: int, s: int, p: int, ceil_mode: bool, include_pad: bool) ->
     return starts, ends, counts
 
 
+@functools.lru_cache(maxsize=256)
 def _adaptive_axis(n: int, o: int) -> Optional[Window]:
     """torch's adaptive windows: ``floor(i·n/o) .. ceil((i+1)·n/o)``."""
     if o < 1 or n < 1:
@@ -117,10 +121,9 @@ def avg_pool_u8(
     """The pooled quint8 data of ``d`` (``[N, C, *spatial]`` uint8) over ``windows``: channels-last
     when the input is, else contiguous."""
     lift = 3 - nd
-    cl = d.movedim(1, -1)
+    cl = nhwc_numpy(d)
     x5 = cl.reshape(cl.shape[0], *([1] * lift), *cl.shape[1:])
     whole: Window = ([0], [1], [1])
-    out = _core.avg_pool_nhwc(x5.numpy(), [whole] * lift + windows, divisor, zp, qmin, qmax)
-    y = torch.from_numpy(out)
-    y = y.reshape(y.shape[0], *y.shape[4 - nd : 4], y.shape[4]).movedim(-1, 1)
-    return y if cl.is_contiguous() else y.contiguous()
+    out = _core.avg_pool_nhwc(x5, [whole] * lift + windows, divisor, zp, qmin, qmax)
+    y = from_nhwc(out.reshape(out.shape[0], *out.shape[4 - nd : 4], out.shape[4]))
+    return y if cl.flags.c_contiguous else y.contiguous()

@@ -27,6 +27,7 @@ import torch.nn.functional as F
 
 from . import _core
 from ._dtypes import qint8, qint32, quint8, to_qdtype
+from ._layout import from_nhwc, nhwc_numpy
 from ._threads import get_num_threads
 from .qtensor import check_axis, check_per_channel_qparams, check_scale, check_zero_point
 
@@ -308,16 +309,16 @@ def run_conv_static(
     """Static quantized conv on quint8 ``data [N, C, *spatial]`` (any memory format) with
     ``pads`` (before, after) per spatial dim, the packed weights holding the ``before`` part →
     ``[N, Cout, *out_spatial]``, stored channels-last."""
-    extra = [after - before for before, after in pads]
-    if any(extra):  # asymmetric 'same' padding: pad the far side with the zero point
+    if any(before != after for before, after in pads):
+        # asymmetric 'same' padding: pad the far side with the zero point
         pad_arg: list[int] = []
-        for e in reversed(extra):
-            pad_arg += [0, e]
+        for before, after in reversed(pads):
+            pad_arg += [0, after - before]
         data = F.pad(data.float(), pad_arg, value=float(x_zero_point)).to(torch.uint8)
     # channels-last view [N, *spatial, C], no copy here: the kernel binding copies the (possibly
     # strided) array into its own channels-last buffer in one pass
     out = packed.conv_static(
-        data.movedim(1, -1).numpy(),
+        nhwc_numpy(data),
         x_scale,
         x_zero_point,
         bias,
@@ -329,7 +330,7 @@ def run_conv_static(
         dtype,
         get_num_threads(),
     )
-    return torch.from_numpy(out).movedim(-1, 1)  # [N, *out_spatial, Cout] viewed as [N, Cout, ...]
+    return from_nhwc(out)  # [N, *out_spatial, Cout] viewed as [N, Cout, ...]
 
 
 def _bias_array(bias: Optional[torch.Tensor]) -> Optional[np.ndarray]:

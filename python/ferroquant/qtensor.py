@@ -35,6 +35,7 @@ from ._dtypes import (
     to_qdtype,
     to_qscheme,
 )
+from ._layout import from_nhwc, nhwc_numpy
 
 __all__ = ["QTensor", "quantize_per_tensor", "quantize_per_channel", "dequantize"]
 
@@ -742,16 +743,15 @@ def _max_pool_u8(nd: int, d: torch.Tensor, args: tuple, kwargs: dict) -> Optiona
     if 0 in k or 0 in s or 0 in dil or any(pp > kk // 2 for pp, kk in zip(p, k)):
         return None
     lift = [1] * (3 - nd)
-    cl = d.movedim(1, -1)
+    cl = nhwc_numpy(d)
     x5 = cl.reshape(cl.shape[0], *lift, *cl.shape[1:])
     try:
-        out = _core.max_pool_nhwc(x5.numpy(), lift + k, lift + s, [0] * (3 - nd) + p, lift + dil)
+        out = _core.max_pool_nhwc(x5, lift + k, lift + s, [0] * (3 - nd) + p, lift + dil)
     except ValueError:  # an input smaller than the window: torch's own error from the float path
         return None
-    y = torch.from_numpy(out)
-    y = y.reshape(y.shape[0], *y.shape[4 - nd : 4], y.shape[4]).movedim(-1, 1)
+    y = from_nhwc(out.reshape(out.shape[0], *out.shape[4 - nd : 4], out.shape[4]))
     # the input's layout: channels innermost stays so (conv outputs), anything else is contiguous
-    return y if cl.is_contiguous() else y.contiguous()
+    return y if cl.flags.c_contiguous else y.contiguous()
 
 
 def _float_pool(fn: Callable, nd: int) -> Callable:
@@ -822,7 +822,7 @@ def _quantize_per_tensor(
     lo, hi = _qrange(qd)
     if channels_last and x.ndim in (4, 5):
         data = _core.quantize_per_tensor(x, s, z, lo, hi, qd.name, True)
-        return QTensor(torch.from_numpy(data).movedim(-1, 1), s, z, qd)
+        return QTensor(from_nhwc(data), s, z, qd)
     data = _core.quantize_per_tensor(x, s, z, lo, hi, qd.name)
     return QTensor(torch.from_numpy(data), s, z, qd)
 

@@ -51,26 +51,27 @@ def run_static_kernel(module: Any, q: QTensor, run: Callable[..., torch.Tensor],
     qparams, output qparams, range, relu, dtype)`` and wrap the result; kernel errors get the
     module's name."""
     packed = module._fresh_packed()
-    module._check_requant(q.q_scale(), module.scale)
+    x_scale, scale, zero_point, out_dtype = q.q_scale(), module.scale, module.zero_point, module._out_dtype
+    module._check_requant(x_scale, scale)
     try:
         y = run(
             packed,
             module._bias_np,
             q.int_repr(),
             *geometry,
-            q.q_scale(),
+            x_scale,
             q.q_zero_point(),
-            module.scale,
-            module.zero_point,
+            scale,
+            zero_point,
             module.quant_min,
             module.quant_max,
             module._FUSED_RELU,
-            module._out_dtype.name,
+            out_dtype.name,
         )
     except KERNEL_ERRORS as e:
         raise_named(e, module_name(module))
     # the output qparams were checked by _check_requant (cached per value), the data by the kernel
-    return QTensor._trusted(y, module.scale, module.zero_point, module._out_dtype)
+    return QTensor._trusted(y, scale, zero_point, out_dtype)
 
 
 def output_qparams(observer: Optional[nn.Module], who: str) -> tuple[float, int, int, int, Any]:

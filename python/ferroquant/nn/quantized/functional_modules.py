@@ -17,6 +17,7 @@ from torch import nn
 
 from ... import _core
 from ..._dtypes import per_tensor_affine, quint8
+from ..._layout import from_nhwc, nhwc_view
 from ..._ops import raise_named
 from ...observer import CalibrationError
 from ...qtensor import QTensor, quantize_per_tensor
@@ -256,18 +257,28 @@ class QFunctional(OutputQParams, nn.Module):
         if a.dtype != quint8 or b.dtype != quint8 or self._out_dtype.name not in ("quint8", "qint8"):
             return None
         da, db = a.int_repr(), b.int_repr()
-        if da.shape != db.shape or da.stride() != db.stride():
+        if da.device.type != "cpu" or db.device.type != "cpu":
             return None
-        dense_a, dense_b = dense_flat(da), dense_flat(db)
-        if dense_a is None or dense_b is None:  # overlapping or gappy strides, not on the CPU
+        # numpy views: their shape / strides / flags cost a fraction of torch's accessors
+        na, nb = da.numpy(), db.numpy()
+        if na.shape != nb.shape or na.strides != nb.strides:
             return None
+        if na.ndim in (4, 5) and nhwc_view(na).flags.c_contiguous:
+            # the usual case (conv outputs, channels-last): flat views in memory order
+            na, nb = nhwc_view(na), nhwc_view(nb)
+            fa, fb, perm = na.reshape(-1), nb.reshape(-1), None
+        else:
+            dense_a, dense_b = dense_flat(da), dense_flat(db)
+            if dense_a is None or dense_b is None:  # overlapping or gappy strides, not on the CPU
+                return None
+            (ta, perm), (tb, _) = dense_a, dense_b
+            fa, fb = ta.numpy(), tb.numpy()
         self._check_observed()
-        (fa, perm), (fb, _) = dense_a, dense_b
         out = _core.add_requant(
-            fa.numpy(),
+            fa,
             a.q_scale(),
             a.q_zero_point(),
-            fb.numpy(),
+            fb,
             b.q_scale(),
             b.q_zero_point(),
             self.scale,
@@ -277,7 +288,10 @@ class QFunctional(OutputQParams, nn.Module):
             relu,
             self._out_dtype.name,
         )
-        data = from_flat(torch.from_numpy(out), da, perm)
+        if perm is None:
+            data = from_nhwc(out.reshape(na.shape))
+        else:
+            data = from_flat(torch.from_numpy(out), da, perm)
         return QTensor._trusted(data, self.scale, self.zero_point, self._out_dtype)
 
     def add_relu(self, x: QArg, y: QArg) -> QArg:
