@@ -60,10 +60,16 @@ def add_requant(
     qmax: int,
     relu: bool = False,
     out_dtype: str = "quint8",
+    threads: int = 1,
 ) -> npt.NDArray[np.generic]: ...
 def lut_u8(x: npt.NDArray[np.uint8], table: npt.NDArray[np.generic]) -> npt.NDArray[np.generic]: ...
 def max_pool_nhwc(
-    x: npt.NDArray[np.uint8], kernel: list[int], stride: list[int], padding: list[int], dilation: list[int]
+    x: npt.NDArray[np.uint8],
+    kernel: list[int],
+    stride: list[int],
+    padding: list[int],
+    dilation: list[int],
+    threads: int = 1,
 ) -> npt.NDArray[np.uint8]: ...
 def avg_pool_nhwc(
     x: npt.NDArray[np.uint8],

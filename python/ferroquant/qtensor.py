@@ -36,6 +36,7 @@ from ._dtypes import (
     to_qscheme,
 )
 from ._layout import from_nhwc, nhwc_numpy
+from ._threads import get_num_threads
 
 __all__ = ["QTensor", "quantize_per_tensor", "quantize_per_channel", "dequantize"]
 
@@ -746,7 +747,7 @@ def _max_pool_u8(nd: int, d: torch.Tensor, args: tuple, kwargs: dict) -> Optiona
     cl = nhwc_numpy(d)
     x5 = cl.reshape(cl.shape[0], *lift, *cl.shape[1:])
     try:
-        out = _core.max_pool_nhwc(x5, lift + k, lift + s, [0] * (3 - nd) + p, lift + dil)
+        out = _core.max_pool_nhwc(x5, lift + k, lift + s, [0] * (3 - nd) + p, lift + dil, get_num_threads())
     except ValueError:  # an input smaller than the window: torch's own error from the float path
         return None
     y = from_nhwc(out.reshape(out.shape[0], *out.shape[4 - nd : 4], out.shape[4]))

@@ -419,9 +419,10 @@ fn fake_quantize<'py>(
 /// Quantized `a + b` (with `relu`, `max(a + b, 0)`) on quint8 arrays of one shape, requantized
 /// to `(scale, zero_point)` and clamped to `[qmin, qmax]` in `out_dtype` (quint8 | qint8): the
 /// float definition (dequantize, add in float32, quantize by D3) in one pass. Runs with the GIL
-/// held (one memory-bound pass; contiguous inputs are read in place).
+/// held (one memory-bound pass; contiguous inputs are read in place), on up to `threads` threads
+/// for large tensors.
 #[pyfunction]
-#[pyo3(signature = (a, a_scale, a_zp, b, b_scale, b_zp, scale, zero_point, qmin, qmax, relu=false, out_dtype="quint8"))]
+#[pyo3(signature = (a, a_scale, a_zp, b, b_scale, b_zp, scale, zero_point, qmin, qmax, relu=false, out_dtype="quint8", threads=1))]
 #[allow(clippy::too_many_arguments)]
 fn add_requant<'py>(
     py: Python<'py>,
@@ -437,6 +438,7 @@ fn add_requant<'py>(
     qmax: i32,
     relu: bool,
     out_dtype: &str,
+    threads: usize,
 ) -> PyResult<Bound<'py, PyAny>> {
     let (aa, ba) = (arr::<u8>(a, "a")?, arr::<u8>(b, "b")?);
     if aa.shape() != ba.shape() {
@@ -469,7 +471,8 @@ fn add_requant<'py>(
     macro_rules! run {
         ($t:ty) => {{
             let mut out = output::<$t>(&shape, "the add output")?;
-            k::elementwise::add_requant(engine(), qa, qb, o, relu, &mut out).map_err(to_py)?;
+            k::elementwise::add_requant_threads(engine(), qa, qb, o, relu, &mut out, threads)
+                .map_err(to_py)?;
             Ok(PyArray1::from_vec(py, out).reshape(shape)?.into_any())
         }};
     }
@@ -537,6 +540,7 @@ fn lut_u8_per_channel<'py>(
 /// with D = H = 1 / D = 1) → `[N, OD, OH, OW, C]`, floor mode, padding ≤ kernel / 2. Runs with the
 /// GIL held (one memory-bound pass; a contiguous input is read in place).
 #[pyfunction]
+#[pyo3(signature = (x, kernel, stride, padding, dilation, threads=1))]
 fn max_pool_nhwc<'py>(
     py: Python<'py>,
     x: &Bound<'py, PyAny>,
@@ -544,6 +548,7 @@ fn max_pool_nhwc<'py>(
     stride: Vec<usize>,
     padding: Vec<usize>,
     dilation: Vec<usize>,
+    threads: usize,
 ) -> PyResult<Bound<'py, PyAny>> {
     let xa = arr::<u8>(x, "x")?;
     let shape = xa.shape().to_vec();
@@ -563,7 +568,8 @@ fn max_pool_nhwc<'py>(
     let xd = in_place(&xa, "x", &mut xv)?;
     let sp = [shape[1], shape[2], shape[3]];
     let (out, osp) =
-        k::pool::max_pool_u8(engine(), xd, shape[0], sp, shape[4], &geom).map_err(to_py)?;
+        k::pool::max_pool_u8_threads(engine(), xd, shape[0], sp, shape[4], &geom, threads)
+            .map_err(to_py)?;
     Ok(PyArray1::from_vec(py, out)
         .reshape(vec![shape[0], osp[0], osp[1], osp[2], shape[4]])?
         .into_any())

@@ -10,6 +10,7 @@ use crate::arch::{with_features, Engine, Vectorized};
 use crate::error::{check_len, KernelError, Result};
 use crate::qparams::{check_range, check_scale};
 use crate::quantize::{quantize_one_8bit, QInt};
+use crate::threading::{for_parts, threads_for};
 
 /// One quantized operand: data and per-tensor qparams.
 #[derive(Debug, Clone, Copy)]
@@ -39,6 +40,20 @@ pub fn add_requant<T: QInt>(
     relu: bool,
     out: &mut [T],
 ) -> Result<()> {
+    add_requant_threads(engine, a, b, o, relu, out, 1)
+}
+
+/// [`add_requant`] on up to `threads` threads (large tensors only; the same bytes for any
+/// count: every element is computed alone).
+pub fn add_requant_threads<T: QInt>(
+    engine: Engine,
+    a: QOperand<'_>,
+    b: QOperand<'_>,
+    o: QOutput,
+    relu: bool,
+    out: &mut [T],
+    threads: usize,
+) -> Result<()> {
     check_len("second operand", a.data.len(), b.data.len())?;
     check_len("output", a.data.len(), out.len())?;
     for (what, q) in [("first", &a), ("second", &b)] {
@@ -62,14 +77,25 @@ pub fn add_requant<T: QInt>(
             "add_requant outputs quint8 or qint8".into(),
         ));
     }
-    let work = AddLoop {
-        a,
-        b,
-        o,
-        relu,
-        _t: std::marker::PhantomData,
-    };
-    with_features(engine, work, out);
+    // an element costs about as much as ~64 multiply-adds of a GEMM
+    let threads = threads_for(out.len().saturating_mul(64), threads);
+    for_parts(threads, 64, out, &|start, part| {
+        let end = start + part.len();
+        let work = AddLoop {
+            a: QOperand {
+                data: &a.data[start..end],
+                ..a
+            },
+            b: QOperand {
+                data: &b.data[start..end],
+                ..b
+            },
+            o,
+            relu,
+            _t: std::marker::PhantomData,
+        };
+        with_features(engine, work, part);
+    });
     Ok(())
 }
 
@@ -171,6 +197,42 @@ impl<T: QInt> Vectorized for Lut<'_, T> {
 mod tests {
     use super::*;
     use crate::arch::available_engines;
+
+    #[test]
+    fn threaded_add_gives_the_bytes_of_one_thread() {
+        let old = crate::threading::set_parallel_min_macs(0);
+        let n = 64 * 37 + 11;
+        let a: Vec<u8> = (0..n).map(|i| (i * 37 % 256) as u8).collect();
+        let b: Vec<u8> = (0..n).map(|i| (i * 91 % 253) as u8).collect();
+        let qa = QOperand {
+            data: &a,
+            scale: 0.031,
+            zero_point: 7,
+        };
+        let qb = QOperand {
+            data: &b,
+            scale: 0.017,
+            zero_point: 130,
+        };
+        let o = QOutput {
+            scale: 0.05,
+            zero_point: 3,
+            qmin: 0,
+            qmax: 255,
+        };
+        for e in available_engines() {
+            for relu in [false, true] {
+                let mut one = vec![0u8; n];
+                add_requant_threads(e, qa, qb, o, relu, &mut one, 1).unwrap();
+                for t in [2, 3, 7] {
+                    let mut many = vec![0u8; n];
+                    add_requant_threads(e, qa, qb, o, relu, &mut many, t).unwrap();
+                    assert_eq!(many, one, "{} threads {t} relu {relu}", e.name());
+                }
+            }
+        }
+        crate::threading::set_parallel_min_macs(old);
+    }
 
     /// The float definition, step by step (dequantize, add, relu, quantize) on every engine.
     #[test]

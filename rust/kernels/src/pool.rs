@@ -10,6 +10,7 @@
 use crate::arch::{with_features, Engine, Vectorized};
 use crate::conv::ConvGeometry;
 use crate::error::{check_len, checked_numel, try_vec, KernelError, Result};
+use crate::threading::{for_parts, threads_for};
 
 /// Max pooling of `x` (`[n, d, h, w, c]` u8, channels-last) with `geom` (kernel, stride,
 /// padding, dilation; `groups` unused): returns `[n, od, oh, ow, c]` and the output spatial
@@ -24,6 +25,20 @@ pub fn max_pool_u8(
     c: usize,
     geom: &ConvGeometry,
 ) -> Result<(Vec<u8>, [usize; 3])> {
+    max_pool_u8_threads(engine, x, n, spatial, c, geom, 1)
+}
+
+/// [`max_pool_u8`] on up to `threads` threads, whole output lines each (the same bytes for any
+/// count).
+pub fn max_pool_u8_threads(
+    engine: Engine,
+    x: &[u8],
+    n: usize,
+    spatial: [usize; 3],
+    c: usize,
+    geom: &ConvGeometry,
+    threads: usize,
+) -> Result<(Vec<u8>, [usize; 3])> {
     let numel = checked_numel(&[n, spatial[0], spatial[1], spatial[2], c], "pooling input")?;
     check_len("pooling input", numel, x.len())?;
     for i in 0..3 {
@@ -37,28 +52,37 @@ pub fn max_pool_u8(
     let osp = geom.output_size(spatial)?;
     let out_numel = checked_numel(&[n, osp[0], osp[1], osp[2], c], "pooling output")?;
     let mut out = try_vec(out_numel, 0u8, "the pooling output")?;
-    if out_numel > 0 {
-        with_features(
-            engine,
-            MaxLines {
-                x,
-                sp: spatial,
-                osp,
-                c,
-                geom,
-            },
-            &mut out,
-        );
+    let line = osp[2] * c;
+    if out_numel > 0 && line > 0 {
+        // a tap of one byte costs about as much as ~16 multiply-adds of a GEMM
+        let taps: usize = geom.kernel.iter().product();
+        let threads = threads_for(out_numel.saturating_mul(taps).saturating_mul(16), threads);
+        for_parts(threads, line, &mut out, &|start, part| {
+            with_features(
+                engine,
+                MaxLines {
+                    x,
+                    sp: spatial,
+                    osp,
+                    c,
+                    geom,
+                    l0: start / line,
+                },
+                part,
+            )
+        });
     }
     Ok((out, osp))
 }
 
+/// Output lines `l0..` (of `osp[2]` pixels) of a max pool.
 struct MaxLines<'a> {
     x: &'a [u8],
     sp: [usize; 3],
     osp: [usize; 3],
     c: usize,
     geom: &'a ConvGeometry,
+    l0: usize,
 }
 
 impl Vectorized for MaxLines<'_> {
@@ -72,11 +96,13 @@ impl Vectorized for MaxLines<'_> {
             osp,
             c,
             geom,
+            l0,
         } = self;
         let inside = |v: isize, n: usize| v >= 0 && (v as usize) < n;
         let mut rows: Vec<usize> = Vec::new();
         let mut taps: Vec<usize> = Vec::new();
-        for (l, line) in out.chunks_exact_mut(osp[2] * c).enumerate() {
+        for (i, line) in out.chunks_exact_mut(osp[2] * c).enumerate() {
+            let l = l0 + i;
             let oh = l % osp[1];
             let od = (l / osp[1]) % osp[0];
             let b = l / (osp[1] * osp[0]);
@@ -381,6 +407,28 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn threaded_max_pool_gives_the_bytes_of_one_thread() {
+        let old = crate::threading::set_parallel_min_macs(0);
+        let (sp, c) = ([1usize, 23, 19], 70usize);
+        let x: Vec<u8> = (0..2 * 23 * 19 * c).map(|i| (i * 131 % 251) as u8).collect();
+        let geom = ConvGeometry {
+            kernel: [1, 3, 3],
+            stride: [1, 2, 2],
+            padding: [0, 1, 1],
+            dilation: [1, 1, 1],
+            groups: 1,
+        };
+        for e in available_engines() {
+            let (one, osp) = max_pool_u8_threads(e, &x, 2, sp, c, &geom, 1).unwrap();
+            for t in [2, 3, 5] {
+                let (many, o) = max_pool_u8_threads(e, &x, 2, sp, c, &geom, t).unwrap();
+                assert_eq!((many, o), (one.clone(), osp), "{} threads {t}", e.name());
+            }
+        }
+        crate::threading::set_parallel_min_macs(old);
     }
 
     #[test]

@@ -406,6 +406,28 @@ fn the_pool() -> &'static Pool {
     POOL.get_or_init(Pool::new)
 }
 
+/// Runs `f(start, part)` over `out` cut into about `threads` contiguous parts (`start` is the
+/// part's first index; every part but the last a multiple of `align` elements): elementwise and
+/// line-by-line work, whose results cannot depend on the cut. On this thread alone when
+/// `threads <= 1`.
+pub(crate) fn for_parts<T: Send>(
+    threads: usize,
+    align: usize,
+    out: &mut [T],
+    f: &(dyn Fn(usize, &mut [T]) + Sync),
+) {
+    let align = align.max(1);
+    if threads <= 1 || out.len() <= align {
+        return f(0, out);
+    }
+    let per = out.len().div_ceil(threads).div_ceil(align) * align;
+    let parts: Vec<Mutex<&mut [T]>> = out.chunks_mut(per).map(Mutex::new).collect();
+    parallel_for(threads, parts.len(), &|i| {
+        let mut part = parts[i].lock().unwrap_or_else(|e| e.into_inner());
+        f(i * per, &mut part);
+    });
+}
+
 /// Runs `f(0)`, …, `f(tasks - 1)` on up to `threads` threads (this one included) and returns
 /// when all are done. Runs them on this thread alone when `threads` or `tasks` is 1, when
 /// called from inside a task, when another call holds the pool, or when no worker could be

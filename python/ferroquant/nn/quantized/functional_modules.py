@@ -19,6 +19,7 @@ from ... import _core
 from ..._dtypes import per_tensor_affine, quint8
 from ..._layout import from_nhwc, nhwc_view
 from ..._ops import raise_named
+from ..._threads import get_num_threads
 from ...observer import CalibrationError
 from ...qtensor import QTensor, quantize_per_tensor
 from ._lut import apply_table, dense_flat, from_flat
@@ -287,6 +288,7 @@ class QFunctional(OutputQParams, nn.Module):
             self.quant_max,
             relu,
             self._out_dtype.name,
+            get_num_threads(),
         )
         if perm is None:
             data = from_nhwc(out.reshape(na.shape))

@@ -636,11 +636,12 @@ fn conv_static_blocked<T: QInt>(
         None => {
             // about block_rows(k) pixels per block; with threads and enough pixels, at least one
             // block per thread and a multiple of the threads (7 blocks on 2 threads would leave
-            // one idle 1/7 of the time), so that im2col runs in parallel too; rows a multiple of
-            // 8 (whole tiles of the 8-row kernels)
+            // one idle 1/7 of the time), so that im2col runs in parallel too — the nearest
+            // multiple (3 blocks on 2 threads become 2, not 4 blocks of which the last is
+            // short); rows a multiple of 8 (whole tiles of the 8-row kernels)
             let mut blocks = pixels.div_ceil(block_rows(k));
             if threads > 1 && pixels >= threads * PARALLEL_BLOCK_MIN_ROWS {
-                blocks = blocks.max(threads).div_ceil(threads) * threads;
+                blocks = (blocks + threads / 2).div_euclid(threads).max(1) * threads;
             }
             pixels.div_ceil(blocks).div_ceil(8) * 8
         }
