@@ -221,6 +221,45 @@ fn extend_bcast16(data: &[u8], v: &mut Vec<i16>) {
     }
 }
 
+/// Activation values split off by [`PackedA::split_7bit`]: for row `i`, entries
+/// `start[i]..start[i + 1]` of `k` / `r` (column, amount above 127).
+#[derive(Debug, Clone, Default)]
+pub struct Residuals {
+    start: Vec<u32>,
+    k: Vec<u32>,
+    r: Vec<i32>,
+}
+
+impl Residuals {
+    /// Whether rows `r0..r0 + count` have any entry.
+    pub fn any_in(&self, r0: usize, count: usize) -> bool {
+        self.start[r0] != self.start[(r0 + count).min(self.start.len() - 1)]
+    }
+
+    /// The `(k, r)` entries of row `row`.
+    pub fn row(&self, row: usize) -> impl Iterator<Item = (usize, i32)> + '_ {
+        let (a, b) = (self.start[row] as usize, self.start[row + 1] as usize);
+        self.k[a..b]
+            .iter()
+            .zip(&self.r[a..b])
+            .map(|(&k, &r)| (k as usize, r))
+    }
+
+    /// The rows it covers.
+    pub fn rows(&self) -> usize {
+        self.start.len().saturating_sub(1)
+    }
+
+    /// How many values were split off.
+    pub fn len(&self) -> usize {
+        self.k.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.k.is_empty()
+    }
+}
+
 /// u8 activations (`[M, K]`) in rows of `kp` bytes (zero padded), with row sums and the
 /// activation zero point. Building it from floats quantizes in the same pass. The rows are
 /// owned, or borrowed where the caller's activations already are packed rows
@@ -555,6 +594,57 @@ impl PackedA<'_> {
         self
     }
 
+    /// Splits activations above 127 into `127 + r` when there are few of them (at most one in
+    /// `1 / max_share` of the `m·k` values): the rows then fit the 7-bit kernels (AVX2's
+    /// `vpmaddubsw`, exact below 128) and the returned [`Residuals`] hold every `(row, k, r)`,
+    /// whose `r·w[k][·]` the GEMM adds back to the accumulators — the same exact sums. Row sums
+    /// keep the original values (they feed the weight zero-point term). `None` (nothing changed)
+    /// when every value is at most 127 or too many are above.
+    pub fn split_7bit(&mut self, max_share: usize) -> Option<Residuals> {
+        if self.max <= 127 || self.m == 0 || self.kp == 0 {
+            return None;
+        }
+        let limit = (self.m * self.k) / max_share.max(1);
+        // top bits summed 64 bytes at a time (vectorises; at most 64 per block fits a byte)
+        let high = |c: &[u8]| c.iter().fold(0u8, |a, &v| a.wrapping_add(v >> 7)) as usize;
+        let mut chunks = self.data.chunks_exact(64);
+        let mut over: usize = (&mut chunks).map(high).sum();
+        over += high(chunks.remainder());
+        if over == 0 || over > limit {
+            if over == 0 {
+                self.max = 127.min(self.max);
+            }
+            return None;
+        }
+        let kp = self.kp;
+        let data = self.data.to_mut();
+        let mut res = Residuals {
+            start: Vec::with_capacity(self.m + 1),
+            k: Vec::with_capacity(over),
+            r: Vec::with_capacity(over),
+        };
+        for row in data.chunks_exact_mut(kp) {
+            res.start.push(res.k.len() as u32);
+            // blocks of 64 without a value above 127 are skipped after one vector test
+            for (b, block) in row.chunks_mut(64).enumerate() {
+                if block.iter().fold(0u8, |a, &v| a | v) <= 127 {
+                    continue;
+                }
+                for (j, v) in block.iter_mut().enumerate() {
+                    if *v > 127 {
+                        res.k.push((b * 64 + j) as u32);
+                        res.r.push(*v as i32 - 127);
+                        *v = 127;
+                    }
+                }
+            }
+        }
+        res.start.push(res.k.len() as u32);
+        self.max = 127;
+        self.bcast16 = OnceLock::new();
+        Some(res)
+    }
+
     pub fn row_sums(&self) -> &[i32] {
         &self.row_sums
     }
@@ -679,6 +769,63 @@ pub(crate) fn quantize_rows_body(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn split_activations_give_the_unsplit_gemm_on_every_engine() {
+        use crate::arch::available_engines;
+        use crate::gemm::{gemm, gemm_split};
+        use crate::requant::{Requantize, StoreI32};
+        for &(m, k, n, zw) in &[
+            (37usize, 150usize, 70usize, 0i32),
+            (20, 64, 48, 3),
+            (9, 7, 16, 0),
+        ] {
+            // mostly 0..127, a few values up to 255 (one in ~1500)
+            let a: Vec<u8> = (0..m * k)
+                .map(|i| {
+                    if i % 1499 == 7 {
+                        128 + (i % 128) as u8
+                    } else {
+                        (i * 31 % 128) as u8
+                    }
+                })
+                .collect();
+            let w: Vec<i8> = (0..n * k)
+                .map(|i| ((i * 53 + 7) % 255) as i32 as i8)
+                .collect();
+            let scales: Vec<f32> = (0..n).map(|j| 0.01 + j as f32 * 1e-4).collect();
+            let zps = vec![zw; n];
+            let pw = PackedWeights::new(&w, n, k, &scales, &zps).unwrap();
+            let stage = Requantize::<u8>::new(0.02, &pw, None, 0.5, 100, 0, 255, false).unwrap();
+            for e in available_engines() {
+                let whole = PackedA::from_u8(&a, m, k, 4).unwrap();
+                let (mut want8, mut want32) = (vec![0u8; m * n], vec![0i32; m * n]);
+                gemm(e, &whole, &pw, &stage, &mut want8, 1).unwrap();
+                gemm(e, &whole, &pw, &StoreI32, &mut want32, 1).unwrap();
+                let mut split = whole.clone();
+                let fix = split
+                    .split_7bit(32)
+                    .expect("a few values above 127 are split");
+                assert!(!fix.is_empty() && split.max_value() == 127);
+                assert_eq!(
+                    split.row_sums(),
+                    whole.row_sums(),
+                    "row sums stay the original ones"
+                );
+                for threads in [1, 3] {
+                    let (mut got8, mut got32) = (vec![0u8; m * n], vec![0i32; m * n]);
+                    gemm_split(e, &split, &pw, &stage, &mut got8, threads, Some(&fix)).unwrap();
+                    gemm_split(e, &split, &pw, &StoreI32, &mut got32, threads, Some(&fix)).unwrap();
+                    assert_eq!(got32, want32, "{} m={m} k={k} n={n} zw={zw}", e.name());
+                    assert_eq!(got8, want8, "{} m={m} k={k} n={n} zw={zw}", e.name());
+                }
+            }
+            // too many values above 127: nothing is split
+            let dense: Vec<u8> = (0..m * k).map(|i| (i * 37 % 256) as u8).collect();
+            let mut d = PackedA::from_u8(&dense, m, k, 4).unwrap();
+            assert!(d.split_7bit(1024).is_none() && d.max_value() > 127);
+        }
+    }
 
     #[test]
     fn borrowed_rows_equal_copied_rows_and_bad_ones_are_errors() {

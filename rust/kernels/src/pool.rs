@@ -413,7 +413,9 @@ mod tests {
     fn threaded_max_pool_gives_the_bytes_of_one_thread() {
         let old = crate::threading::set_parallel_min_macs(0);
         let (sp, c) = ([1usize, 23, 19], 70usize);
-        let x: Vec<u8> = (0..2 * 23 * 19 * c).map(|i| (i * 131 % 251) as u8).collect();
+        let x: Vec<u8> = (0..2 * 23 * 19 * c)
+            .map(|i| (i * 131 % 251) as u8)
+            .collect();
         let geom = ConvGeometry {
             kernel: [1, 3, 3],
             stride: [1, 2, 2],

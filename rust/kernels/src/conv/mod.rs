@@ -12,7 +12,7 @@ mod grouped;
 
 use crate::arch::Engine;
 use crate::error::{check_len, checked_numel, try_vec, KernelError, Result};
-use crate::gemm::gemm;
+use crate::gemm::gemm_split;
 use crate::packed::{PackedA, PackedWeights};
 use crate::quantize::QInt;
 use crate::requant::Requantize;
@@ -459,6 +459,10 @@ fn copy_run(dst: &mut [u8], src: &[u8]) {
     }
 }
 
+/// AVX2 blocks split activations above 127 off when at most one value in this many is (each
+/// costs about `2·N` cycles to add back; the exact 8-bit kernel costs ~2.5x the 7-bit one).
+const SPLIT_SHARE: usize = 1024;
+
 /// The largest im2col buffer a thread keeps between calls (blocks are ~[`BLOCK_BYTES`]; only a
 /// K so large that 24 rows exceed it makes one bigger).
 const KEEP_IM2COL_BYTES: usize = 4 * BLOCK_BYTES;
@@ -672,16 +676,24 @@ fn conv_static_blocked<T: QInt>(
                     })?
                 }
             };
-            // AVX2 picks its 7-bit kernel by the largest value: one vectorised max pass
-            let a = if engine == Engine::Avx2 && !stats {
+            // AVX2 picks its 7-bit kernel by the largest value: one vectorised max pass; a few
+            // values above 127 (activations beyond the calibrated range: D7 clamps to 0..255)
+            // are split off and added back exactly, so the block keeps the 7-bit kernel
+            let mut a = if engine == Engine::Avx2 && !stats {
                 a.with_max_on(engine)
             } else {
                 a
             };
-            if g == 1 {
-                gemm(engine, &a, pw, stage, dst, gemm_threads)?;
+            let fix = if engine == Engine::Avx2 {
+                a.split_7bit(SPLIT_SHARE)
             } else {
-                gemm(engine, &a, pw, stage, &mut tmp, gemm_threads)?;
+                None
+            };
+            let fix = fix.as_ref();
+            if g == 1 {
+                gemm_split(engine, &a, pw, stage, dst, gemm_threads, fix)?;
+            } else {
+                gemm_split(engine, &a, pw, stage, &mut tmp, gemm_threads, fix)?;
                 for (d, s) in dst.chunks_exact_mut(cout).zip(tmp.chunks_exact(cout_g)) {
                     d[gi * cout_g..(gi + 1) * cout_g].copy_from_slice(s);
                 }

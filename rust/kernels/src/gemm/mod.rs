@@ -7,7 +7,7 @@ use std::sync::Mutex;
 
 use crate::arch::{tile_kernel, with_features, AForm, Engine, Panels, TileKernel, Vectorized};
 use crate::error::{check_len, KernelError, Result};
-use crate::packed::{PackedA, PackedWeights, NR};
+use crate::packed::{PackedA, PackedWeights, Residuals, NR};
 use crate::requant::{Correction, OutAt, OutputStage, Tile};
 use crate::threading::{parallel_for, threads_for};
 
@@ -20,6 +20,21 @@ pub fn gemm<S: OutputStage>(
     stage: &S,
     out: &mut [S::Out],
     threads: usize,
+) -> Result<()> {
+    gemm_split(engine, a, w, stage, out, threads, None)
+}
+
+/// [`gemm`] of activations split by [`PackedA::split_7bit`]: `fix` holds the values taken off
+/// `a`, added back as `r·w[k][·]` to the accumulators of their rows before the output stage
+/// (those tiles skip the fused requantization) — the sums of the unsplit activations.
+pub fn gemm_split<S: OutputStage>(
+    engine: Engine,
+    a: &PackedA,
+    w: &PackedWeights,
+    stage: &S,
+    out: &mut [S::Out],
+    threads: usize,
+    fix: Option<&Residuals>,
 ) -> Result<()> {
     if a.k() != w.k() {
         return Err(KernelError::ShapeMismatch {
@@ -52,12 +67,16 @@ pub fn gemm<S: OutputStage>(
     let macs = m.saturating_mul(n).saturating_mul(a.kp());
     // parallelism sized by the work and bounded by the machine
     let threads = threads_for(macs, threads);
+    if let Some(f) = fix {
+        check_len("split activation rows", m + 1, f.rows() + 1)?;
+    }
     let job = Job {
         kern,
         a,
         w,
         stage,
         corr: &corr,
+        fix,
     };
     let cols_per_group = kern.np() * NR;
     if threads == 1 {
@@ -182,6 +201,7 @@ pub(crate) struct Job<'j, S: OutputStage> {
     pub w: &'j PackedWeights,
     pub stage: &'j S,
     pub corr: &'j Correction<'j>,
+    pub fix: Option<&'j Residuals>,
 }
 
 /// Computes rows `rows` × panel groups `gs` into `out` (laid out as `at` says).
@@ -201,6 +221,7 @@ pub(crate) fn run_block<S: OutputStage>(
         w,
         stage,
         corr,
+        fix,
     } = *job;
     let n = w.n();
     let ld = kern.np() * NR;
@@ -228,11 +249,15 @@ pub(crate) fn run_block<S: OutputStage>(
                 col_sums: cs,
                 panels,
             };
-            if stage.store_fused(corr, &kern, &tile, (r0, col0, cols), out, at) {
+            let split = fix.filter(|f| f.any_in(r0, nr));
+            if split.is_none() && stage.store_fused(corr, &kern, &tile, (r0, col0, cols), out, at) {
                 r0 += nr;
                 continue;
             }
             kern.dot(&tile, &mut dots);
+            if let Some(f) = split {
+                add_residuals(f, r0, nr, wp, a.kp(), cols, &mut dots, ld);
+            }
             stage.store(
                 corr,
                 Tile {
@@ -247,6 +272,33 @@ pub(crate) fn run_block<S: OutputStage>(
                 at,
             );
             r0 += nr;
+        }
+    }
+}
+
+/// `dots[i][c] += r·w[k][col0 + c]` for every split-off `(k, r)` of rows `r0..r0 + nr` (`wp`:
+/// the tile's weight panels, `kp` bytes of K each, in the packed layout).
+#[allow(clippy::too_many_arguments)]
+#[inline(always)]
+fn add_residuals(
+    fix: &Residuals,
+    r0: usize,
+    nr: usize,
+    wp: &[i8],
+    kp: usize,
+    cols: usize,
+    dots: &mut [i32],
+    ld: usize,
+) {
+    use crate::packed::KR;
+    for i in 0..nr {
+        let d = &mut dots[i * ld..i * ld + cols];
+        for (k, r) in fix.row(r0 + i) {
+            let base = (k / KR) * NR * KR + k % KR;
+            for (c, o) in d.iter_mut().enumerate() {
+                let w = wp[(c / NR) * kp * NR + base + (c % NR) * KR];
+                *o = o.wrapping_add(r.wrapping_mul(w as i32));
+            }
         }
     }
 }
