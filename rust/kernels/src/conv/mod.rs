@@ -16,7 +16,7 @@ use crate::gemm::gemm_split;
 use crate::packed::{PackedA, PackedWeights};
 use crate::quantize::QInt;
 use crate::requant::Requantize;
-use crate::threading::{parallel_for, threads_for};
+use crate::threading::{for_parts, parallel_for, threads_for};
 use std::sync::Mutex;
 
 /// Geometry of a convolution (spatial dims as (d, h, w); unused dims are 1 / 0).
@@ -672,7 +672,18 @@ fn conv_static_blocked<T: QInt>(
                 None => {
                     let buf = IM2COL.with(|c| c.take());
                     PackedA::from_fill_reusing(buf, m, k, args.x_zp, stats, |data, kp| {
-                        input.im2col(gi, cin_g, r.clone(), data, kp)
+                        // a block the GEMM will thread (few pixels, large K): its im2col is
+                        // split over the same threads, rows apart
+                        let split =
+                            threads_for(m.saturating_mul(k).saturating_mul(16), gemm_threads);
+                        if split > 1 && kp > 0 {
+                            for_parts(split, kp, &mut data[..m * kp], &|start, part| {
+                                let r0 = r.start + start / kp;
+                                input.im2col(gi, cin_g, r0..r0 + part.len() / kp, part, kp)
+                            });
+                        } else {
+                            input.im2col(gi, cin_g, r.clone(), data, kp)
+                        }
                     })?
                 }
             };
@@ -706,7 +717,11 @@ fn conv_static_blocked<T: QInt>(
         }
         Ok(())
     };
-    if threads <= 1 || blocks < threads {
+    // few pixels (ResNet's 7x7 maps: 49 rows cut into blocks of 32 and 17 would leave one
+    // thread idle a third of the time): blocks one after another, each GEMM threaded over its
+    // columns
+    let few = pixels < threads * PARALLEL_BLOCK_MIN_ROWS;
+    if threads <= 1 || blocks < threads || few {
         for (bi, dst) in out.chunks_mut(rows * cout).enumerate() {
             run_block(bi, dst, threads)?;
         }
