@@ -135,16 +135,11 @@ pub(crate) fn quantize_per_tensor_unchecked<T: QInt>(
             ));
         }
     } else {
-        let lo = (qmin - zero_point) as f32;
-        let hi = (qmax - zero_point) as f32;
         // elementwise, so the same bits on every engine: compiled with the current engine's
         // vector features (AVX-512 / AVX2 make the NaN and clamp selects cheap)
         let work = Quant8 {
             x,
-            inv,
-            lo,
-            hi,
-            zero_point,
+            rule: Rule8::new(scale, zero_point, qmin, qmax),
             _t: std::marker::PhantomData,
         };
         with_features(crate::current_engine(), work, out);
@@ -205,10 +200,7 @@ fn quantize_channels_last_on<T: QInt>(
         x,
         channels,
         inner,
-        inv: 1.0f32 / scale,
-        lo: (qmin - zero_point) as f32,
-        hi: (qmax - zero_point) as f32,
-        zero_point,
+        rule: Rule8::new(scale, zero_point, qmin, qmax),
         _t: std::marker::PhantomData,
     };
     with_features(engine, work, out);
@@ -235,11 +227,34 @@ struct Quant8Cl<'a, T> {
     x: &'a [f32],
     channels: usize,
     inner: usize,
+    rule: Rule8,
+    _t: std::marker::PhantomData<T>,
+}
+
+/// The 8-bit quantize rule's constants: `fl(1/scale)` and the clamp bounds around the zero
+/// point ([`quantize_one_8bit`]).
+#[derive(Clone, Copy)]
+struct Rule8 {
     inv: f32,
     lo: f32,
     hi: f32,
-    zero_point: i32,
-    _t: std::marker::PhantomData<T>,
+    zp: i32,
+}
+
+impl Rule8 {
+    fn new(scale: f32, zero_point: i32, qmin: i32, qmax: i32) -> Self {
+        Rule8 {
+            inv: 1.0f32 / scale,
+            lo: (qmin - zero_point) as f32,
+            hi: (qmax - zero_point) as f32,
+            zp: zero_point,
+        }
+    }
+
+    #[inline(always)]
+    fn one<T: QInt>(self, v: f32) -> T {
+        T::from_i32(quantize_one_8bit(v, self.inv, self.lo, self.hi, self.zp))
+    }
 }
 
 impl<T: QInt> Vectorized for Quant8Cl<'_, T> {
@@ -252,10 +267,7 @@ impl<T: QInt> Vectorized for Quant8Cl<'_, T> {
             x,
             channels: c,
             inner,
-            inv,
-            lo,
-            hi,
-            zero_point: zp,
+            rule,
             ..
         } = self;
         let mut tmp = vec![T::from_i32(0); c * BLOCK];
@@ -269,7 +281,7 @@ impl<T: QInt> Vectorized for Quant8Cl<'_, T> {
                 for ch in 0..c {
                     let src = &xs[ch * inner + s0..][..len];
                     for (o, &v) in tmp[ch * BLOCK..][..len].iter_mut().zip(src) {
-                        *o = T::from_i32(quantize_one_8bit(v, inv, lo, hi, zp));
+                        *o = rule.one(v);
                     }
                 }
                 let dst = &mut os[s0 * c..][..len * c];
@@ -297,10 +309,7 @@ impl<T: QInt> Vectorized for Quant8Cl<'_, T> {
 /// The 8-bit quantize loop, compiled per ISA.
 struct Quant8<'a, T> {
     x: &'a [f32],
-    inv: f32,
-    lo: f32,
-    hi: f32,
-    zero_point: i32,
+    rule: Rule8,
     _t: std::marker::PhantomData<T>,
 }
 
@@ -309,9 +318,9 @@ impl<T: QInt> Vectorized for Quant8<'_, T> {
     type Out = ();
     #[inline(always)]
     fn run(self, out: &mut [T]) {
-        let (inv, lo, hi, zp) = (self.inv, self.lo, self.hi, self.zero_point);
+        let rule = self.rule;
         for (o, &v) in out.iter_mut().zip(self.x) {
-            *o = T::from_i32(quantize_one_8bit(v, inv, lo, hi, zp));
+            *o = rule.one(v);
         }
     }
 }
