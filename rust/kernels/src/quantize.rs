@@ -6,7 +6,7 @@
 //! IEEE-exact operations (no FMA contraction happens in Rust).
 
 use crate::arch::{with_features, Vectorized};
-use crate::error::{check_len, checked_numel, KernelError, Result};
+use crate::error::{check_len, checked_numel, try_vec, KernelError, Result};
 use crate::qparams::{check_range, check_scale, QDtype};
 
 /// An integer type that quantized data is stored in.
@@ -191,17 +191,19 @@ fn quantize_channels_last_on<T: QInt>(
             quantize_per_tensor_unchecked(x, scale, zero_point, qmin, qmax, out);
             return Ok(());
         }
-        let mut tmp = vec![T::from_i32(0); numel];
+        let mut tmp = try_vec(numel, T::from_i32(0), "the quantized values")?;
         quantize_per_tensor_unchecked(x, scale, zero_point, qmin, qmax, &mut tmp);
         transpose_planes(&tmp, channels, inner, out);
         return Ok(());
     }
+    let block = QUANT_CL_BLOCK.min(inner);
     let work = Quant8Cl {
         x,
         channels,
         inner,
         rule: Rule8::new(scale, zero_point, qmin, qmax),
-        _t: std::marker::PhantomData,
+        tmp: try_vec(channels * block, T::from_i32(0), "the quantize buffer")?,
+        block,
     };
     with_features(engine, work, out);
     Ok(())
@@ -221,15 +223,20 @@ fn transpose_planes<T: Copy>(src: &[T], channels: usize, inner: usize, out: &mut
     }
 }
 
-/// The channels-last 8-bit quantize: blocks of `BLOCK` positions quantized plane by plane into a
+/// The channels-last 8-bit quantize: blocks of `block` positions quantized plane by plane into a
 /// small buffer (vectorised), then interleaved.
 struct Quant8Cl<'a, T> {
     x: &'a [f32],
     channels: usize,
     inner: usize,
     rule: Rule8,
-    _t: std::marker::PhantomData<T>,
+    /// `channels × block` values: one block of every plane
+    tmp: Vec<T>,
+    block: usize,
 }
+
+/// Positions per block of the channels-last quantize.
+const QUANT_CL_BLOCK: usize = 256;
 
 /// The 8-bit quantize rule's constants: `fl(1/scale)` and the clamp bounds around the zero
 /// point ([`quantize_one_8bit`]).
@@ -262,32 +269,31 @@ impl<T: QInt> Vectorized for Quant8Cl<'_, T> {
     type Out = ();
     #[inline(always)]
     fn run(self, out: &mut [T]) {
-        const BLOCK: usize = 256;
         let Quant8Cl {
             x,
             channels: c,
             inner,
             rule,
-            ..
+            mut tmp,
+            block: blk,
         } = self;
-        let mut tmp = vec![T::from_i32(0); c * BLOCK];
         for (xs, os) in x
             .chunks_exact(c * inner)
             .zip(out.chunks_exact_mut(c * inner))
         {
             let mut s0 = 0;
             while s0 < inner {
-                let len = BLOCK.min(inner - s0);
+                let len = blk.min(inner - s0);
                 for ch in 0..c {
                     let src = &xs[ch * inner + s0..][..len];
-                    for (o, &v) in tmp[ch * BLOCK..][..len].iter_mut().zip(src) {
+                    for (o, &v) in tmp[ch * blk..][..len].iter_mut().zip(src) {
                         *o = rule.one(v);
                     }
                 }
                 let dst = &mut os[s0 * c..][..len * c];
                 if c == 3 {
-                    let (t0, rest) = tmp.split_at(BLOCK);
-                    let (t1, t2) = rest.split_at(BLOCK);
+                    let (t0, rest) = tmp.split_at(blk);
+                    let (t1, t2) = rest.split_at(blk);
                     for (i, px) in dst.chunks_exact_mut(3).enumerate() {
                         px[0] = t0[i];
                         px[1] = t1[i];
@@ -296,7 +302,7 @@ impl<T: QInt> Vectorized for Quant8Cl<'_, T> {
                 } else {
                     for (i, px) in dst.chunks_exact_mut(c).enumerate() {
                         for (ch, v) in px.iter_mut().enumerate() {
-                            *v = tmp[ch * BLOCK + i];
+                            *v = tmp[ch * blk + i];
                         }
                     }
                 }

@@ -1008,6 +1008,28 @@ mod tests {
                 [1, 1, 1],
                 8,
             ), // grouped: 1 in, 2 out per group (a channel multiplier)
+            (
+                1,
+                [1, 6, 7],
+                16,
+                8,
+                [1, 3, 3],
+                [1, 1, 1],
+                [0, 1, 1],
+                [1, 1, 1],
+                1,
+            ), // im2col runs of 48 bytes (two 32-byte moves)
+            (
+                2,
+                [1, 5, 9],
+                24,
+                8,
+                [1, 3, 3],
+                [1, 1, 2],
+                [0, 1, 2],
+                [1, 1, 1],
+                1,
+            ), // im2col runs of 72 bytes (64-byte moves), stride 2 along the width
         ];
         for (ci, &(n, sp, cin, cout, kernel, stride, padding, dilation, groups)) in
             cases.iter().enumerate()
