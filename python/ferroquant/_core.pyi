@@ -177,6 +177,23 @@ class PackedConv:
         threads: int = 1,
     ) -> npt.NDArray[np.generic]: ...
 
+class Plan:
+    """A converted model's forward as kernel steps (ferroquant/_fx/plan.py builds it)."""
+
+    def __init__(
+        self,
+        steps: list[tuple],
+        input_shape: list[int],
+        output_shape: list[int],
+        same: list[tuple[dict, str, object]] = ...,
+        equal: list[tuple[dict, str, object]] = ...,
+        versions: list[tuple[object, int]] = ...,
+        empty: list[object] = ...,
+    ) -> None: ...
+    def holds(self) -> bool: ...
+    def run(self, x: npt.NDArray[np.float32], threads: int = 1) -> Optional[npt.NDArray[np.generic]]: ...
+    def __len__(self) -> int: ...
+
 class PackedLowLinear:
     @staticmethod
     def from_f16_bits(bits: npt.NDArray[np.uint16]) -> PackedLowLinear: ...

@@ -725,15 +725,16 @@ def _ints(v: Any, n: int) -> Optional[list[int]]:
     return items
 
 
-def _max_pool_u8(nd: int, d: torch.Tensor, args: tuple, kwargs: dict) -> Optional[torch.Tensor]:
-    """Max pooling of quint8 data in one Rust pass over the channels-last bytes (the result stays
-    channels-last); None where the float path decides (other dtypes, ceil_mode, arguments torch
-    rejects — it raises its own errors)."""
+def max_pool_geometry(
+    nd: int, d: torch.Tensor, args: tuple, kwargs: dict
+) -> Optional[tuple[list[int], list[int], list[int], list[int]]]:
+    """(kernel, stride, padding, dilation) of ``max_pool{nd}d(d, *args, **kwargs)`` when the Rust
+    kernel runs it (quint8 CPU data, no ceil_mode, padding ≤ kernel / 2), else None."""
     params = dict(zip(_MAX_POOL_ARGS, args))
     params.update(kwargs)
     if d.dtype != torch.uint8 or d.dim() != nd + 2 or params.get("ceil_mode") or d.device.type != "cpu":
         return None
-    if d.numel() == 0:  # torch decides (it rejects some empty inputs)
+    if d.numel() == 0 or params.get("return_indices"):  # torch decides (it rejects some empty inputs)
         return None
     k = _ints(params.get("kernel_size"), nd)
     stride = params.get("stride")
@@ -743,6 +744,17 @@ def _max_pool_u8(nd: int, d: torch.Tensor, args: tuple, kwargs: dict) -> Optiona
         return None
     if 0 in k or 0 in s or 0 in dil or any(pp > kk // 2 for pp, kk in zip(p, k)):
         return None
+    return k, s, p, dil
+
+
+def _max_pool_u8(nd: int, d: torch.Tensor, args: tuple, kwargs: dict) -> Optional[torch.Tensor]:
+    """Max pooling of quint8 data in one Rust pass over the channels-last bytes (the result stays
+    channels-last); None where the float path decides (other dtypes, ceil_mode, arguments torch
+    rejects — it raises its own errors)."""
+    geom = max_pool_geometry(nd, d, args, kwargs)
+    if geom is None:
+        return None
+    k, s, p, dil = geom
     lift = [1] * (3 - nd)
     cl = nhwc_numpy(d)
     x5 = cl.reshape(cl.shape[0], *lift, *cl.shape[1:])

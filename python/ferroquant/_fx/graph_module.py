@@ -3,9 +3,12 @@
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
+import torch
 from torch import fx
+from torch.nn.modules import module as _module
 
 __all__ = ["ObservedGraphModule", "QuantizedGraphModule", "fx_info"]
 
@@ -27,7 +30,71 @@ class ObservedGraphModule(_WithFloatParts):
 
 
 class QuantizedGraphModule(_WithFloatParts):
-    """What ``convert_fx`` returns: the model calling ferroquant's quantized modules."""
+    """What ``convert_fx`` returns: the model calling ferroquant's quantized modules.
+
+    Calling it with one float32 CPU tensor runs the whole graph as one kernel plan when every
+    node is one the kernels run directly (``ferroquant/_fx/plan.py``, docs/performance.md): the
+    same results, bit for bit, without a Python call per node. ``use_graph_plan = False`` (or
+    ``FERROQUANT_GRAPH_PLAN=0``) runs module by module; :meth:`graph_plan_status` says, per input
+    shape seen, whether a plan runs and why not."""
+
+    __jit_ignored_attributes__ = [*_WithFloatParts.__jit_ignored_attributes__, "_fq_plans"]
+
+    use_graph_plan = True  # no annotation: TorchScript would read it (as a string) for the attribute type
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        if len(args) == 1 and not kwargs and self.use_graph_plan and _plans_allowed(self):
+            plans = self.__dict__.get("_fq_plans")
+            if plans is None:
+                from .plan import PlanCache
+
+                plans = self.__dict__["_fq_plans"] = PlanCache()
+            out = plans.run(self, args[0])
+            if out is not NotImplemented:
+                return out
+        return super().__call__(*args, **kwargs)
+
+    def recompile(self) -> Any:
+        plans = self.__dict__.get("_fq_plans")
+        if plans is not None:
+            plans.clear()  # the graph changed: plans are rebuilt from it
+        return super().recompile()
+
+    def __reduce__(self) -> tuple:
+        # torch pickles a GraphModule as its code and rebuilds a plain GraphModule: rebuild this
+        # class around it (graph plans, float_parts) after torch.save / torch.load
+        rebuild, args = super().__reduce__()
+        return (_as_quantized, (rebuild, args))
+
+    def graph_plan_status(self) -> list[tuple[tuple[int, ...], bool, str]]:
+        """``(input shape, runs as a plan, detail)`` for each input shape this model was called
+        with (the most recent few): the detail is the step count, or why the graph runs module by
+        module."""
+        plans = self.__dict__.get("_fq_plans")
+        return [] if plans is None else plans.status()
+
+
+def _as_quantized(rebuild: Any, args: tuple) -> Any:
+    gm = rebuild(*args)
+    if not isinstance(gm, fx.GraphModule) or isinstance(gm, QuantizedGraphModule):
+        return gm
+    new = QuantizedGraphModule.__new__(QuantizedGraphModule)
+    new.__dict__.update(gm.__dict__)
+    new.graph = gm.graph  # owns the graph, generates its forward
+    return new
+
+
+def _plans_allowed(gm: QuantizedGraphModule) -> bool:
+    """No hooks (on the model or global), ``forward`` not replaced, not being compiled."""
+    if gm._forward_hooks or gm._forward_pre_hooks or "forward" in gm.__dict__:
+        return False
+    if _module._global_forward_hooks or _module._global_forward_pre_hooks:
+        return False
+    return _PLANS_ON and not torch.compiler.is_compiling()
+
+
+# FERROQUANT_GRAPH_PLAN=0 (read at import) runs every converted model module by module
+_PLANS_ON = os.environ.get("FERROQUANT_GRAPH_PLAN", "1").strip().lower() not in ("0", "off", "false", "no")
 
 
 def fx_info(gm: Any, who: str) -> dict:

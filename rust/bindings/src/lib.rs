@@ -12,6 +12,7 @@
 #![deny(unsafe_code)]
 
 mod errors;
+mod plan;
 
 use ferroquant_kernels as k;
 use ferroquant_kernels::quantize::{ChannelLayout, QInt};
@@ -1627,6 +1628,7 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(dequantize_per_channel, m)?)?;
     m.add_function(wrap_pyfunction!(rnn_layer, m)?)?;
     m.add_class::<PackedLinear>()?;
+    m.add_class::<plan::Plan>()?;
     m.add_class::<PackedLowLinear>()?;
     m.add_class::<EmbeddingTable>()?;
     m.add_function(wrap_pyfunction!(softmax_u8, m)?)?;
