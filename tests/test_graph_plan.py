@@ -292,11 +292,7 @@ def test_a_deleted_model_frees_its_plans():
 def test_plans_can_be_turned_off_for_a_process(tmp_path):
     import subprocess
 
-    code = (
-        "import torch, ferroquant as fq\n"
-        "from ferroquant._fx import graph_module as g\n"
-        "print(g._PLANS_ON)\n"
-    )
+    code = "import torch, ferroquant as fq\nfrom ferroquant._fx import graph_module as g\nprint(g._PLANS_ON)\n"
     env = {**__import__("os").environ, "FERROQUANT_GRAPH_PLAN": "0"}
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
