@@ -308,6 +308,8 @@ impl Plan {
     ) -> Result<RunOut, k::KernelError> {
         let e = engine();
         let mut float_out = None;
+        // outputs freed by later steps, recycled for the next ones (no fill, no page faults)
+        let mut pool: Vec<Vec<u8>> = Vec::new();
         let missing = || k::KernelError::InvalidQParams("plan: a step reads an empty slot".into());
         for st in &self.steps[1..] {
             let x = slots[st.src].as_deref().ok_or_else(missing)?;
@@ -321,7 +323,8 @@ impl Plan {
                     relu,
                 } => {
                     let (n, sp, _) = nsc_k(&st.shape)?;
-                    let (y, _) = k::conv::conv_static::<u8>(
+                    let buf = take_buf(&mut pool, st.out_len);
+                    let (y, _) = k::conv::conv_static_reusing::<u8>(
                         e,
                         x,
                         n,
@@ -336,6 +339,7 @@ impl Plan {
                         out.qmax,
                         *relu,
                         threads,
+                        buf,
                     )?;
                     y
                 }
@@ -349,7 +353,8 @@ impl Plan {
                     let w = &w.get().inner;
                     let m = x.len() / w.k().max(1);
                     let pa = k::PackedA::from_u8(x, m, w.k(), *xz)?;
-                    let mut y = k::error::try_vec(m * w.n(), 0u8, "the linear output")?;
+                    let buf = take_buf(&mut pool, m * w.n());
+                    let mut y = k::error::reuse_vec(buf, m * w.n(), 0u8, "the linear output")?;
                     k::linear_static_packed(
                         e,
                         &pa,
@@ -374,7 +379,8 @@ impl Plan {
                     relu,
                 } => {
                     let bd = slots[*b].as_deref().ok_or_else(missing)?;
-                    let mut y = k::error::try_vec(x.len(), 0u8, "the add output")?;
+                    let buf = take_buf(&mut pool, x.len());
+                    let mut y = k::error::reuse_vec(buf, x.len(), 0u8, "the add output")?;
                     k::elementwise::add_requant_threads(
                         e,
                         QOperand {
@@ -436,7 +442,9 @@ impl Plan {
                 slots[st.dst] = Some(y);
             }
             for &f in &st.frees {
-                slots[f] = None;
+                if let Some(b) = slots[f].take() {
+                    pool.push(b);
+                }
             }
         }
         Ok(match float_out {
@@ -452,6 +460,19 @@ impl Plan {
 enum RunOut {
     Float(Vec<f32>),
     Quant(Vec<u8>),
+}
+
+/// The pooled buffer that fits `len` best (the shortest at least that long, else the longest),
+/// or a new empty one.
+fn take_buf(pool: &mut Vec<Vec<u8>>, len: usize) -> Vec<u8> {
+    let fit = pool
+        .iter()
+        .enumerate()
+        .filter(|(_, b)| b.len() >= len)
+        .min_by_key(|(_, b)| b.len())
+        .or_else(|| pool.iter().enumerate().max_by_key(|(_, b)| b.len()))
+        .map(|(i, _)| i);
+    fit.map_or_else(Vec::new, |i| pool.swap_remove(i))
 }
 
 fn same_len(what: &str, expected: usize, got: usize) -> Result<(), k::KernelError> {

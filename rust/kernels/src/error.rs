@@ -93,3 +93,23 @@ pub fn try_vec<T: Clone>(len: usize, value: T, what: &str) -> Result<Vec<T>> {
     v.resize(len, value);
     Ok(v)
 }
+
+/// `buf` made `len` long for a kernel that writes every element: a buffer at least that long is
+/// truncated (nothing filled), a shorter one grown with `value` (only the new part); a failed
+/// allocation is `OutOfMemory` (never an abort).
+pub fn reuse_vec<T: Clone>(mut buf: Vec<T>, len: usize, value: T, what: &str) -> Result<Vec<T>> {
+    if buf.len() >= len {
+        buf.truncate(len);
+        return Ok(buf);
+    }
+    if buf.capacity() < len {
+        buf.try_reserve_exact(len - buf.len()).map_err(|_| {
+            KernelError::OutOfMemory(format!(
+                "cannot allocate {what}: {len} elements of {} bytes",
+                std::mem::size_of::<T>()
+            ))
+        })?;
+    }
+    buf.resize(len, value);
+    Ok(buf)
+}

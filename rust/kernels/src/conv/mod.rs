@@ -11,7 +11,7 @@ mod depthwise;
 mod grouped;
 
 use crate::arch::Engine;
-use crate::error::{check_len, checked_numel, try_vec, KernelError, Result};
+use crate::error::{check_len, checked_numel, reuse_vec, try_vec, KernelError, Result};
 use crate::gemm::gemm_split;
 use crate::packed::{PackedA, PackedWeights};
 use crate::quantize::QInt;
@@ -523,7 +523,41 @@ pub fn conv_static<T: QInt>(
         qmax,
         relu,
     };
-    conv_static_blocked(engine, x, n, spatial, pc, &args, threads, None)
+    conv_static_blocked(engine, x, n, spatial, pc, &args, threads, None, Vec::new())
+}
+
+/// [`conv_static`] writing into `buf`'s allocation: a buffer at least as long as the output is
+/// truncated to it (no fill: every output element is written), a shorter one grown. For callers
+/// that run convolutions back to back and recycle their outputs (`_core.Plan`).
+#[allow(clippy::too_many_arguments)]
+pub fn conv_static_reusing<T: QInt>(
+    engine: Engine,
+    x: &[u8],
+    n: usize,
+    spatial: [usize; 3],
+    x_scale: f32,
+    x_zp: i32,
+    pc: &PackedConv,
+    bias: Option<&[f32]>,
+    out_scale: f32,
+    out_zp: i32,
+    qmin: i32,
+    qmax: i32,
+    relu: bool,
+    threads: usize,
+    buf: Vec<T>,
+) -> Result<(Vec<T>, [usize; 3])> {
+    let args = ConvArgs {
+        x_scale,
+        x_zp,
+        bias,
+        out_scale,
+        out_zp,
+        qmin,
+        qmax,
+        relu,
+    };
+    conv_static_blocked(engine, x, n, spatial, pc, &args, threads, None, buf)
 }
 
 /// The scalar arguments of a conv call.
@@ -549,6 +583,7 @@ fn conv_static_blocked<T: QInt>(
     args: &ConvArgs<'_>,
     threads: usize,
     block: Option<usize>,
+    buf: Vec<T>,
 ) -> Result<(Vec<T>, [usize; 3])> {
     let geom = pc.geom;
     let (cin, cout, g) = (pc.cin, pc.cout, geom.groups);
@@ -593,7 +628,7 @@ fn conv_static_blocked<T: QInt>(
     };
     if let Some(dw) = &pc.depthwise {
         let stage = direct_stage(dw.scales())?;
-        let mut out = try_vec(out_numel, T::default(), "the convolution output")?;
+        let mut out = reuse_vec(buf, out_numel, T::default(), "the convolution output")?;
         depthwise::depthwise(engine, dw, &input, &stage, &mut out, threads)?;
         return Ok((out, osp));
     }
@@ -603,7 +638,7 @@ fn conv_static_blocked<T: QInt>(
     });
     if let Some((gp, kernel, blocks)) = grouped_run {
         let stage = direct_stage(gp.scales())?;
-        let mut out = try_vec(out_numel, T::default(), "the convolution output")?;
+        let mut out = reuse_vec(buf, out_numel, T::default(), "the convolution output")?;
         grouped::grouped(
             engine, kernel, blocks, gp, &input, &stage, &mut out, threads,
         )?;
@@ -628,7 +663,7 @@ fn conv_static_blocked<T: QInt>(
             )
         })
         .collect::<Result<Vec<_>>>()?;
-    let mut out = try_vec(out_numel, T::default(), "the convolution output")?;
+    let mut out = reuse_vec(buf, out_numel, T::default(), "the convolution output")?;
     if pixels == 0 {
         return Ok((out, osp));
     }
@@ -1085,9 +1120,18 @@ mod tests {
             for e in available_engines() {
                 // whole blocks, blocks of one pixel, of 5 pixels; one and three threads
                 for (block, threads) in [(None, 1), (Some(1), 1), (Some(5), 3), (None, 3)] {
-                    let (got, _) =
-                        conv_static_blocked::<i8>(e, &x, n, sp, &pc, &args, threads, block)
-                            .unwrap();
+                    let (got, _) = conv_static_blocked::<i8>(
+                        e,
+                        &x,
+                        n,
+                        sp,
+                        &pc,
+                        &args,
+                        threads,
+                        block,
+                        Vec::new(),
+                    )
+                    .unwrap();
                     assert_eq!(
                         got,
                         expect,
@@ -1231,9 +1275,18 @@ mod tests {
                     };
                     for e in available_engines() {
                         for threads in [1, 3] {
-                            let (got, _) =
-                                conv_static_blocked::<i8>(e, &x, n, sp, &pc, &args, threads, None)
-                                    .unwrap();
+                            let (got, _) = conv_static_blocked::<i8>(
+                                e,
+                                &x,
+                                n,
+                                sp,
+                                &pc,
+                                &args,
+                                threads,
+                                None,
+                                Vec::new(),
+                            )
+                            .unwrap();
                             assert_eq!(
                             got,
                             expect,
@@ -1249,7 +1302,15 @@ mod tests {
                                     ..args
                                 };
                                 let (got, _) = conv_static_blocked::<u8>(
-                                    e, &x, n, sp, &pc, &args_u8, threads, None,
+                                    e,
+                                    &x,
+                                    n,
+                                    sp,
+                                    &pc,
+                                    &args_u8,
+                                    threads,
+                                    None,
+                                    Vec::new(),
                                 )
                                 .unwrap();
                                 assert_eq!(
@@ -1319,15 +1380,74 @@ mod tests {
             relu: false,
         };
         for e in available_engines() {
-            let (one, _) =
-                conv_static_blocked::<u8>(e, &x, n, sp, &pc, &args, 1, Some(usize::MAX)).unwrap();
+            let (one, _) = conv_static_blocked::<u8>(
+                e,
+                &x,
+                n,
+                sp,
+                &pc,
+                &args,
+                1,
+                Some(usize::MAX),
+                Vec::new(),
+            )
+            .unwrap();
             for (block, threads) in [(Some(24), 2), (Some(7), 4), (None, 2)] {
                 let (got, _) =
-                    conv_static_blocked::<u8>(e, &x, n, sp, &pc, &args, threads, block).unwrap();
+                    conv_static_blocked::<u8>(e, &x, n, sp, &pc, &args, threads, block, Vec::new())
+                        .unwrap();
                 assert_eq!(got, one, "engine {} block {block:?}", e.name());
             }
         }
         crate::threading::set_parallel_min_macs(old);
+    }
+
+    #[test]
+    fn reused_output_buffers_give_the_same_bytes_on_every_path() {
+        // GEMM (3x3, 1x1), depthwise and grouped paths write every output element: a recycled
+        // buffer full of garbage, longer or shorter than the output, changes nothing
+        let cases = [
+            ([1, 3, 3], [1, 1, 1], [0, 1, 1], 1, 8, 20),
+            ([1, 1, 1], [1, 1, 1], [0, 0, 0], 1, 16, 24),
+            ([1, 3, 3], [1, 2, 2], [0, 1, 1], 32, 32, 32),
+            ([1, 3, 3], [1, 1, 1], [0, 1, 1], 4, 16, 16),
+        ];
+        for (kernel, stride, padding, groups, cin, cout) in cases {
+            let geom = ConvGeometry {
+                kernel,
+                stride,
+                padding,
+                dilation: [1, 1, 1],
+                groups,
+            };
+            let (n, sp) = (2, [1, 13, 11]);
+            let x: Vec<u8> = (0..n * 13 * 11 * cin)
+                .map(|i| ((i * 97) % 251) as u8)
+                .collect();
+            let kk = kernel[1] * kernel[2];
+            let w: Vec<i8> = (0..cout * cin / groups * kk)
+                .map(|i| ((i * 31) % 200) as i32 as i8)
+                .collect();
+            let pc = PackedConv::new(&w, cout, cin, geom, &[0.02], &[0]).unwrap();
+            for e in available_engines() {
+                let run = |buf: Vec<u8>| {
+                    conv_static_reusing::<u8>(
+                        e, &x, n, sp, 0.05, 3, &pc, None, 0.7, 128, 0, 255, true, 2, buf,
+                    )
+                    .unwrap()
+                };
+                let (fresh, osp) = run(Vec::new());
+                for len in [fresh.len() * 2, fresh.len() / 2, fresh.len()] {
+                    let (got, got_sp) = run(vec![0xA5; len]);
+                    assert_eq!(
+                        (got, got_sp),
+                        (fresh.clone(), osp),
+                        "engine {} groups {groups}",
+                        e.name()
+                    );
+                }
+            }
+        }
     }
 
     #[test]
