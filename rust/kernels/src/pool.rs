@@ -101,6 +101,15 @@ impl Vectorized for MaxLines<'_> {
         let inside = |v: isize, n: usize| v >= 0 && (v as usize) < n;
         let mut rows: Vec<usize> = Vec::new();
         let mut taps: Vec<usize> = Vec::new();
+        // a full window's taps relative to its first column (rows × kernel columns)
+        let mut rel: Vec<usize> = Vec::new();
+        let (k2, s2, p2, d2) = (
+            geom.kernel[2],
+            geom.stride[2],
+            geom.padding[2],
+            geom.dilation[2],
+        );
+        let span = k2.saturating_sub(1) * d2;
         for (i, line) in out.chunks_exact_mut(osp[2] * c).enumerate() {
             let l = l0 + i;
             let oh = l % osp[1];
@@ -118,39 +127,58 @@ impl Vectorized for MaxLines<'_> {
                     }
                 }
             }
+            rel.clear();
+            for &row in &rows {
+                for kw in 0..k2 {
+                    rel.push((row + kw * d2) * c);
+                }
+            }
             for (ow, px) in line.chunks_exact_mut(c).enumerate() {
-                let iw0 = (ow * geom.stride[2]) as isize - geom.padding[2] as isize;
+                let iw0 = (ow * s2) as isize - p2 as isize;
                 taps.clear();
-                for &row in &rows {
-                    for kw in 0..geom.kernel[2] {
-                        let iw = iw0 + (kw * geom.dilation[2]) as isize;
-                        if inside(iw, sp[2]) {
-                            taps.push((row + iw as usize) * c);
-                        }
-                    }
-                }
-                // 64 channels at a time, the running max in a register across the window (a
-                // max stored back to the output per tap would wait on its own store each time)
-                for c0 in (0..c).step_by(64) {
-                    let n = (c - c0).min(64);
-                    if n == 64 {
-                        let mut acc = [0u8; 64];
-                        for &t in &taps {
-                            let s: &[u8; 64] = x[t + c0..t + c0 + 64].try_into().expect("64 bytes");
-                            for i in 0..64 {
-                                acc[i] = acc[i].max(s[i]);
-                            }
-                        }
-                        px[c0..c0 + 64].copy_from_slice(&acc);
-                    } else {
-                        let o = &mut px[c0..c0 + n];
-                        for &t in &taps {
-                            for (a, &v) in o.iter_mut().zip(&x[t + c0..t + c0 + n]) {
-                                *a = (*a).max(v);
+                if iw0 >= 0 && iw0 as usize + span < sp[2] {
+                    // the whole window is inside the row: fixed offsets from its first column
+                    let base = iw0 as usize * c;
+                    taps.extend(rel.iter().map(|&r| r + base));
+                } else {
+                    for &row in &rows {
+                        for kw in 0..k2 {
+                            let iw = iw0 + (kw * d2) as isize;
+                            if inside(iw, sp[2]) {
+                                taps.push((row + iw as usize) * c);
                             }
                         }
                     }
                 }
+                max_taps(x, &taps, px);
+            }
+        }
+    }
+}
+
+/// `px[i] = max over taps t of x[t + i]` (0 for no taps), 64 channels at a time with the running
+/// max in a register across the window (a max stored back per tap would wait on its own store).
+#[inline(always)]
+fn max_taps(x: &[u8], taps: &[usize], px: &mut [u8]) {
+    let c = px.len();
+    let mut c0 = 0;
+    while c0 + 64 <= c {
+        let mut acc = [0u8; 64];
+        for &t in taps {
+            let s: &[u8; 64] = x[t + c0..t + c0 + 64].try_into().expect("64 bytes");
+            for i in 0..64 {
+                acc[i] = acc[i].max(s[i]);
+            }
+        }
+        px[c0..c0 + 64].copy_from_slice(&acc);
+        c0 += 64;
+    }
+    if c0 < c {
+        let o = &mut px[c0..];
+        o.fill(0);
+        for &t in taps {
+            for (a, &v) in o.iter_mut().zip(&x[t + c0..t + c]) {
+                *a = (*a).max(v);
             }
         }
     }
