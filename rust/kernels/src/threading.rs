@@ -36,10 +36,13 @@ use std::sync::{Arc, Condvar, Mutex, OnceLock, TryLockError};
 use std::time::{Duration, Instant};
 
 /// Default of [`parallel_min_macs`]: below this many multiply-accumulates a call stays on the
-/// calling thread.
-pub const PARALLEL_MIN_MACS: usize = 1 << 23;
+/// calling thread. 2M (~5 µs on one VNNI core): a whole-graph plan runs its steps back to back
+/// with the threads warm, and MobileNetV2's layers of 2–8M MACs then gain from a second thread
+/// (2 threads: 1.09 → 0.90 ms against 8M; ResNet-18 2.55 → 2.46 ms; Linear ops unchanged or
+/// faster, docs/performance.md).
+pub const PARALLEL_MIN_MACS: usize = 1 << 21;
 
-/// A call uses at most one thread per this many multiply-accumulates (~20 µs of work) by
+/// A call uses at most one thread per this many multiply-accumulates (~2.5 µs of work) by
 /// default: half of [`parallel_min_macs`].
 pub const MACS_PER_THREAD: usize = PARALLEL_MIN_MACS / 2;
 
