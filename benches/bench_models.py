@@ -2,7 +2,7 @@
 
     python benches/bench_models.py [--threads 1] [--seq 128] [--models encoder,resnet18,mobilenet_v2]
                                    [--engine auto] [--torch-avx2] [--cnn-mode fx|eager] [--peers]
-                                   [--json out.json]
+                                   [--parallel-min-macs N] [--json out.json]
 
 Models from shared/design/ANCHORS.md: the 4-layer BERT-base-size encoder (dynamic
 quantization of every nn.Linear, each library's default dynamic qconfig), T=128, batch 1. Reports
@@ -301,10 +301,18 @@ def main() -> int:
         action="store_true",
         help="also onnxruntime and OpenVINO+NNCF int8 on the CNNs (benches/peers.py; pip install '.[bench]')",
     )
+    ap.add_argument(
+        "--parallel-min-macs",
+        type=int,
+        default=None,
+        help="ferroquant's parallel threshold in multiply-adds (_core.set_parallel_min_macs; default: the kernels')",
+    )
     ap.add_argument("--json")
     add_torch_avx2_flag(ap)
     args = ap.parse_args()
     apply_torch_avx2_flag(args)
+    if args.parallel_min_macs is not None:
+        fq._core.set_parallel_min_macs(args.parallel_min_macs)
     torch.set_num_threads(args.threads)
     fq.set_num_threads(args.threads)
     fq.backends.engine = args.engine
