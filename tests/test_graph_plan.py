@@ -296,3 +296,120 @@ def test_plans_can_be_turned_off_for_a_process(tmp_path):
     env = {**__import__("os").environ, "FERROQUANT_GRAPH_PLAN": "0"}
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+def test_bias_writes_that_bypass_the_version_counter_are_seen():
+    # the module reads its bias array at every call: so does the plan
+    m = _convert(_Small(), (1, 3, 16, 16))
+    x = torch.randn(1, 3, 16, 16)
+    m(x)
+    before = m(x)
+    m.fc.bias().data.mul_(-2.0)  # .data: no version bump
+    after = m(x)
+    assert not _same(after, before) and _same(after, _slow(m, x)) and _plan_runs(m, x)
+
+
+def test_training_mode_and_in_place_edits_of_list_attributes():
+    class Drop(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.c = nn.Conv2d(3, 8, 3)
+            self.d = nn.Dropout()
+            self.p = nn.MaxPool2d(2)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.p(self.d(self.c(x)))
+
+    m = _convert(Drop(), (1, 3, 12, 12))
+    x = torch.randn(1, 3, 12, 12)
+    m(x)
+    m(x)
+    m.p.kernel_size = [2, 2]
+    assert _same(m(x), _slow(m, x))
+    m.p.kernel_size[0] = 3  # the same list, edited in place
+    assert _same(m(x), _slow(m, x)) and _plan_runs(m, x)
+    m.p.padding = 0.0  # equal to 0, not the same: rebuilt from what the modules do with it
+    with pytest.raises(TypeError):
+        _slow(m, x)
+    with pytest.raises(TypeError):
+        m(x)
+    m.p.padding = 0
+    m.train()  # whatever the modules do in training mode, the plan does
+    assert _same(m(x), _slow(m, x))
+    m.eval()
+    assert _same(m(x), _slow(m, x)) and _plan_runs(m, x)
+
+
+def test_a_graph_edited_without_recompile_runs_its_compiled_forward():
+    m = _convert(_Small(), (1, 3, 16, 16))
+    x, y = torch.randn(1, 3, 16, 16), torch.randn(2, 3, 16, 16)
+    m(x)
+    for node in m.graph.nodes:  # drop the max pool, without recompile()
+        if node.op == "call_module" and node.target == "pool":
+            node.replace_all_uses_with(node.args[0])
+            m.graph.erase_node(node)
+            break
+    else:
+        raise AssertionError("no pool node")
+    assert _same(m(y), _slow(m, y)) and not _plan_runs(m, y)
+    assert "recompile" in m.graph_plan_status()[-1][2]
+    assert _same(m(x), _slow(m, x))
+
+
+def test_concurrent_calls_while_the_model_changes():
+    import threading
+
+    m = _convert(_Small(), (1, 3, 16, 16))
+    x = torch.randn(1, 3, 16, 16)
+    want = _slow(m, x)
+    errors: list[BaseException] = []
+
+    def call() -> None:
+        try:
+            for _ in range(40):
+                assert _same(m(x), want)
+        except BaseException as e:  # noqa: BLE001
+            errors.append(e)
+
+    threads = [threading.Thread(target=call) for _ in range(3)]
+    for t in threads:
+        t.start()
+    for _ in range(20):  # guards fail under the callers' feet: the same values, new objects
+        m.fc.scale = float(m.fc.scale)
+        m.fc2 = copy.deepcopy(m.fc2)
+    for t in threads:
+        t.join()
+    assert not errors, errors[0]
+
+
+def test_quantized_outputs_shapes_beyond_the_cache_and_relu6():
+    from ferroquant.quantize_fx import PrepareCustomConfig
+
+    class Net(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.c = nn.Conv2d(3, 8, 3, padding=1)
+            self.r = nn.ReLU6()
+            self.c2 = nn.Conv2d(8, 8, 1)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.c2(self.r(self.c(x)))
+
+    torch.manual_seed(0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        p = prepare_fx(
+            Net().eval(),
+            fq.get_default_qconfig_mapping("x86"),
+            (torch.randn(1, 3, 8, 8),),
+            prepare_custom_config=PrepareCustomConfig().set_output_quantized_indexes([0]),
+        )
+    p(torch.randn(2, 3, 8, 8))
+    m = convert_fx(p)
+    for size in range(4, 14):  # ten shapes: the oldest two leave the cache
+        x = torch.randn(1, 3, size, size) * 4
+        out = m(x)
+        assert isinstance(out, fq.QTensor)
+        assert _same(m(x), out) and _same(out, _slow(m, x))
+    status = m.graph_plan_status()
+    assert len(status) == 8 and status[-1][0] == (1, 3, 13, 13)

@@ -90,7 +90,7 @@ def _plans_allowed(gm: QuantizedGraphModule) -> bool:
         return False
     if _module._global_forward_hooks or _module._global_forward_pre_hooks:
         return False
-    return _PLANS_ON and not torch.compiler.is_compiling()
+    return _PLANS_ON and not torch.compiler.is_compiling() and not torch.jit.is_tracing()
 
 
 # FERROQUANT_GRAPH_PLAN=0 (read at import) runs every converted model module by module

@@ -18,6 +18,7 @@ results never depend on which path ran.
 
 from __future__ import annotations
 
+import copy
 from typing import Any, Callable, Optional
 
 import torch
@@ -54,11 +55,13 @@ _MAX_PLANS = 8  # input shapes kept per model
 
 class Unsupported(Exception):
     """Why a graph (for one input) runs module by module. ``wait``: hook tables that, once all
-    empty again, let the plan be tried again."""
+    empty again, let the plan be tried again; ``structural``: the graph itself (its node kinds)."""
 
-    def __init__(self, why: str, wait: Optional[list] = None) -> None:
+    def __init__(self, why: str, wait: Optional[list] = None, structural: bool = False) -> None:
         super().__init__(why)
         self.wait = wait or []
+        # a reason in the graph's node kinds (not in a module or the input): no input will do
+        self.structural = structural
 
 
 def _hooks(mod: nn.Module) -> int:
@@ -144,10 +147,10 @@ class _Meta:
         self.alias = alias
 
 
-def _canonical(m: _Meta, who: str) -> _QMeta:
+def _canonical(m: Optional[_Meta], who: str) -> _QMeta:
     """The recorded value as a per-tensor quint8 QTensor stored as the plan stores values (rank
     ≥ 3: channels-last; otherwise contiguous), or Unsupported."""
-    if m.q is None:
+    if m is None or m.q is None:
         raise Unsupported(f"{who} is not a QTensor")
     if m.q.problem:
         raise Unsupported(f"{who} {m.q.problem}")
@@ -159,12 +162,16 @@ class _Recorder(fx.Interpreter):
 
     def __init__(self, gm: fx.GraphModule) -> None:
         super().__init__(gm)
-        self.meta: dict[fx.Node, _Meta] = {}
+        self.extra_traceback = False  # the modules' own errors, unchanged
+        self.meta: dict[fx.Node, Optional[_Meta]] = {}
 
     def run_node(self, n: fx.Node) -> Any:
         out = super().run_node(n)
         alias = any(out is self.env.get(a) for a in n.all_input_nodes)
-        self.meta[n] = _Meta(out, alias)
+        try:
+            self.meta[n] = _Meta(out, alias)
+        except Exception:  # noqa: BLE001 - a value the plan cannot describe (sparse, ...)
+            self.meta[n] = None
         return out
 
 
@@ -182,6 +189,8 @@ class _Builder:
         self.equal: list[tuple[dict, str, Any]] = []
         self.versions: list[tuple[torch.Tensor, int]] = []
         self.empty: list[Any] = []
+        self.lengths: list[tuple[dict, int]] = []
+        self.types: list[tuple[Any, type]] = []
 
     def new_slot(self, node: fx.Node, shape: tuple[int, ...], scale: float = 0.0, zp: int = 0) -> _Slot:
         s = _Slot(self.count, shape, scale, zp)
@@ -213,17 +222,22 @@ class _Builder:
             self.same.append((home, name, home.get(name)))
         for name in equal:
             home = _home(mod, name)
-            self.equal.append((home, name, home.get(name)))
+            value = home.get(name)
+            # a copy of a mutable value: an edit in place is then a change
+            self.equal.append((home, name, copy.deepcopy(value) if isinstance(value, (list, dict, set)) else value))
         self.versions += [(t, t._version) for t in tensors if t is not None]
+        # an attribute added to the instance (a method replaced on it) or its class swapped
+        self.lengths.append((mod.__dict__, len(mod.__dict__)))
+        self.types.append((mod, type(mod)))
 
     def q_in(self, node: fx.Node, i: int = 0) -> tuple[_Slot, _QMeta]:
         arg = node.args[i] if i < len(node.args) else None
         if not isinstance(arg, fx.Node) or arg not in self.slots or arg is self.float_in:
             raise Unsupported(f"{node.name}: input {i} is not a quantized value of the plan")
-        return self.slots[arg], _canonical(self.values[arg], arg.name)
+        return self.slots[arg], _canonical(self.values.get(arg), arg.name)
 
     def out(self, node: fx.Node) -> _QMeta:
-        return _canonical(self.values[node], node.name)
+        return _canonical(self.values.get(node), node.name)
 
     def add(self, kind: str, src: _Slot, node: fx.Node, in_shape: tuple, *args: Any) -> _Slot:
         q = self.out(node)
@@ -236,7 +250,7 @@ class _Builder:
         for node in self.gm.graph.nodes:
             if node.op == "placeholder":
                 if self.float_in is not None:
-                    raise Unsupported("the graph takes more than one input")
+                    raise Unsupported("the graph takes more than one input", structural=True)
                 self.float_in = node
                 self.slots[node] = _Slot(-1, tuple(self.x.shape))
             elif node.op == "call_module":
@@ -249,7 +263,7 @@ class _Builder:
                     raise Unsupported("the graph's output is not one value of the plan")
                 out_node = res
             else:
-                raise Unsupported(f"{node.op} {node.target} runs in Python")
+                raise Unsupported(f"{node.op} {node.target} runs in Python", structural=True)
         if out_node is None or not self.steps:
             raise Unsupported("nothing to run")
         if self.slots[out_node].index != self.steps[-1][2]:
@@ -263,10 +277,11 @@ class _Builder:
             raise Unsupported(f"{node.name} is called with keyword arguments")
         if t in _IDENTITIES:
             (arg,) = node.args
-            if not isinstance(arg, fx.Node) or arg not in self.slots or not self.values[node].alias:
+            meta = self.values.get(node)
+            if not isinstance(arg, fx.Node) or arg not in self.slots or meta is None or not meta.alias:
                 raise Unsupported(f"{node.name}: an identity that is not one")
             self.slots[node] = self.slots[arg]
-            self.guard(mod)
+            self.guard(mod, equal=("training",))  # torch's Dropout raises on a QTensor in training
             return
         if t is Quantize:
             (arg,) = node.args
@@ -360,8 +375,8 @@ class _Builder:
             self.guard(mod)
             if q.dim() >= 3:
                 src = self.to_contiguous(src, node)
-            y = self.values[node]
-            if not y.tensor:
+            y = self.values.get(node)
+            if y is None or not y.tensor:
                 raise Unsupported("DeQuantize gave an unexpected value")
             dst = self.new_slot(node, tuple(y.shape))
             self.steps.append(
@@ -442,7 +457,7 @@ class _Builder:
                     raise Unsupported(f"{node.name}: max pooling with indices")
                 self.pool(node, kind, nd, tuple(rest), kwargs)
                 return
-        raise Unsupported(f"{node.name}: {getattr(fn, '__name__', fn)} runs in Python")
+        raise Unsupported(f"{node.name}: {getattr(fn, '__name__', fn)} runs in Python", structural=True)
 
     def flatten(self, node: fx.Node, mod: Any) -> None:
         src, q = self.q_in(node)
@@ -500,11 +515,13 @@ class _Entry:
 
 
 class PlanCache:
-    """Per converted model: input shape and layout → plan. Never copied or pickled (a copy
-    starts empty and builds its own)."""
+    """Per converted model: input shape and layout → plan, the most recently used few. Never
+    copied or pickled (a copy starts empty and builds its own)."""
 
     def __init__(self) -> None:
         self.entries: dict[tuple, _Entry] = {}
+        # why no input can run as a plan (the graph's node kinds), until the graph changes
+        self.never: Optional[str] = None
 
     def __deepcopy__(self, memo: dict) -> PlanCache:
         return PlanCache()
@@ -514,6 +531,7 @@ class PlanCache:
 
     def clear(self) -> None:
         self.entries.clear()
+        self.never = None
 
     def status(self) -> list[tuple[tuple[int, ...], bool, str]]:
         return [
@@ -524,6 +542,8 @@ class PlanCache:
     def run(self, gm: fx.GraphModule, x: Any) -> Any:
         """The forward's result through a plan, or ``NotImplemented`` (then the caller runs the
         graph's forward)."""
+        if self.never is not None:
+            return NotImplemented
         if type(x) is not torch.Tensor or x.dtype != torch.float32 or x.device.type != "cpu":
             return NotImplemented
         if x.is_contiguous():
@@ -535,30 +555,37 @@ class PlanCache:
         else:
             return NotImplemented
         key = (tuple(x.shape), cl)
-        e = self.entries.get(key)
+        e = self.entries.pop(key, None)  # re-inserted last: most recently used
         if e is None:
             return self._build(gm, x, key)
+        self.entries[key] = e
         if e.plan is None:
             if e.wait and not any(e.wait):  # the hooks that stopped it are gone: try again
-                del self.entries[key]
+                self.entries.pop(key, None)
                 return self._build(gm, x, key)
             return NotImplemented
-        if x.requires_grad:
-            x = x.detach()
-        arr = e.plan.run(nhwc_numpy(x) if cl else x.numpy(), get_num_threads())
-        if arr is None:  # a guard failed: something the plan was built from changed
-            del self.entries[key]
+        xin = x.detach() if x.requires_grad else x
+        arr = e.plan.run(nhwc_numpy(xin) if cl else xin.numpy(), get_num_threads())
+        if arr is None:
+            # a guard failed: the model changed; every plan may hold what was replaced
+            self.entries.clear()
             return self._build(gm, x, key)
         assert e.wrap is not None
         return e.wrap(arr)
 
     def _build(self, gm: fx.GraphModule, x: torch.Tensor, key: tuple) -> Any:
-        if len(self.entries) >= _MAX_PLANS:
-            self.entries.pop(next(iter(self.entries)))
+        while len(self.entries) >= _MAX_PLANS:
+            self.entries.pop(next(iter(self.entries)), None)
+        # the recording interprets gm.graph, the forward runs gm.code: the same program only
+        if gm.graph.python_code(root_module="self").src != gm.code:
+            self.entries[key] = _Entry("the graph was edited without recompile()")
+            return NotImplemented
         result, values = record(gm, x)
         try:
             e = _make_entry(gm, x, key[1], values, result)
         except Unsupported as why:
+            if why.structural:
+                self.never = str(why)
             e = _Entry(str(why), why.wait)
         self.entries[key] = e
         return result
@@ -585,14 +612,16 @@ def _make_entry(gm: fx.GraphModule, x: torch.Tensor, cl: bool, values: dict, res
         wrap = torch.from_numpy
     try:
         same = [*b.owners.values(), *b.same]
-        plan = _core.Plan(steps, list(x.shape), mem, same, b.equal, b.versions, b.empty)
+        plan = _core.Plan(steps, list(x.shape), mem, same, b.equal, b.versions, b.empty, b.lengths, b.types)
         xin = x.detach()
         arr = plan.run(nhwc_numpy(xin) if cl else xin.numpy(), get_num_threads())
         if arr is None:
             raise Unsupported("the model changed while the plan was built")
         got = wrap(arr)
-    except (ValueError, TypeError, MemoryError, RuntimeError) as err:
-        raise Unsupported(f"the plan failed to build or run: {err}") from None
+    except Unsupported:
+        raise
+    except Exception as err:  # noqa: BLE001 - any failure means: run module by module
+        raise Unsupported(f"the plan failed to build or run: {type(err).__name__}: {err}") from None
     if not _same(got, y):
         raise Unsupported("the plan's result differs from the module-by-module forward")
     e = _Entry("")

@@ -26,14 +26,16 @@ enum Op {
     },
     Conv {
         w: Py<PackedConv>,
-        bias: Option<Vec<f32>>,
+        /// The module's bias array, read (copied) at every run with the GIL held, as the module
+        /// reads it at every call: writes that bypass torch's version counter are seen too.
+        bias: Option<Py<PyAny>>,
         x: (f32, i32),
         out: QOutput,
         relu: bool,
     },
     Linear {
         w: Py<PackedLinear>,
-        bias: Option<Vec<f32>>,
+        bias: Option<Py<PyAny>>,
         x: (f32, i32),
         out: QOutput,
         relu: bool,
@@ -97,6 +99,11 @@ struct Guards {
     versions: Vec<(Py<PyAny>, i64)>,
     /// `len(container) == 0`.
     empty: Vec<Py<PyAny>>,
+    /// `len(container) == n` (a module's `__dict__`: an attribute added to an instance, such as
+    /// a method replaced on it, is a change).
+    lengths: Vec<(Py<PyAny>, usize)>,
+    /// `type(obj) is t`.
+    types: Vec<(Py<PyAny>, Py<PyAny>)>,
 }
 
 type Entry = (Py<PyDict>, Py<PyString>, Py<PyAny>);
@@ -115,9 +122,12 @@ impl Guards {
         }
         for (d, k, value) in &self.equal {
             let got = d.bind(py).get_item(k.bind(py))?;
+            let value = value.bind(py);
+            // the same type and an equal value (`3.0 == 3` is no match; a comparison that
+            // raises, e.g. of tensors, is no match either)
             let ok = match got {
-                Some(v) => v.is(value.bind(py)) || v.eq(value.bind(py))?,
-                None => value.is_none(py),
+                Some(v) => v.get_type().is(value.get_type()) && v.eq(value).unwrap_or(false),
+                None => value.is_none(),
             };
             if !ok {
                 return Ok(false);
@@ -131,6 +141,16 @@ impl Guards {
         }
         for c in &self.empty {
             if c.bind(py).len()? != 0 {
+                return Ok(false);
+            }
+        }
+        for (c, n) in &self.lengths {
+            if c.bind(py).len()? != *n {
+                return Ok(false);
+            }
+        }
+        for (o, t) in &self.types {
+            if !o.bind(py).get_type().is(t.bind(py)) {
                 return Ok(false);
             }
         }
@@ -197,7 +217,10 @@ impl Plan {
                 }
             }
             "conv" | "linear" => {
-                let bias = owned_bias(Some(&arg(1)?).filter(|b| !b.is_none()))?;
+                let bias_arg = arg(1)?;
+                let bias_len =
+                    owned_bias(Some(&bias_arg).filter(|b| !b.is_none()))?.map(|b| b.len());
+                let bias = (!bias_arg.is_none()).then(|| bias_arg.unbind());
                 let x = qin(arg(2)?.extract()?, arg(3)?.extract()?)?;
                 let out = qout(
                     arg(4)?.extract()?,
@@ -209,6 +232,9 @@ impl Plan {
                 if kind == "conv" {
                     let w: Py<PackedConv> = arg(0)?.extract()?;
                     let (_, _, c) = nsc(&shape, "conv")?;
+                    if bias_len.is_some_and(|n| n != w.get().inner.out_channels()) {
+                        return Err(value_error("plan: conv bias length is not out_channels"));
+                    }
                     if c != w.get().inner.in_channels() {
                         return Err(value_error(format!(
                             "plan: conv input {shape:?} does not have the weights' {} channels",
@@ -224,6 +250,9 @@ impl Plan {
                     }
                 } else {
                     let w: Py<PackedLinear> = arg(0)?.extract()?;
+                    if bias_len.is_some_and(|n| n != w.get().inner.n()) {
+                        return Err(value_error("plan: linear bias length is not out_features"));
+                    }
                     if shape.last() != Some(&w.get().inner.k()) {
                         return Err(value_error(format!(
                             "plan: linear input {shape:?} does not end in in_features = {}",
@@ -304,6 +333,7 @@ impl Plan {
     fn run_steps(
         &self,
         mut slots: Vec<Option<Vec<u8>>>,
+        biases: &[Option<Vec<f32>>],
         threads: usize,
     ) -> Result<RunOut, k::KernelError> {
         let e = engine();
@@ -311,16 +341,17 @@ impl Plan {
         // outputs freed by later steps, recycled for the next ones (no fill, no page faults)
         let mut pool: Vec<Vec<u8>> = Vec::new();
         let missing = || k::KernelError::InvalidQParams("plan: a step reads an empty slot".into());
-        for st in &self.steps[1..] {
+        for (si, st) in self.steps.iter().enumerate().skip(1) {
             let x = slots[st.src].as_deref().ok_or_else(missing)?;
+            let bias = biases.get(si).and_then(|b| b.as_deref());
             let y: Vec<u8> = match &st.op {
                 Op::Quantize { .. } => return Err(missing()),
                 Op::Conv {
                     w,
-                    bias,
                     x: (xs, xz),
                     out,
                     relu,
+                    ..
                 } => {
                     let (n, sp, _) = nsc_k(&st.shape)?;
                     let buf = take_buf(&mut pool, st.out_len);
@@ -332,7 +363,7 @@ impl Plan {
                         *xs,
                         *xz,
                         &w.get().inner,
-                        bias.as_deref(),
+                        bias,
                         out.scale,
                         out.zero_point,
                         out.qmin,
@@ -345,10 +376,10 @@ impl Plan {
                 }
                 Op::Linear {
                     w,
-                    bias,
                     x: (xs, xz),
                     out,
                     relu,
+                    ..
                 } => {
                     let w = &w.get().inner;
                     let m = x.len() / w.k().max(1);
@@ -360,7 +391,7 @@ impl Plan {
                         &pa,
                         *xs,
                         w,
-                        bias.as_deref(),
+                        bias,
                         out.scale,
                         out.zero_point,
                         out.qmin,
@@ -498,7 +529,8 @@ impl Plan {
     ///
     /// `same`, `equal`, `versions`, `empty`: the guards (see `Guards`), checked before each run.
     #[new]
-    #[pyo3(signature = (steps, input_shape, output_shape, same=vec![], equal=vec![], versions=vec![], empty=vec![]))]
+    #[pyo3(signature = (steps, input_shape, output_shape, same=vec![], equal=vec![], versions=vec![], empty=vec![], lengths=vec![], types=vec![]))]
+    #[allow(clippy::too_many_arguments)]
     fn new(
         steps: Vec<Bound<'_, PyAny>>,
         input_shape: Vec<usize>,
@@ -507,6 +539,8 @@ impl Plan {
         equal: Vec<Entry>,
         versions: Vec<(Py<PyAny>, i64)>,
         empty: Vec<Py<PyAny>>,
+        lengths: Vec<(Py<PyAny>, usize)>,
+        types: Vec<(Py<PyAny>, Py<PyAny>)>,
     ) -> PyResult<Self> {
         let mut parsed = steps.iter().map(Plan::step).collect::<PyResult<Vec<_>>>()?;
         if !matches!(parsed.first().map(|s| &s.op), Some(Op::Quantize { .. })) {
@@ -532,6 +566,14 @@ impl Plan {
             }
         }
         let slots = parsed.iter().map(|s| s.dst + 1).max().unwrap_or(0);
+        // the quantize step reads the input, not a slot
+        parsed[0].src = 0;
+        for s in &parsed {
+            let b = if let Op::Add { b, .. } = s.op { b } else { 0 };
+            if s.src >= slots || b >= slots {
+                return Err(value_error("plan: a step reads a slot no step writes"));
+            }
+        }
         // every read slot is written by an earlier step, with the element count it expects
         let mut len: Vec<Option<usize>> = vec![None; slots];
         for s in parsed.iter() {
@@ -583,6 +625,8 @@ impl Plan {
                 equal,
                 versions,
                 empty,
+                lengths,
+                types,
             },
         })
     }
@@ -601,10 +645,27 @@ impl Plan {
         for c in &g.empty {
             visit.call(c)?;
         }
+        for (c, _) in &g.lengths {
+            visit.call(c)?;
+        }
+        for (o, t) in &g.types {
+            visit.call(o)?;
+            visit.call(t)?;
+        }
         for st in &self.steps {
             match &st.op {
-                Op::Conv { w, .. } => visit.call(w)?,
-                Op::Linear { w, .. } => visit.call(w)?,
+                Op::Conv { w, bias, .. } => {
+                    visit.call(w)?;
+                    if let Some(b) = bias {
+                        visit.call(b)?;
+                    }
+                }
+                Op::Linear { w, bias, .. } => {
+                    visit.call(w)?;
+                    if let Some(b) = bias {
+                        visit.call(b)?;
+                    }
+                }
                 _ => {}
             }
         }
@@ -670,13 +731,29 @@ impl Plan {
         })?;
         let mut slots: Vec<Option<Vec<u8>>> = (0..self.slots).map(|_| None).collect();
         slots[q.dst] = Some(first);
+        // the biases as they are now (the build checked their lengths; a bias resized since
+        // then fails the step's length check)
+        let biases = self
+            .steps
+            .iter()
+            .map(|st| match &st.op {
+                Op::Conv { bias: Some(b), .. } | Op::Linear { bias: Some(b), .. } => {
+                    take1::<f32>(b.bind(py), "bias").map(Some)
+                }
+                _ => Ok(None),
+            })
+            .collect::<PyResult<Vec<_>>>()?;
         let out = py
-            .detach(|| self.run_steps(slots, threads))
+            .detach(|| self.run_steps(slots, &biases, threads))
             .map_err(to_py)?;
         let shape = self.output_shape.clone();
         Ok(Some(match out {
             RunOut::Float(f) => PyArray1::from_vec(py, f).reshape(shape)?.into_any(),
-            RunOut::Quant(u) => PyArray1::from_vec(py, u).reshape(shape)?.into_any(),
+            RunOut::Quant(mut u) => {
+                // a recycled buffer may be far longer than the result it now holds
+                u.shrink_to_fit();
+                PyArray1::from_vec(py, u).reshape(shape)?.into_any()
+            }
         }))
     }
 

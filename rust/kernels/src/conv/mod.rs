@@ -1407,24 +1407,27 @@ mod tests {
         // GEMM (3x3, 1x1), depthwise and grouped paths write every output element: a recycled
         // buffer full of garbage, longer or shorter than the output, changes nothing
         let cases = [
-            ([1, 3, 3], [1, 1, 1], [0, 1, 1], 1, 8, 20),
-            ([1, 1, 1], [1, 1, 1], [0, 0, 0], 1, 16, 24),
-            ([1, 3, 3], [1, 2, 2], [0, 1, 1], 32, 32, 32),
-            ([1, 3, 3], [1, 1, 1], [0, 1, 1], 4, 16, 16),
+            ([1, 3, 3], [1, 1, 1], [0, 1, 1], [1, 1, 1], 1, 8, 20),
+            ([1, 1, 1], [1, 1, 1], [0, 0, 0], [1, 1, 1], 1, 16, 24),
+            ([1, 1, 1], [1, 1, 1], [0, 1, 1], [1, 1, 1], 1, 16, 24),
+            ([1, 3, 3], [1, 2, 2], [0, 1, 1], [1, 1, 1], 32, 32, 32),
+            ([1, 3, 3], [1, 1, 1], [0, 1, 1], [1, 1, 1], 4, 16, 16),
+            ([1, 3, 3], [1, 1, 1], [0, 2, 2], [1, 2, 2], 1, 8, 16),
+            ([3, 3, 3], [1, 1, 1], [1, 1, 1], [1, 1, 1], 1, 4, 8),
         ];
-        for (kernel, stride, padding, groups, cin, cout) in cases {
+        for (kernel, stride, padding, dilation, groups, cin, cout) in cases {
             let geom = ConvGeometry {
                 kernel,
                 stride,
                 padding,
-                dilation: [1, 1, 1],
+                dilation,
                 groups,
             };
-            let (n, sp) = (2, [1, 13, 11]);
-            let x: Vec<u8> = (0..n * 13 * 11 * cin)
+            let (n, sp) = (2, [if kernel[0] == 3 { 3 } else { 1 }, 13, 11]);
+            let x: Vec<u8> = (0..n * sp[0] * 13 * 11 * cin)
                 .map(|i| ((i * 97) % 251) as u8)
                 .collect();
-            let kk = kernel[1] * kernel[2];
+            let kk = kernel[0] * kernel[1] * kernel[2];
             let w: Vec<i8> = (0..cout * cin / groups * kk)
                 .map(|i| ((i * 31) % 200) as i32 as i8)
                 .collect();
