@@ -88,6 +88,9 @@ pub(crate) struct TileKernel {
     needs_7bit: bool,
     dot: DotFn,
     dot_requant: Option<DotRequantFn>,
+    /// Whether `dot_requant` takes any number of rows (looping over tiles of `mr` itself): one
+    /// checked call per column group instead of one per tile.
+    many_rows: bool,
 }
 
 impl TileKernel {
@@ -124,7 +127,22 @@ impl TileKernel {
             needs_7bit,
             dot,
             dot_requant: None,
+            many_rows: false,
         }
+    }
+
+    /// For the ISA files: the same kernel, whose requantizing entry loops over tiles of `mr`
+    /// rows itself (any number of rows).
+    pub(super) const fn with_many_rows(self) -> Self {
+        TileKernel {
+            many_rows: true,
+            ..self
+        }
+    }
+
+    /// Whether [`TileKernel::dot_requant`] takes more than `mr` rows.
+    pub(crate) fn many_rows(&self) -> bool {
+        self.many_rows && self.dot_requant.is_some()
     }
 
     /// For the ISA files: the same kernel with a requantizing entry ([`FusedOut`]).
@@ -147,7 +165,7 @@ impl TileKernel {
         let Some(run) = self.dot_requant else {
             return false;
         };
-        self.check(p);
+        self.check_operands(p, if self.many_rows { usize::MAX } else { self.mr });
         let width = p.panels * NR;
         assert!(f.cols >= 1 && f.cols <= width, "columns out of range");
         assert!(
@@ -177,8 +195,14 @@ impl TileKernel {
     /// The checks on the operands both entries rely on.
     #[inline]
     fn check(&self, p: &Panels<'_>) {
+        self.check_operands(p, self.mr)
+    }
+
+    /// [`TileKernel::check`] with up to `max_rows` rows.
+    #[inline]
+    fn check_operands(&self, p: &Panels<'_>, max_rows: usize) {
         assert_eq!(p.kp % KR, 0, "kp must be a multiple of 4");
-        assert!((1..=self.mr).contains(&p.rows), "rows out of range");
+        assert!((1..=max_rows).contains(&p.rows), "rows out of range");
         assert!((1..=self.np).contains(&p.panels), "panels out of range");
         assert!(p.a.len() >= p.rows * p.kp, "activation rows too short");
         if self.a_form == AForm::Bcast16 {

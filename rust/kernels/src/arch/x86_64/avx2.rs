@@ -174,8 +174,9 @@ pub(crate) const MR7: usize = 6;
 /// per 3 instructions (the exact kernel above needs 2 instructions per 16). Activations are
 /// read as plain bytes (one 4-byte broadcast per row and K group), weights as packed; one
 /// ymm holds one K group of 8 columns, so a tile is 6 rows × 2 ymm (16 columns).
-pub(crate) const KERNEL_7BIT: TileKernel =
-    TileKernel::new(MR7, 1, AForm::Bytes, true, dot_7bit).with_requant(dot_7bit_requant);
+pub(crate) const KERNEL_7BIT: TileKernel = TileKernel::new(MR7, 1, AForm::Bytes, true, dot_7bit)
+    .with_requant(dot_7bit_requant)
+    .with_many_rows();
 
 /// # Safety
 /// The CPU supports AVX2; [`TileKernel::dot`] checked the lengths (`p.a` rows*kp bytes, `p.w`
@@ -229,13 +230,21 @@ unsafe fn tile7_rq<const R: usize>(
 /// # Safety
 /// As [`dot_7bit`], with [`TileKernel::dot_requant`]'s checks.
 unsafe fn dot_7bit_requant(p: &Panels<'_>, f: &FusedOut<'_>, out: &mut [u8]) {
-    let (kp, a, w, o) = (p.kp, p.a.as_ptr(), p.w.as_ptr(), out.as_mut_ptr());
-    match p.rows {
-        1 => tile7_rq::<1>(a, kp, w, f, o),
-        2 => tile7_rq::<2>(a, kp, w, f, o),
-        3 => tile7_rq::<3>(a, kp, w, f, o),
-        4 => tile7_rq::<4>(a, kp, w, f, o),
-        5 => tile7_rq::<5>(a, kp, w, f, o),
-        _ => tile7_rq::<6>(a, kp, w, f, o),
+    // any number of rows (`with_many_rows`): tiles of MR7 rows, then the remainder
+    let (kp, w) = (p.kp, p.w.as_ptr());
+    let mut r0 = 0;
+    while r0 < p.rows {
+        let rows = MR7.min(p.rows - r0);
+        // SAFETY: TileKernel::dot_requant checked `a` and `out` for all `p.rows` rows.
+        let (a, o) = (p.a.as_ptr().add(r0 * kp), out.as_mut_ptr().add(r0 * f.ld));
+        match rows {
+            1 => tile7_rq::<1>(a, kp, w, f, o),
+            2 => tile7_rq::<2>(a, kp, w, f, o),
+            3 => tile7_rq::<3>(a, kp, w, f, o),
+            4 => tile7_rq::<4>(a, kp, w, f, o),
+            5 => tile7_rq::<5>(a, kp, w, f, o),
+            _ => tile7_rq::<6>(a, kp, w, f, o),
+        }
+        r0 += rows;
     }
 }

@@ -7,14 +7,16 @@ use super::super::tile::{AForm, FusedOut, Panels, TileKernel, NR};
 
 pub(crate) const MR: usize = 8;
 pub(crate) const NP: usize = 3;
-pub(crate) const KERNEL: TileKernel =
-    TileKernel::new(MR, NP, AForm::Bytes, false, dot).with_requant(dot_requant::<NP>);
+pub(crate) const KERNEL: TileKernel = TileKernel::new(MR, NP, AForm::Bytes, false, dot)
+    .with_requant(dot_requant::<NP>)
+    .with_many_rows();
 
 /// 6 rows × 64 columns: for weights of a multiple of 4 panels but not of 3 (64, 128, 256
 /// columns), which [`KERNEL`] would finish with a 1- or 2-panel tile. Per K group it loads 10
 /// values for 24 `vpdpbusd` (the 8×48 tile: 11).
-pub(crate) const KERNEL_64: TileKernel =
-    TileKernel::new(6, 4, AForm::Bytes, false, dot64).with_requant(dot_requant::<4>);
+pub(crate) const KERNEL_64: TileKernel = TileKernel::new(6, 4, AForm::Bytes, false, dot64)
+    .with_requant(dot_requant::<4>)
+    .with_many_rows();
 
 /// # Safety
 /// The CPU supports AVX-512 VNNI; [`TileKernel::dot`] checked the lengths.
@@ -99,29 +101,39 @@ unsafe fn tile<const R: usize, const P: usize, const LD: usize>(
 /// # Safety
 /// The CPU supports AVX-512 VNNI; [`TileKernel::dot_requant`] checked the lengths
 /// (`p.panels ≤ LD`).
+/// Rows of any count (the kernels are marked `with_many_rows`): tiles of 8 rows (6 for the
+/// 4-panel kernel) one after another, then the remainder.
 unsafe fn dot_requant<const LD: usize>(p: &Panels<'_>, f: &FusedOut<'_>, out: &mut [u8]) {
-    let (kp, a, w, panels) = (p.kp, p.a.as_ptr(), p.w.as_ptr(), p.panels);
-    let o = out.as_mut_ptr();
-    macro_rules! go {
-        ($r:literal) => {
-            match panels {
-                1 => tile_rq::<$r, 1>(a, kp, w, f, o),
-                2 => tile_rq::<$r, 2>(a, kp, w, f, o),
-                3 if LD >= 3 => tile_rq::<$r, 3>(a, kp, w, f, o),
-                _ if LD >= 4 => tile_rq::<$r, 4>(a, kp, w, f, o),
-                _ => unreachable!("panels ≤ LD (TileKernel::dot_requant)"),
-            }
-        };
-    }
-    match p.rows {
-        1 => go!(1),
-        2 => go!(2),
-        3 => go!(3),
-        4 => go!(4),
-        5 => go!(5),
-        6 => go!(6),
-        7 => go!(7),
-        _ => go!(8),
+    let (kp, w, panels) = (p.kp, p.w.as_ptr(), p.panels);
+    let mr = if LD >= 4 { 6 } else { MR };
+    let mut r0 = 0;
+    while r0 < p.rows {
+        let rows = mr.min(p.rows - r0);
+        // SAFETY: TileKernel::dot_requant checked `a` (rows·kp bytes) and `out` ((rows − 1)·ld
+        // + cols bytes) for all `p.rows` rows; this tile's rows are among them.
+        let (a, o) = (p.a.as_ptr().add(r0 * kp), out.as_mut_ptr().add(r0 * f.ld));
+        macro_rules! go {
+            ($r:literal) => {
+                match panels {
+                    1 => tile_rq::<$r, 1>(a, kp, w, f, o),
+                    2 => tile_rq::<$r, 2>(a, kp, w, f, o),
+                    3 if LD >= 3 => tile_rq::<$r, 3>(a, kp, w, f, o),
+                    _ if LD >= 4 => tile_rq::<$r, 4>(a, kp, w, f, o),
+                    _ => unreachable!("panels ≤ LD (TileKernel::dot_requant)"),
+                }
+            };
+        }
+        match rows {
+            1 => go!(1),
+            2 => go!(2),
+            3 => go!(3),
+            4 => go!(4),
+            5 => go!(5),
+            6 => go!(6),
+            7 => go!(7),
+            _ => go!(8),
+        }
+        r0 += rows;
     }
 }
 

@@ -28,8 +28,9 @@ macro_rules! acc {
 
 pub(crate) const MR: usize = 6;
 pub(crate) const NP: usize = 1;
-pub(crate) const KERNEL: TileKernel =
-    TileKernel::new(MR, NP, AForm::Bytes, false, dot).with_requant(dot_requant);
+pub(crate) const KERNEL: TileKernel = TileKernel::new(MR, NP, AForm::Bytes, false, dot)
+    .with_requant(dot_requant)
+    .with_many_rows();
 
 /// # Safety
 /// The CPU supports AVX-VNNI; [`TileKernel::dot`] checked the lengths (panels == 1).
@@ -82,13 +83,21 @@ unsafe fn tile_rq<const R: usize>(
 /// # Safety
 /// The CPU supports AVX-VNNI; [`TileKernel::dot_requant`] checked the lengths (panels == 1).
 unsafe fn dot_requant(p: &Panels<'_>, f: &FusedOut<'_>, out: &mut [u8]) {
-    let (kp, a, w, o) = (p.kp, p.a.as_ptr(), p.w.as_ptr(), out.as_mut_ptr());
-    match p.rows {
-        1 => tile_rq::<1>(a, kp, w, f, o),
-        2 => tile_rq::<2>(a, kp, w, f, o),
-        3 => tile_rq::<3>(a, kp, w, f, o),
-        4 => tile_rq::<4>(a, kp, w, f, o),
-        5 => tile_rq::<5>(a, kp, w, f, o),
-        _ => tile_rq::<6>(a, kp, w, f, o),
+    // any number of rows (`with_many_rows`): tiles of MR rows, then the remainder
+    let (kp, w) = (p.kp, p.w.as_ptr());
+    let mut r0 = 0;
+    while r0 < p.rows {
+        let rows = MR.min(p.rows - r0);
+        // SAFETY: TileKernel::dot_requant checked `a` and `out` for all `p.rows` rows.
+        let (a, o) = (p.a.as_ptr().add(r0 * kp), out.as_mut_ptr().add(r0 * f.ld));
+        match rows {
+            1 => tile_rq::<1>(a, kp, w, f, o),
+            2 => tile_rq::<2>(a, kp, w, f, o),
+            3 => tile_rq::<3>(a, kp, w, f, o),
+            4 => tile_rq::<4>(a, kp, w, f, o),
+            5 => tile_rq::<5>(a, kp, w, f, o),
+            _ => tile_rq::<6>(a, kp, w, f, o),
+        }
+        r0 += rows;
     }
 }
