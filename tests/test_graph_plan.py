@@ -413,3 +413,14 @@ def test_quantized_outputs_shapes_beyond_the_cache_and_relu6():
         assert _same(m(x), out) and _same(out, _slow(m, x))
     status = m.graph_plan_status()
     assert len(status) == 8 and status[-1][0] == (1, 3, 13, 13)
+
+
+def test_the_profile_names_each_step_and_its_time():
+    m = _convert(_Small(), (1, 3, 16, 16))
+    x = torch.randn(1, 3, 16, 16)
+    prof = m.graph_plan_profile(x, runs=3)
+    names = [n for n, _, _ in prof]
+    kinds = [k for _, k, _ in prof]
+    assert kinds[0] == "quantize" and kinds[-1] == "dequantize" and "c1" in names and "fc2" in names
+    assert kinds[names.index("pool")] == "max_pool" and all(t > 0 for _, _, t in prof)
+    assert _convert(_WithCat(), (1, 3, 8, 8)).graph_plan_profile(torch.randn(1, 3, 8, 8)) == []

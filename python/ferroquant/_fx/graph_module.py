@@ -66,6 +66,17 @@ class QuantizedGraphModule(_WithFloatParts):
         rebuild, args = super().__reduce__()
         return (_as_quantized, (rebuild, args))
 
+    def graph_plan_profile(self, x: Any, runs: int = 10) -> list[tuple[str, str, float]]:
+        """Where a plan's time goes: ``(graph node, step kind, median µs)`` for each step of
+        the plan that runs ``x`` (calling the model once with ``x`` first, which builds it), the
+        first step being the guards and the input's quantization. Empty when ``x`` runs module
+        by module (see :meth:`graph_plan_status`)."""
+        self(x)
+        plans = self.__dict__.get("_fq_plans")
+        if plans is None or not isinstance(x, torch.Tensor) or type(x) is not torch.Tensor:
+            return []
+        return plans.profile(x, runs) or []
+
     def graph_plan_status(self) -> list[tuple[tuple[int, ...], bool, str]]:
         """``(input shape, runs as a plan, detail)`` for each input shape this model was called
         with (the most recent few): the detail is the step count, or why the graph runs module by

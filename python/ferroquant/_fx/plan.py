@@ -181,6 +181,7 @@ class _Builder:
     def __init__(self, gm: fx.GraphModule, values: dict[fx.Node, _Meta], x: torch.Tensor) -> None:
         self.gm, self.values, self.x = gm, values, x
         self.steps: list[tuple] = []
+        self.names: list[str] = []  # the graph node each step computes
         self.slots: dict[fx.Node, _Slot] = {}
         self.float_in: Optional[fx.Node] = None
         self.count = 0
@@ -243,6 +244,7 @@ class _Builder:
         q = self.out(node)
         dst = self.new_slot(node, tuple(q.shape), q.q_scale(), q.q_zero_point())
         self.steps.append((kind, src.index, dst.index, list(in_shape), list(q.shape), *args))
+        self.names.append(node.name)
         return dst
 
     def build(self) -> tuple[list[tuple], fx.Node]:
@@ -382,6 +384,7 @@ class _Builder:
             self.steps.append(
                 ("dequantize", src.index, dst.index, list(src.shape), list(y.shape), q.q_scale(), q.q_zero_point())
             )
+            self.names.append(node.name)
             return
         raise Unsupported(f"{node.name}: {t.__name__} runs in Python")
 
@@ -390,6 +393,7 @@ class _Builder:
         s = _Slot(self.count, src.shape, src.scale, src.zero_point)
         self.count += 1
         self.steps.append(("to_contiguous", src.index, s.index, list(src.shape), list(src.shape)))
+        self.names.append(node.name)
         return s
 
     def pool_module(self, node: fx.Node, mod: Any) -> None:
@@ -504,9 +508,11 @@ def _same(a: Any, b: Any) -> bool:
 class _Entry:
     """One input shape's plan (or why there is none)."""
 
-    __slots__ = ("plan", "reason", "wrap", "steps", "wait")
+    __slots__ = ("plan", "reason", "wrap", "steps", "wait", "names", "cl")
 
     def __init__(self, reason: str, wait: Optional[list] = None) -> None:
+        self.names: list[str] = []
+        self.cl = False
         self.plan: Any = None
         self.reason = reason
         self.wait = wait or []
@@ -538,6 +544,28 @@ class PlanCache:
             (key[0], e.plan is not None, f"{e.steps} steps" if e.plan is not None else e.reason)
             for key, e in self.entries.items()
         ]
+
+    def profile(self, x: torch.Tensor, runs: int) -> Optional[list[tuple[str, str, float]]]:
+        """``(node, step kind, median µs)`` per step of the plan for ``x``'s shape, or None when
+        there is none (or a guard fails)."""
+        cl = not x.is_contiguous()
+        e = self.entries.get((tuple(x.shape), cl))
+        if e is None or e.plan is None:
+            return None
+        xin = x.detach()
+        arr = nhwc_numpy(xin) if cl else xin.numpy()
+        times = []
+        for _ in range(max(1, runs)):
+            t = e.plan.step_seconds(arr, get_num_threads())
+            if t is None:
+                return None
+            times.append(t)
+        names = e.names
+        out = []
+        for i, kind in enumerate(e.plan.step_kinds()):
+            col = sorted(t[i] for t in times)
+            out.append((names[i] if i < len(names) else "", kind, col[len(col) // 2] * 1e6))
+        return out
 
     def run(self, gm: fx.GraphModule, x: Any) -> Any:
         """The forward's result through a plan, or ``NotImplemented`` (then the caller runs the
@@ -625,5 +653,5 @@ def _make_entry(gm: fx.GraphModule, x: torch.Tensor, cl: bool, values: dict, res
     if not _same(got, y):
         raise Unsupported("the plan's result differs from the module-by-module forward")
     e = _Entry("")
-    e.plan, e.wrap, e.steps = plan, wrap, len(steps)
+    e.plan, e.wrap, e.steps, e.names, e.cl = plan, wrap, len(steps), b.names, cl
     return e

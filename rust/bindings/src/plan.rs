@@ -335,6 +335,7 @@ impl Plan {
         mut slots: Vec<Option<Vec<u8>>>,
         biases: &[Option<Vec<f32>>],
         threads: usize,
+        mut times: Option<&mut Vec<f64>>,
     ) -> Result<RunOut, k::KernelError> {
         let e = engine();
         let mut float_out = None;
@@ -342,6 +343,7 @@ impl Plan {
         let mut pool: Vec<Vec<u8>> = Vec::new();
         let missing = || k::KernelError::InvalidQParams("plan: a step reads an empty slot".into());
         for (si, st) in self.steps.iter().enumerate().skip(1) {
+            let t0 = times.is_some().then(std::time::Instant::now);
             let x = slots[st.src].as_deref().ok_or_else(missing)?;
             let bias = biases.get(si).and_then(|b| b.as_deref());
             let y: Vec<u8> = match &st.op {
@@ -477,6 +479,9 @@ impl Plan {
                     pool.push(b);
                 }
             }
+            if let (Some(t), Some(t0)) = (times.as_deref_mut(), t0) {
+                t.push(t0.elapsed().as_secs_f64());
+            }
         }
         Ok(match float_out {
             Some(f) => RunOut::Float(f),
@@ -485,6 +490,80 @@ impl Plan {
                 RunOut::Quant(slots[last].take().ok_or_else(missing)?)
             }
         })
+    }
+}
+
+type Prepared = (Vec<Option<Vec<u8>>>, Vec<Option<Vec<f32>>>);
+
+impl Plan {
+    /// With the GIL held: the guards, the quantized input in its slot and the biases as they
+    /// are now; None when a guard no longer holds.
+    fn prepare(&self, py: Python<'_>, x: &Bound<'_, PyAny>) -> PyResult<Option<Prepared>> {
+        if !self.guards.hold(py)? {
+            return Ok(None);
+        }
+        let q = &self.steps[0];
+        let Op::Quantize {
+            channels_last_input,
+            scale,
+            zp,
+            qmin,
+            qmax,
+        } = q.op
+        else {
+            return Err(value_error("plan: the first step must quantize the input"));
+        };
+        let first = with_values::<f32, _>(x, "input", |xs, shape| {
+            let (n, sp, c) = nsc(&self.input_shape, "quantize")?;
+            let expect: Vec<usize> = if channels_last_input {
+                let mut s = vec![n];
+                s.extend_from_slice(&self.input_shape[2..]);
+                s.push(c);
+                s
+            } else {
+                self.input_shape.clone()
+            };
+            if shape != expect.as_slice() {
+                return Err(value_error(format!(
+                    "plan: input must have shape {expect:?}, got {shape:?}"
+                )));
+            }
+            let mut out = output::<u8>(shape, "the quantized input")?;
+            if channels_last_input {
+                k::quantize::quantize_per_tensor(xs, scale, zp, qmin, qmax, &mut out)
+            } else {
+                let inner = sp[0] * sp[1] * sp[2];
+                k::quantize::quantize_per_tensor_channels_last(
+                    xs, n, c, inner, scale, zp, qmin, qmax, &mut out,
+                )
+            }
+            .map_err(to_py)?;
+            Ok(out)
+        })?;
+        let mut slots: Vec<Option<Vec<u8>>> = (0..self.slots).map(|_| None).collect();
+        slots[q.dst] = Some(first);
+        // the biases as they are now (the build checked their lengths; a bias resized since
+        // then fails the step's length check)
+        let biases = self
+            .steps
+            .iter()
+            .map(|st| match &st.op {
+                Op::Conv { bias: Some(b), .. } | Op::Linear { bias: Some(b), .. } => {
+                    // a plain copy under the GIL (no borrow bookkeeping: ~0.1 µs a bias)
+                    let b = b.bind(py);
+                    match b
+                        .cast::<numpy::PyArray1<f32>>()
+                        .ok()
+                        .and_then(|a| a.to_vec().ok())
+                    {
+                        Some(v) => Ok(Some(v)),
+                        None => take1::<f32>(b, "bias").map(Some),
+                    }
+                }
+                _ => Ok(None),
+            })
+            .collect::<PyResult<Vec<_>>>()?;
+        Ok(Some((slots, biases)))
     }
 }
 
@@ -688,63 +767,11 @@ impl Plan {
         x: &Bound<'py, PyAny>,
         threads: usize,
     ) -> PyResult<Option<Bound<'py, PyAny>>> {
-        if !self.guards.hold(py)? {
+        let Some((slots, biases)) = self.prepare(py, x)? else {
             return Ok(None);
-        }
-        let q = &self.steps[0];
-        let Op::Quantize {
-            channels_last_input,
-            scale,
-            zp,
-            qmin,
-            qmax,
-        } = q.op
-        else {
-            return Err(value_error("plan: the first step must quantize the input"));
         };
-        let first = with_values::<f32, _>(x, "input", |xs, shape| {
-            let (n, sp, c) = nsc(&self.input_shape, "quantize")?;
-            let expect: Vec<usize> = if channels_last_input {
-                let mut s = vec![n];
-                s.extend_from_slice(&self.input_shape[2..]);
-                s.push(c);
-                s
-            } else {
-                self.input_shape.clone()
-            };
-            if shape != expect.as_slice() {
-                return Err(value_error(format!(
-                    "plan: input must have shape {expect:?}, got {shape:?}"
-                )));
-            }
-            let mut out = output::<u8>(shape, "the quantized input")?;
-            if channels_last_input {
-                k::quantize::quantize_per_tensor(xs, scale, zp, qmin, qmax, &mut out)
-            } else {
-                let inner = sp[0] * sp[1] * sp[2];
-                k::quantize::quantize_per_tensor_channels_last(
-                    xs, n, c, inner, scale, zp, qmin, qmax, &mut out,
-                )
-            }
-            .map_err(to_py)?;
-            Ok(out)
-        })?;
-        let mut slots: Vec<Option<Vec<u8>>> = (0..self.slots).map(|_| None).collect();
-        slots[q.dst] = Some(first);
-        // the biases as they are now (the build checked their lengths; a bias resized since
-        // then fails the step's length check)
-        let biases = self
-            .steps
-            .iter()
-            .map(|st| match &st.op {
-                Op::Conv { bias: Some(b), .. } | Op::Linear { bias: Some(b), .. } => {
-                    take1::<f32>(b.bind(py), "bias").map(Some)
-                }
-                _ => Ok(None),
-            })
-            .collect::<PyResult<Vec<_>>>()?;
         let out = py
-            .detach(|| self.run_steps(slots, &biases, threads))
+            .detach(|| self.run_steps(slots, &biases, threads, None))
             .map_err(to_py)?;
         let shape = self.output_shape.clone();
         Ok(Some(match out {
@@ -760,5 +787,43 @@ impl Plan {
     /// Number of steps.
     fn __len__(&self) -> usize {
         self.steps.len()
+    }
+
+    /// Seconds each step took in one run on `x` (the quantize step first), for profiling a
+    /// model layer by layer; None when a guard no longer holds.
+    #[pyo3(signature = (x, threads=1))]
+    fn step_seconds(
+        &self,
+        py: Python<'_>,
+        x: &Bound<'_, PyAny>,
+        threads: usize,
+    ) -> PyResult<Option<Vec<f64>>> {
+        let mut times = Vec::with_capacity(self.steps.len());
+        let t0 = std::time::Instant::now();
+        let Some((slots, biases)) = self.prepare(py, x)? else {
+            return Ok(None);
+        };
+        times.push(t0.elapsed().as_secs_f64());
+        py.detach(|| self.run_steps(slots, &biases, threads, Some(&mut times)))
+            .map_err(to_py)?;
+        Ok(Some(times))
+    }
+
+    /// The kind of each step (`"quantize"`, `"conv"`, ...), in order.
+    fn step_kinds(&self) -> Vec<&'static str> {
+        self.steps
+            .iter()
+            .map(|s| match s.op {
+                Op::Quantize { .. } => "quantize",
+                Op::Conv { .. } => "conv",
+                Op::Linear { .. } => "linear",
+                Op::Add { .. } => "add",
+                Op::MaxPool(_) => "max_pool",
+                Op::AvgPool { .. } => "avg_pool",
+                Op::Relu(_) => "relu",
+                Op::ToContiguous => "to_contiguous",
+                Op::Dequantize(..) => "dequantize",
+            })
+            .collect()
     }
 }
