@@ -513,17 +513,23 @@ pub fn conv_static<T: QInt>(
     relu: bool,
     threads: usize,
 ) -> Result<(Vec<T>, [usize; 3])> {
-    let args = ConvArgs {
+    conv_static_reusing(
+        engine,
+        x,
+        n,
+        spatial,
         x_scale,
         x_zp,
+        pc,
         bias,
         out_scale,
         out_zp,
         qmin,
         qmax,
         relu,
-    };
-    conv_static_blocked(engine, x, n, spatial, pc, &args, threads, None, Vec::new())
+        threads,
+        Vec::new(),
+    )
 }
 
 /// [`conv_static`] writing into `buf`'s allocation: a buffer at least as long as the output is

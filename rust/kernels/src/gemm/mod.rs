@@ -233,39 +233,30 @@ pub(crate) fn run_block<S: OutputStage>(
         let cols = (panels * NR).min(n - col0);
         let mut r0 = rows.start;
         let (wp, cs) = (w.panel_data(p0, panels), w.panel_col_sums(p0, panels));
+        let tile_at = |r0: usize, nr: usize| Panels {
+            a: a.rows(r0, nr),
+            a16: if kern.a_form() == AForm::Bcast16 {
+                a.rows_bcast16(r0, nr)
+            } else {
+                &[]
+            },
+            kp: a.kp(),
+            rows: nr,
+            a_max: a.max_value(),
+            w: wp,
+            col_sums: cs,
+            panels,
+        };
         // a kernel that loops over its tiles itself takes all rows in one checked call
         if kern.many_rows() && kern.a_form() == AForm::Bytes && fix.is_none() && r0 < rows.end {
-            let nr = rows.end - r0;
-            let tile = Panels {
-                a: a.rows(r0, nr),
-                a16: &[],
-                kp: a.kp(),
-                rows: nr,
-                a_max: a.max_value(),
-                w: wp,
-                col_sums: cs,
-                panels,
-            };
+            let tile = tile_at(r0, rows.end - r0);
             if stage.store_fused(corr, &kern, &tile, (r0, col0, cols), out, at) {
                 continue;
             }
         }
         while r0 < rows.end {
             let nr = kern.mr().min(rows.end - r0);
-            let tile = Panels {
-                a: a.rows(r0, nr),
-                a16: if kern.a_form() == AForm::Bcast16 {
-                    a.rows_bcast16(r0, nr)
-                } else {
-                    &[]
-                },
-                kp: a.kp(),
-                rows: nr,
-                a_max: a.max_value(),
-                w: wp,
-                col_sums: cs,
-                panels,
-            };
+            let tile = tile_at(r0, nr);
             let split = fix.filter(|f| f.any_in(r0, nr));
             if split.is_none() && stage.store_fused(corr, &kern, &tile, (r0, col0, cols), out, at) {
                 r0 += nr;
