@@ -424,3 +424,59 @@ def test_the_profile_names_each_step_and_its_time():
     assert kinds[0] == "quantize" and kinds[-1] == "dequantize" and "c1" in names and "fc2" in names
     assert kinds[names.index("pool")] == "max_pool" and all(t > 0 for _, _, t in prof)
     assert _convert(_WithCat(), (1, 3, 8, 8)).graph_plan_profile(torch.randn(1, 3, 8, 8)) == []
+
+
+def test_a_forward_set_on_an_instance_runs_at_every_call_until_removed():
+    m = _convert(_Small(), (1, 3, 16, 16))
+    x = torch.randn(1, 3, 16, 16)
+    m(x)
+    calls = []
+    orig = m.fc.forward
+    m.fc.forward = lambda inp: (calls.append(1), orig(inp))[1]
+    outs = [m(x) for _ in range(5)]
+    assert len(calls) == 5 and all(_same(o, outs[0]) for o in outs)
+    assert "forward of its own" in m.graph_plan_status()[0][2]
+    del m.fc.forward
+    m(x)
+    m(x)
+    assert len(calls) == 5 and _plan_runs(m, x)
+
+
+def test_failed_builds_are_retried_with_backoff(monkeypatch):
+    from ferroquant._fx import plan as plan_mod
+
+    m = _convert(_Small(), (1, 3, 16, 16))
+    x = torch.randn(1, 3, 16, 16)
+    real = plan_mod._make_entry
+
+    def fails(*a, **k):
+        raise plan_mod.Unsupported("a failure no guard sees")
+
+    monkeypatch.setattr(plan_mod, "_make_entry", fails)
+    m(x)
+    assert not _plan_runs(m, x)
+    monkeypatch.setattr(plan_mod, "_make_entry", real)
+    for _ in range(plan_mod._FIRST_RETRY - 1):
+        m(x)
+    assert not _plan_runs(m, x)  # not yet: retried after _FIRST_RETRY calls
+    m(x)
+    assert _plan_runs(m, x) and _same(m(x), _slow(m, x))
+
+
+def test_mlps_on_2d_inputs_and_the_layout_in_the_status():
+    class MLP(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.a, self.b = nn.Linear(20, 32), nn.Linear(32, 4)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.b(F.relu(self.a(x)))
+
+    m = _convert(MLP(), (3, 20))
+    _check(m, torch.randn(5, 20))
+    s = _convert(_Small(), (1, 3, 16, 16))
+    s(torch.randn(1, 3, 16, 16).contiguous(memory_format=torch.channels_last))
+    assert s.graph_plan_status()[0][2].endswith("(channels-last input)")
+    c = _convert(_Conv3d(), (1, 2, 6, 6, 6))
+    with pytest.raises(ValueError, match="expects input"):  # the module's own error
+        c(torch.randn(1, 2, 6, 6))

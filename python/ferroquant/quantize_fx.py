@@ -19,6 +19,7 @@ from ._fx.convert import convert as _convert
 from ._fx.convert import convert_reference as _convert_reference
 from ._fx.custom_config import ConvertCustomConfig, FuseCustomConfig, PrepareCustomConfig, as_config
 from ._fx.fuse import fuse_graph
+from ._fx.graph_module import QuantizedGraphModule
 from ._fx.prepare import NativeBackendConfig, check_backend_config
 from ._fx.prepare import prepare as _prepare
 from ._fx.tracer import FXTraceError, trace
@@ -34,6 +35,7 @@ __all__ = [
     "FuseCustomConfig",
     "get_native_backend_config",
     "FXTraceError",
+    "QuantizedGraphModule",
 ]
 
 

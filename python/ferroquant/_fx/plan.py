@@ -51,17 +51,35 @@ _FN_MAX_POOLS = {F.max_pool1d: 1, F.max_pool2d: 2, F.max_pool3d: 3, torch.max_po
 _FN_AVG_POOLS = {F.avg_pool1d: 1, F.avg_pool2d: 2, F.avg_pool3d: 3, torch.avg_pool1d: 1}
 _FN_ADAPTIVE_POOLS = {F.adaptive_avg_pool1d: 1, F.adaptive_avg_pool2d: 2, F.adaptive_avg_pool3d: 3}
 _MAX_PLANS = 8  # input shapes kept per model
+_FIRST_RETRY, _LAST_RETRY = 16, 4096  # calls before a failed build is retried, doubling
 
 
 class Unsupported(Exception):
     """Why a graph (for one input) runs module by module. ``wait``: hook tables that, once all
     empty again, let the plan be tried again; ``structural``: the graph itself (its node kinds)."""
 
-    def __init__(self, why: str, wait: Optional[list] = None, structural: bool = False) -> None:
+    def __init__(
+        self, why: str, wait: Optional[list] = None, structural: bool = False, permanent: bool = False
+    ) -> None:
         super().__init__(why)
         self.wait = wait or []
         # a reason in the graph's node kinds (not in a module or the input): no input will do
         self.structural = structural
+        # a reason in the input's shape: this shape never will (other failures are retried
+        # now and then: the model may have changed in a way no guard sees)
+        self.permanent = permanent
+
+
+class _Overridden:
+    """True while a module has a ``forward`` of its own (set on the instance): the plan waits."""
+
+    __slots__ = ("d",)
+
+    def __init__(self, d: dict) -> None:
+        self.d = d
+
+    def __bool__(self) -> bool:
+        return "forward" in self.d
 
 
 def _hooks(mod: nn.Module) -> int:
@@ -216,6 +234,11 @@ class _Builder:
         if _hooks(mod):
             tables = [t for m in self.gm.modules() for t in (m._forward_hooks, m._forward_pre_hooks)]
             raise Unsupported(f"{type(mod).__name__} has forward hooks", wait=tables)
+        if "forward" in mod.__dict__:  # a forward set on the instance runs module by module
+            raise Unsupported(
+                f"{type(mod).__name__} has a forward of its own (set on the instance)",
+                wait=[_Overridden(mod.__dict__)],
+            )
         self.empty += [mod._forward_hooks, mod._forward_pre_hooks]
         self.same.append((mod.__dict__, "forward", mod.__dict__.get("forward")))
         for name in same:
@@ -292,8 +315,8 @@ class _Builder:
             ):
                 raise Unsupported("Quantize of anything but the input")
             x = self.x
-            if x.dim() < 3:
-                raise Unsupported("inputs of fewer than 3 dims")
+            if x.dim() not in (2, 4, 5):
+                raise Unsupported("inputs of 2, 4 or 5 dims only ([N, features], images, volumes)", permanent=True)
             cl = not x.is_contiguous()
             self.guard(mod, equal=(*_OUT_ATTRS, "dtype"))
             self.add(
@@ -508,9 +531,12 @@ def _same(a: Any, b: Any) -> bool:
 class _Entry:
     """One input shape's plan (or why there is none)."""
 
-    __slots__ = ("plan", "reason", "wrap", "steps", "wait", "names", "cl")
+    __slots__ = ("plan", "reason", "wrap", "steps", "wait", "names", "cl", "retry", "backoff")
 
     def __init__(self, reason: str, wait: Optional[list] = None) -> None:
+        # calls left before a failed build is tried again (None: never), and the next wait
+        self.retry: Optional[int] = None
+        self.backoff = _FIRST_RETRY
         self.names: list[str] = []
         self.cl = False
         self.plan: Any = None
@@ -541,7 +567,11 @@ class PlanCache:
 
     def status(self) -> list[tuple[tuple[int, ...], bool, str]]:
         return [
-            (key[0], e.plan is not None, f"{e.steps} steps" if e.plan is not None else e.reason)
+            (
+                key[0],
+                e.plan is not None,
+                (f"{e.steps} steps" if e.plan is not None else e.reason) + (" (channels-last input)" if key[1] else ""),
+            )
             for key, e in self.entries.items()
         ]
 
@@ -588,9 +618,15 @@ class PlanCache:
             return self._build(gm, x, key)
         self.entries[key] = e
         if e.plan is None:
-            if e.wait and not any(e.wait):  # the hooks that stopped it are gone: try again
-                self.entries.pop(key, None)
-                return self._build(gm, x, key)
+            if e.wait:
+                if not any(e.wait):  # the hooks or overrides that stopped it are gone
+                    self.entries.pop(key, None)
+                    return self._build(gm, x, key)
+            elif e.retry is not None:
+                e.retry -= 1
+                if e.retry <= 0:  # the model may have changed in a way no guard sees
+                    self.entries.pop(key, None)
+                    return self._build(gm, x, key, min(e.backoff * 2, _LAST_RETRY))
             return NotImplemented
         xin = x.detach() if x.requires_grad else x
         arr = e.plan.run(nhwc_numpy(xin) if cl else xin.numpy(), get_num_threads())
@@ -601,7 +637,7 @@ class PlanCache:
         assert e.wrap is not None
         return e.wrap(arr)
 
-    def _build(self, gm: fx.GraphModule, x: torch.Tensor, key: tuple) -> Any:
+    def _build(self, gm: fx.GraphModule, x: torch.Tensor, key: tuple, backoff: int = _FIRST_RETRY) -> Any:
         while len(self.entries) >= _MAX_PLANS:
             self.entries.pop(next(iter(self.entries)), None)
         # the recording interprets gm.graph, the forward runs gm.code: the same program only
@@ -615,6 +651,8 @@ class PlanCache:
             if why.structural:
                 self.never = str(why)
             e = _Entry(str(why), why.wait)
+            if not (why.structural or why.permanent or why.wait):
+                e.retry, e.backoff = backoff, backoff
         self.entries[key] = e
         return result
 

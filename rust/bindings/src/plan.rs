@@ -207,7 +207,9 @@ impl Plan {
         let arg = |i: usize| d.get_item(5 + i);
         let op = match kind.as_str() {
             "quantize" => {
-                nsc(&shape, "quantize")?;
+                if shape.len() != 2 {
+                    nsc(&shape, "quantize")?;
+                }
                 Op::Quantize {
                     channels_last_input: arg(0)?.extract()?,
                     scale: arg(1)?.extract()?,
@@ -514,6 +516,19 @@ impl Plan {
             return Err(value_error("plan: the first step must quantize the input"));
         };
         let first = with_values::<f32, _>(x, "input", |xs, shape| {
+            if self.input_shape.len() == 2 {
+                // [N, features]: nothing to transpose
+                if shape != self.input_shape.as_slice() || channels_last_input {
+                    return Err(value_error(format!(
+                        "plan: input must have shape {:?}, got {shape:?}",
+                        self.input_shape
+                    )));
+                }
+                let mut out = output::<u8>(shape, "the quantized input")?;
+                k::quantize::quantize_per_tensor(xs, scale, zp, qmin, qmax, &mut out)
+                    .map_err(to_py)?;
+                return Ok(out);
+            }
             let (n, sp, c) = nsc(&self.input_shape, "quantize")?;
             let expect: Vec<usize> = if channels_last_input {
                 let mut s = vec![n];
