@@ -82,11 +82,13 @@ pub(crate) struct PlainRequant<'a> {
 /// - `weights(w, rows, kw, c)`: the kernel's weights from centered weights (`[rows·kw][c]`,
 ///   i16), `None` where this kernel cannot take them (then [`DepthwiseKernel`] runs);
 /// - `build_quad(rows, c, lead, zx, buf)`: one quad from four input rows (`None`: all zero
-///   point), buffer column `col` = input column `col − lead`;
-/// - `accumulate(quads, geometry, weights, init, acc)`: `acc[p·cs + ch] = init[ch] + Σ` over
-///   every tap, `cs = column_stride(c)`. Exact integers, as the portable loop;
-/// - `accumulate_requant(quads, geometry, weights, init, rq, out)`: the same accumulators
-///   requantized by `rq` straight from registers into bytes `out[p·c + ch]`.
+///   point), buffer column `col` = input column `col − lead`; returns the OR of the bytes it
+///   wrote where the kernel tells 7-bit lines apart (AVX2), else 0;
+/// - `accumulate(quads, geometry, weights, init, wide, acc)`: `acc[p·cs + ch] = init[ch] + Σ`
+///   over every tap, `cs = column_stride(c)`; `wide`: some quad byte is above 127 (the OR
+///   `build_quad` returned). Exact integers, as the portable loop;
+/// - `accumulate_requant(quads, geometry, weights, init, wide, rq, out)`: the same
+///   accumulators requantized by `rq` straight from registers into bytes `out[p·c + ch]`.
 #[derive(Clone, Copy)]
 pub(crate) struct DepthwiseLineKernel {
     pub column_stride: fn(usize) -> usize,
@@ -99,12 +101,13 @@ pub(crate) struct DepthwiseLineKernel {
 /// `weights(w, rows, kw, c)`, see [`DepthwiseLineKernel`].
 pub(crate) type LineWeightsFn = fn(&[i16], usize, usize, usize) -> Option<Vec<i8>>;
 /// `build_quad(rows, c, lead, zx, buf)`, see [`DepthwiseLineKernel`].
-pub(crate) type BuildQuadFn = fn(&[Option<&[u8]>; 4], usize, usize, u8, &mut [u8]);
-/// `accumulate_requant(quads, geometry, weights, init, rq, out)`, see [`DepthwiseLineKernel`].
+pub(crate) type BuildQuadFn = fn(&[Option<&[u8]>; 4], usize, usize, u8, &mut [u8]) -> u8;
+/// `accumulate_requant(quads, geometry, weights, init, wide, rq, out)`, see
+/// [`DepthwiseLineKernel`].
 pub(crate) type AccumulateRequantFn =
-    fn(&[&[u8]], &LineGeometry, &[i8], &[i32], &PlainRequant<'_>, &mut [u8]);
-/// `accumulate(quads, geometry, weights, init, acc)`, see [`DepthwiseLineKernel`].
-pub(crate) type AccumulateLineFn = fn(&[&[u8]], &LineGeometry, &[i8], &[i32], &mut [i32]);
+    fn(&[&[u8]], &LineGeometry, &[i8], &[i32], bool, &PlainRequant<'_>, &mut [u8]);
+/// `accumulate(quads, geometry, weights, init, wide, acc)`, see [`DepthwiseLineKernel`].
+pub(crate) type AccumulateLineFn = fn(&[&[u8]], &LineGeometry, &[i8], &[i32], bool, &mut [i32]);
 
 /// The line kernel of `engine`, where it has one.
 pub(crate) fn depthwise_line_kernel(engine: Engine) -> Option<DepthwiseLineKernel> {
@@ -116,6 +119,22 @@ pub(crate) fn depthwise_line_kernel(engine: Engine) -> Option<DepthwiseLineKerne
             build_quad: x86_64::depthwise_vnni::build_quad,
             accumulate: x86_64::depthwise_vnni::accumulate,
             accumulate_requant: x86_64::depthwise_vnni::accumulate_requant,
+        }),
+        #[cfg(target_arch = "x86_64")]
+        Engine::AvxVnni if x86_64::has_avxvnni() => Some(DepthwiseLineKernel {
+            column_stride: x86_64::depthwise_ymm::column_stride,
+            weights: x86_64::depthwise_ymm::line_weights,
+            build_quad: x86_64::depthwise_ymm::build_quad,
+            accumulate: x86_64::depthwise_ymm::accumulate_vnni,
+            accumulate_requant: x86_64::depthwise_ymm::accumulate_requant_vnni,
+        }),
+        #[cfg(target_arch = "x86_64")]
+        Engine::Avx2 if x86_64::has_avx2_fma() => Some(DepthwiseLineKernel {
+            column_stride: x86_64::depthwise_ymm::column_stride,
+            weights: x86_64::depthwise_ymm::line_weights,
+            build_quad: x86_64::depthwise_ymm::build_quad,
+            accumulate: x86_64::depthwise_ymm::accumulate_avx2,
+            accumulate_requant: x86_64::depthwise_ymm::accumulate_requant_avx2,
         }),
         _ => None,
     }

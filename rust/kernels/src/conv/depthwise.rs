@@ -525,12 +525,14 @@ fn run_lines_with<T: QInt>(ctx: &Ctx<'_, T>, lc: &LineCtx<'_>, l0: usize, out: &
         Some(&input.x[at..at + row_len])
     };
     // one output line from the quads in `buf` with weights `w`
-    let mut finish = |out_line: &mut [T], w: &[i8], buf: &[u8]| {
+    let mut finish = |out_line: &mut [T], w: &[i8], buf: &[u8], wide: bool| {
         let qs: Vec<&[u8]> = buf.chunks_exact(quad_len).collect();
         match (&rq, T::as_u8_mut(out_line)) {
-            (Some(rq), Some(bytes)) => (k.accumulate_requant)(&qs, &line, w, &lc.init, rq, bytes),
+            (Some(rq), Some(bytes)) => {
+                (k.accumulate_requant)(&qs, &line, w, &lc.init, wide, rq, bytes)
+            }
             (_, _) => {
-                (k.accumulate)(&qs, &line, w, &lc.init, acc);
+                (k.accumulate)(&qs, &line, w, &lc.init, wide, acc);
                 for (px, a) in out_line.chunks_exact_mut(c).zip(acc.chunks_exact(cs)) {
                     ctx.stage.requantize_row(&a[..c], 0, px);
                 }
@@ -548,6 +550,8 @@ fn run_lines_with<T: QInt>(ctx: &Ctx<'_, T>, lc: &LineCtx<'_>, l0: usize, out: &
         let id0 = (od * geom.stride[0]) as isize - geom.padding[0] as isize;
         let ih0 = (oh * geom.stride[1]) as isize - geom.padding[1] as isize;
         let pair = w_down.filter(|_| li + 1 < n_lines && oh + 1 < osp[1]);
+        // the OR of the quads' bytes: above 127, kernels on `vpmaddubsw` take the exact split
+        let mut bits = 0u8;
         for (q, qb) in buf.chunks_exact_mut(quad_len).enumerate() {
             let four: [Option<&[u8]>; 4] = std::array::from_fn(|j| {
                 let r = 4 * q + j;
@@ -564,12 +568,13 @@ fn run_lines_with<T: QInt>(ctx: &Ctx<'_, T>, lc: &LineCtx<'_>, l0: usize, out: &
                     None
                 }
             });
-            (k.build_quad)(&four, c, pw, input.zp, qb);
+            bits |= (k.build_quad)(&four, c, pw, input.zp, qb);
         }
+        let wide = bits > 127;
         let (first, rest) = out[li * line_len..].split_at_mut(line_len);
-        finish(first, lc.w, buf);
+        finish(first, lc.w, buf, wide);
         if let Some(w1) = pair {
-            finish(&mut rest[..line_len], w1, buf);
+            finish(&mut rest[..line_len], w1, buf, wide);
             li += 2;
         } else {
             li += 1;

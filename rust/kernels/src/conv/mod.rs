@@ -1179,8 +1179,21 @@ mod tests {
                 };
                 let taps: usize = kernel.iter().product();
                 let n = 2;
+                // inputs: the full u8 range around zero point 200; 7-bit (AVX2's line kernel
+                // takes every line); 7-bit with a few bytes above 127 (some lines, not all,
+                // go to the exact pixel-run kernel there)
+                let xin = (gi + c) % 3;
+                let zx = [200, 60, 3][xin];
                 let x: Vec<u8> = (0..n * sp.iter().product::<usize>() * c)
-                    .map(|i| ((i * 97 + gi * 13 + c) % 256) as u8)
+                    .map(|i| {
+                        let v = (i * 97 + gi * 13 + c) % 256;
+                        match xin {
+                            0 => v as u8,
+                            1 => (v % 128) as u8,
+                            _ if i % 101 == 7 => 128 + (v % 128) as u8,
+                            _ => (v % 128) as u8,
+                        }
+                    })
                     .collect();
                 // weights: full range with zero points (w − zw past i8: the pixel-run
                 // kernels), full range symmetric and small with zero points (w − zw fits in
@@ -1208,7 +1221,6 @@ mod tests {
                     let scales = vec![1.0f32; c];
                     let pc = PackedConv::new(&w, c, c, geom, &scales, &zw).unwrap();
                     assert!(pc.depthwise.is_some());
-                    let zx = 200;
                     let osp = geom.output_size(sp).unwrap();
                     // exact accumulators
                     let mut want = Vec::new();

@@ -24,10 +24,21 @@ pub(crate) fn column_stride(c: usize) -> usize {
 /// i8, row `4·quad + r` of the kernel in byte `r`, zeros past the last row and channel. `None` if
 /// a centered weight does not fit in i8.
 pub(crate) fn line_weights(w: &[i16], rows: usize, kw: usize, c: usize) -> Option<Vec<i8>> {
-    if w.len() != rows * kw * c || w.iter().any(|&v| i8::try_from(v).is_err()) {
+    line_weights_with(w, rows, kw, c, column_stride(c))
+}
+
+/// [`line_weights`] for a kernel whose columns hold `cs` channels (`cs ≥ c`).
+pub(super) fn line_weights_with(
+    w: &[i16],
+    rows: usize,
+    kw: usize,
+    c: usize,
+    cs: usize,
+) -> Option<Vec<i8>> {
+    if w.len() != rows * kw * c || cs < c || w.iter().any(|&v| i8::try_from(v).is_err()) {
         return None;
     }
-    let (quads, cs) = (rows.div_ceil(4), column_stride(c));
+    let quads = rows.div_ceil(4);
     let mut out = vec![0i8; kw * quads * cs * 4];
     for row in 0..rows {
         for k in 0..kw {
@@ -44,13 +55,38 @@ pub(crate) fn line_weights(w: &[i16], rows: usize, kw: usize, c: usize) -> Optio
 /// input column `col − lead` of the four `rows` (channels-last rows of `c` channels; `None`: a
 /// row of zero points), and the zero point `zx` where that column is outside the row; channels
 /// past `c` hold zeros or the zero point (their weights are zero, so either adds nothing).
-pub(crate) fn build_quad(rows: &[Option<&[u8]>; 4], c: usize, lead: usize, zx: u8, out: &mut [u8]) {
+/// Returns 0: this kernel is exact for every byte (the AVX2 one returns the bytes' OR).
+pub(crate) fn build_quad(
+    rows: &[Option<&[u8]>; 4],
+    c: usize,
+    lead: usize,
+    zx: u8,
+    out: &mut [u8],
+) -> u8 {
     assert!(
         super::has_avx512vnni(),
         "AVX-512 depthwise kernel on a CPU without AVX-512"
     );
-    assert!(c > 0, "no channels");
     let cs = column_stride(c);
+    let (width, w_in) = check_quad(rows, c, cs, out);
+    // SAFETY: AVX-512F/BW checked above; the impl reads rows[r][col·c .. col·c + c] for
+    // col < w_in (masked past c) and writes out[.. width·cs·4], all checked above.
+    unsafe { build_quad_impl(rows, c, w_in, lead, zx, width, out.as_mut_ptr()) };
+    0
+}
+
+/// Checks a quad's rows and buffer (`cs` channels per column): returns the buffer's width in
+/// columns and the rows' width in pixels.
+pub(super) fn check_quad(
+    rows: &[Option<&[u8]>; 4],
+    c: usize,
+    cs: usize,
+    out: &[u8],
+) -> (usize, usize) {
+    assert!(
+        c > 0 && cs >= c,
+        "no channels, or columns narrower than them"
+    );
     assert_eq!(out.len() % (cs * 4), 0, "quad buffer is not whole columns");
     let width = out.len() / (cs * 4);
     let w_in = rows
@@ -66,9 +102,7 @@ pub(crate) fn build_quad(rows: &[Option<&[u8]>; 4], c: usize, lead: usize, zx: u
             "quad rows differ in length or are not whole pixels"
         );
     }
-    // SAFETY: AVX-512F/BW checked above; the impl reads rows[r][col·c .. col·c + c] for
-    // col < w_in (masked past c) and writes out[.. width·cs·4], all checked above.
-    unsafe { build_quad_impl(rows, c, w_in, lead, zx, width, out.as_mut_ptr()) }
+    (width, w_in)
 }
 
 /// # Safety
@@ -145,7 +179,17 @@ fn check_line(quads: &[&[u8]], g: &LineGeometry, w: &[i8], init: &[i32]) -> Vec<
         super::has_avx512vnni(),
         "AVX-512 VNNI depthwise kernel on a CPU without it"
     );
-    let cs = column_stride(g.c);
+    check_line_with(quads, g, w, init, column_stride(g.c))
+}
+
+/// [`check_line`] for a kernel whose columns hold `cs` channels (the caller checked the CPU).
+pub(super) fn check_line_with(
+    quads: &[&[u8]],
+    g: &LineGeometry,
+    w: &[i8],
+    init: &[i32],
+    cs: usize,
+) -> Vec<*const u8> {
     assert!(
         g.c > 0 && g.kw > 0 && g.count > 0 && !quads.is_empty(),
         "empty depthwise line"
@@ -181,6 +225,7 @@ pub(crate) fn accumulate(
     g: &LineGeometry,
     w: &[i8],
     init: &[i32],
+    _wide: bool,
     acc: &mut [i32],
 ) {
     let ptrs = check_line(quads, g, w, init);
@@ -208,6 +253,7 @@ pub(crate) fn accumulate_requant(
     g: &LineGeometry,
     w: &[i8],
     init: &[i32],
+    _wide: bool,
     rq: &PlainRequant<'_>,
     out: &mut [u8],
 ) {

@@ -7,6 +7,7 @@ pub(crate) mod avx512vnni;
 pub(crate) mod avxvnni;
 pub(crate) mod depthwise;
 pub(crate) mod depthwise_vnni;
+pub(crate) mod depthwise_ymm;
 pub(crate) mod grouped_avx2;
 pub(crate) mod grouped_vnni;
 pub(crate) mod low;
