@@ -221,42 +221,55 @@ fn extend_bcast16(data: &[u8], v: &mut Vec<i16>) {
     }
 }
 
-/// Activation values split off by [`PackedA::split_7bit`]: for row `i`, entries
-/// `start[i]..start[i + 1]` of `k` / `r` (column, amount above 127).
+/// The rows of a [`PackedA`] that held a value above 127, sorted
+/// ([`PackedA::wide_rows_7bit`]): a GEMM on AVX2's 7-bit kernel computes them apart, exactly,
+/// from their values clamped to 127 and what the clamp took off. When
+/// [`PackedA::clamp_wide_rows`] clamped them in place, the taken-off values are kept here.
 #[derive(Debug, Clone, Default)]
-pub struct Residuals {
+pub struct WideRows {
+    rows: Vec<u32>,
+    /// Clamped in the activations: `taken[start[i]..start[i + 1]]` are `(k, value − 127)` of
+    /// wide row `i`.
+    clamped: bool,
     start: Vec<u32>,
-    k: Vec<u32>,
-    r: Vec<i32>,
+    taken: Vec<(u32, i32)>,
 }
 
-impl Residuals {
-    /// Whether rows `r0..r0 + count` have any entry.
-    pub fn any_in(&self, r0: usize, count: usize) -> bool {
-        self.start[r0] != self.start[(r0 + count).min(self.start.len() - 1)]
+impl WideRows {
+    /// The index range (into the list) of the wide rows among `rows`.
+    pub fn range_within(&self, rows: std::ops::Range<usize>) -> std::ops::Range<usize> {
+        let a = self.rows.partition_point(|&r| (r as usize) < rows.start);
+        let b = self.rows.partition_point(|&r| (r as usize) < rows.end);
+        a..b
     }
-
-    /// The `(k, r)` entries of row `row`.
-    pub fn row(&self, row: usize) -> impl Iterator<Item = (usize, i32)> + '_ {
-        let (a, b) = (self.start[row] as usize, self.start[row + 1] as usize);
-        self.k[a..b]
-            .iter()
-            .zip(&self.r[a..b])
-            .map(|(&k, &r)| (k as usize, r))
+    /// The wide rows among `rows`.
+    pub fn within(&self, rows: std::ops::Range<usize>) -> &[u32] {
+        &self.rows[self.range_within(rows)]
     }
-
-    /// The rows it covers.
-    pub fn rows(&self) -> usize {
-        self.start.len().saturating_sub(1)
+    /// Whether the rows were clamped in the activations ([`PackedA::clamp_wide_rows`]).
+    pub fn clamped(&self) -> bool {
+        self.clamped
     }
-
-    /// How many values were split off.
+    /// The `(k, value − 127)` taken off wide row `i` (of the list) by
+    /// [`PackedA::clamp_wide_rows`] (none if they were not clamped).
+    pub fn taken(&self, i: usize) -> impl Iterator<Item = (usize, i32)> + '_ {
+        let r = if self.clamped {
+            self.start[i] as usize..self.start[i + 1] as usize
+        } else {
+            0..0
+        };
+        self.taken[r].iter().map(|&(k, v)| (k as usize, v))
+    }
+    /// How many rows.
     pub fn len(&self) -> usize {
-        self.k.len()
+        self.rows.len()
     }
-
     pub fn is_empty(&self) -> bool {
-        self.k.is_empty()
+        self.rows.is_empty()
+    }
+    /// The last row index plus one (0 for none).
+    pub fn end(&self) -> usize {
+        self.rows.last().map_or(0, |&r| r as usize + 1)
     }
 }
 
@@ -594,55 +607,59 @@ impl PackedA<'_> {
         self
     }
 
-    /// Splits activations above 127 into `127 + r` when there are few of them (at most one in
-    /// `1 / max_share` of the `m·k` values): the rows then fit the 7-bit kernels (AVX2's
-    /// `vpmaddubsw`, exact below 128) and the returned [`Residuals`] hold every `(row, k, r)`,
-    /// whose `r·w[k][·]` the GEMM adds back to the accumulators — the same exact sums. Row sums
-    /// keep the original values (they feed the weight zero-point term). `None` (nothing changed)
-    /// when every value is at most 127 or too many are above.
-    pub fn split_7bit(&mut self, max_share: usize) -> Option<Residuals> {
+    /// For AVX2's 7-bit kernels, exact only below 128: finds the rows holding a larger value
+    /// (one pass compiled with `engine`'s vector features, which also sets the largest value;
+    /// nothing when it is known to be at most 127). Returns them when there are some but at most
+    /// `m / max_share`: a GEMM given them ([`crate::gemm::gemm_wide`]) runs the 7-bit kernel
+    /// on the other rows and these one by one, exactly. The activations are not changed.
+    pub fn wide_rows_7bit(&mut self, engine: Engine, max_share: usize) -> Option<WideRows> {
         if self.max <= 127 || self.m == 0 || self.kp == 0 {
             return None;
         }
-        let limit = (self.m * self.k) / max_share.max(1);
-        // top bits summed 64 bytes at a time (vectorises; at most 64 per block fits a byte)
-        let high = |c: &[u8]| c.iter().fold(0u8, |a, &v| a.wrapping_add(v >> 7)) as usize;
-        let mut chunks = self.data.chunks_exact(64);
-        let mut over: usize = (&mut chunks).map(high).sum();
-        over += high(chunks.remainder());
-        if over == 0 || over > limit {
-            if over == 0 {
-                self.max = 127.min(self.max);
-            }
-            return None;
+        let (max, wide) = with_features(
+            engine,
+            RowsAbove127 {
+                data: &self.data,
+                kp: self.kp,
+            },
+            &mut [],
+        );
+        self.max = max;
+        (!wide.is_empty() && wide.len() <= self.m / max_share.max(1)).then(|| WideRows {
+            rows: wide,
+            ..Default::default()
+        })
+    }
+
+    /// Clamps the `wide` rows to 127 in place, keeping what the clamp took off in `wide`, when
+    /// the activations are this `PackedA`'s own (a conv's im2col block; borrowed ones are left
+    /// alone, copying them would cost more): then a GEMM runs every row through the 7-bit
+    /// kernel in long runs and recomputes only the wide rows. The row sums keep the original
+    /// values (they feed the weight zero-point term).
+    pub fn clamp_wide_rows(&mut self, wide: &mut WideRows) {
+        let Cow::Owned(data) = &mut self.data else {
+            return;
+        };
+        if wide.clamped || wide.end() > self.m {
+            return;
         }
         let kp = self.kp;
-        let data = self.data.to_mut();
-        let mut res = Residuals {
-            start: Vec::with_capacity(self.m + 1),
-            k: Vec::with_capacity(over),
-            r: Vec::with_capacity(over),
-        };
-        for row in data.chunks_exact_mut(kp) {
-            res.start.push(res.k.len() as u32);
-            // blocks of 64 without a value above 127 are skipped after one vector test
-            for (b, block) in row.chunks_mut(64).enumerate() {
-                if block.iter().fold(0u8, |a, &v| a | v) <= 127 {
-                    continue;
-                }
-                for (j, v) in block.iter_mut().enumerate() {
-                    if *v > 127 {
-                        res.k.push((b * 64 + j) as u32);
-                        res.r.push(*v as i32 - 127);
-                        *v = 127;
-                    }
+        wide.start.clear();
+        wide.taken.clear();
+        for &r in &wide.rows {
+            wide.start.push(wide.taken.len() as u32);
+            let row = &mut data[r as usize * kp..(r as usize + 1) * kp];
+            for (k, v) in row.iter_mut().enumerate() {
+                if *v > 127 {
+                    wide.taken.push((k as u32, *v as i32 - 127));
+                    *v = 127;
                 }
             }
         }
-        res.start.push(res.k.len() as u32);
+        wide.start.push(wide.taken.len() as u32);
+        wide.clamped = true;
         self.max = 127;
         self.bcast16 = OnceLock::new();
-        Some(res)
     }
 
     pub fn row_sums(&self) -> &[i32] {
@@ -689,6 +706,39 @@ fn sum_max_u8(row: &[u8]) -> (i32, u8) {
 /// The largest byte (0 when empty); a plain fold the compiler vectorises.
 fn max_u8(data: &[u8]) -> u8 {
     data.iter().fold(0u8, |m, &v| m.max(v))
+}
+
+/// The largest byte and the rows (of `kp` bytes) holding one above 127: 256-byte chunks
+/// tested at once, the rows of a chunk above 127 one by one; compiled per ISA.
+struct RowsAbove127<'a> {
+    data: &'a [u8],
+    kp: usize,
+}
+
+impl Vectorized for RowsAbove127<'_> {
+    type Elem = ();
+    type Out = (u8, Vec<u32>);
+    #[inline(always)]
+    fn run(self, _: &mut [()]) -> Self::Out {
+        const CHUNK: usize = 256;
+        let (data, kp) = (self.data, self.kp);
+        let mut wide: Vec<u32> = Vec::new();
+        let mut max = 0u8;
+        for (ci, chunk) in data.chunks(CHUNK).enumerate() {
+            let m = max_u8(chunk);
+            max = max.max(m);
+            if m > 127 {
+                let start = ci * CHUNK;
+                for r in start / kp..=(start + chunk.len() - 1) / kp {
+                    if wide.last() != Some(&(r as u32)) && max_u8(&data[r * kp..(r + 1) * kp]) > 127
+                    {
+                        wide.push(r as u32);
+                    }
+                }
+            }
+        }
+        (max, wide)
+    }
 }
 
 /// The largest byte, compiled per ISA.
@@ -771,19 +821,20 @@ mod tests {
     use super::*;
 
     #[test]
-    fn split_activations_give_the_unsplit_gemm_on_every_engine() {
+    fn wide_rows_apart_give_the_whole_gemm_on_every_engine() {
         use crate::arch::available_engines;
-        use crate::gemm::{gemm, gemm_split};
+        use crate::gemm::{gemm, gemm_wide};
         use crate::requant::{Requantize, StoreI32};
         for &(m, k, n, zw) in &[
             (37usize, 150usize, 70usize, 0i32),
             (20, 64, 48, 3),
             (9, 7, 16, 0),
+            (64, 16, 96, 0),
         ] {
-            // mostly 0..127, a few values up to 255 (one in ~1500)
+            // mostly 0..127, a few values up to 255 (one in ~1500), two wide rows side by side
             let a: Vec<u8> = (0..m * k)
                 .map(|i| {
-                    if i % 1499 == 7 {
+                    if i % 1499 == 7 || i == k + 1 || i == 2 * k + 3 {
                         128 + (i % 128) as u8
                     } else {
                         (i * 31 % 128) as u8
@@ -797,33 +848,49 @@ mod tests {
             let zps = vec![zw; n];
             let pw = PackedWeights::new(&w, n, k, &scales, &zps).unwrap();
             let stage = Requantize::<u8>::new(0.02, &pw, None, 0.5, 100, 0, 255, false).unwrap();
+            let want_rows: Vec<u32> = (0..m)
+                .filter(|r| a[r * k..(r + 1) * k].iter().any(|&v| v > 127))
+                .map(|r| r as u32)
+                .collect();
             for e in available_engines() {
                 let whole = PackedA::from_u8(&a, m, k, 4).unwrap();
                 let (mut want8, mut want32) = (vec![0u8; m * n], vec![0i32; m * n]);
                 gemm(e, &whole, &pw, &stage, &mut want8, 1).unwrap();
                 gemm(e, &whole, &pw, &StoreI32, &mut want32, 1).unwrap();
-                let mut split = whole.clone();
-                let fix = split
-                    .split_7bit(32)
-                    .expect("a few values above 127 are split");
-                assert!(!fix.is_empty() && split.max_value() == 127);
-                assert_eq!(
-                    split.row_sums(),
-                    whole.row_sums(),
-                    "row sums stay the original ones"
-                );
-                for threads in [1, 3] {
-                    let (mut got8, mut got32) = (vec![0u8; m * n], vec![0i32; m * n]);
-                    gemm_split(e, &split, &pw, &stage, &mut got8, threads, Some(&fix)).unwrap();
-                    gemm_split(e, &split, &pw, &StoreI32, &mut got32, threads, Some(&fix)).unwrap();
-                    assert_eq!(got32, want32, "{} m={m} k={k} n={n} zw={zw}", e.name());
-                    assert_eq!(got8, want8, "{} m={m} k={k} n={n} zw={zw}", e.name());
+                let mut apart = whole.clone();
+                let wide = apart
+                    .wide_rows_7bit(e, 2)
+                    .expect("a few wide rows are listed");
+                assert_eq!(wide.within(0..m), &want_rows[..]);
+                assert_eq!(apart.max_value(), *a.iter().max().unwrap());
+                assert_eq!(apart.rows(0, m), whole.rows(0, m), "activations unchanged");
+                // the rows as they are, then clamped in place (the taken-off values kept)
+                let mut clamped = apart.clone();
+                let mut wide_c = wide.clone();
+                clamped.clamp_wide_rows(&mut wide_c);
+                assert!(wide_c.clamped() && clamped.max_value() == 127);
+                assert_eq!(clamped.row_sums(), whole.row_sums(), "row sums kept");
+                for (pa, wr) in [(&apart, &wide), (&clamped, &wide_c)] {
+                    for threads in [1, 3] {
+                        let (mut got8, mut got32) = (vec![0u8; m * n], vec![0i32; m * n]);
+                        gemm_wide(e, pa, &pw, &stage, &mut got8, threads, Some(wr)).unwrap();
+                        gemm_wide(e, pa, &pw, &StoreI32, &mut got32, threads, Some(wr)).unwrap();
+                        let what =
+                            format!("{} m={m} k={k} n={n} zw={zw} {}", e.name(), wr.clamped());
+                        assert_eq!(got32, want32, "{what}");
+                        assert_eq!(got8, want8, "{what}");
+                    }
                 }
             }
-            // too many values above 127: nothing is split
+            // too many wide rows: none listed, the largest value found
             let dense: Vec<u8> = (0..m * k).map(|i| (i * 37 % 256) as u8).collect();
             let mut d = PackedA::from_u8(&dense, m, k, 4).unwrap();
-            assert!(d.split_7bit(1024).is_none() && d.max_value() > 127);
+            let e = available_engines()[0];
+            assert!(d.wide_rows_7bit(e, 8).is_none() && d.max_value() > 127);
+            // none above 127: none listed, the largest value is the 7-bit one
+            let low: Vec<u8> = dense.iter().map(|&v| v / 2).collect();
+            let mut l = PackedA::from_u8(&low, m, k, 4).unwrap();
+            assert!(l.wide_rows_7bit(e, 8).is_none() && l.max_value() <= 127);
         }
     }
 

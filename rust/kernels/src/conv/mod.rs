@@ -12,7 +12,7 @@ mod grouped;
 
 use crate::arch::Engine;
 use crate::error::{check_len, checked_numel, reuse_vec, try_vec, KernelError, Result};
-use crate::gemm::gemm_split;
+use crate::gemm::gemm_wide;
 use crate::packed::{PackedA, PackedWeights};
 use crate::quantize::QInt;
 use crate::requant::Requantize;
@@ -459,9 +459,11 @@ fn copy_run(dst: &mut [u8], src: &[u8]) {
     }
 }
 
-/// AVX2 blocks split activations above 127 off when at most one value in this many is (each
-/// costs about `2·N` cycles to add back; the exact 8-bit kernel costs ~2.5x the 7-bit one).
-const SPLIT_SHARE: usize = 1024;
+/// AVX2 blocks keep the 7-bit kernel with the rows holding a value above 127 computed apart
+/// when at most one row in this many does (a row apart costs about 1.3 rows in a tile — up to
+/// ~2 where the rows are the input's own and cut the runs; the exact 8-bit kernel costs ~2.5x
+/// the 7-bit one on every row).
+const WIDE_SHARE: usize = 2;
 
 /// The largest im2col buffer a thread keeps between calls (blocks are ~[`BLOCK_BYTES`]; only a
 /// K so large that 24 rows exceed it makes one bigger).
@@ -728,24 +730,24 @@ fn conv_static_blocked<T: QInt>(
                     })?
                 }
             };
-            // AVX2 picks its 7-bit kernel by the largest value: one vectorised max pass; a few
-            // values above 127 (activations beyond the calibrated range: D7 clamps to 0..255)
-            // are split off and added back exactly, so the block keeps the 7-bit kernel
-            let mut a = if engine == Engine::Avx2 && !stats {
-                a.with_max_on(engine)
-            } else {
-                a
-            };
-            let fix = if engine == Engine::Avx2 {
-                a.split_7bit(SPLIT_SHARE)
+            // AVX2 picks its 7-bit kernel by the largest value: one vectorised pass finds it and
+            // the rows holding a value above 127 (activations beyond the calibrated range: D7
+            // clamps to 0..255); a few such rows are computed apart, exactly, and the block keeps
+            // the 7-bit kernel
+            let mut a = a;
+            let wide = if engine == Engine::Avx2 {
+                a.wide_rows_7bit(engine, WIDE_SHARE).map(|mut wr| {
+                    a.clamp_wide_rows(&mut wr);
+                    wr
+                })
             } else {
                 None
             };
-            let fix = fix.as_ref();
+            let wide = wide.as_ref();
             if g == 1 {
-                gemm_split(engine, &a, pw, stage, dst, gemm_threads, fix)?;
+                gemm_wide(engine, &a, pw, stage, dst, gemm_threads, wide)?;
             } else {
-                gemm_split(engine, &a, pw, stage, &mut tmp, gemm_threads, fix)?;
+                gemm_wide(engine, &a, pw, stage, &mut tmp, gemm_threads, wide)?;
                 for (d, s) in dst.chunks_exact_mut(cout).zip(tmp.chunks_exact(cout_g)) {
                     d[gi * cout_g..(gi + 1) * cout_g].copy_from_slice(s);
                 }

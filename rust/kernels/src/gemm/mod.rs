@@ -7,7 +7,7 @@ use std::sync::Mutex;
 
 use crate::arch::{tile_kernel, with_features, AForm, Engine, Panels, TileKernel, Vectorized};
 use crate::error::{check_len, KernelError, Result};
-use crate::packed::{PackedA, PackedWeights, Residuals, NR};
+use crate::packed::{PackedA, PackedWeights, WideRows, NR};
 use crate::requant::{Correction, OutAt, OutputStage, Tile};
 use crate::threading::{parallel_for, threads_for};
 
@@ -21,20 +21,21 @@ pub fn gemm<S: OutputStage>(
     out: &mut [S::Out],
     threads: usize,
 ) -> Result<()> {
-    gemm_split(engine, a, w, stage, out, threads, None)
+    gemm_wide(engine, a, w, stage, out, threads, None)
 }
 
-/// [`gemm`] of activations split by [`PackedA::split_7bit`]: `fix` holds the values taken off
-/// `a`, added back as `r·w[k][·]` to the accumulators of their rows before the output stage
-/// (those tiles skip the fused requantization) — the sums of the unsplit activations.
-pub fn gemm_split<S: OutputStage>(
+/// [`gemm`] with the rows of `a` that hold a value above 127 listed apart
+/// ([`PackedA::wide_rows_7bit`]): AVX2's 7-bit kernel runs the other rows (fused output stage
+/// and all), and each listed row goes once through it clamped to 127, the clamped-off part
+/// added back as `r·w[k][·]` to its accumulators before the output stage — the exact sums.
+pub fn gemm_wide<S: OutputStage>(
     engine: Engine,
     a: &PackedA,
     w: &PackedWeights,
     stage: &S,
     out: &mut [S::Out],
     threads: usize,
-    fix: Option<&Residuals>,
+    wide: Option<&WideRows>,
 ) -> Result<()> {
     if a.k() != w.k() {
         return Err(KernelError::ShapeMismatch {
@@ -50,12 +51,22 @@ pub fn gemm_split<S: OutputStage>(
         crate::error::checked_numel(&[m, n], "output")?,
         out.len(),
     )?;
-    let kern = tile_kernel(engine, m, w.panels(), a.max_value()).ok_or_else(|| {
+    // with the wide rows apart, every row the kernel sees is at most 127
+    let a_max = if wide.is_some() { 127 } else { a.max_value() };
+    let kern = tile_kernel(engine, m, w.panels(), a_max).ok_or_else(|| {
         KernelError::KernelUnavailable(format!(
             "engine {:?} is not available on this CPU",
             engine.name()
         ))
     })?;
+    if let Some(wr) = wide {
+        check_len("wide activation rows", m.max(wr.end()), m)?;
+        if kern.a_form() != AForm::Bytes {
+            return Err(KernelError::KernelUnavailable(
+                "rows computed apart need a kernel that reads activation bytes".into(),
+            ));
+        }
+    }
     if m == 0 {
         return Ok(());
     }
@@ -67,16 +78,13 @@ pub fn gemm_split<S: OutputStage>(
     let macs = m.saturating_mul(n).saturating_mul(a.kp());
     // parallelism sized by the work and bounded by the machine
     let threads = threads_for(macs, threads);
-    if let Some(f) = fix {
-        check_len("split activation rows", m + 1, f.rows() + 1)?;
-    }
     let job = Job {
         kern,
         a,
         w,
         stage,
         corr: &corr,
-        fix,
+        wide,
     };
     let cols_per_group = kern.np() * NR;
     if threads == 1 {
@@ -201,7 +209,7 @@ pub(crate) struct Job<'j, S: OutputStage> {
     pub w: &'j PackedWeights,
     pub stage: &'j S,
     pub corr: &'j Correction<'j>,
-    pub fix: Option<&'j Residuals>,
+    pub wide: Option<&'j WideRows>,
 }
 
 /// Computes rows `rows` × panel groups `gs` into `out` (laid out as `at` says).
@@ -221,77 +229,140 @@ pub(crate) fn run_block<S: OutputStage>(
         w,
         stage,
         corr,
-        fix,
+        wide,
     } = *job;
     let n = w.n();
     let ld = kern.np() * NR;
     let mut dots = vec![0i32; kern.mr() * ld];
+    // the wide rows of this block, clamped to 127 side by side, and what the clamp took off
+    // (`(i, k, r)`, sorted by `i`, the row's index among them)
+    let (wide_rows, seen) = match wide {
+        Some(wr) => {
+            let ix = wr.range_within(rows.clone());
+            (wr.within(rows.clone()), Some((wr, ix.start)))
+        }
+        None => (&[][..], None),
+    };
+    let kp = a.kp();
+    let mut clamped = Vec::with_capacity(wide_rows.len() * kp);
+    let mut taken: Vec<(usize, usize, i32)> = Vec::new();
+    for (i, &r) in wide_rows.iter().enumerate() {
+        for (k, &v) in a.rows(r as usize, 1).iter().enumerate() {
+            clamped.push(v.min(127));
+            if v > 127 {
+                taken.push((i, k, v as i32 - 127));
+            }
+        }
+        if let Some((wr, i0)) = seen {
+            taken.extend(wr.taken(i0 + i).map(|(k, v)| (i, k, v)));
+        }
+    }
+    // rows clamped in place run with the others; else the runs stop short of them
+    let stops = if wide.is_some_and(|wr| wr.clamped()) {
+        &[][..]
+    } else {
+        wide_rows
+    };
     for g in gs {
         let p0 = g * kern.np();
         let panels = kern.np().min(w.panels() - p0);
         let col0 = p0 * NR;
         let cols = (panels * NR).min(n - col0);
-        let mut r0 = rows.start;
         let (wp, cs) = (w.panel_data(p0, panels), w.panel_col_sums(p0, panels));
-        let tile_at = |r0: usize, nr: usize| Panels {
+        let base = Panels {
+            a: &[],
+            a16: &[],
+            kp: a.kp(),
+            rows: 0,
+            // the rows outside `wide_rows` hold nothing above 127
+            a_max: if wide.is_some() { 127 } else { a.max_value() },
+            w: wp,
+            col_sums: cs,
+            panels,
+        };
+        let tile_of = |r0: usize, nr: usize| Panels {
             a: a.rows(r0, nr),
             a16: if kern.a_form() == AForm::Bcast16 {
                 a.rows_bcast16(r0, nr)
             } else {
                 &[]
             },
-            kp: a.kp(),
             rows: nr,
-            a_max: a.max_value(),
-            w: wp,
-            col_sums: cs,
-            panels,
+            ..base
         };
-        // a kernel that loops over its tiles itself takes all rows in one checked call
-        if kern.many_rows() && kern.a_form() == AForm::Bytes && fix.is_none() && r0 < rows.end {
-            let tile = tile_at(r0, rows.end - r0);
-            if stage.store_fused(corr, &kern, &tile, (r0, col0, cols), out, at) {
-                continue;
+        let store = |dots: &[i32], r0: usize, nr: usize, out: &mut [S::Out]| {
+            let tile = Tile {
+                dots,
+                ld,
+                row0: r0,
+                rows: nr,
+                col0,
+                cols,
+            };
+            stage.store(corr, tile, out, at);
+        };
+        // runs of rows between the wide ones
+        let mut r0 = rows.start;
+        for end in stops
+            .iter()
+            .map(|&r| r as usize)
+            .chain(std::iter::once(rows.end))
+        {
+            // a kernel that loops over its tiles itself takes a run in one checked call
+            let whole = kern.many_rows() && kern.a_form() == AForm::Bytes && r0 < end;
+            if !(whole
+                && stage.store_fused(
+                    corr,
+                    &kern,
+                    &tile_of(r0, end - r0),
+                    (r0, col0, cols),
+                    out,
+                    at,
+                ))
+            {
+                while r0 < end {
+                    let nr = kern.mr().min(end - r0);
+                    let tile = tile_of(r0, nr);
+                    if !stage.store_fused(corr, &kern, &tile, (r0, col0, cols), out, at) {
+                        kern.dot(&tile, &mut dots);
+                        store(&dots, r0, nr, out);
+                    }
+                    r0 += nr;
+                }
             }
+            if end == rows.end {
+                break;
+            }
+            r0 = end + 1;
         }
-        while r0 < rows.end {
-            let nr = kern.mr().min(rows.end - r0);
-            let tile = tile_at(r0, nr);
-            let split = fix.filter(|f| f.any_in(r0, nr));
-            if split.is_none() && stage.store_fused(corr, &kern, &tile, (r0, col0, cols), out, at) {
-                r0 += nr;
-                continue;
-            }
+        // the wide rows, a tile at a time: clamped through the 7-bit kernel, then what the
+        // clamp took off added back
+        for (b, batch) in wide_rows.chunks(kern.mr()).enumerate() {
+            let i0 = b * kern.mr();
+            let tile = Panels {
+                a: &clamped[i0 * kp..(i0 + batch.len()) * kp],
+                rows: batch.len(),
+                a_max: 127,
+                ..base
+            };
             kern.dot(&tile, &mut dots);
-            if let Some(f) = split {
-                add_residuals(f, r0, nr, wp, a.kp(), cols, &mut dots, ld);
+            let t0 = taken.partition_point(|t| t.0 < i0);
+            let t1 = taken.partition_point(|t| t.0 < i0 + batch.len());
+            add_taken(&taken[t0..t1], i0, wp, kp, cols, &mut dots, ld);
+            for (i, &r) in batch.iter().enumerate() {
+                store(&dots[i * ld..(i + 1) * ld], r as usize, 1, out);
             }
-            stage.store(
-                corr,
-                Tile {
-                    dots: &dots,
-                    ld,
-                    row0: r0,
-                    rows: nr,
-                    col0,
-                    cols,
-                },
-                out,
-                at,
-            );
-            r0 += nr;
         }
     }
 }
 
-/// `dots[i][c] += r·w[k][col0 + c]` for every split-off `(k, r)` of rows `r0..r0 + nr` (`wp`:
-/// the tile's weight panels, `kp` bytes of K each, in the packed layout).
-#[allow(clippy::too_many_arguments)]
+/// `dots[i − i0][c] += r·w[k][col0 + c]` for every `(i, k, r)` taken off row `i − i0` of a
+/// tile (`wp`:
+/// the tile's weight panels, `kp` bytes of K each, in the packed layout; rows `ld` apart).
 #[inline(always)]
-fn add_residuals(
-    fix: &Residuals,
-    r0: usize,
-    nr: usize,
+fn add_taken(
+    taken: &[(usize, usize, i32)],
+    i0: usize,
     wp: &[i8],
     kp: usize,
     cols: usize,
@@ -299,14 +370,12 @@ fn add_residuals(
     ld: usize,
 ) {
     use crate::packed::KR;
-    for i in 0..nr {
-        let d = &mut dots[i * ld..i * ld + cols];
-        for (k, r) in fix.row(r0 + i) {
-            let base = (k / KR) * NR * KR + k % KR;
-            for (c, o) in d.iter_mut().enumerate() {
-                let w = wp[(c / NR) * kp * NR + base + (c % NR) * KR];
-                *o = o.wrapping_add(r.wrapping_mul(w as i32));
-            }
+    for &(i, k, r) in taken {
+        let base = (k / KR) * NR * KR + k % KR;
+        let i = i - i0;
+        for (c, o) in dots[i * ld..i * ld + cols].iter_mut().enumerate() {
+            let w = wp[(c / NR) * kp * NR + base + (c % NR) * KR];
+            *o = o.wrapping_add(r.wrapping_mul(w as i32));
         }
     }
 }
