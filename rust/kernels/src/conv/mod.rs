@@ -1085,67 +1085,78 @@ mod tests {
                 groups,
             };
             let taps: usize = kernel.iter().product();
-            let x: Vec<u8> = (0..n * sp.iter().product::<usize>() * cin)
-                .map(|i| ((i * 37 + ci * 11) % 256) as u8)
-                .collect();
-            let w: Vec<i8> = (0..cout * cin / groups * taps)
-                .map(|i| ((i * 53 + 7) % 255) as i32 as i8)
-                .collect();
-            let pc = PackedConv::new(&w, cout, cin, geom, &[1.0], &[0]).unwrap();
-            let want = reference(&x, n, sp, cin, &w, cout, &geom, 9);
-            // A power-of-two output scale makes acc / scale exact in f32, so the expected
-            // value is exact; it is chosen so that outputs spread over the range unclamped.
-            let amax = want.iter().map(|v| v.abs()).max().unwrap().max(1) as f64;
-            let out_scale = (amax / 100.0).log2().ceil().exp2().max(1.0) as f32;
-            let expect: Vec<i8> = want
-                .iter()
-                .map(|&v| {
-                    ((v as f64) / out_scale as f64)
-                        .round_ties_even()
-                        .clamp(-128.0, 127.0) as i8
-                })
-                .collect();
-            let clamped = expect.iter().filter(|&&v| v == -128 || v == 127).count();
-            assert!(
-                clamped * 10 <= expect.len(),
-                "case {ci}: too many outputs clamped"
-            );
-            let distinct: std::collections::HashSet<i8> = expect.iter().copied().collect();
-            assert!(
-                distinct.len() >= expect.len().min(20),
-                "case {ci}: outputs too uniform"
-            );
-            let args = ConvArgs {
-                x_scale: 1.0,
-                x_zp: 9,
-                bias: None,
-                out_scale,
-                out_zp: 0,
-                qmin: -128,
-                qmax: 127,
-                relu: false,
-            };
-            for e in available_engines() {
-                // whole blocks, blocks of one pixel, of 5 pixels; one and three threads
-                for (block, threads) in [(None, 1), (Some(1), 1), (Some(5), 3), (None, 3)] {
-                    let (got, _) = conv_static_blocked::<i8>(
-                        e,
-                        &x,
-                        n,
-                        sp,
-                        &pc,
-                        &args,
-                        threads,
-                        block,
-                        Vec::new(),
-                    )
-                    .unwrap();
-                    assert_eq!(
-                        got,
-                        expect,
-                        "case {ci} engine {} block {block:?} threads {threads}",
-                        e.name()
-                    );
+            // inputs over the whole u8 range, and 7-bit ones with a few bytes above 127 (AVX2
+            // keeps its 7-bit kernel and computes the rows holding them apart)
+            for sparse in [false, true] {
+                let x: Vec<u8> = (0..n * sp.iter().product::<usize>() * cin)
+                    .map(|i| {
+                        let v = ((i * 37 + ci * 11) % 256) as u8;
+                        match sparse {
+                            false => v,
+                            true if i % 211 == 5 => v | 128,
+                            true => v & 127,
+                        }
+                    })
+                    .collect();
+                let w: Vec<i8> = (0..cout * cin / groups * taps)
+                    .map(|i| ((i * 53 + 7) % 255) as i32 as i8)
+                    .collect();
+                let pc = PackedConv::new(&w, cout, cin, geom, &[1.0], &[0]).unwrap();
+                let want = reference(&x, n, sp, cin, &w, cout, &geom, 9);
+                // A power-of-two output scale makes acc / scale exact in f32, so the expected
+                // value is exact; it is chosen so that outputs spread over the range unclamped.
+                let amax = want.iter().map(|v| v.abs()).max().unwrap().max(1) as f64;
+                let out_scale = (amax / 100.0).log2().ceil().exp2().max(1.0) as f32;
+                let expect: Vec<i8> = want
+                    .iter()
+                    .map(|&v| {
+                        ((v as f64) / out_scale as f64)
+                            .round_ties_even()
+                            .clamp(-128.0, 127.0) as i8
+                    })
+                    .collect();
+                let clamped = expect.iter().filter(|&&v| v == -128 || v == 127).count();
+                assert!(
+                    clamped * 10 <= expect.len(),
+                    "case {ci}: too many outputs clamped"
+                );
+                let distinct: std::collections::HashSet<i8> = expect.iter().copied().collect();
+                assert!(
+                    distinct.len() >= expect.len().min(20),
+                    "case {ci}: outputs too uniform"
+                );
+                let args = ConvArgs {
+                    x_scale: 1.0,
+                    x_zp: 9,
+                    bias: None,
+                    out_scale,
+                    out_zp: 0,
+                    qmin: -128,
+                    qmax: 127,
+                    relu: false,
+                };
+                for e in available_engines() {
+                    // whole blocks, blocks of one pixel, of 5 pixels; one and three threads
+                    for (block, threads) in [(None, 1), (Some(1), 1), (Some(5), 3), (None, 3)] {
+                        let (got, _) = conv_static_blocked::<i8>(
+                            e,
+                            &x,
+                            n,
+                            sp,
+                            &pc,
+                            &args,
+                            threads,
+                            block,
+                            Vec::new(),
+                        )
+                        .unwrap();
+                        assert_eq!(
+                            got,
+                            expect,
+                            "case {ci} sparse {sparse} engine {} block {block:?} threads {threads}",
+                            e.name()
+                        );
+                    }
                 }
             }
         }

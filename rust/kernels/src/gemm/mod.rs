@@ -234,35 +234,17 @@ pub(crate) fn run_block<S: OutputStage>(
     let n = w.n();
     let ld = kern.np() * NR;
     let mut dots = vec![0i32; kern.mr() * ld];
-    // the wide rows of this block, clamped to 127 side by side, and what the clamp took off
-    // (`(i, k, r)`, sorted by `i`, the row's index among them)
-    let (wide_rows, seen) = match wide {
-        Some(wr) => {
-            let ix = wr.range_within(rows.clone());
-            (wr.within(rows.clone()), Some((wr, ix.start)))
-        }
-        None => (&[][..], None),
+    // the wide rows of this block (and their index in the list)
+    let (wide_rows, w0) = match wide {
+        Some(wr) => (wr.within(rows.clone()), wr.range_within(rows.clone()).start),
+        None => (&[][..], 0),
     };
+    let in_place = wide.is_some_and(|wr| wr.clamped());
     let kp = a.kp();
-    let mut clamped = Vec::with_capacity(wide_rows.len() * kp);
+    // a tile holding wide rows: its rows clamped to 127 (unless they are in place) and what
+    // the clamp took off, `(row in the tile, k, r)`
+    let mut clamped: Vec<u8> = Vec::new();
     let mut taken: Vec<(usize, usize, i32)> = Vec::new();
-    for (i, &r) in wide_rows.iter().enumerate() {
-        for (k, &v) in a.rows(r as usize, 1).iter().enumerate() {
-            clamped.push(v.min(127));
-            if v > 127 {
-                taken.push((i, k, v as i32 - 127));
-            }
-        }
-        if let Some((wr, i0)) = seen {
-            taken.extend(wr.taken(i0 + i).map(|(k, v)| (i, k, v)));
-        }
-    }
-    // rows clamped in place run with the others; else the runs stop short of them
-    let stops = if wide.is_some_and(|wr| wr.clamped()) {
-        &[][..]
-    } else {
-        wide_rows
-    };
     for g in gs {
         let p0 = g * kern.np();
         let panels = kern.np().min(w.panels() - p0);
@@ -301,68 +283,89 @@ pub(crate) fn run_block<S: OutputStage>(
             };
             stage.store(corr, tile, out, at);
         };
-        // runs of rows between the wide ones
+        // stretches of whole tiles without wide rows (a kernel that loops over its tiles
+        // itself takes a stretch in one checked call), and the tiles holding wide rows
+        let mr = kern.mr();
         let mut r0 = rows.start;
-        for end in stops
-            .iter()
-            .map(|&r| r as usize)
-            .chain(std::iter::once(rows.end))
-        {
-            // a kernel that loops over its tiles itself takes a run in one checked call
-            let whole = kern.many_rows() && kern.a_form() == AForm::Bytes && r0 < end;
-            if !(whole
-                && stage.store_fused(
-                    corr,
-                    &kern,
-                    &tile_of(r0, end - r0),
-                    (r0, col0, cols),
-                    out,
-                    at,
-                ))
-            {
-                while r0 < end {
-                    let nr = kern.mr().min(end - r0);
-                    let tile = tile_of(r0, nr);
-                    if !stage.store_fused(corr, &kern, &tile, (r0, col0, cols), out, at) {
-                        kern.dot(&tile, &mut dots);
-                        store(&dots, r0, nr, out);
+        let mut wi = 0;
+        while r0 < rows.end {
+            let next = wide_rows.get(wi).map_or(rows.end, |&r| r as usize);
+            let end = if next >= rows.end {
+                rows.end
+            } else {
+                r0 + (next - r0) / mr * mr
+            };
+            if end > r0 {
+                let whole = kern.many_rows() && kern.a_form() == AForm::Bytes;
+                if !(whole
+                    && stage.store_fused(
+                        corr,
+                        &kern,
+                        &tile_of(r0, end - r0),
+                        (r0, col0, cols),
+                        out,
+                        at,
+                    ))
+                {
+                    let mut t0 = r0;
+                    while t0 < end {
+                        let nr = mr.min(end - t0);
+                        let tile = tile_of(t0, nr);
+                        if !stage.store_fused(corr, &kern, &tile, (t0, col0, cols), out, at) {
+                            kern.dot(&tile, &mut dots);
+                            store(&dots, t0, nr, out);
+                        }
+                        t0 += nr;
                     }
-                    r0 += nr;
                 }
+                r0 = end;
+                continue;
             }
-            if end == rows.end {
-                break;
-            }
-            r0 = end + 1;
-        }
-        // the wide rows, a tile at a time: clamped through the 7-bit kernel, then what the
-        // clamp took off added back
-        for (b, batch) in wide_rows.chunks(kern.mr()).enumerate() {
-            let i0 = b * kern.mr();
+            // a tile holding wide rows: clamped through the 7-bit kernel, then what the clamp
+            // took off added back before the output stage
+            let nr = mr.min(rows.end - r0);
+            let wj = wi + wide_rows[wi..].partition_point(|&r| (r as usize) < r0 + nr);
+            taken.clear();
+            let tile_a = if in_place {
+                if let Some(wr) = wide {
+                    for (j, &r) in wide_rows[wi..wj].iter().enumerate() {
+                        let i = r as usize - r0;
+                        taken.extend(wr.taken(w0 + wi + j).map(|(k, v)| (i, k, v)));
+                    }
+                }
+                a.rows(r0, nr)
+            } else {
+                clamped.clear();
+                for (i, row) in a.rows(r0, nr).chunks_exact(kp).enumerate() {
+                    for (k, &v) in row.iter().enumerate() {
+                        clamped.push(v.min(127));
+                        if v > 127 {
+                            taken.push((i, k, v as i32 - 127));
+                        }
+                    }
+                }
+                &clamped[..]
+            };
             let tile = Panels {
-                a: &clamped[i0 * kp..(i0 + batch.len()) * kp],
-                rows: batch.len(),
+                a: tile_a,
+                rows: nr,
                 a_max: 127,
                 ..base
             };
             kern.dot(&tile, &mut dots);
-            let t0 = taken.partition_point(|t| t.0 < i0);
-            let t1 = taken.partition_point(|t| t.0 < i0 + batch.len());
-            add_taken(&taken[t0..t1], i0, wp, kp, cols, &mut dots, ld);
-            for (i, &r) in batch.iter().enumerate() {
-                store(&dots[i * ld..(i + 1) * ld], r as usize, 1, out);
-            }
+            add_taken(&taken, wp, kp, cols, &mut dots, ld);
+            store(&dots, r0, nr, out);
+            r0 += nr;
+            wi = wj;
         }
     }
 }
 
-/// `dots[i − i0][c] += r·w[k][col0 + c]` for every `(i, k, r)` taken off row `i − i0` of a
-/// tile (`wp`:
+/// `dots[i][c] += r·w[k][col0 + c]` for every `(i, k, r)` taken off row `i` of a tile (`wp`:
 /// the tile's weight panels, `kp` bytes of K each, in the packed layout; rows `ld` apart).
 #[inline(always)]
 fn add_taken(
     taken: &[(usize, usize, i32)],
-    i0: usize,
     wp: &[i8],
     kp: usize,
     cols: usize,
@@ -372,7 +375,6 @@ fn add_taken(
     use crate::packed::KR;
     for &(i, k, r) in taken {
         let base = (k / KR) * NR * KR + k % KR;
-        let i = i - i0;
         for (c, o) in dots[i * ld..i * ld + cols].iter_mut().enumerate() {
             let w = wp[(c / NR) * kp * NR + base + (c % NR) * KR];
             *o = o.wrapping_add(r.wrapping_mul(w as i32));
