@@ -225,16 +225,18 @@ fn extend_bcast16(data: &[u8], v: &mut Vec<i16>) {
 /// ([`PackedA::wide_rows_7bit`]): a GEMM on AVX2's 7-bit kernel computes them apart, exactly,
 /// from their values clamped to 127 and what the clamp took off. When
 /// [`PackedA::clamp_wide_rows`] clamped them in place, the taken-off values are kept here.
-#[derive(Debug, Clone, Default)]
-pub struct WideRows {
+/// Crate-internal: a `gemm_wide` trusts the list to name every row of its `PackedA` above 127.
+#[derive(Debug, Clone)]
+pub(crate) struct WideRows {
     rows: Vec<u32>,
-    /// Clamped in the activations: `taken[start[i]..start[i + 1]]` are `(k, value − 127)` of
-    /// wide row `i`.
+    /// Whether the rows were clamped in the activations.
     clamped: bool,
+    /// When clamped: `taken[start[i]..start[i + 1]]` are the `(k, value − 127)` of wide row `i`.
     start: Vec<u32>,
     taken: Vec<(u32, i32)>,
 }
 
+#[allow(dead_code)] // len / is_empty / end: for checks and tests
 impl WideRows {
     /// The index range (into the list) of the wide rows among `rows`.
     pub fn range_within(&self, rows: std::ops::Range<usize>) -> std::ops::Range<usize> {
@@ -599,20 +601,14 @@ impl PackedA<'_> {
         &b[r0 * self.kp * 4..(r0 + count) * self.kp * 4]
     }
 
-    /// The activations with their largest value computed (one pass compiled with `engine`'s
-    /// vector features), for GEMMs that need it but no row sums ([`PackedA::from_fill`] without
-    /// `stats` leaves it at 255): AVX2's kernel choice.
-    pub fn with_max_on(mut self, engine: Engine) -> Self {
-        self.max = with_features(engine, MaxU8(&self.data), &mut []);
-        self
-    }
-
     /// For AVX2's 7-bit kernels, exact only below 128: finds the rows holding a larger value
     /// (one pass compiled with `engine`'s vector features, which also sets the largest value;
     /// nothing when it is known to be at most 127). Returns them when there are some but at most
-    /// `m / max_share`: a GEMM given them ([`crate::gemm::gemm_wide`]) runs the 7-bit kernel
-    /// on the other rows and these one by one, exactly. The activations are not changed.
-    pub fn wide_rows_7bit(&mut self, engine: Engine, max_share: usize) -> Option<WideRows> {
+    /// `m / max_share` rows and `max(m·k / 64, k)` values above 127 (each costs about `n` scalar
+    /// multiply-adds to add back): a GEMM given them ([`crate::gemm::gemm_wide`]) runs the 7-bit
+    /// kernel on the tiles without them and computes each tile holding one from its rows
+    /// clamped to 127, exactly. The activations are not changed.
+    pub(crate) fn wide_rows_7bit(&mut self, engine: Engine, max_share: usize) -> Option<WideRows> {
         if self.max <= 127 || self.m == 0 || self.kp == 0 {
             return None;
         }
@@ -625,18 +621,32 @@ impl PackedA<'_> {
             &mut [],
         );
         self.max = max;
-        (!wide.is_empty() && wide.len() <= self.m / max_share.max(1)).then(|| WideRows {
+        if wide.is_empty() || wide.len() > self.m / max_share.max(1) {
+            return None;
+        }
+        let kp = self.kp;
+        let values: usize = wide
+            .iter()
+            .map(|&r| {
+                let row = &self.data[r as usize * kp..(r as usize + 1) * kp];
+                row.iter().filter(|&&v| v > 127).count()
+            })
+            .sum();
+        (values <= (self.m * self.k / 64).max(self.k)).then_some(WideRows {
             rows: wide,
-            ..Default::default()
+            clamped: false,
+            start: Vec::new(),
+            taken: Vec::new(),
         })
     }
 
-    /// Clamps the `wide` rows to 127 in place, keeping what the clamp took off in `wide`, when
-    /// the activations are this `PackedA`'s own (a conv's im2col block; borrowed ones are left
-    /// alone, copying them would cost more): then a GEMM runs every row through the 7-bit
-    /// kernel in long runs and recomputes only the wide rows. The row sums keep the original
-    /// values (they feed the weight zero-point term).
-    pub fn clamp_wide_rows(&mut self, wide: &mut WideRows) {
+    /// Clamps the `wide` rows (from [`PackedA::wide_rows_7bit`] on this `PackedA`) to 127 in
+    /// place, keeping what the clamp took off in `wide`, when the activations are this
+    /// `PackedA`'s own (a conv's im2col block; borrowed ones are left alone, copying them would
+    /// cost more): then the GEMM reads the tiles holding wide rows straight from the block
+    /// instead of clamping a copy of each. The row sums keep the original values (they feed the
+    /// weight zero-point term).
+    pub(crate) fn clamp_wide_rows(&mut self, wide: &mut WideRows) {
         let Cow::Owned(data) = &mut self.data else {
             return;
         };
@@ -741,18 +751,6 @@ impl Vectorized for RowsAbove127<'_> {
     }
 }
 
-/// The largest byte, compiled per ISA.
-struct MaxU8<'a>(&'a [u8]);
-
-impl Vectorized for MaxU8<'_> {
-    type Elem = ();
-    type Out = u8;
-    #[inline(always)]
-    fn run(self, _: &mut [()]) -> u8 {
-        max_u8(self.0)
-    }
-}
-
 /// The min/max pass of dynamic quantization, compiled per ISA (exact on every engine).
 struct MinMax<'a>(&'a [f32]);
 
@@ -823,6 +821,8 @@ mod tests {
     #[test]
     fn wide_rows_apart_give_the_whole_gemm_on_every_engine() {
         use crate::arch::available_engines;
+        // threads split these small GEMMs too (wide rows at band and column-group edges)
+        let old = crate::threading::set_parallel_min_macs(0);
         use crate::gemm::{gemm, gemm_wide};
         use crate::requant::{Requantize, StoreI32};
         for &(m, k, n, zw) in &[
@@ -892,6 +892,7 @@ mod tests {
             let mut l = PackedA::from_u8(&low, m, k, 4).unwrap();
             assert!(l.wide_rows_7bit(e, 8).is_none() && l.max_value() <= 127);
         }
+        crate::threading::set_parallel_min_macs(old);
     }
 
     #[test]

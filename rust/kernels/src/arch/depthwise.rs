@@ -83,7 +83,7 @@ pub(crate) struct PlainRequant<'a> {
 ///   i16), `None` where this kernel cannot take them (then [`DepthwiseKernel`] runs);
 /// - `build_quad(rows, c, lead, zx, buf)`: one quad from four input rows (`None`: all zero
 ///   point), buffer column `col` = input column `col − lead`; returns the OR of the bytes it
-///   wrote where the kernel tells 7-bit lines apart (AVX2), else 0;
+///   wrote (the AVX-512 kernel returns 0: its products are exact for any byte);
 /// - `accumulate(quads, geometry, weights, init, wide, acc)`: `acc[p·cs + ch] = init[ch] + Σ`
 ///   over every tap, `cs = column_stride(c)`; `wide`: some quad byte is above 127 (the OR
 ///   `build_quad` returned). Exact integers, as the portable loop;

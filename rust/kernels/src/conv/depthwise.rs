@@ -516,6 +516,12 @@ fn run_lines_with<T: QInt>(ctx: &Ctx<'_, T>, lc: &LineCtx<'_>, l0: usize, out: &
         zp: p.zp,
     });
     let row_len = sp[2] * c;
+    // the quad rows past the kernel, where there are some
+    let zero_row = if quads * 4 > rows {
+        vec![0u8; row_len]
+    } else {
+        Vec::new()
+    };
     // input row (id, ih) of batch b, None when in the padding
     let input_row = |b: usize, id: isize, ih: isize| -> Option<&[u8]> {
         if id < 0 || id as usize >= sp[0] || ih < 0 || ih as usize >= sp[1] {
@@ -553,19 +559,23 @@ fn run_lines_with<T: QInt>(ctx: &Ctx<'_, T>, lc: &LineCtx<'_>, l0: usize, out: &
         // the OR of the quads' bytes: above 127, kernels on `vpmaddubsw` take the exact split
         let mut bits = 0u8;
         for (q, qb) in buf.chunks_exact_mut(quad_len).enumerate() {
+            // rows past the kernel (zero weights) read zeros, not the zero point: any value
+            // adds nothing, and a zero point above 127 there would make every line wide
             let four: [Option<&[u8]>; 4] = std::array::from_fn(|j| {
                 let r = 4 * q + j;
                 if pair.is_some() {
                     // quad row r: input row ih0 + r (kd = 1, rows kh + 1 for the pair)
-                    (r <= rows)
-                        .then(|| input_row(b, id0, ih0 + r as isize))
-                        .flatten()
+                    if r <= rows {
+                        input_row(b, id0, ih0 + r as isize)
+                    } else {
+                        Some(&zero_row[..])
+                    }
                 } else if r < rows {
                     let id = id0 + ((r / kh_n) * geom.dilation[0]) as isize;
                     let ih = ih0 + ((r % kh_n) * geom.dilation[1]) as isize;
                     input_row(b, id, ih)
                 } else {
-                    None
+                    Some(&zero_row[..])
                 }
             });
             bits |= (k.build_quad)(&four, c, pw, input.zp, qb);

@@ -1156,6 +1156,33 @@ mod tests {
                             "case {ci} sparse {sparse} engine {} block {block:?} threads {threads}",
                             e.name()
                         );
+                        // u8 outputs: the requantizing tiles (zero point 128)
+                        let args_u8 = ConvArgs {
+                            out_zp: 128,
+                            qmin: 0,
+                            qmax: 255,
+                            ..args
+                        };
+                        let (got, _) = conv_static_blocked::<u8>(
+                            e,
+                            &x,
+                            n,
+                            sp,
+                            &pc,
+                            &args_u8,
+                            threads,
+                            block,
+                            Vec::new(),
+                        )
+                        .unwrap();
+                        let expect_u8: Vec<u8> =
+                            expect.iter().map(|&v| (v as i32 + 128) as u8).collect();
+                        assert_eq!(
+                            got,
+                            expect_u8,
+                            "u8: case {ci} sparse {sparse} engine {} block {block:?} threads {threads}",
+                            e.name()
+                        );
                     }
                 }
             }

@@ -28,7 +28,7 @@ pub fn gemm<S: OutputStage>(
 /// ([`PackedA::wide_rows_7bit`]): AVX2's 7-bit kernel runs the other rows (fused output stage
 /// and all), and each listed row goes once through it clamped to 127, the clamped-off part
 /// added back as `r·w[k][·]` to its accumulators before the output stage — the exact sums.
-pub fn gemm_wide<S: OutputStage>(
+pub(crate) fn gemm_wide<S: OutputStage>(
     engine: Engine,
     a: &PackedA,
     w: &PackedWeights,
