@@ -18,11 +18,18 @@ pub trait QInt: Copy + Send + Sync + Default + 'static {
     fn as_u8_mut(_s: &mut [Self]) -> Option<&mut [u8]> {
         None
     }
+    /// [`QInt::as_u8_mut`] for a shared slice.
+    fn as_u8(_s: &[Self]) -> Option<&[u8]> {
+        None
+    }
 }
 
 impl QInt for u8 {
     const DTYPE: QDtype = QDtype::QUInt8;
     fn as_u8_mut(s: &mut [u8]) -> Option<&mut [u8]> {
+        Some(s)
+    }
+    fn as_u8(s: &[u8]) -> Option<&[u8]> {
         Some(s)
     }
     #[inline(always)]
@@ -137,12 +144,13 @@ pub(crate) fn quantize_per_tensor_unchecked<T: QInt>(
     } else {
         // elementwise, so the same bits on every engine: compiled with the current engine's
         // vector features (AVX-512 / AVX2 make the NaN and clamp selects cheap)
+        let engine = crate::current_engine();
         let work = Quant8 {
             x,
-            rule: Rule8::new(scale, zero_point, qmin, qmax),
+            rule: Rule8::new(scale, zero_point, qmin, qmax).on(engine),
             _t: std::marker::PhantomData,
         };
-        with_features(crate::current_engine(), work, out);
+        with_features(engine, work, out);
     }
 }
 
@@ -201,7 +209,7 @@ fn quantize_channels_last_on<T: QInt>(
         x,
         channels,
         inner,
-        rule: Rule8::new(scale, zero_point, qmin, qmax),
+        rule: Rule8::new(scale, zero_point, qmin, qmax).on(engine),
         tmp: try_vec(channels * block, T::from_i32(0), "the quantize buffer")?,
         block,
     };
@@ -246,6 +254,8 @@ struct Rule8 {
     lo: f32,
     hi: f32,
     zp: i32,
+    /// Loops through the engine's vector kernel (an x86 SIMD engine), else elementwise.
+    simd: bool,
 }
 
 impl Rule8 {
@@ -255,12 +265,37 @@ impl Rule8 {
             lo: (qmin - zero_point) as f32,
             hi: (qmax - zero_point) as f32,
             zp: zero_point,
+            simd: false,
+        }
+    }
+
+    /// The rule as `engine` runs it (the scalar engine elementwise: the reference).
+    fn on(self, engine: crate::Engine) -> Self {
+        Rule8 {
+            simd: engine != crate::Engine::Scalar,
+            ..self
         }
     }
 
     #[inline(always)]
     fn one<T: QInt>(self, v: f32) -> T {
         T::from_i32(quantize_one_8bit(v, self.inv, self.lo, self.hi, self.zp))
+    }
+
+    /// `out[i] = one(x[i])`: quint8 on an x86 SIMD engine through the AVX2 kernel (the same
+    /// values), the rest elementwise.
+    #[inline(always)]
+    fn run<T: QInt>(self, x: &[f32], out: &mut [T]) {
+        let mut done = 0;
+        #[cfg(target_arch = "x86_64")]
+        if let Some(bytes) = T::as_u8_mut(out).filter(|_| self.simd) {
+            done = crate::arch::x86_64::quant8::quantize_u8(
+                x, self.inv, self.lo, self.hi, self.zp, bytes,
+            );
+        }
+        for (o, &v) in out[done..].iter_mut().zip(&x[done..]) {
+            *o = self.one(v);
+        }
     }
 }
 
@@ -286,15 +321,24 @@ impl<T: QInt> Vectorized for Quant8Cl<'_, T> {
                 let len = blk.min(inner - s0);
                 for ch in 0..c {
                     let src = &xs[ch * inner + s0..][..len];
-                    for (o, &v) in tmp[ch * blk..][..len].iter_mut().zip(src) {
-                        *o = rule.one(v);
-                    }
+                    rule.run(src, &mut tmp[ch * blk..][..len]);
                 }
                 let dst = &mut os[s0 * c..][..len * c];
                 if c == 3 {
                     let (t0, rest) = tmp.split_at(blk);
                     let (t1, t2) = rest.split_at(blk);
-                    for (i, px) in dst.chunks_exact_mut(3).enumerate() {
+                    let mut done = 0;
+                    #[cfg(target_arch = "x86_64")]
+                    if let (Some(d), Some(p0), Some(p1), Some(p2), true) = (
+                        T::as_u8_mut(dst),
+                        T::as_u8(&t0[..len]),
+                        T::as_u8(&t1[..len]),
+                        T::as_u8(&t2[..len]),
+                        rule.simd,
+                    ) {
+                        done = crate::arch::x86_64::quant8::interleave3(p0, p1, p2, d);
+                    }
+                    for (i, px) in dst.chunks_exact_mut(3).enumerate().skip(done) {
                         px[0] = t0[i];
                         px[1] = t1[i];
                         px[2] = t2[i];
@@ -324,10 +368,7 @@ impl<T: QInt> Vectorized for Quant8<'_, T> {
     type Out = ();
     #[inline(always)]
     fn run(self, out: &mut [T]) {
-        let rule = self.rule;
-        for (o, &v) in out.iter_mut().zip(self.x) {
-            *o = rule.one(v);
-        }
+        self.rule.run(self.x, out);
     }
 }
 
@@ -773,11 +814,25 @@ mod fake_quant_tests {
                 .map(|i| match i % 97 {
                     0 => f32::NAN,
                     1 => 2.5 * 0.1,
+                    2 => f32::INFINITY,
+                    3 => f32::NEG_INFINITY,
+                    4 => -0.0,
+                    5 => 1e30,
+                    6 => -3.5,
+                    7 => ((i % 40) as f32 - 20.0 + 0.5) * 0.1,
                     _ => ((i as f32) * 0.731).sin() * 20.0,
                 })
                 .collect();
+            // the reference: the scalar rule value by value (8-bit), the plain quantize (i32)
             let mut plain = vec![T::from_i32(0); x.len()];
-            quantize_per_tensor(&x, 0.1, zp, qmin, qmax, &mut plain).unwrap();
+            if T::DTYPE == QDtype::QInt32 {
+                quantize_per_tensor(&x, 0.1, zp, qmin, qmax, &mut plain).unwrap();
+            } else {
+                let rule = Rule8::new(0.1, zp, qmin, qmax);
+                for (o, &v) in plain.iter_mut().zip(&x) {
+                    *o = rule.one(v);
+                }
+            }
             let mut want = vec![T::from_i32(0); x.len()];
             transpose_planes(&plain, c, inner, &mut want);
             for engine in crate::arch::available_engines() {
@@ -793,6 +848,8 @@ mod fake_quant_tests {
     fn channels_last_quantize_is_quantize_then_transpose_on_every_engine() {
         channels_last_case::<u8>(0, 255, 128);
         channels_last_case::<u8>(3, 100, 7);
+        channels_last_case::<u8>(0, 127, 0);
+        channels_last_case::<u8>(0, 255, 255);
         channels_last_case::<i8>(-128, 127, -5);
         channels_last_case::<i32>(i32::MIN, i32::MAX, 11);
         let mut out = [0u8; 5];

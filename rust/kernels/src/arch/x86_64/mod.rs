@@ -12,6 +12,7 @@ pub(crate) mod grouped_avx2;
 pub(crate) mod grouped_vnni;
 pub(crate) mod low;
 pub mod peak;
+pub(crate) mod quant8;
 
 pub(crate) fn has_avx2_fma() -> bool {
     is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma")
