@@ -255,6 +255,7 @@ struct Rule8 {
     hi: f32,
     zp: i32,
     /// Loops through the engine's vector kernel (an x86 SIMD engine), else elementwise.
+    #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
     simd: bool,
 }
 
@@ -282,17 +283,36 @@ impl Rule8 {
         T::from_i32(quantize_one_8bit(v, self.inv, self.lo, self.hi, self.zp))
     }
 
+    /// The prefix of `x` an x86 SIMD engine's kernel quantized into `out` (0 elsewhere).
+    #[inline(always)]
+    fn simd_prefix(self, x: &[f32], out: &mut [u8]) -> usize {
+        #[cfg(target_arch = "x86_64")]
+        if self.simd {
+            return crate::arch::x86_64::quant8::quantize_u8(
+                x, self.inv, self.lo, self.hi, self.zp, out,
+            );
+        }
+        let _ = (x, out);
+        0
+    }
+
+    /// Pixels of three quint8 planes an x86 SIMD engine's kernel interleaved into `dst` (0
+    /// elsewhere).
+    #[inline(always)]
+    fn simd_interleave3(self, planes: [&[u8]; 3], dst: &mut [u8]) -> usize {
+        #[cfg(target_arch = "x86_64")]
+        if self.simd {
+            return crate::arch::x86_64::quant8::interleave3(planes[0], planes[1], planes[2], dst);
+        }
+        let _ = (planes, dst);
+        0
+    }
+
     /// `out[i] = one(x[i])`: quint8 on an x86 SIMD engine through the AVX2 kernel (the same
     /// values), the rest elementwise.
     #[inline(always)]
     fn run<T: QInt>(self, x: &[f32], out: &mut [T]) {
-        let mut done = 0;
-        #[cfg(target_arch = "x86_64")]
-        if let Some(bytes) = T::as_u8_mut(out).filter(|_| self.simd) {
-            done = crate::arch::x86_64::quant8::quantize_u8(
-                x, self.inv, self.lo, self.hi, self.zp, bytes,
-            );
-        }
+        let done = T::as_u8_mut(out).map_or(0, |bytes| self.simd_prefix(x, bytes));
         for (o, &v) in out[done..].iter_mut().zip(&x[done..]) {
             *o = self.one(v);
         }
@@ -327,17 +347,17 @@ impl<T: QInt> Vectorized for Quant8Cl<'_, T> {
                 if c == 3 {
                     let (t0, rest) = tmp.split_at(blk);
                     let (t1, t2) = rest.split_at(blk);
-                    let mut done = 0;
-                    #[cfg(target_arch = "x86_64")]
-                    if let (Some(d), Some(p0), Some(p1), Some(p2), true) = (
+                    let done = match (
                         T::as_u8_mut(dst),
                         T::as_u8(&t0[..len]),
                         T::as_u8(&t1[..len]),
                         T::as_u8(&t2[..len]),
-                        rule.simd,
                     ) {
-                        done = crate::arch::x86_64::quant8::interleave3(p0, p1, p2, d);
-                    }
+                        (Some(d), Some(p0), Some(p1), Some(p2)) => {
+                            rule.simd_interleave3([p0, p1, p2], d)
+                        }
+                        _ => 0,
+                    };
                     for (i, px) in dst.chunks_exact_mut(3).enumerate().skip(done) {
                         px[0] = t0[i];
                         px[1] = t1[i];
