@@ -125,16 +125,16 @@ pub(crate) fn depthwise_line_kernel(engine: Engine) -> Option<DepthwiseLineKerne
             column_stride: x86_64::depthwise_ymm::column_stride,
             weights: x86_64::depthwise_ymm::line_weights,
             build_quad: x86_64::depthwise_ymm::build_quad,
-            accumulate: x86_64::depthwise_ymm::accumulate_vnni,
-            accumulate_requant: x86_64::depthwise_ymm::accumulate_requant_vnni,
+            accumulate: x86_64::depthwise_ymm::accumulate_on::<true>,
+            accumulate_requant: x86_64::depthwise_ymm::accumulate_requant_on::<true>,
         }),
         #[cfg(target_arch = "x86_64")]
         Engine::Avx2 if x86_64::has_avx2_fma() => Some(DepthwiseLineKernel {
             column_stride: x86_64::depthwise_ymm::column_stride,
             weights: x86_64::depthwise_ymm::line_weights,
             build_quad: x86_64::depthwise_ymm::build_quad,
-            accumulate: x86_64::depthwise_ymm::accumulate_avx2,
-            accumulate_requant: x86_64::depthwise_ymm::accumulate_requant_avx2,
+            accumulate: x86_64::depthwise_ymm::accumulate_on::<false>,
+            accumulate_requant: x86_64::depthwise_ymm::accumulate_requant_on::<false>,
         }),
         _ => None,
     }

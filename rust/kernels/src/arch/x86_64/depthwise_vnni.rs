@@ -230,14 +230,7 @@ pub(crate) fn accumulate(
 ) {
     let ptrs = check_line(quads, g, w, init);
     let cs = column_stride(g.c);
-    assert!(
-        g.count.checked_mul(cs).is_some_and(|n| acc.len() >= n),
-        "accumulators too short"
-    );
-    let store = StoreI32 {
-        acc: acc.as_mut_ptr(),
-        cs,
-    };
+    let store = StoreI32::new(acc, g, cs);
     // SAFETY: AVX-512 VNNI checked; every read is within the lengths check_line proved (pixel
     // p, column k reads quad column p·stride + k·dilation ≤ span, channels < cs) and every
     // write within acc[.. count·cs] (checked above).
@@ -258,24 +251,7 @@ pub(crate) fn accumulate_requant(
     out: &mut [u8],
 ) {
     let ptrs = check_line(quads, g, w, init);
-    let cs = column_stride(g.c);
-    assert!(
-        rq.bias.len() >= cs && rq.mult.len() >= cs,
-        "requantization factors too short"
-    );
-    assert!(
-        g.count.checked_mul(g.c).is_some_and(|n| out.len() >= n),
-        "output too short"
-    );
-    let store = StoreBytes {
-        out: out.as_mut_ptr(),
-        c: g.c,
-        bias: rq.bias.as_ptr(),
-        mult: rq.mult.as_ptr(),
-        lo: rq.lo,
-        hi: rq.hi,
-        zp: rq.zp,
-    };
+    let store = StoreBytes::new(out, g, rq, column_stride(g.c));
     // SAFETY: as in `accumulate`; StoreBytes writes out[p·c + ch] for ch < c only (masked) and
     // reads bias/mult below cs (checked above).
     unsafe { accumulate_impl(&ptrs, g, w.as_ptr(), init.as_ptr(), &store) }
@@ -294,10 +270,24 @@ trait Finish {
     unsafe fn finish(&self, p: usize, ch: usize, v: __m512i, f: &[__m512; 2]);
 }
 
-/// Accumulators to `acc[p·cs + ch ..]`.
-struct StoreI32 {
-    acc: *mut i32,
-    cs: usize,
+/// Accumulators to `acc[p·cs + ch ..]` (shared with the ymm kernels).
+pub(super) struct StoreI32 {
+    pub(super) acc: *mut i32,
+    pub(super) cs: usize,
+}
+
+impl StoreI32 {
+    /// The accumulators of a line of `g.count` pixels, `cs` apart; checks the length.
+    pub(super) fn new(acc: &mut [i32], g: &LineGeometry, cs: usize) -> Self {
+        assert!(
+            g.count.checked_mul(cs).is_some_and(|n| acc.len() >= n),
+            "accumulators too short"
+        );
+        StoreI32 {
+            acc: acc.as_mut_ptr(),
+            cs,
+        }
+    }
 }
 
 impl Finish for StoreI32 {
@@ -311,15 +301,40 @@ impl Finish for StoreI32 {
     }
 }
 
-/// Requantized bytes to `out[p·c + ch ..]`, channels past `c` masked off.
-struct StoreBytes {
-    out: *mut u8,
-    c: usize,
-    bias: *const f32,
-    mult: *const f32,
-    lo: f32,
-    hi: f32,
-    zp: i32,
+/// Requantized bytes to `out[p·c + ch ..]`, channels past `c` left alone (shared with the ymm
+/// kernels).
+pub(super) struct StoreBytes {
+    pub(super) out: *mut u8,
+    pub(super) c: usize,
+    pub(super) bias: *const f32,
+    pub(super) mult: *const f32,
+    pub(super) lo: f32,
+    pub(super) hi: f32,
+    pub(super) zp: i32,
+}
+
+impl StoreBytes {
+    /// The bytes of a line of `g.count` pixels by `rq` (factors padded to `cs` channels);
+    /// checks the lengths.
+    pub(super) fn new(out: &mut [u8], g: &LineGeometry, rq: &PlainRequant<'_>, cs: usize) -> Self {
+        assert!(
+            rq.bias.len() >= cs && rq.mult.len() >= cs,
+            "requantization factors too short"
+        );
+        assert!(
+            g.count.checked_mul(g.c).is_some_and(|n| out.len() >= n),
+            "output too short"
+        );
+        StoreBytes {
+            out: out.as_mut_ptr(),
+            c: g.c,
+            bias: rq.bias.as_ptr(),
+            mult: rq.mult.as_ptr(),
+            lo: rq.lo,
+            hi: rq.hi,
+            zp: rq.zp,
+        }
+    }
 }
 
 impl Finish for StoreBytes {

@@ -11,7 +11,7 @@
 //! second stays within ±2·128·128 = 32768, −32768 the only extreme: `w ≤ 127`): exact, at
 //! twice the products.
 
-use super::depthwise_vnni::{check_line_with, check_quad, line_weights_with};
+use super::depthwise_vnni::{check_line_with, check_quad, line_weights_with, StoreBytes, StoreI32};
 use crate::arch::depthwise::{LineGeometry, PlainRequant};
 use std::arch::x86_64::*;
 
@@ -115,58 +115,6 @@ unsafe fn build_quad_impl(
     t.iter().fold(0, |a, &b| a | b)
 }
 
-/// The AVX2 line kernel's `accumulate` (`wide`: some quad byte is above 127; see the module
-/// notes): the contract of [`super::depthwise_vnni::accumulate`], `cs = column_stride(c)`.
-pub(crate) fn accumulate_avx2(
-    quads: &[&[u8]],
-    g: &LineGeometry,
-    w: &[i8],
-    init: &[i32],
-    wide: bool,
-    acc: &mut [i32],
-) {
-    accumulate_on::<false>(quads, g, w, init, wide, acc)
-}
-
-/// The AVX-VNNI line kernel's `accumulate` (exact for every byte).
-pub(crate) fn accumulate_vnni(
-    quads: &[&[u8]],
-    g: &LineGeometry,
-    w: &[i8],
-    init: &[i32],
-    wide: bool,
-    acc: &mut [i32],
-) {
-    accumulate_on::<true>(quads, g, w, init, wide, acc)
-}
-
-/// The AVX2 line kernel's `accumulate_requant`: the contract of
-/// [`super::depthwise_vnni::accumulate_requant`], `cs = column_stride(c)`.
-pub(crate) fn accumulate_requant_avx2(
-    quads: &[&[u8]],
-    g: &LineGeometry,
-    w: &[i8],
-    init: &[i32],
-    wide: bool,
-    rq: &PlainRequant<'_>,
-    out: &mut [u8],
-) {
-    accumulate_requant_on::<false>(quads, g, w, init, wide, rq, out)
-}
-
-/// The AVX-VNNI line kernel's `accumulate_requant`.
-pub(crate) fn accumulate_requant_vnni(
-    quads: &[&[u8]],
-    g: &LineGeometry,
-    w: &[i8],
-    init: &[i32],
-    wide: bool,
-    rq: &PlainRequant<'_>,
-    out: &mut [u8],
-) {
-    accumulate_requant_on::<true>(quads, g, w, init, wide, rq, out)
-}
-
 /// Checks the CPU (AVX-VNNI or AVX2) and the line.
 fn check<const VNNI: bool>(
     quads: &[&[u8]],
@@ -188,7 +136,10 @@ fn check<const VNNI: bool>(
     check_line_with(quads, g, w, init, column_stride(g.c))
 }
 
-fn accumulate_on<const VNNI: bool>(
+/// The line kernel's `accumulate` with `vpdpbusd` (`VNNI`, AVX-VNNI) or AVX2's `vpmaddubsw`
+/// (`wide`: some quad byte is above 127; see the module notes): the contract of
+/// [`super::depthwise_vnni::accumulate`], `cs = column_stride(c)`.
+pub(crate) fn accumulate_on<const VNNI: bool>(
     quads: &[&[u8]],
     g: &LineGeometry,
     w: &[i8],
@@ -197,22 +148,16 @@ fn accumulate_on<const VNNI: bool>(
     acc: &mut [i32],
 ) {
     let ptrs = check::<VNNI>(quads, g, w, init);
-    let cs = column_stride(g.c);
-    assert!(
-        g.count.checked_mul(cs).is_some_and(|n| acc.len() >= n),
-        "accumulators too short"
-    );
-    let store = StoreI32 {
-        acc: acc.as_mut_ptr(),
-        cs,
-    };
+    let store = StoreI32::new(acc, g, column_stride(g.c));
     // SAFETY: the CPU was checked; every read is within the lengths check_line_with proved
     // (pixel p, column k reads quad column p·stride + k·dilation ≤ span, channels < cs) and
     // every write within acc[.. count·cs] (checked above).
     unsafe { run::<VNNI, _>(&ptrs, g, w.as_ptr(), init.as_ptr(), wide, &store) }
 }
 
-fn accumulate_requant_on<const VNNI: bool>(
+/// The line kernel's `accumulate_requant`: the contract of
+/// [`super::depthwise_vnni::accumulate_requant`], `cs = column_stride(c)`.
+pub(crate) fn accumulate_requant_on<const VNNI: bool>(
     quads: &[&[u8]],
     g: &LineGeometry,
     w: &[i8],
@@ -222,24 +167,7 @@ fn accumulate_requant_on<const VNNI: bool>(
     out: &mut [u8],
 ) {
     let ptrs = check::<VNNI>(quads, g, w, init);
-    let cs = column_stride(g.c);
-    assert!(
-        rq.bias.len() >= cs && rq.mult.len() >= cs,
-        "requantization factors too short"
-    );
-    assert!(
-        g.count.checked_mul(g.c).is_some_and(|n| out.len() >= n),
-        "output too short"
-    );
-    let store = StoreBytes {
-        out: out.as_mut_ptr(),
-        c: g.c,
-        bias: rq.bias.as_ptr(),
-        mult: rq.mult.as_ptr(),
-        lo: rq.lo,
-        hi: rq.hi,
-        zp: rq.zp,
-    };
+    let store = StoreBytes::new(out, g, rq, column_stride(g.c));
     // SAFETY: as in `accumulate_on`; StoreBytes writes out[p·c + ch] for ch < c only and reads
     // bias/mult below cs (checked above).
     unsafe { run::<VNNI, _>(&ptrs, g, w.as_ptr(), init.as_ptr(), wide, &store) }
@@ -275,12 +203,6 @@ trait Finish {
     }
 }
 
-/// Accumulators to `acc[p·cs + ch ..]`.
-struct StoreI32 {
-    acc: *mut i32,
-    cs: usize,
-}
-
 impl Finish for StoreI32 {
     #[inline(always)]
     unsafe fn factors(&self, _ch: usize) -> [__m256; 2] {
@@ -292,17 +214,7 @@ impl Finish for StoreI32 {
     }
 }
 
-/// Requantized bytes to `out[p·c + ch ..]`, channels past `c` left alone.
-struct StoreBytes {
-    out: *mut u8,
-    c: usize,
-    bias: *const f32,
-    mult: *const f32,
-    lo: f32,
-    hi: f32,
-    zp: i32,
-}
-
+/// The ymm side of the shared byte store.
 impl StoreBytes {
     /// The requantized i32 values of 8 accumulators (the plain rule, see
     /// [`super::depthwise_vnni::accumulate_requant`]).
